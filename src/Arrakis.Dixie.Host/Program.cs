@@ -1,0 +1,2 @@
+var app = await Arrakis.Dixie.DixieService.CreateAsync(args);
+await app.RunAsync();

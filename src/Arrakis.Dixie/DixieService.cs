@@ -1,0 +1,27 @@
+using Arrakis.Dixie.Identity;
+using Arrakis.Shared.Hosting;
+using Microsoft.AspNetCore.Builder;
+
+namespace Arrakis.Dixie;
+
+/// <summary>dixie, the reputation oracle. One Add/Map pair per feature folder.</summary>
+public static class DixieService
+{
+    public const string Name = "dixie";
+
+    public static async Task<WebApplication> CreateAsync(string[] args, Action<WebApplicationBuilder>? configure = null)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ApplicationName = typeof(DixieService).Assembly.GetName().Name });
+        ServiceEndpoints.Listen(builder, ServiceEndpoints.DixiePort);
+        builder.AddServiceDefaults(Name);
+        builder.AddIdentity();
+        configure?.Invoke(builder);
+
+        var app = builder.Build();
+        app.UseServiceDefaults();
+        app.MapHealth("/api/health", Name);
+        app.MapIdentityApi();
+        await app.InitializeStorageAsync(typeof(DixieService).Assembly);
+        return app;
+    }
+}

@@ -1,0 +1,2 @@
+var app = await Arrakis.Finn.FinnService.CreateAsync(args);
+await app.RunAsync();

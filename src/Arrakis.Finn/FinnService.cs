@@ -1,0 +1,31 @@
+using Arrakis.Finn.Identity;
+using Arrakis.Shared.Hosting;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+
+namespace Arrakis.Finn;
+
+/// <summary>finn, the inference runtime (internal). One Add/Map pair per feature folder.</summary>
+public static class FinnService
+{
+    public const string Name = "finn";
+    public const string Issuer = "loa-finn";
+
+    public static async Task<WebApplication> CreateAsync(string[] args, Action<WebApplicationBuilder>? configure = null)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ApplicationName = typeof(FinnService).Assembly.GetName().Name });
+        ServiceEndpoints.Listen(builder, ServiceEndpoints.FinnPort);
+        builder.AddServiceDefaults(Name);
+        builder.AddKeyring();
+        builder.AddIdentity();
+        configure?.Invoke(builder);
+
+        var app = builder.Build();
+        app.UseServiceDefaults();
+        app.MapHealth("/health", Name);
+        app.MapJwksApi();
+        app.MapIdentityApi();
+        await app.InitializeStorageAsync(typeof(FinnService).Assembly);
+        return app;
+    }
+}

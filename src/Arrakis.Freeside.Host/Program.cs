@@ -1,0 +1,2 @@
+var app = await Arrakis.Freeside.FreesideService.CreateAsync(args);
+await app.RunAsync();

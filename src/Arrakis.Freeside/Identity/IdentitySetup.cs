@@ -1,0 +1,37 @@
+using Arrakis.Shared.Hosting;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Identity;
+
+public static class IdentitySetup
+{
+    /// <summary>User tokens: iss and aud <c>arrakis</c>, signed by one of our own published keys, at most 15 min long.</summary>
+    public const string UserPolicy = "user";
+
+    public const string FinnAudience = "loa-finn";
+    public const string DixieAudience = "loa-dixie";
+    public const string FinnClient = "finn";
+    public const string DixieClient = "dixie";
+
+    public static WebApplicationBuilder AddIdentity(this WebApplicationBuilder builder)
+    {
+        builder.Services.AddTokenPolicy(UserPolicy, sp => new TokenPolicy(
+            UserPolicy,
+            new Dictionary<string, IKeySource> { [FreesideService.Issuer] = sp.GetRequiredService<LocalKeySource>() },
+            [FreesideService.Issuer],
+            TimeSpan.FromMinutes(15)));
+        builder.Services.AddHttpClient(FinnClient, (sp, c) =>
+        {
+            c.BaseAddress = new Uri(ServiceEndpoints.FinnUrl(sp.GetRequiredService<IConfiguration>()) + "/");
+            c.Timeout = TimeSpan.FromSeconds(60);
+        });
+        builder.Services.AddHttpClient(DixieClient, (sp, c) =>
+        {
+            c.BaseAddress = new Uri(ServiceEndpoints.DixieUrl(sp.GetRequiredService<IConfiguration>()) + "/");
+            c.Timeout = TimeSpan.FromSeconds(10);
+        });
+        return builder;
+    }
+}

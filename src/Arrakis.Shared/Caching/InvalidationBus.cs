@@ -1,0 +1,55 @@
+using StackExchange.Redis;
+
+namespace Arrakis.Shared.Caching;
+
+/// <summary>Cache-invalidation messages between replicas: Redis pub/sub when configured, in-process otherwise.</summary>
+public interface IInvalidationBus
+{
+    Task PublishAsync(string channel, string message);
+
+    void Subscribe(string channel, Action<string> handler);
+}
+
+public sealed class MemoryInvalidationBus : IInvalidationBus
+{
+    readonly Lock _lock = new();
+    readonly Dictionary<string, List<Action<string>>> _handlers = [];
+
+    public Task PublishAsync(string channel, string message)
+    {
+        List<Action<string>> handlers;
+        lock (_lock)
+        {
+            handlers = _handlers.TryGetValue(channel, out var list) ? [.. list] : [];
+        }
+
+        foreach (var handler in handlers)
+        {
+            handler(message);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public void Subscribe(string channel, Action<string> handler)
+    {
+        lock (_lock)
+        {
+            if (!_handlers.TryGetValue(channel, out var list))
+            {
+                _handlers[channel] = list = [];
+            }
+
+            list.Add(handler);
+        }
+    }
+}
+
+public sealed class RedisInvalidationBus(IConnectionMultiplexer redis) : IInvalidationBus
+{
+    public Task PublishAsync(string channel, string message) =>
+        redis.GetSubscriber().PublishAsync(RedisChannel.Literal("arrakis:inval:" + channel), message);
+
+    public void Subscribe(string channel, Action<string> handler) =>
+        redis.GetSubscriber().Subscribe(RedisChannel.Literal("arrakis:inval:" + channel), (_, value) => handler(value.ToString()));
+}

@@ -1,0 +1,89 @@
+using System.Diagnostics;
+using Arrakis.Shared.Storage;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Shared.Hosting;
+
+public enum HealthState
+{
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+public sealed record HealthCheckResult(HealthState State, string? Detail = null, object? Data = null);
+
+/// <summary>One named input to a service's health (its database, an upstream service, a provider pool).</summary>
+public interface IHealthContributor
+{
+    string Name { get; }
+
+    Task<HealthCheckResult> CheckAsync(CancellationToken ct);
+}
+
+public sealed class DatabaseHealth(Database database) : IHealthContributor
+{
+    public string Name => "database";
+
+    public async Task<HealthCheckResult> CheckAsync(CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(3));
+        var ok = await database.PingAsync(timeout.Token);
+        var data = new { engine = database.Engine.ToString().ToLowerInvariant(), latency_ms = sw.ElapsedMilliseconds };
+        return ok ? new HealthCheckResult(HealthState.Healthy, null, data) : new HealthCheckResult(HealthState.Unhealthy, "database_unreachable", data);
+    }
+}
+
+public static class HealthApi
+{
+    static readonly DateTimeOffset Started = DateTimeOffset.UtcNow;
+
+    public static string Version { get; } = typeof(HealthApi).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+
+    /// <summary>Maps a JSON health route: 200 healthy/degraded, 503 unhealthy, always with a JSON body.</summary>
+    public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, string path, string service)
+    {
+        app.MapGet(path, async (HttpContext http, CancellationToken ct) =>
+        {
+            var contributors = http.RequestServices.GetServices<IHealthContributor>().ToList();
+            var results = await Task.WhenAll(contributors.Select(async c =>
+            {
+                try
+                {
+                    return (c.Name, Result: await c.CheckAsync(ct));
+                }
+                catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+                {
+                    return (c.Name, Result: new HealthCheckResult(HealthState.Unhealthy, ex.Message));
+                }
+            }));
+            var state = results.Length == 0 ? HealthState.Healthy : results.Max(r => r.Result.State);
+            var checks = results.ToDictionary(
+                r => r.Name,
+                r => (object)new { status = r.Result.State.ToString().ToLowerInvariant(), detail = r.Result.Detail, data = r.Result.Data });
+            var uptime = (long)(DateTimeOffset.UtcNow - Started).TotalSeconds;
+            var body = new Dictionary<string, object?>
+            {
+                ["status"] = state.ToString().ToLowerInvariant(),
+                ["service"] = service,
+                ["version"] = Version,
+                ["uptime_seconds"] = uptime,
+                ["uptime"] = uptime,
+                ["checks"] = checks,
+            };
+            var failing = results.FirstOrDefault(r => r.Result.State == HealthState.Unhealthy);
+            if (failing.Name is not null)
+            {
+                body["error"] = failing.Result.Detail ?? failing.Name + "_unhealthy";
+            }
+
+            return Results.Json(body, statusCode: state == HealthState.Unhealthy ? 503 : 200);
+        }).WithName(service + "-health").AllowAnonymous();
+        return app;
+    }
+}

@@ -1,0 +1,136 @@
+using System.Text.Json;
+using Arrakis.Shared.Caching;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using OpenTelemetry.Metrics;
+using StackExchange.Redis;
+
+namespace Arrakis.Shared.Hosting;
+
+/// <summary>What every Arrakis service shares: JSON logs, storage, Redis or memory caches, token verification, metrics, problem details.</summary>
+public static class ServiceDefaults
+{
+    public static WebApplicationBuilder AddServiceDefaults(this WebApplicationBuilder builder, string service)
+    {
+        builder.Logging.ClearProviders();
+        builder.Logging.AddConsole(o => o.FormatterName = JsonLinesFormatter.FormatterName)
+            .AddConsoleFormatter<JsonLinesFormatter, JsonLinesFormatterOptions>(o => o.Service = service);
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+        builder.Logging.AddFilter("Microsoft.Hosting", LogLevel.Information);
+        builder.Logging.AddFilter("System.Net.Http.HttpClient", LogLevel.Warning);
+
+        var services = builder.Services;
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddProblemDetails();
+        services.AddExceptionHandler<UnexpectedErrorHandler>();
+        services.ConfigureHttpJsonOptions(o => o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never);
+
+        var storage = StorageOptions.Resolve(builder.Configuration, service);
+        services.AddSingleton(storage);
+        services.AddSingleton<Database>();
+        services.AddSingleton<Migrator>();
+        services.AddSingleton<IHealthContributor, DatabaseHealth>();
+
+        var redis = builder.Configuration["Redis:Configuration"];
+        if (!string.IsNullOrWhiteSpace(redis))
+        {
+            services.AddSingleton<IConnectionMultiplexer>(_ => ConnectionMultiplexer.Connect(redis));
+            services.AddSingleton<IReplayCache, RedisReplayCache>();
+            services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();
+        }
+        else
+        {
+            services.AddSingleton<IReplayCache, MemoryReplayCache>();
+            services.AddSingleton<IInvalidationBus, MemoryInvalidationBus>();
+        }
+
+        services.AddSingleton<TokenVerifier>();
+        services.AddSingleton<TokenPolicies>();
+        services.AddHttpClient();
+
+        services.AddOpenTelemetry().WithMetrics(m => m
+            .AddMeter("Arrakis.*")
+            .AddPrometheusExporter());
+        return builder;
+    }
+
+    /// <summary>Adds this service's DB-backed signing keyring, its JWKS and a token issuer.</summary>
+    public static WebApplicationBuilder AddKeyring(this WebApplicationBuilder builder)
+    {
+        var services = builder.Services;
+        services.AddSingleton(_ => KeyProtector.FromConfiguration(builder.Configuration));
+        services.AddSingleton(builder.Configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions());
+        services.AddSingleton<KeyStore>();
+        services.AddSingleton<Keyring>();
+        services.AddSingleton<TokenIssuer>();
+        services.AddSingleton<LocalKeySource>();
+        services.AddHostedService<KeyringRefresher>();
+        return builder;
+    }
+
+    /// <summary>A verifier key source for another service's JWKS.</summary>
+    public static RemoteKeySource RemoteKeys(this IServiceProvider sp, string jwksUrl) =>
+        new(sp.GetRequiredService<IHttpClientFactory>().CreateClient("jwks"), new Uri(jwksUrl), sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<ILoggerFactory>().CreateLogger("Arrakis.Tokens.Jwks"));
+
+    /// <summary>Runs migrations (and initializes the keyring, when there is one) before the service takes traffic.</summary>
+    public static async Task InitializeStorageAsync(this WebApplication app, System.Reflection.Assembly serviceAssembly)
+    {
+        var db = app.Services.GetRequiredService<Database>();
+        var migrations = Migrator.FromAssembly(typeof(ServiceDefaults).Assembly, db.Engine)
+            .Concat(Migrator.FromAssembly(serviceAssembly, db.Engine));
+        await app.Services.GetRequiredService<Migrator>().ApplyAsync(migrations);
+        if (app.Services.GetService<Keyring>() is { } keyring)
+        {
+            await keyring.InitializeAsync();
+        }
+    }
+
+    public static WebApplication UseServiceDefaults(this WebApplication app)
+    {
+        app.UseExceptionHandler();
+        app.UseStatusCodePages(async ctx =>
+        {
+            var response = ctx.HttpContext.Response;
+            if (response.ContentLength is null && string.IsNullOrEmpty(response.ContentType))
+            {
+                var status = response.StatusCode;
+                var error = status switch
+                {
+                    404 => "NOT_FOUND",
+                    405 => "METHOD_NOT_ALLOWED",
+                    415 => "UNSUPPORTED_MEDIA_TYPE",
+                    _ => "HTTP_" + status,
+                };
+                await Http.Problems.Create(status, error, status == 404 ? "No route matches " + ctx.HttpContext.Request.Path + "." : "The request could not be served.")
+                    .ExecuteAsync(ctx.HttpContext);
+            }
+        });
+        app.MapPrometheusScrapingEndpoint("/metrics");
+        return app;
+    }
+
+    sealed class UnexpectedErrorHandler(ILogger<UnexpectedErrorHandler> logger) : IExceptionHandler
+    {
+        public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
+        {
+            if (exception is BadHttpRequestException bad)
+            {
+                var detail = bad.InnerException is JsonException json ? "The body is not valid JSON: " + json.Message : bad.Message;
+                await Http.Problems.Invalid("body", detail).ExecuteAsync(httpContext);
+                return true;
+            }
+
+            logger.LogError(exception, "Unhandled error on {Path}", httpContext.Request.Path.ToString());
+            await Http.Problems.Create(500, "INTERNAL_ERROR", "An unexpected error occurred; it has been logged.").ExecuteAsync(httpContext);
+            return true;
+        }
+    }
+}

@@ -1,0 +1,95 @@
+using System.Data.Common;
+using Microsoft.Data.Sqlite;
+using Npgsql;
+
+namespace Arrakis.Shared.Storage;
+
+/// <summary>
+/// One service's database: opens connections with the engine's settings and classifies engine errors, so
+/// stores can share one code path and portable SQL.
+/// </summary>
+public sealed class Database : IAsyncDisposable
+{
+    readonly NpgsqlDataSource? _npgsql;
+
+    public Database(StorageOptions options)
+    {
+        Options = options;
+        if (options.Engine == StorageEngine.Postgres)
+        {
+            _npgsql = new NpgsqlDataSourceBuilder(options.ConnectionString).Build();
+        }
+    }
+
+    public StorageOptions Options { get; }
+
+    public StorageEngine Engine => Options.Engine;
+
+    public bool IsPostgres => Options.Engine == StorageEngine.Postgres;
+
+    public async Task<DbConnection> OpenAsync(CancellationToken ct = default)
+    {
+        if (_npgsql is not null)
+        {
+            return await _npgsql.OpenConnectionAsync(ct);
+        }
+
+        var connection = new SqliteConnection(Options.ConnectionString);
+        await connection.OpenAsync(ct);
+        await using (var pragma = connection.CreateCommand())
+        {
+            // WAL lets readers run beside the single writer; busy_timeout makes writers queue instead of failing.
+            pragma.CommandText = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;";
+            await pragma.ExecuteNonQueryAsync(ct);
+        }
+
+        return connection;
+    }
+
+    /// <summary>
+    /// Begins a write transaction. On SQLite it is BEGIN IMMEDIATE, so concurrent writers serialize at the start
+    /// instead of failing at commit; on PostgreSQL it is READ COMMITTED and stores use conditional updates.
+    /// </summary>
+    public static async Task<DbTransaction> BeginWriteAsync(DbConnection connection, CancellationToken ct = default)
+    {
+        if (connection is SqliteConnection sqlite)
+        {
+            return sqlite.BeginTransaction(deferred: false);
+        }
+
+        return await connection.BeginTransactionAsync(ct);
+    }
+
+    public static bool IsUniqueViolation(Exception ex) => ex switch
+    {
+        PostgresException pg => pg.SqlState == PostgresErrorCodes.UniqueViolation,
+        SqliteException sq => sq.SqliteErrorCode == 19 && (sq.SqliteExtendedErrorCode == 2067 || sq.SqliteExtendedErrorCode == 1555),
+        _ => false,
+    };
+
+    public static bool IsTransient(Exception ex) => ex switch
+    {
+        PostgresException pg => pg.SqlState is PostgresErrorCodes.SerializationFailure or PostgresErrorCodes.DeadlockDetected,
+        SqliteException sq => sq.SqliteErrorCode is 5 or 6,
+        NpgsqlException n => n.IsTransient,
+        _ => false,
+    };
+
+    public async Task<bool> PingAsync(CancellationToken ct)
+    {
+        try
+        {
+            await using var connection = await OpenAsync(ct);
+            await using var command = connection.CreateCommand();
+            command.CommandText = "SELECT 1";
+            await command.ExecuteScalarAsync(ct);
+            return true;
+        }
+        catch (Exception ex) when (ex is DbException or InvalidOperationException or TimeoutException or System.Net.Sockets.SocketException or OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    public ValueTask DisposeAsync() => _npgsql?.DisposeAsync() ?? ValueTask.CompletedTask;
+}

@@ -1,0 +1,47 @@
+namespace Arrakis.Shared.Storage;
+
+/// <summary>Which engine a service keeps its data in, resolved from configuration.</summary>
+public enum StorageEngine
+{
+    Sqlite,
+    Postgres,
+}
+
+/// <summary>
+/// Storage settings for one service. <c>ConnectionStrings:{Service}</c> selects PostgreSQL (one schema per
+/// service); without it the service keeps a SQLite file under <c>LOA_DATA_DIR</c> (default <c>.loa/</c>).
+/// </summary>
+public sealed record StorageOptions(string Service, StorageEngine Engine, string ConnectionString, string? Schema)
+{
+    public static string DataDirectory(IConfiguration configuration)
+    {
+        var dir = configuration["LOA_DATA_DIR"] ?? Environment.GetEnvironmentVariable("LOA_DATA_DIR");
+        return Path.GetFullPath(string.IsNullOrWhiteSpace(dir) ? ".loa" : dir);
+    }
+
+    public static StorageOptions Resolve(IConfiguration configuration, string service)
+    {
+        var pg = configuration.GetConnectionString(Capitalize(service));
+        if (!string.IsNullOrWhiteSpace(pg))
+        {
+            var builder = new Npgsql.NpgsqlConnectionStringBuilder(pg);
+            var schema = string.IsNullOrWhiteSpace(builder.SearchPath) ? service.ToLowerInvariant() : builder.SearchPath;
+            builder.SearchPath = schema;
+            return new StorageOptions(service, StorageEngine.Postgres, builder.ConnectionString, schema);
+        }
+
+        var dataDir = DataDirectory(configuration);
+        Directory.CreateDirectory(dataDir);
+        var file = Path.Combine(dataDir, service.ToLowerInvariant() + ".db");
+        var sqlite = new Microsoft.Data.Sqlite.SqliteConnectionStringBuilder
+        {
+            DataSource = file,
+            Cache = Microsoft.Data.Sqlite.SqliteCacheMode.Private,
+            DefaultTimeout = 30,
+            Pooling = true,
+        };
+        return new StorageOptions(service, StorageEngine.Sqlite, sqlite.ConnectionString, null);
+    }
+
+    static string Capitalize(string s) => char.ToUpperInvariant(s[0]) + s[1..];
+}

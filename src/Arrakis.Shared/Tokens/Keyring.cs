@@ -1,0 +1,224 @@
+using System.Security.Cryptography;
+using Arrakis.Shared.Storage;
+using Microsoft.Extensions.Logging;
+
+namespace Arrakis.Shared.Tokens;
+
+public sealed class KeyringOptions
+{
+    /// <summary>The longest lifetime of any token we accept; retired keys stay published this long.</summary>
+    public TimeSpan MaxTokenLifetime { get; set; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>How often replicas reload the keyring from the database (must be at most 5 s).</summary>
+    public TimeSpan ReloadInterval { get; set; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Default wait between publishing a pending key and signing with it: twice the JWKS max-age.</summary>
+    public TimeSpan PropagationDelay { get; set; } = TimeSpan.FromSeconds(60);
+}
+
+/// <summary>An immutable view of the keyring at one reload.</summary>
+public sealed record KeyringSnapshot(SigningKey? Active, IReadOnlyList<SigningKey> Published, IReadOnlyList<SigningKey> All);
+
+/// <summary>
+/// One issuing service's keyring: DB-backed, cached in memory and reloaded on a timer, so every replica signs with
+/// the same active key and publishes the same JWKS within one reload interval.
+/// </summary>
+public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions options, ILogger<Keyring> logger)
+{
+    KeyringSnapshot _snapshot = new(null, [], []);
+    readonly SemaphoreSlim _reloadGate = new(1, 1);
+
+    public KeyringSnapshot Current => Volatile.Read(ref _snapshot);
+
+    public KeyringOptions Options => options;
+
+    /// <summary>Loads the keyring, creating the first active key when there is none.</summary>
+    public async Task InitializeAsync(CancellationToken ct = default)
+    {
+        await ReloadAsync(ct);
+        if (Current.Active is null)
+        {
+            using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+            var kid = NewKid(key);
+            try
+            {
+                await store.InsertAsync(kid, key, KeyStatus.Active, time.GetUtcNow(), null, ct);
+                logger.LogInformation("Created signing key {Kid}", kid);
+            }
+            catch (System.Data.Common.DbException ex) when (Database.IsUniqueViolation(ex))
+            {
+                // Another replica created the first key at the same moment; use theirs.
+            }
+
+            await ReloadAsync(ct);
+        }
+    }
+
+    public async Task ReloadAsync(CancellationToken ct = default)
+    {
+        await _reloadGate.WaitAsync(ct);
+        try
+        {
+            var now = time.GetUtcNow();
+            var keys = await store.ListAsync(ct);
+            foreach (var due in keys.Where(k => k.Status == KeyStatus.Pending && k.PromoteAt is { } at && at <= now).OrderBy(k => k.PromoteAt))
+            {
+                if (await store.ActivateAsync(due.Kid, now, ct))
+                {
+                    logger.LogInformation("Promoted signing key {Kid} to active", due.Kid);
+                }
+            }
+
+            if (keys.Any(k => k.Status == KeyStatus.Pending && k.PromoteAt is { } at2 && at2 <= now))
+            {
+                keys = await store.ListAsync(ct);
+            }
+
+            Volatile.Write(ref _snapshot, Build(keys, now));
+        }
+        finally
+        {
+            _reloadGate.Release();
+        }
+    }
+
+    KeyringSnapshot Build(IReadOnlyList<SigningKey> keys, DateTimeOffset now)
+    {
+        var active = keys.FirstOrDefault(k => k.Status == KeyStatus.Active);
+        var published = new List<SigningKey>();
+        if (active is not null)
+        {
+            published.Add(active);
+        }
+
+        published.AddRange(keys.Where(k => k.Status == KeyStatus.Pending).OrderBy(k => k.CreatedAt));
+        published.AddRange(keys
+            .Where(k => k.Status == KeyStatus.Retired && k.RetiredAt is { } r && r + options.MaxTokenLifetime > now)
+            .OrderByDescending(k => k.RetiredAt));
+        return new KeyringSnapshot(active, published, keys);
+    }
+
+    /// <summary>Publishes a new pending key that becomes active after <paramref name="propagationDelay"/>.</summary>
+    public async Task<string> RotateAsync(TimeSpan? propagationDelay = null, CancellationToken ct = default)
+    {
+        var delay = propagationDelay ?? options.PropagationDelay;
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var kid = NewKid(key);
+        var now = time.GetUtcNow();
+        await store.InsertAsync(kid, key, KeyStatus.Pending, now, now + delay, ct);
+        if (delay <= TimeSpan.Zero)
+        {
+            await store.ActivateAsync(kid, now, ct);
+        }
+
+        await ReloadAsync(ct);
+        return kid;
+    }
+
+    /// <summary>Removes a key from the JWKS at once. If it was the active key, the next key takes over immediately.</summary>
+    public async Task<KeyStatus?> RevokeAsync(string kid, CancellationToken ct = default)
+    {
+        var previous = await store.RevokeAsync(kid, time.GetUtcNow(), ct);
+        if (previous == KeyStatus.Active)
+        {
+            var keys = await store.ListAsync(ct);
+            var next = keys.Where(k => k.Status == KeyStatus.Pending).OrderByDescending(k => k.CreatedAt).FirstOrDefault();
+            if (next is not null)
+            {
+                await store.ActivateAsync(next.Kid, time.GetUtcNow(), ct);
+            }
+            else
+            {
+                using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+                var fresh = NewKid(key);
+                await store.InsertAsync(fresh, key, KeyStatus.Pending, time.GetUtcNow(), null, ct);
+                await store.ActivateAsync(fresh, time.GetUtcNow(), ct);
+            }
+        }
+
+        await ReloadAsync(ct);
+        return previous;
+    }
+
+    /// <summary>Makes an operator's P-256 key the active key (PKCS#8 or SEC1 PEM).</summary>
+    public async Task<string> ImportAsync(string pem, string? kid = null, CancellationToken ct = default)
+    {
+        using var key = ParsePem(pem);
+        kid ??= NewKid(key);
+        var now = time.GetUtcNow();
+        var existing = (await store.ListAsync(ct)).FirstOrDefault(k => k.Kid == kid);
+        if (existing is { Status: KeyStatus.Active })
+        {
+            return kid;
+        }
+
+        if (existing is not null)
+        {
+            throw new InvalidOperationException($"A key with kid '{kid}' already exists with status {existing.Status.ToString().ToLowerInvariant()}; pass a different --kid.");
+        }
+
+        await store.InsertAsync(kid, key, KeyStatus.Pending, now, null, ct);
+        await store.ActivateAsync(kid, now, ct);
+        await ReloadAsync(ct);
+        return kid;
+    }
+
+    public static ECDsa ParsePem(string pem)
+    {
+        if (pem.Contains("ENCRYPTED PRIVATE KEY", StringComparison.Ordinal))
+        {
+            throw new FormatException("Encrypted PEM keys are not supported; decrypt it with: openssl pkcs8 -topk8 -nocrypt -in key.pem");
+        }
+
+        if (!pem.Contains("-----BEGIN PRIVATE KEY-----", StringComparison.Ordinal) && !pem.Contains("-----BEGIN EC PRIVATE KEY-----", StringComparison.Ordinal))
+        {
+            throw new FormatException("Expected a PKCS#8 ('BEGIN PRIVATE KEY') or SEC1 ('BEGIN EC PRIVATE KEY') PEM holding a P-256 private key.");
+        }
+
+        var key = ECDsa.Create();
+        try
+        {
+            key.ImportFromPem(pem);
+        }
+        catch (Exception ex) when (ex is ArgumentException or CryptographicException)
+        {
+            key.Dispose();
+            throw new FormatException("The PEM is not an EC private key: " + ex.Message, ex);
+        }
+
+        var curve = key.ExportParameters(false).Curve;
+        if (curve.Oid?.Value != ECCurve.NamedCurves.nistP256.Oid.Value && curve.Oid?.FriendlyName is not ("nistP256" or "ECDSA_P256" or "prime256v1"))
+        {
+            key.Dispose();
+            throw new FormatException("The key is not on curve P-256; ES256 needs a P-256 key (openssl ecparam -name prime256v1 -genkey).");
+        }
+
+        return key;
+    }
+
+    static string NewKid(ECDsa key)
+    {
+        var (x, y) = SigningKey.PublicPoint(key);
+        return SigningKey.Thumbprint(x, y)[..16];
+    }
+}
+
+/// <summary>Reloads the keyring on a timer so replicas converge within the reload interval.</summary>
+public sealed class KeyringRefresher(Keyring keyring, ILogger<KeyringRefresher> logger) : Microsoft.Extensions.Hosting.BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(keyring.Options.ReloadInterval);
+        while (await timer.WaitForNextTickAsync(stoppingToken))
+        {
+            try
+            {
+                await keyring.ReloadAsync(stoppingToken);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                logger.LogWarning(ex, "Keyring reload failed; keeping the last snapshot");
+            }
+        }
+    }
+}
