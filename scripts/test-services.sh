@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Starts PostgreSQL and Redis on loopback for the test suite (installing them with apt when missing) and prints the
+# environment the tests read. Usage: eval "$(scripts/test-services.sh)"
+set -euo pipefail
+PG_PORT="${ARRAKIS_PG_PORT:-55432}"
+REDIS_PORT="${ARRAKIS_REDIS_PORT:-56379}"
+PGDATA="${ARRAKIS_PGDATA:-/tmp/arrakis-pg}"
+
+log() { echo "$*" >&2; }
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then log "PostgreSQL/Redis missing and not root: install postgresql and redis-server"; exit 1; fi
+  log "installing postgresql and redis-server with apt-get"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >&2
+fi
+PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+
+run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+
+if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    rm -rf "$PGDATA"; mkdir -p "$PGDATA"
+    [ "$(id -u)" = 0 ] && chown postgres "$PGDATA"
+    run_pg "'$PGBIN/initdb' -D '$PGDATA' -A trust -U postgres" >&2
+  fi
+  run_pg "'$PGBIN/pg_ctl' -D '$PGDATA' -l '$PGDATA/server.log' -w -o \"-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off\" start" >&2
+fi
+
+if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --daemonize yes --save '' --appendonly no --logfile /tmp/arrakis-redis.log >&2
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+echo "export ARRAKIS_TEST_PG='Host=127.0.0.1;Port=$PG_PORT;Username=postgres;Database=postgres;Maximum Pool Size=60;Timeout=15'"
+echo "export ARRAKIS_TEST_REDIS='127.0.0.1:$REDIS_PORT'"
+echo "export ARRAKIS_PG_STOP='$PGBIN/pg_ctl -D $PGDATA'"

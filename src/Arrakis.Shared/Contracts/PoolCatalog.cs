@@ -1,0 +1,123 @@
+namespace Arrakis.Shared.Contracts;
+
+/// <summary>Community tiers, lowest first.</summary>
+public enum Tier
+{
+    Free,
+    Pro,
+    Enterprise,
+}
+
+/// <summary>One candidate model of a pool: which provider serves it and the vendor's model name.</summary>
+public sealed class PoolModel
+{
+    public string Id { get; set; } = "";
+
+    /// <summary><c>local</c>, <c>openai</c> (any OpenAI-compatible server) or <c>anthropic</c>.</summary>
+    public string Provider { get; set; } = "local";
+
+    /// <summary>Vendor-side model name; defaults to <see cref="Id"/>.</summary>
+    public string? VendorModel { get; set; }
+}
+
+/// <summary>A pool: its price in micro-USD per 1M tokens, its output cap, and its candidate models.</summary>
+public sealed class PoolDefinition
+{
+    public string Id { get; set; } = "";
+
+    public long InputMicroPerMillion { get; set; }
+
+    public long OutputMicroPerMillion { get; set; }
+
+    /// <summary>Output cap when a request names no <c>max_tokens</c> (and the largest it may name).</summary>
+    public int DefaultMaxTokens { get; set; } = 1024;
+
+    public int MaxTokensLimit { get; set; } = 8192;
+
+    public List<PoolModel> Models { get; set; } = [];
+}
+
+/// <summary>
+/// Pools, tier access and prices, shared by freeside (which reserves the worst case) and finn (which meters the
+/// actual cost) so both compute money the same way. Bound from the <c>Pools</c> configuration section.
+/// </summary>
+public sealed class PoolCatalog
+{
+    public const string Section = "Pools";
+
+    public Dictionary<string, PoolDefinition> Pools { get; set; } = Defaults();
+
+    public Dictionary<string, List<string>> TierPools { get; set; } = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["free"] = ["cheap"],
+        ["pro"] = ["cheap", "fast-code", "reviewer"],
+        ["enterprise"] = ["cheap", "fast-code", "reviewer", "reasoning", "architect"],
+    };
+
+    public Dictionary<string, string> DefaultPool { get; set; } = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["free"] = "cheap",
+        ["pro"] = "fast-code",
+        ["enterprise"] = "reviewer",
+    };
+
+    public static PoolCatalog FromConfiguration(IConfiguration configuration)
+    {
+        var catalog = new PoolCatalog();
+        var section = configuration.GetSection(Section);
+        if (section.Exists())
+        {
+            section.Bind(catalog);
+        }
+
+        foreach (var (id, pool) in catalog.Pools)
+        {
+            pool.Id = id;
+            foreach (var model in pool.Models)
+            {
+                model.VendorModel ??= model.Id;
+            }
+        }
+
+        return catalog;
+    }
+
+    public bool TierAllows(Tier tier, string pool) =>
+        TierPools.TryGetValue(tier.ToString(), out var pools) && pools.Contains(pool, StringComparer.Ordinal);
+
+    public string DefaultPoolFor(Tier tier) => DefaultPool.TryGetValue(tier.ToString(), out var p) ? p : "cheap";
+
+    /// <summary>The lowest tier whose pools include <paramref name="pool"/>, for upgrade messages.</summary>
+    public Tier? LowestTierFor(string pool) =>
+        Enum.GetValues<Tier>().Cast<Tier?>().FirstOrDefault(t => TierAllows(t!.Value, pool));
+
+    /// <summary>Cost in micro-USD, rounded up so we never undercharge a fraction.</summary>
+    public static long CostMicro(PoolDefinition pool, long inputTokens, long outputTokens)
+    {
+        checked
+        {
+            var numerator = (inputTokens * pool.InputMicroPerMillion) + (outputTokens * pool.OutputMicroPerMillion);
+            return (numerator + 999_999) / 1_000_000;
+        }
+    }
+
+    static Dictionary<string, PoolDefinition> Defaults() => new(StringComparer.Ordinal)
+    {
+        ["cheap"] = new() { Id = "cheap", InputMicroPerMillion = 150_000, OutputMicroPerMillion = 600_000, DefaultMaxTokens = 256, Models = [new() { Id = "local-mini-a" }, new() { Id = "local-mini-b" }] },
+        ["fast-code"] = new() { Id = "fast-code", InputMicroPerMillion = 500_000, OutputMicroPerMillion = 1_500_000, DefaultMaxTokens = 1024, Models = [new() { Id = "local-coder" }] },
+        ["reviewer"] = new() { Id = "reviewer", InputMicroPerMillion = 3_000_000, OutputMicroPerMillion = 15_000_000, DefaultMaxTokens = 2048, Models = [new() { Id = "local-reviewer" }] },
+        ["reasoning"] = new() { Id = "reasoning", InputMicroPerMillion = 15_000_000, OutputMicroPerMillion = 60_000_000, DefaultMaxTokens = 4096, Models = [new() { Id = "local-reasoner" }] },
+        ["architect"] = new() { Id = "architect", InputMicroPerMillion = 15_000_000, OutputMicroPerMillion = 75_000_000, DefaultMaxTokens = 4096, Models = [new() { Id = "local-architect" }] },
+    };
+}
+
+/// <summary>Token arithmetic both sides agree on.</summary>
+public static class TokenMath
+{
+    /// <summary>
+    /// An upper bound on the input tokens of a prompt for any tokenizer we meter (one token never covers less than one
+    /// UTF-8 byte), plus per-message framing. Reservations use it so the metered cost never exceeds the reservation.
+    /// </summary>
+    public static long InputUpperBound(IEnumerable<ChatMessage> messages) =>
+        3 + messages.Sum(m => 4L + System.Text.Encoding.UTF8.GetByteCount(m.Content) + System.Text.Encoding.UTF8.GetByteCount(m.Role));
+}

@@ -1,0 +1,3 @@
+global using Arrakis.Testing;
+global using Microsoft.Extensions.Configuration;
+global using Xunit;

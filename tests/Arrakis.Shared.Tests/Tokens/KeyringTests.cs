@@ -1,0 +1,108 @@
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Arrakis.Shared.Tests.Tokens;
+
+public sealed class KeyringTests
+{
+    static async Task<(Keyring Keyring, FakeTimeProvider Time, Database Db)> NewKeyringAsync(string engine)
+    {
+        var db = new Database(TestStorage.Options(engine, "freeside"));
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine));
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var keyring = new Keyring(new KeyStore(db, new KeyProtector(new byte[32])), time, new KeyringOptions(), NullLogger<Keyring>.Instance);
+        await keyring.InitializeAsync(TestContext.Current.CancellationToken);
+        return (keyring, time, db);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task First_start_creates_exactly_one_active_key(string engine)
+    {
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+
+        Assert.NotNull(keyring.Current.Active);
+        Assert.Single(keyring.Current.All, k => k.Status == KeyStatus.Active);
+        Assert.Equal(keyring.Current.Active!.Kid, keyring.Current.Published[0].Kid);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Rotation_publishes_pending_then_promotes_after_delay_and_keeps_retired_published(string engine)
+    {
+        var (keyring, time, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        var first = keyring.Current.Active!.Kid;
+
+        var next = await keyring.RotateAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+
+        Assert.Equal(first, keyring.Current.Active!.Kid);
+        Assert.Equal([first, next], keyring.Current.Published.Select(k => k.Kid));
+
+        time.Advance(TimeSpan.FromSeconds(61));
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(next, keyring.Current.Active!.Kid);
+        Assert.Equal([next, first], keyring.Current.Published.Select(k => k.Kid));
+
+        time.Advance(TimeSpan.FromMinutes(16));
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+        Assert.Equal([next], keyring.Current.Published.Select(k => k.Kid));
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Revoking_the_active_key_unpublishes_it_and_activates_a_new_one(string engine)
+    {
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        var first = keyring.Current.Active!.Kid;
+
+        var previous = await keyring.RevokeAsync(first, TestContext.Current.CancellationToken);
+
+        Assert.Equal(KeyStatus.Active, previous);
+        Assert.NotEqual(first, keyring.Current.Active!.Kid);
+        Assert.DoesNotContain(keyring.Current.Published, k => k.Kid == first);
+        Assert.Null(await keyring.RevokeAsync("no-such-kid", TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public async Task Private_keys_are_encrypted_at_rest_and_unreadable_with_another_master_key()
+    {
+        var (keyring, _, db) = await NewKeyringAsync("sqlite");
+        await using var _ = db;
+        await using var connection = await db.OpenAsync(TestContext.Current.CancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT private_key_enc FROM signing_keys";
+        var stored = (string)(await command.ExecuteScalarAsync(TestContext.Current.CancellationToken))!;
+        var pkcs8 = keyring.Current.Active!.Private!.ExportPkcs8PrivateKey();
+
+        Assert.StartsWith("v1.", stored, StringComparison.Ordinal);
+        Assert.DoesNotContain(Convert.ToBase64String(pkcs8), stored, StringComparison.Ordinal);
+        var other = new KeyStore(db, new KeyProtector(Enumerable.Repeat((byte)7, 32).ToArray()));
+        await Assert.ThrowsAnyAsync<System.Security.Cryptography.CryptographicException>(() => other.ListAsync(TestContext.Current.CancellationToken));
+    }
+
+    [Theory]
+    [InlineData("-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----", "PKCS#8")]
+    [InlineData("hello", "PKCS#8")]
+    public void Import_rejects_other_formats_with_a_clear_message(string pem, string expected)
+    {
+        var ex = Assert.Throws<FormatException>(() => Keyring.ParsePem(pem));
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Import_accepts_pkcs8_and_sec1_p256_and_rejects_p384()
+    {
+        using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        using var a = Keyring.ParsePem(key.ExportPkcs8PrivateKeyPem());
+        using var b = Keyring.ParsePem(key.ExportECPrivateKeyPem());
+        Assert.Equal(key.ExportParameters(false).Q.X, b.ExportParameters(false).Q.X);
+        using var p384 = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP384);
+        Assert.Throws<FormatException>(() => Keyring.ParsePem(p384.ExportPkcs8PrivateKeyPem()));
+        Assert.NotNull(a);
+    }
+}

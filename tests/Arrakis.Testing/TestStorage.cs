@@ -1,0 +1,81 @@
+using Arrakis.Shared.Storage;
+using Npgsql;
+
+namespace Arrakis.Testing;
+
+/// <summary>
+/// Fresh databases for tests: a temp SQLite directory always, and a fresh PostgreSQL schema when
+/// <c>ARRAKIS_TEST_PG</c> holds a connection string (CI sets it, and sets <c>ARRAKIS_REQUIRE_PG=1</c> so a missing
+/// server fails instead of skipping).
+/// </summary>
+public static class TestStorage
+{
+    public static string? PostgresBase => Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG") is { Length: > 0 } s ? s : null;
+
+    public static string? Redis => Environment.GetEnvironmentVariable("ARRAKIS_TEST_REDIS") is { Length: > 0 } s ? s : null;
+
+    public static bool PostgresRequired => Environment.GetEnvironmentVariable("ARRAKIS_REQUIRE_PG") == "1";
+
+    /// <summary>Engines to run storage tests on: SQLite always, PostgreSQL when configured.</summary>
+    public static TheoryData<string> Engines()
+    {
+        var data = new TheoryData<string> { "sqlite" };
+        if (PostgresBase is not null || PostgresRequired)
+        {
+            data.Add("postgres");
+        }
+
+        return data;
+    }
+
+    /// <summary>Call at the start of a PostgreSQL test: skips when no server is configured (and fails in CI).</summary>
+    public static string RequirePostgres()
+    {
+        if (PostgresBase is { } pg)
+        {
+            return pg;
+        }
+
+        if (PostgresRequired)
+        {
+            throw new InvalidOperationException("ARRAKIS_REQUIRE_PG=1 but ARRAKIS_TEST_PG is not set.");
+        }
+
+        Assert.Skip("PostgreSQL not configured (set ARRAKIS_TEST_PG)");
+        return "";
+    }
+
+    /// <summary>Configuration entries that point <paramref name="service"/> at a fresh, empty database.</summary>
+    public static Dictionary<string, string?> FreshConfig(string engine, string service, string? dataDir = null)
+    {
+        dataDir ??= TempDir();
+        var config = new Dictionary<string, string?> { ["LOA_DATA_DIR"] = dataDir };
+        if (engine == "postgres")
+        {
+            var builder = new NpgsqlConnectionStringBuilder(RequirePostgres())
+            {
+                SearchPath = $"t_{service}_{Guid.NewGuid():N}"[..30],
+            };
+            config["ConnectionStrings:" + char.ToUpperInvariant(service[0]) + service[1..]] = builder.ConnectionString;
+        }
+
+        return config;
+    }
+
+    public static StorageOptions Options(string engine, string service, string? dataDir = null) =>
+        StorageOptions.Resolve(new ConfigurationBuilder().AddInMemoryCollection(FreshConfig(engine, service, dataDir)).Build(), service);
+
+    public static string TempDir()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "arrakis-tests", Guid.NewGuid().ToString("N")[..12]);
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    public static int FreePort()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
