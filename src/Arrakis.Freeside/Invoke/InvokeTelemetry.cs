@@ -7,16 +7,16 @@ static partial class InvokeLog
 {
     /// <summary>One line per invoke; the CloudWatch JSON filter reads <c>$.duration_ms</c> from it.</summary>
     [LoggerMessage(EventId = 4001, EventName = "INVOKE_COMPLETE", Level = LogLevel.Information,
-        Message = "INVOKE_COMPLETE status={Status} pool={Pool} model={Model} duration_ms={DurationMs}")]
+        Message = "INVOKE_COMPLETE status={Status} outcome={Outcome} pool={Pool} model={Model} community={CommunityId} trace={TraceId} cost_micro={CostMicro} tokens={PromptTokens}/{CompletionTokens} stream={Stream} duration_ms={DurationMs}")]
     public static partial void InvokeComplete(this ILogger logger, int status, string outcome, string? pool, string? model, long durationMs,
         string communityId, string traceId, long costMicro, long promptTokens, long completionTokens, bool stream);
 
     [LoggerMessage(EventId = 4002, EventName = "INVOKE_UPSTREAM_FAILED", Level = LogLevel.Warning,
-        Message = "Invoke failed upstream: {Error} {Detail}")]
+        Message = "Invoke failed upstream: {Error} {Detail} trace={TraceId} community={CommunityId}")]
     public static partial void UpstreamFailed(this ILogger logger, string error, string detail, string traceId, string communityId);
 
     [LoggerMessage(EventId = 4003, EventName = "INVOKE_FINALIZE_FAILED", Level = LogLevel.Error,
-        Message = "Finalize of reservation {ReservationId} returned {Outcome}")]
+        Message = "Finalize of reservation {ReservationId} returned {Outcome} trace={TraceId}")]
     public static partial void FinalizeFailed(this ILogger logger, string reservationId, string outcome, string traceId);
 }
 
