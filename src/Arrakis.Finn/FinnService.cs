@@ -1,4 +1,5 @@
 using Arrakis.Finn.Identity;
+using Arrakis.Finn.Routing;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -18,6 +19,7 @@ public static class FinnService
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();
         builder.AddIdentity();
+        builder.AddReputationRouting();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -25,6 +27,7 @@ public static class FinnService
         app.MapHealth("/health", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
+        app.MapRoutingApi();
         await app.InitializeStorageAsync(typeof(FinnService).Assembly);
         return app;
     }
