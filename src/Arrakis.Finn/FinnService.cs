@@ -1,5 +1,6 @@
 using Arrakis.Finn.Identity;
 using Arrakis.Finn.Inference;
+using Arrakis.Finn.Routing;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -20,6 +21,7 @@ public static class FinnService
         builder.AddKeyring();
         builder.AddIdentity();
         builder.AddInference();
+        builder.AddReputationRouting();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -28,6 +30,7 @@ public static class FinnService
         app.MapJwksApi();
         app.MapIdentityApi();
         app.MapInferenceApi();
+        app.MapRoutingApi();
         await app.InitializeStorageAsync(typeof(FinnService).Assembly);
         return app;
     }
