@@ -1,4 +1,10 @@
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Budgets;
+using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.Idempotency;
+using Arrakis.Freeside.Ledger;
+using Arrakis.Freeside.RateLimiting;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -19,6 +25,12 @@ public static class FreesideService
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();
         builder.AddIdentity();
+        builder.AddCommunities();
+        builder.AddLedger();
+        builder.AddBudgets();
+        builder.AddIdempotency();
+        builder.AddRateLimits();
+        builder.AddAudit();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -26,6 +38,9 @@ public static class FreesideService
         app.MapHealth("/health", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
+        app.MapCommunitiesApi();
+        app.MapBudgetsApi();
+        app.MapAuditApi();
         await app.InitializeStorageAsync(typeof(FreesideService).Assembly);
         return app;
     }

@@ -81,3 +81,4 @@ CREATE TABLE IF NOT EXISTS usage_records (
 CREATE INDEX IF NOT EXISTS usage_records_month ON usage_records (community_id, month);
 CREATE INDEX IF NOT EXISTS usage_records_trace ON usage_records (trace_id);
 CREATE INDEX IF NOT EXISTS usage_records_agent ON usage_records (agent_id, created_at);
+CREATE INDEX IF NOT EXISTS ledger_transfers_pending ON ledger_transfers (pending_id);
