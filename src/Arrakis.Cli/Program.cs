@@ -7,5 +7,7 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     MigrateCommand.Create(),
     KeysCommand.Create(),
     JwtCommand.Create(),
+    SeedCommand.Create(),
+    SeedCommand.CreateAudit(),
 };
 return await root.Parse(args).InvokeAsync();
