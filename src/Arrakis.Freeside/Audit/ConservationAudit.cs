@@ -231,13 +231,43 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
         Message = "CONSERVATION_VIOLATION community={CommunityId} invariant={Invariant} details={Details}")]
     static partial void LogViolation(ILogger logger, string communityId, string invariant, string details);
 
-    sealed record MonthRow(string Month, long LimitMicro, long CommittedMicro, long ReservedMicro);
+    sealed class MonthRow
+    {
+        public string Month { get; set; } = "";
+        public long LimitMicro { get; set; }
+        public long CommittedMicro { get; set; }
+        public long ReservedMicro { get; set; }
+    }
 
-    sealed record MonthSum(string Month, long Total);
+    sealed class MonthSum
+    {
+        public string Month { get; set; } = "";
+        public long Total { get; set; }
+    }
 
-    sealed record AccountRow(string Id, string Code, long DebitsPending, long DebitsPosted, long CreditsPending, long CreditsPosted);
+    sealed class AccountRow
+    {
+        public string Id { get; set; } = "";
+        public string Code { get; set; } = "";
+        public long DebitsPending { get; set; }
+        public long DebitsPosted { get; set; }
+        public long CreditsPending { get; set; }
+        public long CreditsPosted { get; set; }
+    }
 
-    sealed record LotRow(string Id, long Amount, long Remaining, long Credits, long Debits);
+    sealed class LotRow
+    {
+        public string Id { get; set; } = "";
+        public long Amount { get; set; }
+        public long Remaining { get; set; }
+        public long Credits { get; set; }
+        public long Debits { get; set; }
+    }
 
-    sealed record FlowRow(string Debit, string Credit, long Total);
+    sealed class FlowRow
+    {
+        public string Debit { get; set; } = "";
+        public string Credit { get; set; } = "";
+        public long Total { get; set; }
+    }
 }

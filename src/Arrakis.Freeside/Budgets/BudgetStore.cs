@@ -49,5 +49,12 @@ public sealed class BudgetStore(Database db, TimeProvider time)
             committed, reserved, available, row.WalletMicro ?? 0, month);
     }
 
-    sealed record Row(long BudgetCents, long? LimitMicro, long? CommittedMicro, long? ReservedMicro, long? WalletMicro);
+    sealed class Row
+    {
+        public long BudgetCents { get; set; }
+        public long? LimitMicro { get; set; }
+        public long? CommittedMicro { get; set; }
+        public long? ReservedMicro { get; set; }
+        public long? WalletMicro { get; set; }
+    }
 }

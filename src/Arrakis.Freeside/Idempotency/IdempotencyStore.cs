@@ -127,5 +127,14 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             new { cutoff = (time.GetUtcNow() - options.Retention).ToUnixTimeMilliseconds() });
     }
 
-    sealed record Row(string RequestHash, string State, long? Status, string? Body, string? ContentType, long CreatedAt, long UpdatedAt);
+    sealed class Row
+    {
+        public string RequestHash { get; set; } = "";
+        public string State { get; set; } = "";
+        public int? Status { get; set; }
+        public string? Body { get; set; }
+        public string? ContentType { get; set; }
+        public long CreatedAt { get; set; }
+        public long UpdatedAt { get; set; }
+    }
 }
