@@ -8,5 +8,7 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     KeysCommand.Create(),
     JwtCommand.Create(),
     BalanceCommand.Create(),
+    SeedCommand.Create(),
+    SeedCommand.CreateAudit(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -1,5 +1,11 @@
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Budgets;
+using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
 using Arrakis.Freeside.Quality;
+using Arrakis.Freeside.Idempotency;
+using Arrakis.Freeside.Ledger;
+using Arrakis.Freeside.RateLimiting;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -21,6 +27,12 @@ public static class FreesideService
         builder.AddKeyring();
         builder.AddIdentity();
         builder.AddQuality();
+        builder.AddCommunities();
+        builder.AddLedger();
+        builder.AddBudgets();
+        builder.AddIdempotency();
+        builder.AddRateLimits();
+        builder.AddAudit();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -29,6 +41,9 @@ public static class FreesideService
         app.MapJwksApi();
         app.MapIdentityApi();
         app.MapQualityApi();
+        app.MapCommunitiesApi();
+        app.MapBudgetsApi();
+        app.MapAuditApi();
         await app.InitializeStorageAsync(typeof(FreesideService).Assembly);
         return app;
     }

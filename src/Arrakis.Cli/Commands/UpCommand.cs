@@ -18,9 +18,10 @@ internal static class UpCommand
         var dixiePort = new Option<int>("--dixie-port") { Description = "dixie port", DefaultValueFactory = _ => 3001 };
         var finnPort = new Option<int>("--finn-port") { Description = "finn port", DefaultValueFactory = _ => 3002 };
         var host = new Option<string>("--host") { Description = "address to bind", DefaultValueFactory = _ => "127.0.0.1" };
+        var noSeed = new Option<bool>("--no-seed") { Description = "skip seeding the checklist's test data" };
         var command = new Command("up", "Run freeside, dixie and finn in one process (SQLite under the data directory; no other set-up).")
         {
-            freesidePort, dixiePort, finnPort, host, CliContext.DataDir,
+            freesidePort, dixiePort, finnPort, host, noSeed, CliContext.DataDir,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -52,6 +53,14 @@ internal static class UpCommand
 
             var keyPath = Path.Combine(dataDir, "staging.pem");
             WriteTestKey(freeside.Services.GetRequiredService<Keyring>(), keyPath);
+            if (!parse.GetValue(noSeed))
+            {
+                foreach (var line in await ActivatorUtilities.CreateInstance<Arrakis.Freeside.Seeding.Seeder>(freeside.Services).SeedAsync(ct))
+                {
+                    Console.WriteLine(line);
+                }
+            }
+
             Console.WriteLine($"freeside  {urls.Freeside}  (health {urls.Freeside}/health, JWKS {urls.Freeside}/.well-known/jwks.json)");
             Console.WriteLine($"dixie     {urls.Dixie}  (health {urls.Dixie}/api/health)");
             Console.WriteLine($"finn      {urls.Finn}  (health {urls.Finn}/health)");

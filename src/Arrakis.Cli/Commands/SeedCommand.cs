@@ -1,0 +1,163 @@
+using System.CommandLine;
+using System.Text.Json;
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Arrakis.Cli.Commands;
+
+/// <summary><c>loa seed</c>: upsert the launch checklist's test data (local SQLite, a PostgreSQL URL, or a running freeside).</summary>
+internal static class SeedCommand
+{
+    static readonly Option<string?> DbUrl = new("--db-url") { Description = "PostgreSQL connection string or postgres:// URL of freeside's database" };
+    static readonly Option<string?> FreesideUrl = new("--freeside-url") { Description = "seed a running freeside through its admin routes" };
+    static readonly Option<FileInfo?> Key = new("--key") { Description = "PEM of freeside's signing key, to mint operator tokens (with --freeside-url)" };
+
+    public static Command Create()
+    {
+        var dryRun = new Option<bool>("--dry-run") { Description = "print the plan and the ids, change nothing" };
+        var ecs = new Option<bool>("--ecs-exec") { Description = "print the aws ecs execute-command that runs this seed inside the cluster" };
+        var cluster = new Option<string?>("--cluster") { Description = "ECS cluster (with --ecs-exec)" };
+        var service = new Option<string?>("--service") { Description = "ECS service (default: the first service in the cluster)" };
+        var container = new Option<string>("--container") { Description = "container name", DefaultValueFactory = _ => "api" };
+        var command = new Command("seed", "Upsert the staging checklist's test community, alias, agents and credit lot (re-runnable).")
+        {
+            CliContext.DataDir, DbUrl, FreesideUrl, Key, dryRun, ecs, cluster, service, container,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            if (parse.GetValue(dryRun))
+            {
+                foreach (var line in Seeder.PlanLines)
+                {
+                    Console.WriteLine("PLAN " + line);
+                }
+
+                Print(Seeder.OutputLines);
+                return 0;
+            }
+
+            if (parse.GetValue(ecs))
+            {
+                if (string.IsNullOrWhiteSpace(parse.GetValue(cluster)))
+                {
+                    Console.Error.WriteLine("--ecs-exec needs --cluster NAME");
+                    return 2;
+                }
+
+                Console.WriteLine(EcsCommand(parse.GetValue(cluster)!, parse.GetValue(service), parse.GetValue(container)!));
+                return 0;
+            }
+
+            if (parse.GetValue(FreesideUrl) is { Length: > 0 } url)
+            {
+                if (parse.GetValue(Key) is not { Exists: true } pem)
+                {
+                    Console.Error.WriteLine("--freeside-url needs --key PEM (freeside's signing key, e.g. .loa/staging.pem)");
+                    return 2;
+                }
+
+                using var ecdsa = Keyring.ParsePem(File.ReadAllText(pem.FullName));
+                using var http = new HttpClient { BaseAddress = new Uri(url.TrimEnd('/') + "/") };
+                Print(await Seeder.SeedOverHttpAsync(http, () => OperatorToken(ecdsa), ct));
+                return 0;
+            }
+
+            await using var db = await OpenAsync(parse);
+            Print(await Seeder.For(db).SeedAsync(ct));
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary><c>loa audit</c>: run the conservation audit (C1–C5) on freeside's database; exit 1 on any breach.</summary>
+    public static Command CreateAudit()
+    {
+        var command = new Command("audit", "Check the ledger's conservation invariants C1-C5 per community; exit code 1 when any breaks.") { CliContext.DataDir, DbUrl };
+        command.SetAction(async (parse, ct) =>
+        {
+            await using var db = await OpenAsync(parse);
+            var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+            var audit = new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance);
+            var report = await audit.RunAsync(ct);
+            foreach (var community in report.Communities)
+            {
+                foreach (var check in community.Checks)
+                {
+                    Console.WriteLine($"{community.CommunityId} {check.Invariant} {(check.Passed ? "PASS" : "FAIL " + string.Join("; ", check.Violations))}");
+                    if (!check.Passed)
+                    {
+                        Console.Error.WriteLine($"CONSERVATION_VIOLATION community={community.CommunityId} invariant={check.Invariant}");
+                    }
+                }
+            }
+
+            Console.WriteLine(JsonSerializer.Serialize(new { passed = report.Passed, communities = report.Communities.Count }));
+            return report.Passed ? 0 : 1;
+        });
+        return command;
+    }
+
+    public static string OperatorToken(System.Security.Cryptography.ECDsa key) =>
+        JwtCommand.Sign(key, "arrakis", CommunitiesSetup.AdminAudience, "operator", "enterprise", "cheap", ["cheap"], TimeSpan.FromMinutes(5), null,
+            new Dictionary<string, object> { ["role"] = CommunitiesSetup.OperatorRole }, DateTimeOffset.UtcNow);
+
+    /// <summary>The exact command that runs <c>loa seed</c> in the service's first running task.</summary>
+    public static string EcsCommand(string cluster, string? service, string container)
+    {
+        var list = service is { Length: > 0 }
+            ? $"aws ecs list-tasks --cluster {cluster} --service-name {service} --desired-status RUNNING --query 'taskArns[0]' --output text"
+            : $"aws ecs list-tasks --cluster {cluster} --service-name \"$(aws ecs list-services --cluster {cluster} --query 'serviceArns[0]' --output text)\" --desired-status RUNNING --query 'taskArns[0]' --output text";
+        return $"aws ecs execute-command --cluster {cluster} --task \"$({list})\" --container {container} --interactive --command \"loa seed --db-url $DATABASE_URL\"";
+    }
+
+    static async Task<Database> OpenAsync(ParseResult parse)
+    {
+        var config = CliContext.Configuration(parse.GetValue(CliContext.DataDir));
+        if (parse.GetValue(DbUrl) is { Length: > 0 } url)
+        {
+            config = new ConfigurationBuilder().AddConfiguration(config)
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = ToNpgsql(url) }).Build();
+        }
+
+        return await CliContext.OpenMigratedAsync(config, "freeside", typeof(Arrakis.Freeside.FreesideService).Assembly);
+    }
+
+    /// <summary>Accepts both Npgsql key=value strings and postgres:// URLs.</summary>
+    public static string ToNpgsql(string url)
+    {
+        if (!url.StartsWith("postgres://", StringComparison.OrdinalIgnoreCase) && !url.StartsWith("postgresql://", StringComparison.OrdinalIgnoreCase))
+        {
+            return url;
+        }
+
+        var uri = new Uri(url);
+        var user = uri.UserInfo.Split(':', 2);
+        var builder = new Npgsql.NpgsqlConnectionStringBuilder
+        {
+            Host = uri.Host,
+            Port = uri.Port > 0 ? uri.Port : 5432,
+            Database = uri.AbsolutePath.Trim('/'),
+            Username = Uri.UnescapeDataString(user[0]),
+        };
+        if (user.Length > 1)
+        {
+            builder.Password = Uri.UnescapeDataString(user[1]);
+        }
+
+        return builder.ConnectionString;
+    }
+
+    static void Print(IEnumerable<string> lines)
+    {
+        foreach (var line in lines)
+        {
+            Console.WriteLine(line);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+using Arrakis.Freeside.Ledger;
+using Arrakis.Shared.Storage;
+using Dapper;
+
+namespace Arrakis.Freeside.Budgets;
+
+/// <summary>The public budget view: integers only, cents rounded down from micro-USD (DESIGN §2).</summary>
+public sealed record BudgetView(
+    string CommunityId,
+    long MonthlyBudgetCents,
+    long Committed,
+    long SpentCents,
+    long Reserved,
+    long Available,
+    long PercentUsed,
+    long CommittedMicro,
+    long ReservedMicro,
+    long AvailableMicro,
+    long CreditBalanceMicro,
+    string Month);
+
+public sealed class BudgetStore(Database db, TimeProvider time)
+{
+    public async Task<BudgetView?> GetAsync(string communityId, CancellationToken ct = default)
+    {
+        var month = LedgerIds.Month(time.GetUtcNow());
+        await using var c = await db.OpenAsync(ct);
+        var row = await c.QuerySingleOrDefaultAsync<Row>(
+            """
+            SELECT c.monthly_budget_cents AS BudgetCents, b.limit_micro AS LimitMicro, b.committed_micro AS CommittedMicro, b.reserved_micro AS ReservedMicro,
+                   w.credits_posted - w.debits_posted - w.debits_pending AS WalletMicro
+            FROM communities c
+            LEFT JOIN budget_months b ON b.community_id = c.id AND b.month = @month
+            LEFT JOIN ledger_accounts w ON w.id = @wallet
+            WHERE c.id = @communityId
+            """,
+            new { communityId, month, wallet = LedgerIds.Wallet(communityId) });
+        if (row is null)
+        {
+            return null;
+        }
+
+        var limit = row.LimitMicro ?? row.BudgetCents * 10_000;
+        var committed = row.CommittedMicro ?? 0;
+        var reserved = row.ReservedMicro ?? 0;
+        var available = Math.Max(0, limit - committed - reserved);
+        var percent = limit == 0 ? (committed + reserved > 0 ? 100 : 0) : (long)(((decimal)committed + reserved) * 100 / limit);
+        return new BudgetView(communityId, limit / 10_000, committed / 10_000, committed / 10_000, reserved / 10_000, available / 10_000, percent,
+            committed, reserved, available, row.WalletMicro ?? 0, month);
+    }
+
+    sealed class Row
+    {
+        public long BudgetCents { get; set; }
+        public long? LimitMicro { get; set; }
+        public long? CommittedMicro { get; set; }
+        public long? ReservedMicro { get; set; }
+        public long? WalletMicro { get; set; }
+    }
+}

@@ -1,0 +1,142 @@
+using Arrakis.Freeside.Ledger;
+using Arrakis.Shared.Http;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Arrakis.Freeside.Communities;
+
+public sealed record CommunityRequest(string? Name, string? Tier, long? MonthlyBudgetCents);
+
+public sealed record BudgetRequest(long? MonthlyBudgetCents);
+
+public sealed record AliasRequest(string? CommunityId);
+
+public sealed record AgentRequest(string? CommunityId, string? Name, string? NftContract, string? NftTokenId, DateTimeOffset? CreatedAt);
+
+public sealed record GrantRequest(string? LotId, long? AmountMicro, long? AmountCents, string? Source, DateTimeOffset? ExpiresAt);
+
+public sealed record SpendRequest(string? ReservationId, long? AmountMicro, string? AgentId, string? Pool, string? Model, long? PromptTokens, long? CompletionTokens, string? TraceId);
+
+/// <summary>Operator routes: communities, budgets, credit grants, recorded spend, tenant aliases and agents.</summary>
+public static class CommunitiesApi
+{
+    public static IEndpointRouteBuilder MapCommunitiesApi(this IEndpointRouteBuilder app)
+    {
+        var admin = app.MapGroup("/api/v1/admin").WithTags("Admin");
+        admin.MapPut("/communities/{id}", UpsertAsync).RequireOperator();
+        admin.MapGet("/communities/{id}", GetAsync).RequireOperator();
+        admin.MapPut("/communities/{id}/budget", SetBudgetAsync).RequireOperator();
+        admin.MapPost("/communities/{id}/credits", GrantAsync).RequireOperator();
+        admin.MapPost("/communities/{id}/spend", SpendAsync).RequireOperator();
+        admin.MapPut("/tenant-aliases/{tenantId}", AliasAsync).RequireOperator();
+        admin.MapPut("/agents/{id}", AgentAsync).RequireOperator();
+        return app;
+    }
+
+    static async Task<IResult> UpsertAsync(string id, CommunityRequest body, CommunityStore store, CancellationToken ct)
+    {
+        var tier = CommunityStore.ParseTier(body.Tier ?? "free");
+        if (tier is null)
+        {
+            return Problems.Invalid("tier", "tier must be free, pro or enterprise.");
+        }
+
+        if (body.MonthlyBudgetCents is null || string.IsNullOrWhiteSpace(body.Name))
+        {
+            return Problems.Invalid("body", "name and monthlyBudgetCents are required.");
+        }
+
+        var result = await store.UpsertAsync(id, body.Name, tier.Value, body.MonthlyBudgetCents.Value, ct);
+        return result.Status is CommunityStatus.Created or CommunityStatus.Updated
+            ? TypedResults.Ok(await store.FindAsync(id, ct))
+            : ToProblem(result, id);
+    }
+
+    static async Task<IResult> GetAsync(string id, CommunityStore store, CancellationToken ct) =>
+        await store.FindAsync(id, ct) is { } community ? TypedResults.Ok(community) : Problems.NotFound("community", id);
+
+    static async Task<IResult> SetBudgetAsync(string id, BudgetRequest body, CommunityStore store, CancellationToken ct)
+    {
+        if (body.MonthlyBudgetCents is not { } cents)
+        {
+            return Problems.Invalid("monthlyBudgetCents", "monthlyBudgetCents is required.");
+        }
+
+        var result = await store.SetBudgetAsync(id, cents, ct);
+        return result.Status == CommunityStatus.Updated ? TypedResults.Ok(await store.FindAsync(id, ct)) : ToProblem(result, id);
+    }
+
+    static async Task<IResult> GrantAsync(string id, GrantRequest body, Ledger.Ledger ledger, CancellationToken ct)
+    {
+        var amount = body.AmountMicro ?? (body.AmountCents is { } cents && cents <= LedgerIds.MaxAmountMicro / 10_000 ? cents * 10_000 : body.AmountCents is null ? null : -1);
+        if (amount is null || string.IsNullOrEmpty(body.LotId))
+        {
+            return Problems.Invalid("body", "lotId and amountMicro (or amountCents) are required.");
+        }
+
+        var result = await ledger.GrantAsync(id, body.LotId, amount.Value, body.Source ?? "grant", body.ExpiresAt, ct);
+        return result.Status switch
+        {
+            GrantStatus.Granted => TypedResults.Created($"/api/v1/admin/communities/{id}/credits/{result.LotId}", result),
+            GrantStatus.Duplicate => TypedResults.Ok(result),
+            GrantStatus.CommunityNotFound => Problems.NotFound("community", id),
+            GrantStatus.Conflict => Problems.Create(409, "LOT_CONFLICT", result.Detail!),
+            _ => Problems.Invalid("body", result.Detail!),
+        };
+    }
+
+    /// <summary>Records a spend through the ledger (reserve, then finalize at the same amount): for seeding and corrections.</summary>
+    static async Task<IResult> SpendAsync(string id, SpendRequest body, Ledger.Ledger ledger, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(body.ReservationId) || body.AmountMicro is not { } amount)
+        {
+            return Problems.Invalid("body", "reservationId and amountMicro are required.");
+        }
+
+        var reserve = await ledger.ReserveAsync(id, body.ReservationId, amount, ct: ct);
+        if (!reserve.Admitted)
+        {
+            return LedgerProblems.Reserve(reserve, id);
+        }
+
+        var final = await ledger.FinalizeAsync(body.ReservationId, amount,
+            new UsageRecord(body.AgentId, body.Pool, body.Model, body.PromptTokens ?? 0, body.CompletionTokens ?? 0, body.TraceId), ct);
+        return final.Status is FinalizeStatus.Finalized or FinalizeStatus.Duplicate
+            ? TypedResults.Ok(final)
+            : Problems.Create(409, "RESERVATION_" + final.Status.ToString().ToUpperInvariant(), final.Detail ?? final.Status.ToString());
+    }
+
+    static async Task<IResult> AliasAsync(string tenantId, AliasRequest body, CommunityStore store, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(body.CommunityId))
+        {
+            return Problems.Invalid("communityId", "communityId is required.");
+        }
+
+        var result = await store.SetAliasAsync(tenantId, body.CommunityId, ct);
+        return result.Status == CommunityStatus.Updated
+            ? TypedResults.Ok(new { tenantId, communityId = body.CommunityId })
+            : ToProblem(result, body.CommunityId);
+    }
+
+    static async Task<IResult> AgentAsync(string id, AgentRequest body, CommunityStore store, TimeProvider time, CancellationToken ct)
+    {
+        if (string.IsNullOrEmpty(body.CommunityId) || string.IsNullOrEmpty(body.NftContract) || string.IsNullOrEmpty(body.NftTokenId))
+        {
+            return Problems.Invalid("body", "communityId, nftContract and nftTokenId are required.");
+        }
+
+        var agent = new Agent(id, body.Name ?? id, body.CommunityId, body.NftContract, body.NftTokenId, (body.CreatedAt ?? time.GetUtcNow()).ToUnixTimeMilliseconds());
+        var result = await store.UpsertAgentAsync(agent, ct);
+        return result.Status == CommunityStatus.Updated ? TypedResults.Ok(agent) : ToProblem(result, body.CommunityId);
+    }
+
+    static IResult ToProblem(CommunityResult result, string id) => result.Status switch
+    {
+        CommunityStatus.NotFound => Problems.Create(404, "NOT_FOUND", result.Detail ?? $"community '{id}' was not found."),
+        CommunityStatus.BudgetBelowUsage => Problems.Create(409, "BUDGET_BELOW_USAGE", result.Detail!),
+        CommunityStatus.AliasCycle => Problems.Create(409, "ALIAS_CYCLE", result.Detail!),
+        _ => Problems.Invalid("body", result.Detail ?? "The request is invalid."),
+    };
+}

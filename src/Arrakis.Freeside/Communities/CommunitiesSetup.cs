@@ -1,0 +1,42 @@
+using Arrakis.Shared.Http;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Communities;
+
+public static class CommunitiesSetup
+{
+    /// <summary>Operator tokens: iss <c>arrakis</c>, aud <c>arrakis-admin</c>, claim <c>role</c> = <c>operator</c>, signed by freeside's keyring.</summary>
+    public const string OperatorPolicy = "operator";
+
+    public const string AdminAudience = "arrakis-admin";
+
+    public const string OperatorRole = "operator";
+
+    public static WebApplicationBuilder AddCommunities(this WebApplicationBuilder builder)
+    {
+        builder.Services.AddTokenPolicy(OperatorPolicy, sp => new TokenPolicy(
+            OperatorPolicy,
+            new Dictionary<string, IKeySource> { [FreesideService.Issuer] = sp.GetRequiredService<LocalKeySource>() },
+            [AdminAudience],
+            TimeSpan.FromHours(1)));
+        builder.Services.AddSingleton<CommunityStore>();
+        return builder;
+    }
+
+    /// <summary>Requires an operator token: a verified admin-audience token whose <c>role</c> claim is <c>operator</c> (else 403).</summary>
+    public static TBuilder RequireOperator<TBuilder>(this TBuilder builder)
+        where TBuilder : IEndpointConventionBuilder
+    {
+        builder.RequireToken(OperatorPolicy);
+        return builder.AddEndpointFilter(async (context, next) =>
+        {
+            var token = context.HttpContext.VerifiedToken();
+            return token.TryGetPayloadValue<string>("role", out var role) && role == OperatorRole
+                ? await next(context)
+                : Problems.Forbidden("This route needs an operator token (claim role=operator).");
+        });
+    }
+}

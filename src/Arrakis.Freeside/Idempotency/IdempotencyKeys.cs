@@ -1,0 +1,76 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Shared.Http;
+using Microsoft.AspNetCore.Http;
+
+namespace Arrakis.Freeside.Idempotency;
+
+/// <summary>Where the key came from; a generated key is echoed back to the client.</summary>
+public enum IdempotencyKeySource
+{
+    Header,
+    BodyCamel,
+    BodySnake,
+    Generated,
+}
+
+public sealed record IdempotencyKey(string Value, IdempotencyKeySource Source);
+
+/// <summary>Resolves the idempotency key of a request: header, then body <c>idempotencyKey</c>, then <c>idempotency_key</c>.</summary>
+public static class IdempotencyKeys
+{
+    public const string Header = "X-Idempotency-Key";
+    public const int MaxLength = 255;
+
+    /// <summary>Returns the key, or a 400 problem when the supplied key is empty or longer than 255 characters.</summary>
+    public static (IdempotencyKey? Key, IResult? Problem) Resolve(HttpRequest request, JsonElement? body)
+    {
+        if (request.Headers.TryGetValue(Header, out var header) && header.Count > 0)
+        {
+            return Check(header.ToString(), IdempotencyKeySource.Header);
+        }
+
+        if (body is { ValueKind: JsonValueKind.Object } b)
+        {
+            foreach (var (name, source) in new[] { ("idempotencyKey", IdempotencyKeySource.BodyCamel), ("idempotency_key", IdempotencyKeySource.BodySnake) })
+            {
+                if (b.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null)
+                {
+                    return value.ValueKind == JsonValueKind.String
+                        ? Check(value.GetString()!, source)
+                        : (null, Problems.Invalid(name, name + " must be a string."));
+                }
+            }
+        }
+
+        return (new IdempotencyKey("gen-" + Guid.NewGuid().ToString("N"), IdempotencyKeySource.Generated), null);
+    }
+
+    /// <summary>A stable hash of the method, path and raw body bytes: the same request hashes the same.</summary>
+    public static string Hash(string method, string path, ReadOnlySpan<byte> body)
+    {
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        sha.AppendData(Encoding.UTF8.GetBytes(method + " " + path + "\n"));
+        sha.AppendData(body);
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+
+    static (IdempotencyKey?, IResult?) Check(string value, IdempotencyKeySource source) =>
+        value.Length == 0 || value.Length > MaxLength
+            ? (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY", $"The idempotency key must be 1-{MaxLength} characters (got {value.Length}).",
+                new Dictionary<string, object?> { ["field"] = source == IdempotencyKeySource.Header ? Header : source == IdempotencyKeySource.BodyCamel ? "idempotencyKey" : "idempotency_key" }))
+            : (new IdempotencyKey(value, source), null);
+
+    /// <summary>The 409 answers of a key that cannot start (DESIGN §3).</summary>
+    public static IResult? Conflict(IdempotencyBegin begin) => begin.State switch
+    {
+        IdempotencyState.KeyReused => Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", "This idempotency key was used with a different request body."),
+        IdempotencyState.InProgress => Problems.Create(409, "REQUEST_IN_PROGRESS", "A request with this idempotency key is still in progress; retry later."),
+        _ => null,
+    };
+
+    /// <summary>Replays a stored response byte for byte.</summary>
+    public static IResult Replay(IdempotencyBegin begin) =>
+        Results.Text(begin.Body ?? "", begin.ContentType ?? "application/json", Encoding.UTF8, begin.Status ?? 200);
+}

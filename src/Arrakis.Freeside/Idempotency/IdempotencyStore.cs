@@ -1,0 +1,140 @@
+using System.ComponentModel.DataAnnotations;
+using Arrakis.Shared.Storage;
+using Dapper;
+
+namespace Arrakis.Freeside.Idempotency;
+
+public enum IdempotencyState
+{
+    /// <summary>This caller owns the key and must Complete or Abandon it.</summary>
+    Started,
+
+    /// <summary>The same request finished before: replay its stored response.</summary>
+    Replay,
+
+    /// <summary>The key was used with a different body: 409 IDEMPOTENCY_KEY_REUSED.</summary>
+    KeyReused,
+
+    /// <summary>The first request with this key is still running: 409 REQUEST_IN_PROGRESS.</summary>
+    InProgress,
+}
+
+public sealed record IdempotencyBegin(IdempotencyState State, int? Status = null, string? Body = null, string? ContentType = null);
+
+public sealed class IdempotencyOptions
+{
+    public const string Section = "Idempotency";
+
+    /// <summary>How long stored responses are kept (at least 24 h, DESIGN §3).</summary>
+    [Range(typeof(TimeSpan), "1.00:00:00", "30.00:00:00", ErrorMessage = "Idempotency:Retention must be between 1 and 30 days, e.g. 1.00:00:00.")]
+    public TimeSpan Retention { get; set; } = TimeSpan.FromHours(25);
+
+    /// <summary>An in-progress key older than this is considered crashed and may be taken over.</summary>
+    [Range(typeof(TimeSpan), "00:00:10", "01:00:00", ErrorMessage = "Idempotency:LeaseTimeout must be between 10 s and 1 h, e.g. 00:10:00.")]
+    public TimeSpan LeaseTimeout { get; set; } = TimeSpan.FromMinutes(10);
+}
+
+/// <summary>
+/// Stripe-style idempotency keys scoped to a community. The primary key (scope, key) is the race guard: the first
+/// INSERT wins, everyone else reads what it stored.
+/// </summary>
+public sealed class IdempotencyStore(Database db, TimeProvider time, IdempotencyOptions options)
+{
+    public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
+    {
+        var now = time.GetUtcNow().ToUnixTimeMilliseconds();
+        await using var c = await db.OpenAsync(ct);
+        for (var attempt = 0; attempt < 3; attempt++)
+        {
+            var inserted = await c.ExecuteAsync(
+                """
+                INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
+                VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
+                """,
+                new { scope, key, requestHash, now });
+            if (inserted == 1)
+            {
+                return new(IdempotencyState.Started);
+            }
+
+            var row = await c.QuerySingleOrDefaultAsync<Row>(
+                "SELECT request_hash AS RequestHash, state AS State, response_status AS Status, response_body AS Body, content_type AS ContentType, created_at AS CreatedAt, updated_at AS UpdatedAt FROM idempotency_keys WHERE scope = @scope AND idem_key = @key",
+                new { scope, key });
+            if (row is null)
+            {
+                continue; // purged between the two statements; try the insert again
+            }
+
+            if (row.CreatedAt < now - (long)options.Retention.TotalMilliseconds)
+            {
+                // Past retention: the key is free again. The conditional delete lets exactly one caller reclaim it.
+                await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND created_at = @created",
+                    new { scope, key, created = row.CreatedAt });
+                continue;
+            }
+
+            if (row.RequestHash != requestHash)
+            {
+                return new(IdempotencyState.KeyReused);
+            }
+
+            if (row.State == "complete")
+            {
+                return new(IdempotencyState.Replay, (int?)row.Status, row.Body, row.ContentType);
+            }
+
+            if (row.UpdatedAt < now - (long)options.LeaseTimeout.TotalMilliseconds)
+            {
+                var taken = await c.ExecuteAsync(
+                    "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old",
+                    new { scope, key, now, old = row.UpdatedAt });
+                if (taken == 1)
+                {
+                    return new(IdempotencyState.Started);
+                }
+            }
+
+            return new(IdempotencyState.InProgress);
+        }
+
+        return new(IdempotencyState.InProgress);
+    }
+
+    /// <summary>Stores the response of a started request so later retries replay it.</summary>
+    public async Task CompleteAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
+    {
+        await using var c = await db.OpenAsync(ct);
+        await c.ExecuteAsync(
+            """
+            UPDATE idempotency_keys SET state = 'complete', response_status = @status, response_body = @body, content_type = @contentType, updated_at = @now
+            WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'
+            """,
+            new { scope, key, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
+    }
+
+    /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
+    public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)
+    {
+        await using var c = await db.OpenAsync(ct);
+        await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'", new { scope, key });
+    }
+
+    /// <summary>Deletes keys past retention; returns how many.</summary>
+    public async Task<int> PurgeAsync(CancellationToken ct = default)
+    {
+        await using var c = await db.OpenAsync(ct);
+        return await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE created_at < @cutoff",
+            new { cutoff = (time.GetUtcNow() - options.Retention).ToUnixTimeMilliseconds() });
+    }
+
+    sealed class Row
+    {
+        public string RequestHash { get; set; } = "";
+        public string State { get; set; } = "";
+        public int? Status { get; set; }
+        public string? Body { get; set; }
+        public string? ContentType { get; set; }
+        public long CreatedAt { get; set; }
+        public long UpdatedAt { get; set; }
+    }
+}

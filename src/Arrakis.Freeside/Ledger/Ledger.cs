@@ -1,0 +1,480 @@
+using System.Data.Common;
+using Arrakis.Shared.Storage;
+using Dapper;
+
+namespace Arrakis.Freeside.Ledger;
+
+/// <summary>
+/// The credit ledger (DESIGN §3): each operation is one database transaction made of conditional updates whose row
+/// counts decide the outcome, so it is atomic across threads, processes and replicas on SQLite and PostgreSQL.
+/// Lock order everywhere: reservation, budget month, wallet, spend, lots, issuance/expired.
+/// </summary>
+public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options, LedgerMetrics metrics)
+{
+    /// <summary>Test hook: called at named points inside transactions so tests can inject a failure mid-transaction.</summary>
+    internal Func<string, ValueTask>? FaultInjector { get; set; }
+
+    public TimeProvider Time => time;
+
+    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl = null, CancellationToken ct = default)
+    {
+        if (!LedgerIds.IsValid(communityId))
+        {
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        if (!LedgerIds.IsValid(reservationId))
+        {
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        if (!LedgerIds.IsValidAmount(amountMicro))
+        {
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.");
+        }
+
+        var life = ttl ?? options.ReservationTtl;
+        if (life <= TimeSpan.Zero)
+        {
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "ttl must be positive.");
+        }
+
+        return await WriteAsync(async (c, tx) =>
+        {
+            var now = time.GetUtcNow();
+            var month = LedgerIds.Month(now);
+            var at = now.ToUnixTimeMilliseconds();
+            var inserted = await c.ExecuteAsync(
+                """
+                INSERT INTO reservations (id, community_id, month, amount_micro, status, created_at, expires_at)
+                SELECT @id, id, @month, @amount, 'pending', @at, @expires FROM communities WHERE id = @community
+                ON CONFLICT (id) DO NOTHING
+                """,
+                new { id = reservationId, month, amount = amountMicro, at, expires = at + (long)life.TotalMilliseconds, community = communityId }, tx);
+            if (inserted == 0)
+            {
+                var existing = await c.QuerySingleOrDefaultAsync<OwnerRow>(
+                    "SELECT community_id AS CommunityId, amount_micro AS Amount FROM reservations WHERE id = @id", new { id = reservationId }, tx);
+                return existing is { } e
+                    ? (new ReserveResult(ReserveStatus.Duplicate, reservationId, e.Amount, 0, 0, e.CommunityId == communityId ? null : "The reservation id belongs to another community."), false)
+                    : (new ReserveResult(ReserveStatus.CommunityNotFound, reservationId, amountMicro, 0, 0, $"Community '{communityId}' does not exist."), false);
+            }
+
+            await FaultAsync("reserve.after-insert");
+            if (!await AddReservedAsync(c, tx, communityId, month, amountMicro))
+            {
+                var budget = await BudgetRemainingAsync(c, tx, communityId, month);
+                return (new ReserveResult(ReserveStatus.BudgetExceeded, reservationId, amountMicro, budget, await WalletAvailableAsync(c, tx, communityId),
+                    $"The monthly budget has {budget} micro-USD left; this call needs up to {amountMicro}."), false);
+            }
+
+            var held = await c.ExecuteAsync(
+                """
+                UPDATE ledger_accounts SET debits_pending = debits_pending + @amount
+                WHERE id = @id AND credits_posted - debits_posted - debits_pending >= @amount
+                """,
+                new { id = LedgerIds.Wallet(communityId), amount = amountMicro }, tx);
+            if (held == 0)
+            {
+                var wallet = await WalletAvailableAsync(c, tx, communityId);
+                return (new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, await BudgetRemainingAsync(c, tx, communityId, month), wallet,
+                    $"The credit wallet has {wallet} micro-USD available; this call needs up to {amountMicro}."), false);
+            }
+
+            await FaultAsync("reserve.after-wallet");
+            await c.ExecuteAsync("UPDATE ledger_accounts SET credits_pending = credits_pending + @amount WHERE id = @id",
+                new { id = LedgerIds.Spend(communityId), amount = amountMicro }, tx);
+            await InsertTransferAsync(c, tx, "r:" + reservationId, communityId, "pending", LedgerIds.Wallet(communityId), LedgerIds.Spend(communityId), amountMicro, null, at);
+            return (new ReserveResult(ReserveStatus.Reserved, reservationId, amountMicro,
+                await BudgetRemainingAsync(c, tx, communityId, month), await WalletAvailableAsync(c, tx, communityId)), true);
+        }, ct);
+    }
+
+    public async Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, CancellationToken ct = default)
+    {
+        if (!LedgerIds.IsValid(reservationId))
+        {
+            return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        if (actualMicro < 0 || actualMicro > LedgerIds.MaxAmountMicro)
+        {
+            return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, $"actualMicro must be between 0 and {LedgerIds.MaxAmountMicro}.");
+        }
+
+        var result = await WriteAsync(async (c, tx) =>
+        {
+            var at = time.GetUtcNow().ToUnixTimeMilliseconds();
+            var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
+                """
+                UPDATE reservations SET status = 'posted', actual_micro = @actual, resolved_at = @at
+                WHERE id = @id AND status = 'pending' AND amount_micro >= @actual
+                RETURNING community_id AS CommunityId, month AS Month, amount_micro AS Amount
+                """,
+                new { id = reservationId, actual = actualMicro, at }, tx);
+            if (claimed is not { } r)
+            {
+                return (await UnclaimedFinalizeAsync(c, tx, reservationId, actualMicro), false);
+            }
+
+            await FaultAsync("finalize.after-claim");
+            await c.ExecuteAsync(
+                """
+                UPDATE budget_months SET reserved_micro = reserved_micro - @amount, committed_micro = committed_micro + @actual
+                WHERE community_id = @community AND month = @month
+                """,
+                new { community = r.CommunityId, month = r.Month, amount = r.Amount, actual = actualMicro }, tx);
+            await c.ExecuteAsync(
+                "UPDATE ledger_accounts SET debits_pending = debits_pending - @amount, debits_posted = debits_posted + @actual WHERE id = @id",
+                new { id = LedgerIds.Wallet(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
+            await FaultAsync("finalize.after-wallet");
+            await c.ExecuteAsync(
+                "UPDATE ledger_accounts SET credits_pending = credits_pending - @amount, credits_posted = credits_posted + @actual WHERE id = @id",
+                new { id = LedgerIds.Spend(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
+            var transferId = "p:" + reservationId;
+            await DebitLotsAsync(c, tx, r.CommunityId, transferId, "debit", actualMicro, at);
+            await InsertTransferAsync(c, tx, transferId, r.CommunityId, "post", LedgerIds.Wallet(r.CommunityId), LedgerIds.Spend(r.CommunityId), actualMicro, "r:" + reservationId, at);
+            await c.ExecuteAsync(
+                """
+                INSERT INTO usage_records (id, community_id, month, agent_id, pool, model, prompt_tokens, completion_tokens, cost_micro, trace_id, idempotency_key, created_at)
+                VALUES (@id, @community, @month, @agent, @pool, @model, @prompt, @completion, @cost, @trace, @key, @at)
+                """,
+                new
+                {
+                    id = reservationId, community = r.CommunityId, month = r.Month, agent = usage.AgentId, pool = usage.Pool, model = usage.Model,
+                    prompt = usage.PromptTokens, completion = usage.CompletionTokens, cost = actualMicro, trace = usage.TraceId, key = usage.IdempotencyKey, at,
+                }, tx);
+            return (new FinalizeResult(FinalizeStatus.Finalized, reservationId, r.Amount, actualMicro, r.Amount - actualMicro), true);
+        }, ct);
+        if (result.Status == FinalizeStatus.Finalized)
+        {
+            metrics.Spent(result.ActualMicro);
+        }
+
+        return result;
+    }
+
+    public Task<ReleaseResult> ReleaseAsync(string reservationId, CancellationToken ct = default) =>
+        LedgerIds.IsValid(reservationId)
+            ? ResolveWithoutChargeAsync(reservationId, "voided", ct)
+            : Task.FromResult(new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-]."));
+
+    /// <summary>Expires every pending reservation whose TTL has passed; returns how many this call expired.</summary>
+    public async Task<int> ExpireDueAsync(int batch = 200, CancellationToken ct = default)
+    {
+        var expired = 0;
+        while (true)
+        {
+            List<string> due;
+            await using (var c = await db.OpenAsync(ct))
+            {
+                due = (await c.QueryAsync<string>(
+                    "SELECT id FROM reservations WHERE status = 'pending' AND expires_at <= @now ORDER BY expires_at LIMIT @batch",
+                    new { now = time.GetUtcNow().ToUnixTimeMilliseconds(), batch })).ToList();
+            }
+
+            foreach (var id in due)
+            {
+                if ((await ResolveWithoutChargeAsync(id, "expired", ct)).Status == ReleaseStatus.Released)
+                {
+                    expired++;
+                }
+            }
+
+            if (due.Count < batch)
+            {
+                return expired;
+            }
+        }
+    }
+
+    public async Task<GrantResult> GrantAsync(string communityId, string lotId, long amountMicro, string source, DateTimeOffset? expiresAt = null, CancellationToken ct = default)
+    {
+        if (!LedgerIds.IsValid(communityId) || !LedgerIds.IsValid(lotId))
+        {
+            return new(GrantStatus.Invalid, lotId, amountMicro, "communityId and lotId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        if (!LedgerIds.IsValidAmount(amountMicro))
+        {
+            return new(GrantStatus.Invalid, lotId, amountMicro, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.");
+        }
+
+        if (!CreditSources.All.Contains(source))
+        {
+            return new(GrantStatus.Invalid, lotId, amountMicro, "source must be one of " + string.Join(", ", CreditSources.All.Order()) + ".");
+        }
+
+        var result = await WriteAsync(async (c, tx) =>
+        {
+            var at = time.GetUtcNow().ToUnixTimeMilliseconds();
+            var credited = await c.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id",
+                new { id = LedgerIds.Wallet(communityId), amount = amountMicro }, tx);
+            if (credited == 0)
+            {
+                return (new GrantResult(GrantStatus.CommunityNotFound, lotId, amountMicro, $"Community '{communityId}' does not exist."), false);
+            }
+
+            var inserted = await c.ExecuteAsync(
+                """
+                INSERT INTO credit_lots (id, community_id, source, amount_micro, remaining_micro, expires_at, created_at)
+                VALUES (@id, @community, @source, @amount, @amount, @expires, @at) ON CONFLICT (id) DO NOTHING
+                """,
+                new { id = lotId, community = communityId, source, amount = amountMicro, expires = expiresAt?.ToUnixTimeMilliseconds(), at }, tx);
+            if (inserted == 0)
+            {
+                var existing = await c.QuerySingleAsync<LotRow>(
+                    "SELECT community_id AS CommunityId, amount_micro AS Amount, source AS Source FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
+                return existing.CommunityId == communityId && existing.Amount == amountMicro && existing.Source == source
+                    ? (new GrantResult(GrantStatus.Duplicate, lotId, amountMicro), false)
+                    : (new GrantResult(GrantStatus.Conflict, lotId, amountMicro, "The lot id already exists with a different community, amount or source."), false);
+            }
+
+            await FaultAsync("grant.after-lot");
+            await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id",
+                new { id = LedgerIds.Issuance(communityId), amount = amountMicro }, tx);
+            var transferId = "g:" + lotId;
+            await c.ExecuteAsync(
+                "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'credit', @amount, @at)",
+                new { lot = lotId, transfer = transferId, community = communityId, amount = amountMicro, at }, tx);
+            await InsertTransferAsync(c, tx, transferId, communityId, "grant", LedgerIds.Issuance(communityId), LedgerIds.Wallet(communityId), amountMicro, null, at);
+            return (new GrantResult(GrantStatus.Granted, lotId, amountMicro), true);
+        }, ct);
+        if (result.Status == GrantStatus.Granted)
+        {
+            metrics.Minted(amountMicro, source);
+        }
+
+        return result;
+    }
+
+    /// <summary>Moves what is left of expired lots out of the wallet (never below what pending holds need).</summary>
+    public async Task<int> ExpireLotsAsync(CancellationToken ct = default)
+    {
+        List<LotOwner> due;
+        await using (var c = await db.OpenAsync(ct))
+        {
+            due = (await c.QueryAsync<LotOwner>(
+                "SELECT id AS Id, community_id AS CommunityId FROM credit_lots WHERE expires_at IS NOT NULL AND expires_at <= @now AND remaining_micro > 0 LIMIT 500",
+                new { now = time.GetUtcNow().ToUnixTimeMilliseconds() })).ToList();
+        }
+
+        var count = 0;
+        foreach (var (lotId, communityId) in due)
+        {
+            count += await WriteAsync(async (c, tx) =>
+            {
+                var wallet = LedgerIds.Wallet(communityId);
+                await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted WHERE id = @id", new { id = wallet }, tx); // takes the wallet lock
+                var remaining = await c.ExecuteScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
+                var amount = Math.Min(remaining, await WalletAvailableAsync(c, tx, communityId));
+                if (amount <= 0)
+                {
+                    return (0, false);
+                }
+
+                var at = time.GetUtcNow().ToUnixTimeMilliseconds();
+                var transferId = $"lx:{lotId}:{remaining}";
+                await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id", new { id = wallet, amount }, tx);
+                await c.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id", new { id = LedgerIds.Expired(communityId), amount }, tx);
+                await c.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @amount WHERE id = @id", new { id = lotId, amount }, tx);
+                await c.ExecuteAsync(
+                    "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'expiry', @amount, @at)",
+                    new { lot = lotId, transfer = transferId, community = communityId, amount, at }, tx);
+                await InsertTransferAsync(c, tx, transferId, communityId, "lot_expiry", wallet, LedgerIds.Expired(communityId), amount, null, at);
+                return (1, true);
+            }, ct);
+        }
+
+        return count;
+    }
+
+    /// <summary>Current state of a reservation, or null.</summary>
+    public async Task<ReservationState?> FindReservationAsync(string reservationId, CancellationToken ct = default)
+    {
+        await using var c = await db.OpenAsync(ct);
+        return await c.QuerySingleOrDefaultAsync<ReservationState>(
+            "SELECT id AS Id, community_id AS CommunityId, status AS Status, amount_micro AS AmountMicro, actual_micro AS ActualMicro FROM reservations WHERE id = @id",
+            new { id = reservationId });
+    }
+
+    sealed record OwnerRow(string CommunityId, long Amount);
+
+    sealed record ClaimRow(string CommunityId, string Month, long Amount);
+
+    sealed record StatusRow(string Status, long Amount, long? Actual);
+
+    sealed record LotRow(string CommunityId, long Amount, string Source);
+
+    sealed record LotBalance(string Id, long Remaining);
+
+    sealed record LotOwner(string Id, string CommunityId);
+
+    async Task<ReleaseResult> ResolveWithoutChargeAsync(string reservationId, string status, CancellationToken ct) =>
+        await WriteAsync(async (c, tx) =>
+        {
+            var at = time.GetUtcNow().ToUnixTimeMilliseconds();
+            var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
+                $"""
+                UPDATE reservations SET status = '{status}', resolved_at = @at
+                WHERE id = @id AND status = 'pending' {(status == "expired" ? "AND expires_at <= @at" : "")}
+                RETURNING community_id AS CommunityId, month AS Month, amount_micro AS Amount
+                """,
+                new { id = reservationId, at }, tx);
+            if (claimed is not { } r)
+            {
+                var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
+                    "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
+                return (existing switch
+                {
+                    null => new ReleaseResult(ReleaseStatus.NotFound, reservationId, 0, $"Reservation '{reservationId}' does not exist."),
+                    { Status: "voided" } e => new ReleaseResult(ReleaseStatus.Duplicate, reservationId, e.Amount),
+                    { Status: "expired" } e => new ReleaseResult(ReleaseStatus.Expired, reservationId, e.Amount),
+                    { Status: "posted" } => new ReleaseResult(ReleaseStatus.AlreadyFinalized, reservationId, 0, "The reservation was already finalized."),
+                    _ => new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "The reservation is not due yet."),
+                }, false);
+            }
+
+            await FaultAsync("release.after-claim");
+            await c.ExecuteAsync("UPDATE budget_months SET reserved_micro = reserved_micro - @amount WHERE community_id = @community AND month = @month",
+                new { community = r.CommunityId, month = r.Month, amount = r.Amount }, tx);
+            await c.ExecuteAsync("UPDATE ledger_accounts SET debits_pending = debits_pending - @amount WHERE id = @id",
+                new { id = LedgerIds.Wallet(r.CommunityId), amount = r.Amount }, tx);
+            await c.ExecuteAsync("UPDATE ledger_accounts SET credits_pending = credits_pending - @amount WHERE id = @id",
+                new { id = LedgerIds.Spend(r.CommunityId), amount = r.Amount }, tx);
+            await InsertTransferAsync(c, tx, (status == "expired" ? "x:" : "v:") + reservationId, r.CommunityId, status == "expired" ? "expire" : "void",
+                LedgerIds.Wallet(r.CommunityId), LedgerIds.Spend(r.CommunityId), r.Amount, "r:" + reservationId, at);
+            return (new ReleaseResult(ReleaseStatus.Released, reservationId, r.Amount), true);
+        }, ct);
+
+    static async Task<FinalizeResult> UnclaimedFinalizeAsync(DbConnection c, DbTransaction tx, string reservationId, long actualMicro)
+    {
+        var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
+            "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
+        return existing switch
+        {
+            null => new FinalizeResult(FinalizeStatus.NotFound, reservationId, 0, actualMicro, 0, $"Reservation '{reservationId}' does not exist."),
+            { Status: "posted" } e => new FinalizeResult(FinalizeStatus.Duplicate, reservationId, e.Amount, e.Actual ?? 0, e.Amount - (e.Actual ?? 0)),
+            { Status: "voided" } e => new FinalizeResult(FinalizeStatus.AlreadyReleased, reservationId, e.Amount, 0, e.Amount, "The reservation was released."),
+            { Status: "expired" } e => new FinalizeResult(FinalizeStatus.Expired, reservationId, e.Amount, 0, e.Amount, "The reservation expired before it was finalized."),
+            { } e => new FinalizeResult(FinalizeStatus.ExceedsReservation, reservationId, e.Amount, actualMicro, 0,
+                $"The actual cost {actualMicro} exceeds the reservation of {e.Amount} micro-USD."),
+        };
+    }
+
+    /// <summary>Debits lots earliest-expiry-first; the wallet row is already locked by this transaction.</summary>
+    async Task DebitLotsAsync(DbConnection c, DbTransaction tx, string communityId, string transferId, string kind, long amount, long at)
+    {
+        if (amount == 0)
+        {
+            return;
+        }
+
+        var lots = await c.QueryAsync<LotBalance>(
+            "SELECT id AS Id, remaining_micro AS Remaining FROM credit_lots WHERE community_id = @community AND remaining_micro > 0 " +
+            "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, id" + (db.IsPostgres ? " FOR UPDATE" : ""),
+            new { community = communityId }, tx);
+        var left = amount;
+        foreach (var (id, remaining) in lots)
+        {
+            var take = Math.Min(left, remaining);
+            var updated = await c.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @take WHERE id = @id AND remaining_micro >= @take",
+                new { id, take }, tx);
+            if (updated != 1)
+            {
+                throw new InvalidOperationException($"Credit lot {id} changed under the wallet lock.");
+            }
+
+            await c.ExecuteAsync(
+                "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, @kind, @amount, @at)",
+                new { lot = id, transfer = transferId, community = communityId, kind, amount = take, at }, tx);
+            left -= take;
+            if (left == 0)
+            {
+                return;
+            }
+        }
+
+        throw new InvalidOperationException($"The lots of community {communityId} cannot cover {amount} micro-USD although the wallet held it.");
+    }
+
+    async Task<bool> AddReservedAsync(DbConnection c, DbTransaction tx, string communityId, string month, long amount)
+    {
+        const string Reserve = """
+            UPDATE budget_months SET reserved_micro = reserved_micro + @amount
+            WHERE community_id = @community AND month = @month AND committed_micro + reserved_micro + @amount <= limit_micro
+            """;
+        var args = new { community = communityId, month, amount };
+        if (await c.ExecuteAsync(Reserve, args, tx) == 1)
+        {
+            return true;
+        }
+
+        // First reserve of the month (or a refusal): make sure the month row exists, then try once more.
+        var created = await EnsureMonthAsync(c, tx, communityId, month);
+        return created && await c.ExecuteAsync(Reserve, args, tx) == 1;
+    }
+
+    internal static async Task<bool> EnsureMonthAsync(DbConnection c, DbTransaction tx, string communityId, string month) =>
+        await c.ExecuteAsync(
+            """
+            INSERT INTO budget_months (community_id, month, limit_micro, committed_micro, reserved_micro)
+            SELECT id, @month, monthly_budget_cents * 10000, 0, 0 FROM communities WHERE id = @community
+            ON CONFLICT (community_id, month) DO NOTHING
+            """,
+            new { community = communityId, month }, tx) == 1;
+
+    static async Task<long> BudgetRemainingAsync(DbConnection c, DbTransaction tx, string communityId, string month) =>
+        await c.QuerySingleOrDefaultAsync<long?>(
+            "SELECT limit_micro - committed_micro - reserved_micro FROM budget_months WHERE community_id = @community AND month = @month",
+            new { community = communityId, month }, tx) ?? 0;
+
+    static async Task<long> WalletAvailableAsync(DbConnection c, DbTransaction tx, string communityId) =>
+        await c.QuerySingleOrDefaultAsync<long?>(
+            "SELECT credits_posted - debits_posted - debits_pending FROM ledger_accounts WHERE id = @id",
+            new { id = LedgerIds.Wallet(communityId) }, tx) ?? 0;
+
+    static Task InsertTransferAsync(DbConnection c, DbTransaction tx, string id, string communityId, string kind, string debit, string credit, long amount, string? pendingId, long at) =>
+        c.ExecuteAsync(
+            """
+            INSERT INTO ledger_transfers (id, community_id, kind, debit_account_id, credit_account_id, amount_micro, pending_id, created_at)
+            VALUES (@id, @community, @kind, @debit, @credit, @amount, @pending, @at)
+            """,
+            new { id, community = communityId, kind, debit, credit, amount, pending = pendingId, at }, tx);
+
+    async ValueTask FaultAsync(string point)
+    {
+        if (FaultInjector is { } fault)
+        {
+            await fault(point);
+        }
+    }
+
+    /// <summary>Runs one write transaction; the work says whether to commit. Deadlocks and busy errors are retried.</summary>
+    internal async Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<(T Result, bool Commit)>> work, CancellationToken ct)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            try
+            {
+                await using var c = await db.OpenAsync(ct);
+                await using var tx = await Database.BeginWriteAsync(c, ct);
+                var (result, commit) = await work(c, tx);
+                if (commit)
+                {
+                    await tx.CommitAsync(ct);
+                }
+                else
+                {
+                    await tx.RollbackAsync(ct);
+                }
+
+                return result;
+            }
+            catch (Exception ex) when (attempt < 8 && Database.IsTransient(ex))
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(5 * (attempt + 1) + Random.Shared.Next(10)), ct);
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Http;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using StackExchange.Redis;
+
+namespace Arrakis.Freeside.RateLimiting;
+
+/// <summary>Requests per minute for one tier, per community and per user.</summary>
+public sealed class TierLimits
+{
+    public int CommunityPerMinute { get; set; }
+
+    public int UserPerMinute { get; set; }
+}
+
+public sealed class RateLimitOptions
+{
+    public const string Section = "RateLimits";
+
+    /// <summary>Generous for free: the launch gate sends ~35 requests a minute from one free token, in bursts of 10.</summary>
+    public TierLimits Free { get; set; } = new() { CommunityPerMinute = 120, UserPerMinute = 120 };
+
+    public TierLimits Pro { get; set; } = new() { CommunityPerMinute = 600, UserPerMinute = 300 };
+
+    public TierLimits Enterprise { get; set; } = new() { CommunityPerMinute = 3000, UserPerMinute = 1000 };
+
+    public TierLimits For(Tier tier) => tier switch
+    {
+        Tier.Pro => Pro,
+        Tier.Enterprise => Enterprise,
+        _ => Free,
+    };
+}
+
+public sealed record RateLimitDecision(bool Allowed, int Limit, int Remaining, TimeSpan RetryAfter, string Policy);
+
+/// <summary>Fixed one-minute windows counted in Redis (shared by replicas) or in memory (one process).</summary>
+public interface IRateLimitCounter
+{
+    /// <summary>Adds one hit to <paramref name="key"/>'s window and returns the count including it.</summary>
+    Task<long> HitAsync(string key, TimeSpan window, CancellationToken ct);
+}
+
+internal sealed class MemoryRateLimitCounter : IRateLimitCounter
+{
+    readonly ConcurrentDictionary<string, StrongBox> _counts = new();
+
+    public Task<long> HitAsync(string key, TimeSpan window, CancellationToken ct)
+    {
+        if (_counts.Count > 100_000)
+        {
+            _counts.Clear(); // old windows; a reset only ever allows more
+        }
+
+        return Task.FromResult(Interlocked.Increment(ref _counts.GetOrAdd(key, _ => new StrongBox()).Value));
+    }
+
+    sealed class StrongBox
+    {
+        public long Value;
+    }
+}
+
+internal sealed class RedisRateLimitCounter(IConnectionMultiplexer redis) : IRateLimitCounter
+{
+    const string Script = "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
+
+    public async Task<long> HitAsync(string key, TimeSpan window, CancellationToken ct) =>
+        (long)await redis.GetDatabase().ScriptEvaluateAsync(Script, [new RedisKey("arrakis:ratelimit:" + key)], [(long)window.TotalMilliseconds * 2]);
+}
+
+/// <summary>Per-community and per-user request limits by tier.</summary>
+public sealed class RateLimiter(IRateLimitCounter counter, RateLimitOptions options, TimeProvider time)
+{
+    static readonly TimeSpan Window = TimeSpan.FromMinutes(1);
+
+    public async Task<RateLimitDecision> CheckAsync(Tier tier, string communityId, string? userId, CancellationToken ct = default)
+    {
+        var limits = options.For(tier);
+        var now = time.GetUtcNow();
+        var window = now.ToUnixTimeMilliseconds() / (long)Window.TotalMilliseconds;
+        var retry = TimeSpan.FromMilliseconds((window + 1) * (long)Window.TotalMilliseconds - now.ToUnixTimeMilliseconds());
+        var community = await counter.HitAsync($"c:{communityId}:{window}", Window, ct);
+        var decision = Decide(community, limits.CommunityPerMinute, retry, $"{limits.CommunityPerMinute};w=60;scope=community");
+        if (!decision.Allowed || string.IsNullOrEmpty(userId))
+        {
+            return decision;
+        }
+
+        var user = await counter.HitAsync($"u:{communityId}:{userId}:{window}", Window, ct);
+        var perUser = Decide(user, limits.UserPerMinute, retry, $"{limits.UserPerMinute};w=60;scope=user");
+        return !perUser.Allowed || perUser.Remaining < decision.Remaining ? perUser : decision;
+    }
+
+    static RateLimitDecision Decide(long count, int limit, TimeSpan retry, string policy) =>
+        new(count <= limit, limit, (int)Math.Max(0, limit - count), retry, policy);
+
+    /// <summary>The 429 <c>RATE_LIMITED</c> problem with <c>Retry-After</c> and the <c>X-RateLimit-*</c> headers.</summary>
+    public static IResult Problem(RateLimitDecision decision) =>
+        Problems.Create(429, "RATE_LIMITED", $"Rate limit of {decision.Limit} requests per minute reached; retry in {Math.Ceiling(decision.RetryAfter.TotalSeconds)} s.",
+            new Dictionary<string, object?> { ["policy"] = decision.Policy }, Headers(decision));
+
+    public static Dictionary<string, string> Headers(RateLimitDecision decision) => new()
+    {
+        ["Retry-After"] = Math.Max(1, (int)Math.Ceiling(decision.RetryAfter.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
+        ["X-RateLimit-Limit"] = decision.Limit.ToString(CultureInfo.InvariantCulture),
+        ["X-RateLimit-Remaining"] = decision.Remaining.ToString(CultureInfo.InvariantCulture),
+        ["X-RateLimit-Policy"] = decision.Policy,
+    };
+}
+
+public static class RateLimitingSetup
+{
+    public static WebApplicationBuilder AddRateLimits(this WebApplicationBuilder builder)
+    {
+        var options = builder.Configuration.GetSection(RateLimitOptions.Section).Get<RateLimitOptions>() ?? new RateLimitOptions();
+        foreach (var (name, t) in new[] { ("Free", options.Free), ("Pro", options.Pro), ("Enterprise", options.Enterprise) })
+        {
+            if (t.CommunityPerMinute <= 0 || t.UserPerMinute <= 0)
+            {
+                throw new InvalidOperationException($"RateLimits:{name} limits must be positive (e.g. RateLimits:{name}:CommunityPerMinute=120).");
+            }
+        }
+
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton<IRateLimitCounter>(sp => sp.GetService<IConnectionMultiplexer>() is { } redis
+            ? new RedisRateLimitCounter(redis)
+            : new MemoryRateLimitCounter());
+        builder.Services.AddSingleton<RateLimiter>();
+        return builder;
+    }
+}

@@ -1,0 +1,198 @@
+using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Ledger;
+using Arrakis.Shared.Contracts;
+
+namespace Arrakis.Freeside.Tests.Ledger;
+
+public sealed class LedgerTests
+{
+    public static TheoryData<string> Engines => TestStorage.Engines();
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Reserve_then_finalize_posts_actual_releases_rest_and_writes_one_usage_record(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 2_000_000);
+
+        var reserve = await w.Ledger.ReserveAsync("c1", "r1", 300_000);
+        Assert.Equal(ReserveStatus.Reserved, reserve.Status);
+        Assert.Equal(700_000, reserve.BudgetRemainingMicro);
+        Assert.Equal(1_700_000, reserve.WalletAvailableMicro);
+
+        var final = await w.Ledger.FinalizeAsync("r1", 120_000, new UsageRecord("agent-1", "cheap", "m1", 10, 20, "trace-1", "key-1"));
+        Assert.Equal(FinalizeStatus.Finalized, final.Status);
+        Assert.Equal(180_000, final.ReleasedMicro);
+
+        var budget = await w.Budgets.GetAsync("c1");
+        Assert.NotNull(budget);
+        Assert.Equal(120_000, budget.CommittedMicro);
+        Assert.Equal(0, budget.ReservedMicro);
+        Assert.Equal(12, budget.Committed);
+        Assert.Equal(1_880_000, budget.CreditBalanceMicro);
+        var usage = await w.Usage.FindByTraceAsync("trace-1");
+        Assert.NotNull(usage);
+        Assert.Equal(("cheap", "m1", 120_000L), (usage.Pool, usage.Model, usage.CostMicro));
+        Assert.Equal("trace-1", (await w.Usage.LatestForAgentAsync("agent-1"))!.TraceId);
+
+        var again = await w.Ledger.FinalizeAsync("r1", 120_000, new UsageRecord());
+        Assert.Equal(FinalizeStatus.Duplicate, again.Status);
+        Assert.Equal(1, await w.ScalarAsync<long>("SELECT COUNT(*) FROM usage_records"));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Reserve_is_refused_by_the_budget_and_by_the_wallet_and_release_returns_everything(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 10, creditMicro: 50_000);
+
+        Assert.Equal(ReserveStatus.BudgetExceeded, (await w.Ledger.ReserveAsync("c1", "big", 100_001)).Status);
+        var wallet = await w.Ledger.ReserveAsync("c1", "wallet", 60_000);
+        Assert.Equal(ReserveStatus.WalletInsufficient, wallet.Status);
+        Assert.Equal(50_000, wallet.WalletAvailableMicro);
+        Assert.Null(await w.Ledger.FindReservationAsync("wallet"));
+
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "ok", 50_000)).Status);
+        Assert.Equal(ReserveStatus.Duplicate, (await w.Ledger.ReserveAsync("c1", "ok", 50_000)).Status);
+        Assert.Equal(ReserveStatus.WalletInsufficient, (await w.Ledger.ReserveAsync("c1", "more", 1)).Status);
+        Assert.Equal(ReleaseStatus.Released, (await w.Ledger.ReleaseAsync("ok")).Status);
+        Assert.Equal(ReleaseStatus.Duplicate, (await w.Ledger.ReleaseAsync("ok")).Status);
+        Assert.Equal(FinalizeStatus.AlreadyReleased, (await w.Ledger.FinalizeAsync("ok", 1, new UsageRecord())).Status);
+        var budget = await w.Budgets.GetAsync("c1");
+        Assert.Equal((0L, 0L, 50_000L), (budget!.CommittedMicro, budget.ReservedMicro, budget.CreditBalanceMicro));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Bad_inputs_are_refused_and_change_nothing(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 1_000_000);
+        var before = await w.ScalarAsync<long>("SELECT COUNT(*) FROM ledger_transfers");
+
+        Assert.Equal(ReserveStatus.Invalid, (await w.Ledger.ReserveAsync("c1", "neg", -5)).Status);
+        Assert.Equal(ReserveStatus.Invalid, (await w.Ledger.ReserveAsync("c1", "zero", 0)).Status);
+        Assert.Equal(ReserveStatus.Invalid, (await w.Ledger.ReserveAsync("c1", "overflow", long.MaxValue)).Status);
+        Assert.Equal(ReserveStatus.Invalid, (await w.Ledger.ReserveAsync("c1", "bad id!", 5)).Status);
+        Assert.Equal(ReserveStatus.Invalid, (await w.Ledger.ReserveAsync("c1", new string('k', 256), 5)).Status);
+        Assert.Equal(ReserveStatus.CommunityNotFound, (await w.Ledger.ReserveAsync("nope", "r", 5)).Status);
+        Assert.Equal(GrantStatus.Invalid, (await w.Ledger.GrantAsync("c1", "lot-neg", -1, "grant")).Status);
+        Assert.Equal(GrantStatus.Invalid, (await w.Ledger.GrantAsync("c1", "lot-src", 1, "staging-seed")).Status);
+        Assert.Equal(GrantStatus.CommunityNotFound, (await w.Ledger.GrantAsync("nope", "lot-x", 1, "grant")).Status);
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "r1", 100)).Status);
+        Assert.Equal(FinalizeStatus.ExceedsReservation, (await w.Ledger.FinalizeAsync("r1", 101, new UsageRecord())).Status);
+        Assert.Equal(FinalizeStatus.Invalid, (await w.Ledger.FinalizeAsync("r1", -1, new UsageRecord())).Status);
+        Assert.Equal(FinalizeStatus.NotFound, (await w.Ledger.FinalizeAsync("r404", 1, new UsageRecord())).Status);
+        Assert.Equal("pending", (await w.Ledger.FindReservationAsync("r1"))!.Status);
+        Assert.Equal(before + 1, await w.ScalarAsync<long>("SELECT COUNT(*) FROM ledger_transfers"));
+
+        Assert.Equal(CommunityStatus.Invalid, (await w.Communities.UpsertAsync("c2", "x", Tier.Free, -1)).Status);
+        Assert.Equal(CommunityStatus.Created, (await w.Communities.UpsertAsync("c2", "x", Tier.Free, 1)).Status);
+        Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetAliasAsync("a", "c1")).Status);
+        Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetAliasAsync("b", "a")).Status);
+        Assert.Equal(CommunityStatus.AliasCycle, (await w.Communities.SetAliasAsync("a", "b")).Status);
+        Assert.Equal(CommunityStatus.AliasCycle, (await w.Communities.SetAliasAsync("c", "c")).Status);
+        Assert.Equal(CommunityStatus.NotFound, (await w.Communities.SetAliasAsync("d", "missing")).Status);
+        Assert.Equal("c1", await w.Communities.ResolveTenantAsync("b"));
+        Assert.Null(await w.Communities.ResolveTenantAsync("c"));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Budget_resets_on_the_first_of_the_month_and_lots_are_spent_earliest_expiry_first(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 10);
+        await w.Ledger.GrantAsync("c1", "late", 100_000, "purchase", LedgerWorld.Start.AddDays(60));
+        await w.Ledger.GrantAsync("c1", "soon", 100_000, "x402", LedgerWorld.Start.AddDays(2));
+        Assert.Equal(GrantStatus.Duplicate, (await w.Ledger.GrantAsync("c1", "soon", 100_000, "x402", LedgerWorld.Start.AddDays(2))).Status);
+        Assert.Equal(GrantStatus.Conflict, (await w.Ledger.GrantAsync("c1", "soon", 5, "x402")).Status);
+
+        await w.Ledger.ReserveAsync("c1", "jan", 100_000);
+        await w.Ledger.FinalizeAsync("jan", 90_000, new UsageRecord());
+        Assert.Equal(ReserveStatus.BudgetExceeded, (await w.Ledger.ReserveAsync("c1", "jan2", 20_000)).Status);
+        Assert.Equal(10_000, await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'soon'"));
+
+        w.Time.Advance(TimeSpan.FromHours(2)); // 2026-02-01T00:00Z
+        var feb = await w.Budgets.GetAsync("c1");
+        Assert.Equal(("2026-02", 0L), (feb!.Month, feb.CommittedMicro));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "feb", 20_000)).Status);
+        await w.Ledger.FinalizeAsync("feb", 20_000, new UsageRecord());
+        Assert.Equal(0, await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'soon'"));
+        Assert.Equal(90_000, await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'late'"));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Duplicate_finalize_and_reaper_races_never_double_count_or_lose_an_amount(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100_000, creditMicro: 1_000_000_000);
+        for (var i = 0; i < 40; i++)
+        {
+            var id = $"race-{i}";
+            Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", id, 1_000, TimeSpan.FromSeconds(1))).Status);
+            w.Time.Advance(TimeSpan.FromSeconds(i % 2 == 0 ? 2 : 0)); // even ids are due for the reaper
+            var tasks = new List<Task<object>>
+            {
+                Task.Run(async () => (object)await w.Ledger.FinalizeAsync(id, 700, new UsageRecord())),
+                Task.Run(async () => (object)await w.Ledger.FinalizeAsync(id, 700, new UsageRecord())),
+                Task.Run(async () => (object)await w.Ledger.ExpireDueAsync()),
+                Task.Run(async () => (object)await w.Ledger.ReleaseAsync(id)),
+            };
+            var results = await Task.WhenAll(tasks);
+            var finals = results.OfType<FinalizeResult>().Count(r => r.Status == FinalizeStatus.Finalized);
+            var release = (ReleaseResult)results[3];
+            var expired = (int)results[2];
+            Assert.Equal(1, finals + (release.Status == ReleaseStatus.Released ? 1 : 0) + expired);
+        }
+
+        var posted = await w.ScalarAsync<long>("SELECT COUNT(*) FROM reservations WHERE status = 'posted'");
+        Assert.Equal(posted * 700, (await w.Budgets.GetAsync("c1"))!.CommittedMicro);
+        Assert.Equal(posted, await w.ScalarAsync<long>("SELECT COUNT(*) FROM usage_records"));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Burst_of_256_concurrent_reserves_admits_exactly_k(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        const int K = 37;
+        await w.CommunityAsync("hot", budgetCents: K, creditMicro: 1_000_000_000); // budget admits exactly K reserves of one cent
+        var results = await Task.WhenAll(Enumerable.Range(0, 256).Select(i => Task.Run(() => w.Ledger.ReserveAsync("hot", $"burst-{i}", 10_000))));
+        Assert.Equal(K, results.Count(r => r.Status == ReserveStatus.Reserved));
+        Assert.Equal(256 - K, results.Count(r => r.Status == ReserveStatus.BudgetExceeded));
+        Assert.Equal(K * 10_000L, (await w.Budgets.GetAsync("hot"))!.ReservedMicro);
+        await w.AssertConservedAsync();
+    }
+
+    [Fact]
+    public async Task Audit_flags_a_row_corrupted_directly_in_the_database()
+    {
+        await using var w = await LedgerWorld.CreateAsync("sqlite");
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 1_000_000);
+        await w.Ledger.ReserveAsync("c1", "r1", 50_000);
+        await w.Ledger.FinalizeAsync("r1", 40_000, new UsageRecord());
+        await w.AssertConservedAsync();
+
+        await w.ExecuteAsync("UPDATE budget_months SET committed_micro = committed_micro + 1");
+        var report = await w.Audit.RunAsync();
+        Assert.False(report.Passed);
+        Assert.Contains(report.Communities.Single().Checks, c => c is { Invariant: "C5", Passed: false });
+
+        await w.ExecuteAsync("UPDATE budget_months SET committed_micro = committed_micro - 1");
+        await w.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro + 5");
+        var lot = await w.Audit.RunAsync();
+        Assert.Contains(lot.Communities.Single().Checks, c => c is { Invariant: "C2", Passed: false });
+
+        await w.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - 5");
+        await w.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + 7 WHERE code = 'spend'");
+        Assert.Contains((await w.Audit.RunAsync()).Communities.Single().Checks, c => c is { Invariant: "C3", Passed: false });
+    }
+}
