@@ -2,6 +2,7 @@ using Arrakis.Freeside.Audit;
 using Arrakis.Freeside.Budgets;
 using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.Invoke;
 using Arrakis.Freeside.Quality;
 using Arrakis.Freeside.Idempotency;
 using Arrakis.Freeside.Ledger;
@@ -33,6 +34,7 @@ public static class FreesideService
         builder.AddIdempotency();
         builder.AddRateLimits();
         builder.AddAudit();
+        builder.AddInvoke();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -44,6 +46,7 @@ public static class FreesideService
         app.MapCommunitiesApi();
         app.MapBudgetsApi();
         app.MapAuditApi();
+        app.MapInvokeApi();
         await app.InitializeStorageAsync(typeof(FreesideService).Assembly);
         return app;
     }

@@ -1,0 +1,125 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Freeside.Identity;
+using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Arrakis.Freeside.Invoke;
+
+public static class InvokeApi
+{
+    public const string Path = "/api/agents/invoke";
+
+    public static WebApplicationBuilder AddInvoke(this WebApplicationBuilder builder)
+    {
+        builder.Services.AddSingleton(PoolCatalog.FromConfiguration(builder.Configuration));
+        builder.Services.AddSingleton<FinnClient>();
+        builder.Services.AddSingleton<InvokeMetrics>();
+        builder.Services.AddSingleton<InvokePipeline>();
+        builder.Services.AddSingleton<Quality.IInvocationLookup, UsageInvocationLookup>();
+        return builder;
+    }
+
+    public static IEndpointRouteBuilder MapInvokeApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost(Path, InvokeAsync).RequireToken(IdentitySetup.UserPolicy).WithTags("Agents").WithName("InvokeAgent");
+        return app;
+    }
+
+    /// <summary>JSON, or SSE when the client sends <c>Accept: text/event-stream</c> or <c>"stream":true</c>.</summary>
+    static async Task InvokeAsync(HttpContext http, InvokePipeline pipeline, ILoggerFactory logs)
+    {
+        var sw = Stopwatch.StartNew();
+        using var buffer = new MemoryStream();
+        await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
+        var wantsSse = http.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);
+        var admission = await pipeline.AdmitAsync(http, buffer.ToArray(), wantsSse, http.RequestAborted);
+        if (admission.Rejection is { } rejection)
+        {
+            await rejection.ExecuteAsync(http);
+            return;
+        }
+
+        var admitted = admission.Admitted!;
+        if (admitted.Replay is { } replay)
+        {
+            await InvokeResponses.WriteReplayAsync(http, replay, admitted.Stream);
+            pipeline.Complete(admitted, 200, "replayed", null, sw.Elapsed);
+            return;
+        }
+
+        if (admitted.Stream)
+        {
+            await InvokeStreaming.RunAsync(http, pipeline, admitted, sw);
+            return;
+        }
+
+        var (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
+        if (error is not null)
+        {
+            await pipeline.FailAsync(admitted, error, CancellationToken.None);
+            await InvokeResponses.Upstream(error).ExecuteAsync(http);
+            pipeline.Complete(admitted, error.Status, "upstream_failed", null, sw.Elapsed);
+            return;
+        }
+
+        var body = await pipeline.SettleAsync(admitted, result!, CancellationToken.None);
+        http.Response.StatusCode = 200;
+        http.Response.ContentType = "application/json";
+        http.Response.Headers["Idempotency-Key"] = admitted.IdempotencyKey;
+        await http.Response.Body.WriteAsync(body, CancellationToken.None);
+        pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed);
+    }
+}
+
+/// <summary>The 200 body: a JSON object with <c>content</c> first, never an array (the launch gate reads it with jq).</summary>
+public sealed record InvokeResponse(
+    string Content,
+    string Model,
+    string Pool,
+    string Provider,
+    Usage Usage,
+    long CostMicro,
+    long CostCents,
+    string TraceId,
+    string IdempotencyKey,
+    string ReservationId,
+    RoutingInfo Routing,
+    bool Simulated,
+    string FinishReason)
+{
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web) { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    public static InvokeResponse From(FinnInvokeResult r, long chargedMicro, Admitted a) =>
+        new(r.Content, r.Model, r.Pool, r.Provider, r.Usage, chargedMicro, chargedMicro / 10_000, a.TraceId, a.IdempotencyKey, a.ReservationId, r.Routing, r.Simulated, r.FinishReason);
+}
+
+static class InvokeResponses
+{
+    public static IResult Upstream(UpstreamError e) => Shared.Http.Problems.Create(e.Status, e.Error, e.Detail);
+
+    public static async Task WriteReplayAsync(HttpContext http, StoredResponse stored, bool stream)
+    {
+        http.Response.Headers["Idempotency-Replayed"] = "true";
+        if (stream && stored.Status == 200)
+        {
+            http.Response.ContentType = "text/event-stream";
+            http.Response.Headers.CacheControl = "no-cache";
+            using var doc = JsonDocument.Parse(stored.Body);
+            var content = doc.RootElement.TryGetProperty("content", out var c) ? c.GetString() ?? "" : "";
+            var frames = InvokeStreaming.Frame("delta", new { type = "delta", content }) + InvokeStreaming.Frame("done", Encoding.UTF8.GetString(stored.Body), raw: true);
+            await http.Response.WriteAsync(frames);
+            return;
+        }
+
+        http.Response.StatusCode = stored.Status;
+        http.Response.ContentType = stored.ContentType;
+        await http.Response.Body.WriteAsync(stored.Body);
+    }
+}

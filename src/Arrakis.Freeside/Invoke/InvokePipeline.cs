@@ -1,0 +1,237 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Idempotency;
+using Arrakis.Freeside.Ledger;
+using Arrakis.Freeside.RateLimiting;
+using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Http;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace Arrakis.Freeside.Invoke;
+
+/// <summary>A stored response an idempotency key replays.</summary>
+public sealed record StoredResponse(int Status, string ContentType, byte[] Body);
+
+/// <summary>An invoke that passed every gate and holds a reservation (or replays a stored response).</summary>
+public sealed record Admitted(
+    string CommunityId,
+    string TenantId,
+    Tier Tier,
+    PoolDefinition Pool,
+    InvokeRequest Request,
+    int MaxTokens,
+    long ReservedMicro,
+    string ReservationId,
+    string IdempotencyKey,
+    string TraceId,
+    bool Stream,
+    StoredResponse? Replay,
+    IReadOnlyList<string> AllowedPools);
+
+public sealed record Admission(Admitted? Admitted, IResult? Rejection);
+
+/// <summary>
+/// The invoke flow: rate limit → idempotency → pool access by tier → reserve the worst case → finn → finalize at the
+/// metered cost (release on failure) → store the response for replay. HTTP only frames what this returns.
+/// </summary>
+public sealed class InvokePipeline(
+    CommunityStore communities,
+    RateLimiter rateLimiter,
+    IdempotencyStore idempotency,
+    Ledger.Ledger ledger,
+    PoolCatalog catalog,
+    FinnClient finn,
+    InvokeMetrics metrics,
+    ILogger<InvokePipeline> logger)
+{
+    public async Task<Admission> AdmitAsync(HttpContext http, byte[] body, bool wantsSse, CancellationToken ct)
+    {
+        var token = http.VerifiedToken();
+        var tenant = token.TryGetPayloadValue<string>("tenant_id", out var t) ? t : null;
+        if (string.IsNullOrEmpty(tenant))
+        {
+            return Reject(Problems.Create(403, "FORBIDDEN", "The token carries no tenant_id."));
+        }
+
+        var communityId = await communities.ResolveTenantAsync(tenant, ct);
+        var community = communityId is null ? null : await communities.FindAsync(communityId, ct);
+        if (community is null)
+        {
+            return Reject(Problems.Create(403, "FORBIDDEN", $"Tenant '{tenant}' is not mapped to a community."));
+        }
+
+        var user = token.Subject is { Length: > 0 } sub ? sub : tenant;
+        var limit = await rateLimiter.CheckAsync(community.Tier, community.Id, user, ct);
+        foreach (var (name, value) in RateLimiter.Headers(limit))
+        {
+            http.Response.Headers[name] = value;
+        }
+
+        if (!limit.Allowed)
+        {
+            return Reject(RateLimiter.Problem(limit));
+        }
+
+        var (request, invalid) = InvokeRequestParser.Parse(body);
+        if (invalid is not null)
+        {
+            return Reject(Problems.Invalid(invalid.Field, invalid.Detail));
+        }
+
+        var poolId = request!.Pool ?? catalog.DefaultPoolFor(community.Tier);
+        if (!catalog.Pools.TryGetValue(poolId, out var pool))
+        {
+            return Reject(Problems.Invalid("model", $"Unknown pool '{poolId}'. Pools: {string.Join(", ", catalog.Pools.Keys)}."));
+        }
+
+        var allowed = AllowedPools(token, community.Tier);
+        if (!allowed.Contains(pool.Id))
+        {
+            var needed = catalog.LowestTierFor(pool.Id);
+            return Reject(Problems.Create(402, "TIER_UPGRADE_REQUIRED",
+                $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}.",
+                new Dictionary<string, object?>
+                {
+                    ["pool"] = pool.Id,
+                    ["tier"] = community.Tier.ToString().ToLowerInvariant(),
+                    ["required_tier"] = needed?.ToString().ToLowerInvariant(),
+                    ["allowed_pools"] = allowed,
+                }));
+        }
+
+        var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;
+        if (maxTokens > pool.MaxTokensLimit)
+        {
+            return Reject(Problems.Invalid("max_tokens", $"max_tokens may be at most {pool.MaxTokensLimit} for pool '{pool.Id}'."));
+        }
+
+        using var json = JsonDocument.Parse(body);
+        var (resolved, keyProblem) = IdempotencyKeys.Resolve(http.Request, json.RootElement);
+        if (keyProblem is not null)
+        {
+            return Reject(keyProblem);
+        }
+
+        var key = resolved!.Value;
+        var stream = wantsSse || request.Stream;
+        var begin = await idempotency.BeginAsync(community.Id, key, RequestHash(request, pool.Id, maxTokens, stream), ct);
+        switch (begin.State)
+        {
+            case IdempotencyState.Replay:
+                return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, TraceId(), stream,
+                    new StoredResponse(begin.Status ?? 200, begin.ContentType ?? "application/json", System.Text.Encoding.UTF8.GetBytes(begin.Body ?? "")), allowed), null);
+            case IdempotencyState.KeyReused:
+                return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request body."));
+            case IdempotencyState.InProgress:
+                return Reject(Problems.Create(409, "REQUEST_IN_PROGRESS", $"A request with idempotency key '{key}' is still running; retry when it finishes."));
+        }
+
+        var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
+        var reservationId = "res_" + Guid.NewGuid().ToString("N");
+        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, ct);
+        if (!reserve.Admitted)
+        {
+            await idempotency.AbandonAsync(community.Id, key, CancellationToken.None);
+            return Reject(reserve.Status switch
+            {
+                ReserveStatus.BudgetExceeded or ReserveStatus.WalletInsufficient => Problems.Create(402, "BUDGET_EXCEEDED",
+                    reserve.Status == ReserveStatus.BudgetExceeded
+                        ? $"The monthly budget cannot cover this request's worst case ({worst} micro-USD); {reserve.BudgetRemainingMicro} micro-USD remain this month."
+                        : $"The credit wallet cannot cover this request's worst case ({worst} micro-USD); {reserve.WalletAvailableMicro} micro-USD are available.",
+                    new Dictionary<string, object?>
+                    {
+                        ["limited_by"] = reserve.Status == ReserveStatus.BudgetExceeded ? "monthly_budget" : "credit_wallet",
+                        ["required_micro"] = worst,
+                        ["budget_remaining_micro"] = reserve.BudgetRemainingMicro,
+                        ["wallet_available_micro"] = reserve.WalletAvailableMicro,
+                    }),
+                ReserveStatus.CommunityNotFound => Problems.Create(403, "FORBIDDEN", $"Community '{community.Id}' no longer exists."),
+                _ => Problems.Create(400, "INVALID_REQUEST", reserve.Detail ?? "The reservation was refused."),
+            });
+        }
+
+        return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, worst, reservationId, key, TraceId(), stream, null, allowed), null);
+    }
+
+    static Admission Reject(IResult result) => new(null, result);
+
+    IReadOnlyList<string> AllowedPools(Microsoft.IdentityModel.JsonWebTokens.JsonWebToken token, Tier tier)
+    {
+        var byTier = catalog.TierPools.TryGetValue(tier.ToString(), out var p) ? p : [];
+        if (token.TryGetPayloadValue<string[]>("allowed_pools", out var claimed) && claimed is { Length: > 0 })
+        {
+            return byTier.Where(claimed.Contains).ToList();
+        }
+
+        return byTier;
+    }
+
+    static string TraceId() => Activity.Current?.TraceId.ToHexString() ?? Guid.NewGuid().ToString("N");
+
+    static string RequestHash(InvokeRequest r, string pool, int maxTokens, bool stream)
+    {
+        var canonical = JsonSerializer.SerializeToUtf8Bytes(new { r.Messages, pool, maxTokens, r.Agent, stream });
+        return Convert.ToHexStringLower(SHA256.HashData(canonical));
+    }
+
+    public FinnInvokeRequest FinnRequest(Admitted a) =>
+        new(a.Request.Messages, a.Pool.Id, a.MaxTokens, a.Request.Agent, a.Stream, a.TraceId);
+
+    public FinnCaller Caller(Admitted a) => new(a.TenantId, a.CommunityId, a.Tier, a.AllowedPools, a.ReservationId);
+
+    public Task<(FinnInvokeResult? Result, UpstreamError? Error)> CallFinnAsync(Admitted a, CancellationToken ct) =>
+        finn.InvokeAsync(FinnRequest(a), Caller(a), ct);
+
+    public IAsyncEnumerable<FinnStreamEvent> StreamFinnAsync(Admitted a, CancellationToken ct) =>
+        finn.StreamAsync(FinnRequest(a), Caller(a), ct);
+
+    /// <summary>Frees the idempotency key after a partial (charged) stream, so a retry runs again.</summary>
+    public Task AbandonKeyAsync(Admitted a) => idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, CancellationToken.None);
+
+    /// <summary>Releases the reservation and frees the idempotency key so the client may retry.</summary>
+    public async Task FailAsync(Admitted a, UpstreamError error, CancellationToken ct)
+    {
+        logger.UpstreamFailed(error.Error, error.Detail, a.TraceId, a.CommunityId);
+        await ledger.ReleaseAsync(a.ReservationId, ct);
+        await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, ct);
+    }
+
+    /// <summary>Finalizes at the metered cost (never above the reservation) and stores the response for replay.</summary>
+    public async Task<byte[]> SettleAsync(Admitted a, FinnInvokeResult result, CancellationToken ct)
+    {
+        var charged = await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct);
+        var body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, charged, a), InvokeResponse.Json);
+        await idempotency.CompleteAsync(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json", ct);
+        return body;
+    }
+
+    /// <summary>Posts <paramref name="costMicro"/> (capped at the reservation) with its usage record; returns what was charged.</summary>
+    public async Task<long> ChargeAsync(Admitted a, string? model, Usage usage, long costMicro, CancellationToken ct)
+    {
+        var charged = Math.Clamp(costMicro, 0, a.ReservedMicro);
+        var finalized = await ledger.FinalizeAsync(a.ReservationId, charged, new UsageRecord(
+            a.Request.Agent, a.Pool.Id, model, usage.PromptTokens, usage.CompletionTokens, a.TraceId, a.IdempotencyKey), ct);
+        if (finalized.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
+        {
+            logger.FinalizeFailed(a.ReservationId, finalized.Status.ToString(), a.TraceId);
+        }
+
+        return charged;
+    }
+
+    /// <summary>Cost of what a stream produced before it stopped, from finn's running usage.</summary>
+    public static long PartialCost(PoolDefinition pool, Usage? usage) =>
+        usage is null ? 0 : PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens);
+
+    public void Complete(Admitted a, int status, string outcome, FinnInvokeResult? result, TimeSpan elapsed, long? chargedMicro = null)
+    {
+        var charged = chargedMicro ?? (result is null ? 0 : Math.Clamp(result.CostMicro, 0, a.ReservedMicro));
+        metrics.Completed(a.Pool.Id, outcome, elapsed.TotalMilliseconds, charged);
+        logger.InvokeComplete(status, outcome, a.Pool.Id, result?.Model, (long)elapsed.TotalMilliseconds, a.CommunityId, a.TraceId, charged,
+            result?.Usage.PromptTokens ?? 0, result?.Usage.CompletionTokens ?? 0, a.Stream);
+    }
+}

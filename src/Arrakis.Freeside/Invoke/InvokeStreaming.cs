@@ -1,0 +1,144 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Shared.Contracts;
+using Microsoft.AspNetCore.Http;
+
+namespace Arrakis.Freeside.Invoke;
+
+/// <summary>
+/// SSE on the invoke path: <c>event: delta</c> frames with content, one <c>event: done</c> frame with the full result and
+/// usage (or <c>event: error</c>), and a <c>: keepalive</c> comment every 15 s. A client that leaves mid-stream is charged
+/// exactly what finn had produced for it.
+/// </summary>
+static class InvokeStreaming
+{
+    public static readonly TimeSpan KeepAliveInterval = TimeSpan.FromSeconds(15);
+
+    public static string Frame(string name, object data, bool raw = false, long? id = null) =>
+        (id is { } i ? $"id: {i}\n" : "") + $"event: {name}\ndata: {(raw ? (string)data : JsonSerializer.Serialize(data, InvokeResponse.Json))}\n\n";
+
+    public static async Task RunAsync(HttpContext http, InvokePipeline pipeline, Admitted a, Stopwatch sw)
+    {
+        var response = http.Response;
+        response.StatusCode = 200;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        response.Headers["X-Accel-Buffering"] = "no";
+        response.Headers["Idempotency-Key"] = a.IdempotencyKey;
+        var aborted = http.RequestAborted;
+        var gate = new SemaphoreSlim(1, 1);
+
+        async Task<bool> WriteAsync(string text)
+        {
+            await gate.WaitAsync(CancellationToken.None);
+            try
+            {
+                await response.WriteAsync(text, Encoding.UTF8, aborted);
+                await response.Body.FlushAsync(aborted);
+                return true;
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or IOException or ObjectDisposedException)
+            {
+                return false;
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }
+
+        using var keepAliveStop = CancellationTokenSource.CreateLinkedTokenSource(aborted);
+        var keepAlive = Task.Run(async () =>
+        {
+            using var timer = new PeriodicTimer(KeepAliveInterval);
+            try
+            {
+                while (await timer.WaitForNextTickAsync(keepAliveStop.Token))
+                {
+                    await WriteAsync(": keepalive\n\n");
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }, CancellationToken.None);
+
+        long seq = 0;
+        Usage? lastUsage = null;
+        var streamed = new StringBuilder();
+        FinnInvokeResult? done = null;
+        UpstreamError? failed = null;
+        await WriteAsync(Frame("start", new { type = "start", trace_id = a.TraceId, pool = a.Pool.Id, idempotency_key = a.IdempotencyKey }, id: seq++));
+        try
+        {
+            await foreach (var evt in pipeline.StreamFinnAsync(a, aborted))
+            {
+                switch (evt)
+                {
+                    case FinnStreamEvent.Delta d:
+                        lastUsage = d.Value.Usage ?? lastUsage;
+                        streamed.Append(d.Value.Content);
+                        if (!await WriteAsync(Frame("delta", new { type = "delta", content = d.Value.Content }, id: seq++)))
+                        {
+                            goto Disconnected;
+                        }
+
+                        break;
+                    case FinnStreamEvent.Done x:
+                        done = x.Result;
+                        break;
+                    case FinnStreamEvent.Failed f:
+                        failed = f.Error;
+                        break;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+        }
+
+    Disconnected:
+        await keepAliveStop.CancelAsync();
+        await keepAlive;
+
+        if (done is not null)
+        {
+            var body = await pipeline.SettleAsync(a, done, CancellationToken.None);
+            await WriteAsync(Frame("done", Encoding.UTF8.GetString(body), raw: true, id: seq));
+            pipeline.Complete(a, 200, "ok", done, sw.Elapsed);
+            return;
+        }
+
+        var partial = InvokePipeline.PartialCost(a.Pool, lastUsage);
+        if (failed is not null && !aborted.IsCancellationRequested)
+        {
+            if (partial > 0)
+            {
+                await pipeline.ChargeAsync(a, null, lastUsage!, partial, CancellationToken.None);
+                await pipeline.AbandonKeyAsync(a);
+            }
+            else
+            {
+                await pipeline.FailAsync(a, failed, CancellationToken.None);
+            }
+
+            await WriteAsync(Frame("error", new { type = "error", error = failed.Error, detail = failed.Detail, status = failed.Status }, id: seq));
+            pipeline.Complete(a, failed.Status, "upstream_failed", null, sw.Elapsed, partial);
+            return;
+        }
+
+        // The client went away: charge what finn generated for it up to that point, release the rest.
+        var charged = partial > 0 ? await pipeline.ChargeAsync(a, null, lastUsage!, partial, CancellationToken.None) : 0;
+        if (partial == 0)
+        {
+            await pipeline.FailAsync(a, new UpstreamError(499, "CLIENT_CLOSED", "The client disconnected before any output."), CancellationToken.None);
+        }
+        else
+        {
+            await pipeline.AbandonKeyAsync(a);
+        }
+
+        pipeline.Complete(a, 499, "client_disconnected", null, sw.Elapsed, charged);
+    }
+}
