@@ -7,5 +7,6 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     MigrateCommand.Create(),
     KeysCommand.Create(),
     JwtCommand.Create(),
+    GateCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();
