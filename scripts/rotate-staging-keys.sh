@@ -15,7 +15,7 @@
 # The old key stays published as "retired" until the longest token lifetime has passed, then drops out.
 #
 # Where the keyring lives: --data-dir (SQLite, e.g. .loa for `loa up`) or ConnectionStrings__Freeside /
-# ConnectionStrings__Finn plus the master key (Keys__MasterKey) in the environment for PostgreSQL in AWS.
+# ConnectionStrings__Finn plus the master key (Keyring__MasterKey) in the environment for PostgreSQL in AWS.
 # Env: FREESIDE_URL [http://localhost:3000], FINN_URL [http://localhost:3002], DIXIE_URL [http://localhost:3001].
 # Exit 0 when the rotation is verified; 1 when a step failed (the output says how to back out).
 set -euo pipefail
