@@ -8,5 +8,6 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     KeysCommand.Create(),
     JwtCommand.Create(),
     GateCommand.Create(),
+    BalanceCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -1,4 +1,5 @@
 using Arrakis.Dixie.Identity;
+using Arrakis.Dixie.Reputation;
 using Arrakis.Shared.Hosting;
 using Microsoft.AspNetCore.Builder;
 
@@ -15,12 +16,14 @@ public static class DixieService
         ServiceEndpoints.Listen(builder, ServiceEndpoints.DixiePort);
         builder.AddServiceDefaults(Name);
         builder.AddIdentity();
+        builder.AddReputation();
         configure?.Invoke(builder);
 
         var app = builder.Build();
         app.UseServiceDefaults();
         app.MapHealth("/api/health", Name);
         app.MapIdentityApi();
+        app.MapReputationApi();
         await app.InitializeStorageAsync(typeof(DixieService).Assembly);
         return app;
     }

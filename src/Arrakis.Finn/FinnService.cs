@@ -1,4 +1,6 @@
 using Arrakis.Finn.Identity;
+using Arrakis.Finn.Inference;
+using Arrakis.Finn.Routing;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -18,6 +20,8 @@ public static class FinnService
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();
         builder.AddIdentity();
+        builder.AddInference();
+        builder.AddReputationRouting();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -25,6 +29,8 @@ public static class FinnService
         app.MapHealth("/health", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
+        app.MapInferenceApi();
+        app.MapRoutingApi();
         await app.InitializeStorageAsync(typeof(FinnService).Assembly);
         return app;
     }

@@ -26,7 +26,13 @@ internal sealed class CommandGateSeeder(Command? root) : IGateSeeder
             return new GateSeedResult(false, "'loa seed' is not available in this build");
         }
 
-        var args = new List<string> { "seed", "--freeside-url", settings.FreesideUrl };
+        // Pass only what this build's seed command understands, so an older or newer seeder still runs.
+        var args = new List<string> { "seed" };
+        if (HasOption(seed, "--freeside-url"))
+        {
+            args.AddRange(["--freeside-url", settings.FreesideUrl]);
+        }
+
         if (settings.TestKeyPath is { } key && HasOption(seed, "--key"))
         {
             args.AddRange(["--key", key]);

@@ -39,10 +39,13 @@ public sealed record FinnInvokeResult(
     [property: JsonPropertyName("simulated")] bool Simulated);
 
 /// <summary>
-/// SSE frames finn streams: <c>event: delta</c> with <see cref="FinnDelta"/>, then exactly one <c>event: done</c> with
+/// SSE frames finn streams: <c>event: delta</c> with <see cref="FinnDelta"/> (its optional <c>usage</c> is the running
+/// total so far, so a caller that stops early can charge exactly what was streamed), then exactly one <c>event: done</c> with
 /// <see cref="FinnInvokeResult"/>, or <c>event: error</c> with a problem-details object.
 /// </summary>
-public sealed record FinnDelta([property: JsonPropertyName("content")] string Content);
+public sealed record FinnDelta(
+    [property: JsonPropertyName("content")] string Content,
+    [property: JsonPropertyName("usage")] Usage? Usage = null);
 
 public static class FinnContract
 {

@@ -59,9 +59,16 @@ public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider t
         try
         {
             var now = time.GetUtcNow();
-            if (now - _lastAttempt < MinRefetchInterval && (force || now - _fetchedAt <= MaxCacheAge))
+            if (!force && now - _fetchedAt <= MaxCacheAge)
             {
-                return;
+                return; // another caller refreshed while we waited
+            }
+
+            var sinceLast = now - _lastAttempt;
+            if (sinceLast < MinRefetchInterval)
+            {
+                // Unknown kid right after a fetch: wait out the rate limit rather than fail a token signed by a new key.
+                await Task.Delay(MinRefetchInterval - sinceLast, time, ct);
             }
 
             _lastAttempt = now;

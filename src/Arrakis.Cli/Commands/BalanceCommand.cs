@@ -1,0 +1,58 @@
+using System.CommandLine;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Yarp.ReverseProxy.Configuration;
+
+namespace Arrakis.Cli.Commands;
+
+/// <summary>
+/// <c>loa balance --listen URL --to URL,URL</c>: a small round-robin reverse proxy (YARP) for running several replicas
+/// of a service behind one address on a single machine, as the multi-replica CI run does.
+/// </summary>
+internal static class BalanceCommand
+{
+    public static Command Create()
+    {
+        var listen = new Option<string>("--listen") { Description = "Address to listen on, e.g. http://127.0.0.1:3100", Required = true };
+        var to = new Option<string>("--to") { Description = "Comma-separated replica base URLs", Required = true };
+        var command = new Command("balance", "Round-robin reverse proxy in front of several replicas (for local multi-replica runs).") { listen, to };
+        command.SetAction(async (parse, ct) =>
+        {
+            var targets = parse.GetValue(to)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            if (targets.Length == 0 || targets.Any(t => !Uri.TryCreate(t, UriKind.Absolute, out _)))
+            {
+                Console.Error.WriteLine("error: --to needs one or more absolute URLs, e.g. http://127.0.0.1:3010,http://127.0.0.1:3011");
+                return 2;
+            }
+
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.SetMinimumLevel(LogLevel.Warning);
+            builder.WebHost.UseUrls(parse.GetValue(listen)!);
+            builder.Services.AddReverseProxy().LoadFromMemory(
+                [new RouteConfig { RouteId = "all", ClusterId = "replicas", Match = new RouteMatch { Path = "{**catch-all}" } }],
+                [new ClusterConfig
+                {
+                    ClusterId = "replicas",
+                    LoadBalancingPolicy = "RoundRobin",
+                    Destinations = targets.Select((t, i) => (t, i)).ToDictionary(x => "r" + x.i, x => new DestinationConfig { Address = x.t }),
+                }]);
+            var app = builder.Build();
+            app.MapReverseProxy();
+            Console.WriteLine($"balancing {parse.GetValue(listen)} -> {string.Join(", ", targets)}");
+            await app.StartAsync(ct);
+            try
+            {
+                await Task.Delay(Timeout.Infinite, ct);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            await app.StopAsync(CancellationToken.None);
+            return 0;
+        });
+        return command;
+    }
+}

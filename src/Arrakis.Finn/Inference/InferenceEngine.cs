@@ -1,0 +1,198 @@
+using System.Diagnostics;
+using System.Text;
+using Arrakis.Finn.Inference.Providers;
+using Arrakis.Finn.Routing;
+using Arrakis.Shared.Contracts;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Arrakis.Finn.Inference;
+
+/// <summary>
+/// Runs one invoke: routes among the pool's healthy models, calls the provider with a per-attempt timeout, retries
+/// 429/5xx/timeouts with jittered backoff, records breaker outcomes, falls back to the next candidate of the same
+/// pool (so never outside the caller's allowed pools), caps output at <c>max_tokens</c> and meters the cost.
+/// Once a delta has reached the client, a failure is final (with the partial usage attached).
+/// </summary>
+public sealed class InferenceEngine(
+    IEnumerable<IInferenceProvider> providers,
+    ModelBreakers breakers,
+    IModelRouter router,
+    IOptions<InferenceOptions> options,
+    TimeProvider time,
+    InferenceMetrics metrics,
+    ILogger<InferenceEngine> logger)
+{
+    readonly Dictionary<string, IInferenceProvider> _providers = providers.ToDictionary(p => p.Name, StringComparer.OrdinalIgnoreCase);
+    readonly InferenceOptions _options = options.Value;
+
+    /// <param name="onDelta">Receives each content delta as it arrives (streaming), or null to answer at the end.</param>
+    public async Task<FinnInvokeResult> InvokeAsync(FinnInvokeRequest request, PoolDefinition pool, Func<string, CancellationToken, ValueTask>? onDelta, CancellationToken ct)
+    {
+        var state = new InvokeState();
+        var tried = new HashSet<string>(StringComparer.Ordinal);
+        UpstreamException? last = null;
+        while (true)
+        {
+            var candidates = pool.Models.Where(m => !tried.Contains(m.Id))
+                .Select(m => new RoutingCandidate(pool.Id, m.Id, breakers.IsAvailable(m.Id)))
+                .ToList();
+            if (!candidates.Any(c => c.Healthy))
+            {
+                throw last ?? new UpstreamException(UpstreamFailure.NoHealthyModel,
+                    $"No healthy model in pool '{pool.Id}': every candidate's circuit breaker is open.");
+            }
+
+            var decision = await router.ChooseAsync(new RoutingRequest(request.Agent, candidates, request.TraceId), ct);
+            var chosen = decision.Chosen.Healthy && candidates.Any(c => c.Model == decision.Chosen.Model)
+                ? decision.Chosen
+                : candidates.First(c => c.Healthy);
+            tried.Add(chosen.Model);
+            var model = pool.Models.First(m => m.Id == chosen.Model);
+            var info = decision.Info.Chosen == model.Id ? decision.Info : decision.Info with { Chosen = model.Id };
+            if (!_providers.TryGetValue(model.Provider, out var provider))
+            {
+                last = new UpstreamException(UpstreamFailure.Rejected, $"Model '{model.Id}' names unknown provider '{model.Provider}'.");
+                continue;
+            }
+
+            for (var attempt = 1; attempt <= _options.MaxAttempts; attempt++)
+            {
+                if (!breakers.TryAcquire(model.Id))
+                {
+                    break;
+                }
+
+                var sw = Stopwatch.StartNew();
+                try
+                {
+                    var (content, usage, finish) = await AttemptAsync(provider, model, request, pool, state, onDelta, ct);
+                    breakers.RecordSuccess(model.Id);
+                    var cost = PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens);
+                    metrics.Call(pool.Id, model.Id, provider.Name, "ok", sw.Elapsed.TotalMilliseconds);
+                    metrics.Tokens(pool.Id, usage.PromptTokens, usage.CompletionTokens);
+                    InferenceLog.Call(logger, pool.Id, model.Id, provider.Name, attempt, "ok", sw.ElapsedMilliseconds, usage.PromptTokens, usage.CompletionTokens, request.TraceId);
+                    return new FinnInvokeResult(content, model.Id, pool.Id, provider.Name, usage, cost, finish, info, provider.Simulated);
+                }
+                catch (UpstreamException ex)
+                {
+                    var kind = UpstreamFailures.Kind(ex.Failure);
+                    metrics.Call(pool.Id, model.Id, provider.Name, kind, sw.Elapsed.TotalMilliseconds);
+                    metrics.Error(pool.Id, model.Id, provider.Name, kind);
+                    InferenceLog.Failed(logger, pool.Id, model.Id, provider.Name, attempt, kind, sw.ElapsedMilliseconds, request.TraceId, ex.Message);
+                    if (breakers.RecordFailure(model.Id))
+                    {
+                        InferenceLog.BreakerOpened(logger, model.Id, pool.Id);
+                    }
+
+                    if (state.Forwarded)
+                    {
+                        var partial = Cap(ex.PartialUsage ?? OpenAiProvider.Estimate(ProviderRequestFor(model, request, pool), state.Text.ToString()), request, pool);
+                        throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = partial };
+                    }
+
+                    last = ex;
+                    if (!UpstreamFailures.Retryable(ex.Failure) || attempt == _options.MaxAttempts)
+                    {
+                        break;
+                    }
+
+                    await Task.Delay(Backoff(attempt, ex.RetryAfter), time, ct);
+                }
+                catch (OperationCanceledException) when (ct.IsCancellationRequested)
+                {
+                    breakers.Release(model.Id);
+                    throw;
+                }
+            }
+        }
+    }
+
+    async Task<(string Content, Usage Usage, string Finish)> AttemptAsync(
+        IInferenceProvider provider, PoolModel model, FinnInvokeRequest request, PoolDefinition pool, InvokeState state,
+        Func<string, CancellationToken, ValueTask>? onDelta, CancellationToken ct)
+    {
+        var timeoutAfter = TimeSpan.FromMilliseconds(_options.AttemptTimeoutMs);
+        using var timeout = new CancellationTokenSource(timeoutAfter, time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
+        var providerRequest = ProviderRequestFor(model, request, pool);
+        var text = new StringBuilder();
+        Usage? usage = null;
+        string? finish = null;
+        await using var chunks = provider.StreamAsync(providerRequest, linked.Token).GetAsyncEnumerator(linked.Token);
+        while (true)
+        {
+            bool more;
+            try
+            {
+                more = await chunks.MoveNextAsync();
+            }
+            catch (OperationCanceledException ex) when (!ct.IsCancellationRequested)
+            {
+                // Either our attempt timer fired or the HTTP stack gave up: both are upstream timeouts.
+                throw new UpstreamException(UpstreamFailure.Timeout, $"{provider.Name} model {model.Id} did not answer within {_options.AttemptTimeoutMs} ms", null, ex)
+                {
+                    PartialUsage = text.Length > 0 ? OpenAiProvider.Estimate(providerRequest, text.ToString()) : null,
+                };
+            }
+
+            if (!more)
+            {
+                break;
+            }
+
+            timeout.CancelAfter(timeoutAfter);
+            var chunk = chunks.Current;
+            if (chunk.Delta is { Length: > 0 } delta)
+            {
+                text.Append(delta);
+                if (onDelta is not null)
+                {
+                    state.Forwarded = true;
+                    state.Text.Append(delta);
+                    await onDelta(delta, ct);
+                }
+            }
+
+            if (chunk.Usage is not null)
+            {
+                usage = chunk.Usage;
+                finish = chunk.FinishReason ?? finish;
+            }
+        }
+
+        if (usage is null)
+        {
+            throw new UpstreamException(UpstreamFailure.Malformed, $"{provider.Name} finished without reporting usage");
+        }
+
+        return (text.ToString(), Cap(usage, request, pool), finish ?? "stop");
+    }
+
+    static ProviderRequest ProviderRequestFor(PoolModel model, FinnInvokeRequest request, PoolDefinition pool) =>
+        new(model, request.Messages, request.MaxTokens, request.Stream, request.TraceId);
+
+    /// <summary>Never meter more than freeside reserved: output at most max_tokens, input at most the byte bound.</summary>
+    static Usage Cap(Usage usage, FinnInvokeRequest request, PoolDefinition pool) => new(
+        Math.Clamp(usage.PromptTokens, 0, TokenMath.InputUpperBound(request.Messages)),
+        Math.Clamp(usage.CompletionTokens, 0, Math.Min(request.MaxTokens, pool.MaxTokensLimit)));
+
+    TimeSpan Backoff(int attempt, TimeSpan? retryAfter)
+    {
+        var ceiling = Math.Min(_options.RetryMaxDelayMs, _options.RetryBaseDelayMs * Math.Pow(2, attempt - 1));
+        var ms = (ceiling / 2) + (Random.Shared.NextDouble() * ceiling / 2);
+        if (retryAfter is { } ra)
+        {
+            ms = Math.Min(_options.RetryMaxDelayMs, Math.Max(ms, ra.TotalMilliseconds));
+        }
+
+        return TimeSpan.FromMilliseconds(ms);
+    }
+
+    sealed class InvokeState
+    {
+        public bool Forwarded { get; set; }
+
+        public StringBuilder Text { get; } = new();
+    }
+}

@@ -1,0 +1,160 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Shared.Contracts;
+using Microsoft.Extensions.Options;
+
+namespace Arrakis.Finn.Inference.Providers;
+
+/// <summary><c>Providers:Anthropic</c>: the Messages API.</summary>
+public sealed class AnthropicProviderOptions
+{
+    public const string Section = "Providers:Anthropic";
+
+    /// <summary>Base URL without the version; requests go to <c>{BaseUrl}/v1/messages</c>.</summary>
+    public string BaseUrl { get; set; } = "https://api.anthropic.com";
+
+    /// <summary><c>x-api-key</c>; falls back to the <c>ANTHROPIC_API_KEY</c> environment variable.</summary>
+    public string? ApiKey { get; set; }
+
+    public string Version { get; set; } = "2023-06-01";
+}
+
+/// <summary>
+/// The Anthropic Messages wire format, JSON and SSE (<c>message_start</c>, <c>content_block_delta</c>,
+/// <c>message_delta</c>, <c>message_stop</c>, and in-stream <c>error</c>).
+/// </summary>
+public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<AnthropicProviderOptions> options) : IInferenceProvider
+{
+    public const string HttpClientName = "provider-anthropic";
+    const string Vendor = "anthropic";
+    readonly AnthropicProviderOptions _options = options.Value;
+
+    public string Name => Vendor;
+
+    public bool Simulated => false;
+
+    public async IAsyncEnumerable<ProviderChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken ct)
+    {
+        var system = string.Join("\n\n", request.Messages.Where(m => m.Role == "system").Select(m => m.Content));
+        var body = new JsonObject
+        {
+            ["model"] = request.Model.VendorModel ?? request.Model.Id,
+            ["max_tokens"] = request.MaxTokens,
+            ["messages"] = new JsonArray(request.Messages.Where(m => m.Role != "system")
+                .Select(m => (JsonNode)new JsonObject { ["role"] = m.Role, ["content"] = m.Content }).ToArray()),
+            ["stream"] = request.Stream,
+        };
+        if (system.Length > 0)
+        {
+            body["system"] = system;
+        }
+
+        var key = string.IsNullOrWhiteSpace(_options.ApiKey) ? Environment.GetEnvironmentVariable("ANTHROPIC_API_KEY") : _options.ApiKey;
+        var url = new Uri(_options.BaseUrl.TrimEnd('/') + "/v1/messages");
+        using var response = await VendorHttp.SendAsync(clients.CreateClient(HttpClientName), Vendor, url, body, h =>
+        {
+            if (!string.IsNullOrWhiteSpace(key))
+            {
+                h.Add("x-api-key", key);
+            }
+
+            h.Add("anthropic-version", _options.Version);
+        }, request.Stream, ct);
+
+        if (!request.Stream)
+        {
+            var json = await VendorHttp.ReadJsonAsync(response, Vendor, ct);
+            if (!json.TryGetProperty("content", out var blocks) || blocks.ValueKind != JsonValueKind.Array)
+            {
+                throw new UpstreamException(UpstreamFailure.Malformed, "anthropic answered without a content array");
+            }
+
+            var content = string.Concat(blocks.EnumerateArray().Where(b => VendorHttp.String(b, "type") == "text").Select(b => VendorHttp.String(b, "text") ?? ""));
+            yield return new ProviderChunk(content);
+            var usage = VendorHttp.Object(json, "usage") is { } u && VendorHttp.Long(u, "input_tokens") is { } i && VendorHttp.Long(u, "output_tokens") is { } o
+                ? new Usage(i, o)
+                : OpenAiProvider.Estimate(request, content);
+            yield return new ProviderChunk(null, usage, Finish(VendorHttp.String(json, "stop_reason")));
+            yield break;
+        }
+
+        var text = new System.Text.StringBuilder();
+        long? input = null;
+        long? output = null;
+        string? stop = null;
+        var stopped = false;
+        await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
+        {
+            var json = VendorHttp.ParseEventData(e, Vendor);
+            switch (e.Event ?? VendorHttp.String(json, "type"))
+            {
+                case "message_start":
+                    if (VendorHttp.Object(json, "message") is { } message && VendorHttp.Object(message, "usage") is { } startUsage)
+                    {
+                        input = VendorHttp.Long(startUsage, "input_tokens") ?? input;
+                        output = VendorHttp.Long(startUsage, "output_tokens") ?? output;
+                    }
+
+                    break;
+                case "content_block_delta":
+                    if (VendorHttp.Object(json, "delta") is { } delta && VendorHttp.String(delta, "type") == "text_delta"
+                        && VendorHttp.String(delta, "text") is { Length: > 0 } piece)
+                    {
+                        text.Append(piece);
+                        yield return new ProviderChunk(piece);
+                    }
+
+                    break;
+                case "message_delta":
+                    if (VendorHttp.Object(json, "delta") is { } md)
+                    {
+                        stop = VendorHttp.String(md, "stop_reason") ?? stop;
+                    }
+
+                    if (VendorHttp.Object(json, "usage") is { } deltaUsage)
+                    {
+                        output = VendorHttp.Long(deltaUsage, "output_tokens") ?? output;
+                        input = VendorHttp.Long(deltaUsage, "input_tokens") ?? input;
+                    }
+
+                    break;
+                case "message_stop":
+                    stopped = true;
+                    break;
+                case "error":
+                    var error = VendorHttp.Object(json, "error");
+                    var type = error is { } err ? VendorHttp.String(err, "type") : null;
+                    throw new UpstreamException(
+                        type == "rate_limit_error" ? UpstreamFailure.RateLimited : UpstreamFailure.ServerError,
+                        "anthropic streamed an error: " + (type ?? "unknown") + " " + (error is { } er ? VendorHttp.String(er, "message") : null))
+                    {
+                        PartialUsage = new Usage(input ?? Tokenizer.PromptTokens(request.Messages), output ?? Tokenizer.Count(text.ToString())),
+                    };
+            }
+
+            if (stopped)
+            {
+                break;
+            }
+        }
+
+        if (!stopped)
+        {
+            throw new UpstreamException(UpstreamFailure.Malformed, "anthropic's stream ended before message_stop")
+            {
+                PartialUsage = new Usage(input ?? Tokenizer.PromptTokens(request.Messages), output ?? Tokenizer.Count(text.ToString())),
+            };
+        }
+
+        var estimate = OpenAiProvider.Estimate(request, text.ToString());
+        yield return new ProviderChunk(null, new Usage(input ?? estimate.PromptTokens, output ?? estimate.CompletionTokens), Finish(stop));
+    }
+
+    static string Finish(string? stopReason) => stopReason switch
+    {
+        "max_tokens" => "length",
+        null => "stop",
+        _ => "stop",
+    };
+}

@@ -1,0 +1,139 @@
+using System.Net.Http.Headers;
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Shared.Contracts;
+using Microsoft.Extensions.Options;
+
+namespace Arrakis.Finn.Inference.Providers;
+
+/// <summary><c>Providers:OpenAI</c>: any OpenAI-compatible server (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp).</summary>
+public sealed class OpenAiProviderOptions
+{
+    public const string Section = "Providers:OpenAI";
+
+    /// <summary>Base URL including the version segment; requests go to <c>{BaseUrl}/chat/completions</c>.</summary>
+    public string BaseUrl { get; set; } = "https://api.openai.com/v1";
+
+    /// <summary>Bearer key; falls back to the <c>OPENAI_API_KEY</c> environment variable. Optional for local servers.</summary>
+    public string? ApiKey { get; set; }
+
+    /// <summary><c>max_tokens</c> (most servers) or <c>max_completion_tokens</c> (newer OpenAI models).</summary>
+    public string MaxTokensField { get; set; } = "max_tokens";
+}
+
+/// <summary>The OpenAI chat-completions wire format, JSON and SSE (<c>data: {...}</c> … <c>data: [DONE]</c>).</summary>
+public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiProviderOptions> options) : IInferenceProvider
+{
+    public const string HttpClientName = "provider-openai";
+    const string Vendor = "openai";
+    readonly OpenAiProviderOptions _options = options.Value;
+
+    public string Name => Vendor;
+
+    public bool Simulated => false;
+
+    public async IAsyncEnumerable<ProviderChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken ct)
+    {
+        var body = new JsonObject
+        {
+            ["model"] = request.Model.VendorModel ?? request.Model.Id,
+            ["messages"] = new JsonArray(request.Messages.Select(m => (JsonNode)new JsonObject { ["role"] = m.Role, ["content"] = m.Content }).ToArray()),
+            [_options.MaxTokensField] = request.MaxTokens,
+            ["stream"] = request.Stream,
+        };
+        if (request.Stream)
+        {
+            body["stream_options"] = new JsonObject { ["include_usage"] = true };
+        }
+
+        var key = string.IsNullOrWhiteSpace(_options.ApiKey) ? Environment.GetEnvironmentVariable("OPENAI_API_KEY") : _options.ApiKey;
+        var url = new Uri(_options.BaseUrl.TrimEnd('/') + "/chat/completions");
+        using var response = await VendorHttp.SendAsync(clients.CreateClient(HttpClientName), Vendor, url, body, h =>
+        {
+            if (!string.IsNullOrWhiteSpace(key))
+            {
+                h.Authorization = new AuthenticationHeaderValue("Bearer", key);
+            }
+        }, request.Stream, ct);
+
+        if (!request.Stream)
+        {
+            var json = await VendorHttp.ReadJsonAsync(response, Vendor, ct);
+            if (!json.TryGetProperty("choices", out var choices) || choices.ValueKind != JsonValueKind.Array || choices.GetArrayLength() == 0)
+            {
+                throw new UpstreamException(UpstreamFailure.Malformed, "openai answered without choices");
+            }
+
+            var choice = choices[0];
+            var content = VendorHttp.Object(choice, "message") is { } message ? VendorHttp.String(message, "content") : null;
+            if (content is null)
+            {
+                throw new UpstreamException(UpstreamFailure.Malformed, "openai answered without choices[0].message.content");
+            }
+
+            yield return new ProviderChunk(content);
+            yield return new ProviderChunk(null, UsageOf(json, request, content), VendorHttp.String(choice, "finish_reason") ?? "stop");
+            yield break;
+        }
+
+        var text = new System.Text.StringBuilder();
+        Usage? usage = null;
+        string? finish = null;
+        var done = false;
+        await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
+        {
+            if (e.Data == "[DONE]")
+            {
+                done = true;
+                break;
+            }
+
+            var json = VendorHttp.ParseEventData(e, Vendor);
+            if (VendorHttp.Object(json, "error") is { } error)
+            {
+                throw new UpstreamException(UpstreamFailure.ServerError, "openai streamed an error: " + (VendorHttp.String(error, "message") ?? "unknown"));
+            }
+
+            if (json.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object)
+            {
+                usage = UsageOf(json, request, null);
+            }
+
+            if (json.TryGetProperty("choices", out var choices) && choices.ValueKind == JsonValueKind.Array && choices.GetArrayLength() > 0)
+            {
+                var choice = choices[0];
+                finish = VendorHttp.String(choice, "finish_reason") ?? finish;
+                if (VendorHttp.Object(choice, "delta") is { } delta && VendorHttp.String(delta, "content") is { Length: > 0 } piece)
+                {
+                    text.Append(piece);
+                    yield return new ProviderChunk(piece);
+                }
+            }
+        }
+
+        if (!done && finish is null)
+        {
+            throw new UpstreamException(UpstreamFailure.Malformed, "openai's stream ended before [DONE]")
+            {
+                PartialUsage = new Usage(Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(text.ToString())),
+            };
+        }
+
+        yield return new ProviderChunk(null, usage ?? Estimate(request, text.ToString()), finish ?? "stop");
+    }
+
+    static Usage UsageOf(JsonElement json, ProviderRequest request, string? content)
+    {
+        if (VendorHttp.Object(json, "usage") is { } u && VendorHttp.Long(u, "prompt_tokens") is { } p && VendorHttp.Long(u, "completion_tokens") is { } c)
+        {
+            return new Usage(p, c);
+        }
+
+        return Estimate(request, content ?? "");
+    }
+
+    /// <summary>When a server reports no usage, count with the local tokenizer rather than charge nothing.</summary>
+    internal static Usage Estimate(ProviderRequest request, string content) =>
+        new(Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(content));
+}

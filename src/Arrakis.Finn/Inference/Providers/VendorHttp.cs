@@ -1,0 +1,193 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Arrakis.Finn.Inference.Providers;
+
+/// <summary>One server-sent event as a vendor sends it.</summary>
+public sealed record SseEvent(string? Event, string Data);
+
+/// <summary>HTTP plumbing the vendor adapters share: send, classify failures, read JSON and SSE bodies.</summary>
+internal static class VendorHttp
+{
+    public static async Task<HttpResponseMessage> SendAsync(HttpClient client, string vendor, Uri url, JsonObject body, Action<HttpRequestHeaders> headers, bool stream, CancellationToken ct)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, url)
+        {
+            Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Accept.ParseAdd(stream ? "text/event-stream" : "application/json");
+        headers(request.Headers);
+        HttpResponseMessage response;
+        try
+        {
+            response = await client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+        }
+        catch (HttpRequestException ex)
+        {
+            throw new UpstreamException(UpstreamFailure.Unreachable, $"{vendor} could not be reached: {ex.Message}", null, ex);
+        }
+
+        if (!response.IsSuccessStatusCode)
+        {
+            using (response)
+            {
+                var text = await ReadTextAsync(response, ct);
+                throw UpstreamException.FromStatus((int)response.StatusCode, vendor, text, RetryAfter(response));
+            }
+        }
+
+        return response;
+    }
+
+    public static async Task<JsonElement> ReadJsonAsync(HttpResponseMessage response, string vendor, CancellationToken ct)
+    {
+        var text = await ReadTextAsync(response, ct);
+        try
+        {
+            using var doc = JsonDocument.Parse(text);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw new UpstreamException(UpstreamFailure.Malformed, $"{vendor} answered a JSON {doc.RootElement.ValueKind}, not an object");
+            }
+
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException ex)
+        {
+            throw new UpstreamException(UpstreamFailure.Malformed, $"{vendor} answered a body that is not JSON", null, ex);
+        }
+    }
+
+    public static async IAsyncEnumerable<SseEvent> ReadEventsAsync(HttpResponseMessage response, [EnumeratorCancellation] CancellationToken ct)
+    {
+        await using var stream = await response.Content.ReadAsStreamAsync(ct);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        string? name = null;
+        var data = new StringBuilder();
+        while (true)
+        {
+            string? line;
+            try
+            {
+                line = await reader.ReadLineAsync(ct);
+            }
+            catch (Exception ex) when (ex is IOException or HttpRequestException)
+            {
+                throw new UpstreamException(UpstreamFailure.ServerError, "the vendor's stream broke: " + ex.Message, null, ex);
+            }
+
+            if (line is null)
+            {
+                if (data.Length > 0)
+                {
+                    yield return new SseEvent(name, data.ToString());
+                }
+
+                yield break;
+            }
+
+            if (line.Length == 0)
+            {
+                if (data.Length > 0 || name is not null)
+                {
+                    yield return new SseEvent(name, data.ToString());
+                }
+
+                name = null;
+                data.Clear();
+                continue;
+            }
+
+            if (line[0] == ':')
+            {
+                continue;
+            }
+
+            var colon = line.IndexOf(':', StringComparison.Ordinal);
+            var field = colon < 0 ? line : line[..colon];
+            var value = colon < 0 ? "" : line[(colon + 1)..];
+            if (value.StartsWith(' '))
+            {
+                value = value[1..];
+            }
+
+            if (field == "event")
+            {
+                name = value;
+            }
+            else if (field == "data")
+            {
+                if (data.Length > 0)
+                {
+                    data.Append('\n');
+                }
+
+                data.Append(value);
+            }
+        }
+    }
+
+    public static JsonElement ParseEventData(SseEvent e, string vendor)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(e.Data);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                throw new UpstreamException(UpstreamFailure.Malformed, $"{vendor} streamed a non-object event");
+            }
+
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException ex)
+        {
+            throw new UpstreamException(UpstreamFailure.Malformed, $"{vendor} streamed an event that is not JSON", null, ex);
+        }
+    }
+
+    static async Task<string> ReadTextAsync(HttpResponseMessage response, CancellationToken ct)
+    {
+        try
+        {
+            return await response.Content.ReadAsStringAsync(ct);
+        }
+        catch (Exception ex) when (ex is IOException or HttpRequestException)
+        {
+            throw new UpstreamException(UpstreamFailure.ServerError, "the vendor's body broke: " + ex.Message, null, ex);
+        }
+    }
+
+    static TimeSpan? RetryAfter(HttpResponseMessage response)
+    {
+        if (response.Headers.RetryAfter is { } ra)
+        {
+            if (ra.Delta is { } d)
+            {
+                return d;
+            }
+
+            if (ra.Date is { } date)
+            {
+                var wait = date - DateTimeOffset.UtcNow;
+                return wait > TimeSpan.Zero ? wait : TimeSpan.Zero;
+            }
+        }
+
+        return null;
+    }
+
+    public static string? String(JsonElement e, string name) =>
+        e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    public static long? Long(JsonElement e, string name) =>
+        e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out var n) ? n : null;
+
+    public static JsonElement? Object(JsonElement e, string name) =>
+        e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Object ? v : null;
+
+    public static bool IsOk(HttpStatusCode code) => (int)code is >= 200 and < 300;
+}

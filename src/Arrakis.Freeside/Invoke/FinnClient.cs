@@ -1,0 +1,216 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Freeside.Identity;
+using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Tokens;
+
+namespace Arrakis.Freeside.Invoke;
+
+/// <summary>An upstream failure mapped to the status freeside answers with (YARP style: 502 failed, 503 unavailable, 504 timed out).</summary>
+public sealed record UpstreamError(int Status, string Error, string Detail);
+
+/// <summary>What freeside tells finn about the caller, carried in the per-request finn token.</summary>
+public sealed record FinnCaller(string TenantId, string CommunityId, Tier Tier, IReadOnlyList<string> AllowedPools, string ReservationId);
+
+public abstract record FinnStreamEvent
+{
+    public sealed record Delta(FinnDelta Value) : FinnStreamEvent;
+
+    public sealed record Done(FinnInvokeResult Result) : FinnStreamEvent;
+
+    public sealed record Failed(UpstreamError Error) : FinnStreamEvent;
+}
+
+/// <summary>
+/// Calls finn with a fresh finn-audience token that binds the exact body bytes (<c>req_hash</c>) and the reservation.
+/// </summary>
+public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
+{
+    static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    HttpRequestMessage Build(FinnInvokeRequest body, FinnCaller caller)
+    {
+        var bytes = JsonSerializer.SerializeToUtf8Bytes(body, Json);
+        var token = issuer.Mint(FreesideService.Issuer, IdentitySetup.FinnAudience, new Dictionary<string, object>
+        {
+            ["tenant_id"] = caller.TenantId,
+            ["community_id"] = caller.CommunityId,
+            ["tier"] = caller.Tier.ToString().ToLowerInvariant(),
+            ["allowed_pools"] = caller.AllowedPools.ToArray(),
+            ["reservation_id"] = caller.ReservationId,
+            ["req_hash"] = FinnContract.RequestHash(bytes),
+            ["trace_id"] = body.TraceId,
+        });
+        var request = new HttpRequestMessage(HttpMethod.Post, FinnContract.InvokePath)
+        {
+            Content = new ByteArrayContent(bytes),
+        };
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        if (body.Stream)
+        {
+            request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+        }
+
+        return request;
+    }
+
+    public async Task<(FinnInvokeResult? Result, UpstreamError? Error)> InvokeAsync(FinnInvokeRequest body, FinnCaller caller, CancellationToken ct)
+    {
+        using var request = Build(body, caller);
+        try
+        {
+            using var response = await clients.CreateClient(IdentitySetup.FinnClient).SendAsync(request, ct);
+            var text = await response.Content.ReadAsStringAsync(ct);
+            if (!response.IsSuccessStatusCode)
+            {
+                return (null, FromProblem(response.StatusCode, text));
+            }
+
+            var result = JsonSerializer.Deserialize<FinnInvokeResult>(text, Json);
+            return result is null ? (null, new UpstreamError(502, "UPSTREAM_INVALID", "finn returned an empty body.")) : (result, null);
+        }
+        catch (Exception ex) when (Classify(ex, ct) is { } error)
+        {
+            return (null, error);
+        }
+    }
+
+    public async IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnInvokeRequest body, FinnCaller caller, [EnumeratorCancellation] CancellationToken ct)
+    {
+        using var request = Build(body, caller);
+        HttpResponseMessage? response = null;
+        UpstreamError? failure = null;
+        try
+        {
+            response = await clients.CreateClient(IdentitySetup.FinnClient).SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
+            if (!response.IsSuccessStatusCode)
+            {
+                failure = FromProblem(response.StatusCode, await response.Content.ReadAsStringAsync(ct));
+            }
+        }
+        catch (Exception ex) when (Classify(ex, ct) is { } error)
+        {
+            failure = error;
+        }
+
+        using var owned = response;
+        if (failure is not null || response is null)
+        {
+            yield return new FinnStreamEvent.Failed(failure ?? new UpstreamError(502, "UPSTREAM_FAILED", "finn gave no response."));
+            yield break;
+        }
+
+        await using var stream = await response.Content.ReadAsStreamAsync(ct);
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        string? eventName = null;
+        var data = new StringBuilder();
+        var sawDone = false;
+        while (true)
+        {
+            string? line;
+            try
+            {
+                line = await reader.ReadLineAsync(ct);
+            }
+            catch (Exception ex) when (ex is IOException or HttpRequestException)
+            {
+                line = null;
+            }
+
+            if (line is null)
+            {
+                break;
+            }
+
+            if (line.Length == 0)
+            {
+                if (data.Length > 0)
+                {
+                    var evt = Parse(eventName, data.ToString());
+                    sawDone |= evt is FinnStreamEvent.Done;
+                    yield return evt;
+                    if (evt is not FinnStreamEvent.Delta)
+                    {
+                        yield break;
+                    }
+                }
+
+                eventName = null;
+                data.Clear();
+                continue;
+            }
+
+            if (line.StartsWith("event:", StringComparison.Ordinal))
+            {
+                eventName = line[6..].Trim();
+            }
+            else if (line.StartsWith("data:", StringComparison.Ordinal))
+            {
+                data.Append(line[5..].TrimStart());
+            }
+        }
+
+        if (!sawDone && !ct.IsCancellationRequested)
+        {
+            yield return new FinnStreamEvent.Failed(new UpstreamError(502, "UPSTREAM_FAILED", "finn closed the stream before its final frame."));
+        }
+    }
+
+    static FinnStreamEvent Parse(string? eventName, string data)
+    {
+        try
+        {
+            return eventName switch
+            {
+                FinnContract.DoneEvent => new FinnStreamEvent.Done(JsonSerializer.Deserialize<FinnInvokeResult>(data, Json)!),
+                FinnContract.ErrorEvent => new FinnStreamEvent.Failed(FromProblem(HttpStatusCode.BadGateway, data)),
+                _ => new FinnStreamEvent.Delta(JsonSerializer.Deserialize<FinnDelta>(data, Json)!),
+            };
+        }
+        catch (JsonException)
+        {
+            return new FinnStreamEvent.Failed(new UpstreamError(502, "UPSTREAM_INVALID", "finn sent a frame that is not JSON."));
+        }
+    }
+
+    static UpstreamError FromProblem(HttpStatusCode status, string text)
+    {
+        string? error = null;
+        string? detail = null;
+        var upstreamStatus = (int)status;
+        try
+        {
+            using var doc = JsonDocument.Parse(text);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object)
+            {
+                error = doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind == JsonValueKind.String ? e.GetString() : null;
+                detail = doc.RootElement.TryGetProperty("detail", out var d) && d.ValueKind == JsonValueKind.String ? d.GetString() : null;
+                if (doc.RootElement.TryGetProperty("status", out var s) && s.TryGetInt32(out var parsed))
+                {
+                    upstreamStatus = parsed;
+                }
+            }
+        }
+        catch (JsonException)
+        {
+        }
+
+        // finn's own 5xx pass through (provider failed / no healthy model / timed out); anything else is our bug talking to finn.
+        return upstreamStatus is 502 or 503 or 504
+            ? new UpstreamError(upstreamStatus, error ?? "UPSTREAM_FAILED", detail ?? $"finn answered {upstreamStatus}.")
+            : new UpstreamError(502, "UPSTREAM_REJECTED", $"finn refused the request ({upstreamStatus} {error}): {detail}");
+    }
+
+    static UpstreamError? Classify(Exception ex, CancellationToken ct) => ex switch
+    {
+        OperationCanceledException when ct.IsCancellationRequested => null,
+        TaskCanceledException or TimeoutException => new UpstreamError(504, "FINN_TIMEOUT", "finn did not answer in time."),
+        HttpRequestException => new UpstreamError(503, "FINN_UNAVAILABLE", "finn could not be reached: " + ex.Message),
+        IOException => new UpstreamError(502, "UPSTREAM_FAILED", "The connection to finn broke: " + ex.Message),
+        _ => null,
+    };
+}

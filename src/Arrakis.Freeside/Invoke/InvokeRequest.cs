@@ -1,0 +1,152 @@
+using System.Text.Json;
+using Arrakis.Shared.Contracts;
+
+namespace Arrakis.Freeside.Invoke;
+
+/// <summary>A validated <c>POST /api/agents/invoke</c> body.</summary>
+public sealed record InvokeRequest(
+    IReadOnlyList<ChatMessage> Messages,
+    string? Pool,
+    string? Agent,
+    bool Stream,
+    int? MaxTokens,
+    string? BodyIdempotencyKey);
+
+/// <summary>Why a body was refused: the field and a message that says how to fix it.</summary>
+public sealed record InvokeRequestError(string Field, string Detail);
+
+public static class InvokeRequestParser
+{
+    public const int MaxPromptChars = 200_000;
+    static readonly string[] Roles = ["system", "user", "assistant"];
+
+    public static (InvokeRequest? Request, InvokeRequestError? Error) Parse(ReadOnlySpan<byte> body)
+    {
+        JsonElement root;
+        try
+        {
+            using var doc = JsonDocument.Parse(body.ToArray());
+            root = doc.RootElement.Clone();
+        }
+        catch (JsonException ex)
+        {
+            return (null, new InvokeRequestError("body", "The body must be a JSON object: " + ex.Message));
+        }
+
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            return (null, new InvokeRequestError("body", "The body must be a JSON object such as {\"prompt\":\"Hi\",\"model\":\"cheap\"}."));
+        }
+
+        var messages = new List<ChatMessage>();
+        if (root.TryGetProperty("messages", out var list) && list.ValueKind != JsonValueKind.Null)
+        {
+            if (list.ValueKind != JsonValueKind.Array || list.GetArrayLength() == 0)
+            {
+                return (null, new InvokeRequestError("messages", "messages must be a non-empty array of {role, content}."));
+            }
+
+            var i = 0;
+            foreach (var m in list.EnumerateArray())
+            {
+                if (m.ValueKind != JsonValueKind.Object
+                    || !m.TryGetProperty("role", out var role) || role.ValueKind != JsonValueKind.String || !Roles.Contains(role.GetString())
+                    || !m.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
+                {
+                    return (null, new InvokeRequestError($"messages[{i}]", "Each message needs role (system|user|assistant) and string content."));
+                }
+
+                messages.Add(new ChatMessage(role.GetString()!, content.GetString()!));
+                i++;
+            }
+        }
+
+        if (root.TryGetProperty("prompt", out var prompt) && prompt.ValueKind != JsonValueKind.Null)
+        {
+            if (prompt.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(prompt.GetString()))
+            {
+                return (null, new InvokeRequestError("prompt", "prompt must be a non-empty string."));
+            }
+
+            messages.Add(new ChatMessage("user", prompt.GetString()!));
+        }
+
+        if (messages.Count == 0)
+        {
+            return (null, new InvokeRequestError("prompt", "Send a prompt (string) or messages (array of {role, content})."));
+        }
+
+        if (messages.Sum(m => (long)m.Content.Length) > MaxPromptChars)
+        {
+            return (null, new InvokeRequestError("prompt", $"The prompt is longer than {MaxPromptChars} characters."));
+        }
+
+        if (!OptionalString(root, "model", 64, out var pool, out var error)
+            || !OptionalString(root, "agent", 200, out var agent, out error))
+        {
+            return (null, error);
+        }
+
+        if (agent is not null && !agent.StartsWith("nft:", StringComparison.Ordinal))
+        {
+            return (null, new InvokeRequestError("agent", "agent must be a routing key such as nft:<id> or nft:<contract>:<token>."));
+        }
+
+        var stream = false;
+        if (root.TryGetProperty("stream", out var s) && s.ValueKind != JsonValueKind.Null)
+        {
+            if (s.ValueKind is not (JsonValueKind.True or JsonValueKind.False))
+            {
+                return (null, new InvokeRequestError("stream", "stream must be true or false."));
+            }
+
+            stream = s.GetBoolean();
+        }
+
+        int? maxTokens = null;
+        if (root.TryGetProperty("max_tokens", out var mt) && mt.ValueKind != JsonValueKind.Null)
+        {
+            if (mt.ValueKind != JsonValueKind.Number || !mt.TryGetInt32(out var value) || value < 1)
+            {
+                return (null, new InvokeRequestError("max_tokens", "max_tokens must be a positive integer."));
+            }
+
+            maxTokens = value;
+        }
+
+        string? key = null;
+        foreach (var name in new[] { "idempotencyKey", "idempotency_key" })
+        {
+            if (key is null && root.TryGetProperty(name, out var k) && k.ValueKind != JsonValueKind.Null)
+            {
+                if (k.ValueKind != JsonValueKind.String)
+                {
+                    return (null, new InvokeRequestError(name, name + " must be a string."));
+                }
+
+                key = k.GetString();
+            }
+        }
+
+        return (new InvokeRequest(messages, pool, agent, stream, maxTokens, key), null);
+    }
+
+    static bool OptionalString(JsonElement root, string name, int max, out string? value, out InvokeRequestError? error)
+    {
+        value = null;
+        error = null;
+        if (!root.TryGetProperty(name, out var e) || e.ValueKind == JsonValueKind.Null)
+        {
+            return true;
+        }
+
+        if (e.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(e.GetString()) || e.GetString()!.Length > max)
+        {
+            error = new InvokeRequestError(name, $"{name} must be a non-empty string of at most {max} characters.");
+            return false;
+        }
+
+        value = e.GetString();
+        return true;
+    }
+}

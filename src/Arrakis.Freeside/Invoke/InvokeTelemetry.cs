@@ -1,0 +1,50 @@
+using System.Diagnostics.Metrics;
+using Microsoft.Extensions.Logging;
+
+namespace Arrakis.Freeside.Invoke;
+
+static partial class InvokeLog
+{
+    /// <summary>One line per invoke; the CloudWatch JSON filter reads <c>$.duration_ms</c> from it.</summary>
+    [LoggerMessage(EventId = 4001, EventName = "INVOKE_COMPLETE", Level = LogLevel.Information,
+        Message = "INVOKE_COMPLETE status={Status} outcome={Outcome} pool={Pool} model={Model} community={CommunityId} trace={TraceId} cost_micro={CostMicro} tokens={PromptTokens}/{CompletionTokens} stream={Stream} duration_ms={DurationMs}")]
+    public static partial void InvokeComplete(this ILogger logger, int status, string outcome, string? pool, string? model, long durationMs,
+        string communityId, string traceId, long costMicro, long promptTokens, long completionTokens, bool stream);
+
+    [LoggerMessage(EventId = 4002, EventName = "INVOKE_UPSTREAM_FAILED", Level = LogLevel.Warning,
+        Message = "Invoke failed upstream: {Error} {Detail} trace={TraceId} community={CommunityId}")]
+    public static partial void UpstreamFailed(this ILogger logger, string error, string detail, string traceId, string communityId);
+
+    [LoggerMessage(EventId = 4003, EventName = "INVOKE_FINALIZE_FAILED", Level = LogLevel.Error,
+        Message = "Finalize of reservation {ReservationId} returned {Outcome} trace={TraceId}")]
+    public static partial void FinalizeFailed(this ILogger logger, string reservationId, string outcome, string traceId);
+}
+
+/// <summary>Invoke metrics under the names the dashboards read (meter <c>Arrakis.Agent</c>).</summary>
+public sealed class InvokeMetrics
+{
+    public const string MeterName = "Arrakis.Agent";
+    readonly Histogram<double> _latency;
+    readonly Counter<long> _count;
+    readonly Counter<long> _cost;
+
+    public InvokeMetrics(IMeterFactory meters)
+    {
+        var meter = meters.Create(MeterName);
+        _latency = meter.CreateHistogram<double>("InferenceLatencyMs", "ms", "End-to-end invoke latency at freeside",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000] });
+        _count = meter.CreateCounter<long>("invocation_count", "{invocation}", "Invokes by outcome");
+        _cost = meter.CreateCounter<long>("invocation_cost_micro", "micro-USD", "Metered cost charged");
+    }
+
+    public void Completed(string? pool, string outcome, double ms, long costMicro)
+    {
+        var poolTag = new KeyValuePair<string, object?>("pool", pool ?? "none");
+        _latency.Record(ms, poolTag);
+        _count.Add(1, poolTag, new KeyValuePair<string, object?>("outcome", outcome));
+        if (costMicro > 0)
+        {
+            _cost.Add(costMicro, poolTag);
+        }
+    }
+}

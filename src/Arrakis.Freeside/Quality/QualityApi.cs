@@ -1,0 +1,230 @@
+using System.Diagnostics.Metrics;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Arrakis.Freeside.Identity;
+using Arrakis.Shared.Hosting;
+using Arrakis.Shared.Http;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+
+namespace Arrakis.Freeside.Quality;
+
+public static class QualitySetup
+{
+    public static WebApplicationBuilder AddQuality(this WebApplicationBuilder builder)
+    {
+        var options = builder.Configuration.GetSection(QualityOptions.Section).Get<QualityOptions>() ?? new QualityOptions();
+        options.Validate();
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton<QualityOutbox>();
+        builder.Services.AddSingleton<QualitySignal>();
+        builder.Services.AddSingleton<QualityMetrics>();
+        builder.Services.TryAddSingleton<IInvocationLookup, NoInvocationLookup>();
+        builder.Services.AddHostedService<QualityDeliverer>();
+        builder.Services.AddSingleton<IHealthContributor, QualityOutboxHealth>();
+        return builder;
+    }
+}
+
+/// <summary>Wakes the deliverer when an event is enqueued, so delivery does not wait for the next poll.</summary>
+public sealed class QualitySignal
+{
+    readonly SemaphoreSlim _signal = new(0, 1);
+
+    public void Notify()
+    {
+        try
+        {
+            _signal.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+            // Already signalled.
+        }
+    }
+
+    public Task<bool> WaitAsync(TimeSpan timeout, CancellationToken ct) => _signal.WaitAsync(timeout, ct);
+}
+
+/// <summary>Meter <c>Arrakis.Freeside.Quality</c>: events queued, delivered, retried, dead.</summary>
+public sealed class QualityMetrics
+{
+    public QualityMetrics(IMeterFactory meters)
+    {
+        var meter = meters.Create("Arrakis.Freeside.Quality");
+        Queued = meter.CreateCounter<long>("quality_events_queued");
+        Delivered = meter.CreateCounter<long>("quality_events_delivered");
+        Retried = meter.CreateCounter<long>("quality_events_retried");
+        Dead = meter.CreateCounter<long>("quality_events_dead");
+    }
+
+    public Counter<long> Queued { get; }
+
+    public Counter<long> Delivered { get; }
+
+    public Counter<long> Retried { get; }
+
+    public Counter<long> Dead { get; }
+}
+
+public static partial class QualityApi
+{
+    [GeneratedRegex("^nft:[A-Za-z0-9_-]{1,128}(:[A-Za-z0-9_-]{1,128})?$", RegexOptions.CultureInvariant)]
+    private static partial Regex RoutingKeyPattern();
+
+    static readonly string[] Labels = ["bad", "poor", "fair", "good", "excellent"];
+    static readonly HashSet<string> Known = ["routingKey", "routing_key", "quality", "source", "trace_id", "traceId"];
+
+    public static IEndpointRouteBuilder MapQualityApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost("/api/agents/quality", async (HttpContext http, Database database, IInvocationLookup lookup, QualitySignal signal,
+            QualityMetrics metrics, TimeProvider time) =>
+        {
+            JsonDocument doc;
+            try
+            {
+                doc = await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted);
+            }
+            catch (JsonException ex)
+            {
+                return Problems.Invalid("body", "The body is not valid JSON: " + ex.Message);
+            }
+
+            using (doc)
+            {
+                var root = doc.RootElement;
+                if (root.ValueKind != JsonValueKind.Object)
+                {
+                    return Problems.Invalid("body", "The body must be a JSON object.");
+                }
+
+                foreach (var p in root.EnumerateObject())
+                {
+                    if (!Known.Contains(p.Name))
+                    {
+                        return Problems.Invalid(p.Name, $"Unknown field '{p.Name}'. Allowed: routingKey, quality, source, trace_id.");
+                    }
+                }
+
+                if (HasWrongType(root, out var wrong))
+                {
+                    return Problems.Invalid(wrong!, $"{wrong} must be a string.");
+                }
+
+                var routingKey = Str(root, "routingKey") ?? Str(root, "routing_key");
+                if (routingKey is null || routingKey.Length > 200 || !RoutingKeyPattern().IsMatch(routingKey))
+                {
+                    return Problems.Invalid("routingKey", "routingKey is required: nft:<id> or nft:<contract>:<token>.");
+                }
+
+                object quality;
+                if (!root.TryGetProperty("quality", out var q) || q.ValueKind == JsonValueKind.Null)
+                {
+                    return Problems.Invalid("quality", "quality is required: bad, poor, fair, good, excellent or a number within [0, 1].");
+                }
+
+                if (q.ValueKind == JsonValueKind.String && Labels.Contains(q.GetString()))
+                {
+                    quality = q.GetString()!;
+                }
+                else if (q.ValueKind == JsonValueKind.Number && q.GetDouble() is >= 0 and <= 1 and var v)
+                {
+                    quality = v;
+                }
+                else
+                {
+                    return Problems.Invalid("quality", "quality must be bad, poor, fair, good, excellent or a number within [0, 1].");
+                }
+
+                var source = Str(root, "source");
+                if (source is null || source.Length > 64 || source.Any(char.IsControl))
+                {
+                    return Problems.Invalid("source", "source is required: 1-64 printable characters naming who judged the answer.");
+                }
+
+                var traceId = Str(root, "trace_id") ?? Str(root, "traceId");
+                if (traceId is not null && (traceId.Length > 128 || traceId.Any(char.IsControl)))
+                {
+                    return Problems.Invalid("trace_id", "trace_id must be 1-128 printable characters.");
+                }
+
+                var ct = http.RequestAborted;
+                var served = traceId is not null
+                    ? await lookup.FindByTraceAsync(traceId, ct) ?? await lookup.LatestForAgentAsync(routingKey, ct)
+                    : await lookup.LatestForAgentAsync(routingKey, ct);
+                var now = time.GetUtcNow().ToUnixTimeMilliseconds();
+                var eventId = "qe_" + Guid.CreateVersion7().ToString("N");
+                var payload = JsonSerializer.Serialize(new Dictionary<string, object?>
+                {
+                    ["event_id"] = eventId,
+                    ["routing_key"] = routingKey,
+                    ["score"] = quality,
+                    ["source"] = source,
+                    ["model"] = served?.Model,
+                    ["pool"] = served?.Pool,
+                    ["trace_id"] = traceId,
+                    ["timestamp"] = now,
+                });
+                var sub = http.VerifiedToken().Subject;
+
+                await using (var connection = await database.OpenAsync(ct))
+                {
+                    await using var tx = await Database.BeginWriteAsync(connection, ct);
+                    await QualityOutbox.EnqueueAsync(connection, tx, eventId, routingKey, payload, string.IsNullOrEmpty(sub) ? null : sub, now, ct);
+                    await tx.CommitAsync(ct);
+                }
+
+                metrics.Queued.Add(1);
+                signal.Notify();
+                return Results.Json(new Dictionary<string, object?>
+                {
+                    ["event_id"] = eventId,
+                    ["status"] = "queued",
+                    ["routing_key"] = routingKey,
+                    ["model"] = served?.Model,
+                    ["pool"] = served?.Pool,
+                }, statusCode: 202);
+            }
+        }).RequireToken(IdentitySetup.UserPolicy);
+        return app;
+    }
+
+    static string? Str(JsonElement root, string name) =>
+        root.TryGetProperty(name, out var el) && el.ValueKind == JsonValueKind.String && el.GetString() is { Length: > 0 } s ? s : null;
+
+    static bool HasWrongType(JsonElement root, out string? field)
+    {
+        foreach (var name in new[] { "routingKey", "routing_key", "source", "trace_id", "traceId" })
+        {
+            if (root.TryGetProperty(name, out var el) && el.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
+            {
+                field = name;
+                return true;
+            }
+        }
+
+        field = null;
+        return false;
+    }
+}
+
+/// <summary>Degraded while events wait longer than a minute to reach dixie (the outbox keeps them; nothing is lost).</summary>
+public sealed class QualityOutboxHealth(QualityOutbox outbox, TimeProvider time) : IHealthContributor
+{
+    public string Name => "quality_outbox";
+
+    public async Task<HealthCheckResult> CheckAsync(CancellationToken ct)
+    {
+        var counts = await outbox.CountsAsync(ct);
+        var ageMs = counts.OldestPendingAtMs is { } oldest ? time.GetUtcNow().ToUnixTimeMilliseconds() - oldest : 0;
+        var data = new { pending = counts.Pending, delivered = counts.Delivered, dead = counts.Dead, oldest_pending_age_ms = ageMs };
+        return ageMs > 60_000
+            ? new HealthCheckResult(HealthState.Degraded, "quality_events_backlogged", data)
+            : new HealthCheckResult(HealthState.Healthy, null, data);
+    }
+}

@@ -1,0 +1,115 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json;
+
+namespace Arrakis.Cli.Tests.Commands;
+
+/// <summary><c>loa up</c> as a real process on a fresh data directory, probed over HTTP like an operator would.</summary>
+public sealed class UpCommandTests
+{
+    static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(30) };
+
+    [Fact]
+    public async Task Loa_up_on_a_fresh_directory_brings_three_healthy_services_and_writes_a_usable_test_key()
+    {
+        var dataDir = Path.Combine(TestStorage.TempDir(), "fresh-never-created");
+        await using var up = await LoaProcess.Up.StartAsync(dataDir);
+
+        foreach (var url in new[] { up.FreesideUrl + "/health", up.DixieUrl + "/api/health", up.FinnUrl + "/health" })
+        {
+            using var health = await Http.GetAsync(url, TestContext.Current.CancellationToken);
+            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+            Assert.Equal("healthy", (await health.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("status").GetString());
+        }
+
+        using var jwks = await Http.GetAsync(up.FreesideUrl + "/.well-known/jwks.json", TestContext.Current.CancellationToken);
+        var key = (await jwks.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("keys")[0];
+        Assert.Equal("ES256", key.GetProperty("alg").GetString());
+        Assert.False(string.IsNullOrEmpty(key.GetProperty("kid").GetString()));
+
+        var pem = Path.Combine(dataDir, "staging.pem");
+        Assert.Contains("TEST_KEY_PATH=" + pem, up.Output, StringComparison.Ordinal);
+        Assert.StartsWith("-----BEGIN PRIVATE KEY-----", await File.ReadAllTextAsync(pem, TestContext.Current.CancellationToken), StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.Combine(dataDir, "master.key")));
+        Assert.True(File.Exists(Path.Combine(dataDir, "freeside.db")));
+
+        var (code, token, stderr) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem);
+        Assert.True(code == 0, stderr);
+        Assert.Equal(3, token.Split('.').Length);
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, up.FreesideUrl + "/api/v1/auth/chain");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        using var chain = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, chain.StatusCode);
+
+        Assert.Equal(0, await up.InterruptAsync());
+    }
+
+    [Fact]
+    public async Task Keys_commands_rotate_list_revoke_and_import_through_the_database()
+    {
+        var dataDir = TestStorage.TempDir();
+        var (code, listed, err) = await LoaProcess.RunAsync("keys", "list", "--service", "freeside", "--data-dir", dataDir);
+        Assert.True(code == 0, err);
+        Assert.Contains(" active ", listed, StringComparison.Ordinal);
+
+        (code, var rotated, err) = await LoaProcess.RunAsync("keys", "rotate", "--service", "freeside", "--data-dir", dataDir, "--propagation-seconds", "0");
+        Assert.True(code == 0, err);
+        var kid = rotated.Split("kid=")[1].Split(' ')[0];
+        (_, listed, _) = await LoaProcess.RunAsync("keys", "list", "--service", "freeside", "--data-dir", dataDir);
+        Assert.Contains(kid + " ", listed, StringComparison.Ordinal);
+        Assert.Contains(" retired ", listed, StringComparison.Ordinal);
+
+        (code, var revoked, err) = await LoaProcess.RunAsync("keys", "revoke", "--service", "freeside", "--data-dir", dataDir, kid);
+        Assert.True(code == 0, err);
+        Assert.Contains("REVOKED kid=" + kid + " previous_status=active", revoked, StringComparison.Ordinal);
+
+        (code, _, err) = await LoaProcess.RunAsync("keys", "revoke", "--service", "freeside", "--data-dir", dataDir, "missing-kid");
+        Assert.Equal(1, code);
+        Assert.Contains("no key with kid", err, StringComparison.Ordinal);
+
+        using var ecdsa = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var sec1 = Path.Combine(dataDir, "operator.pem");
+        await File.WriteAllTextAsync(sec1, ecdsa.ExportECPrivateKeyPem(), TestContext.Current.CancellationToken);
+        (code, var imported, err) = await LoaProcess.RunAsync("keys", "import", "--service", "freeside", "--data-dir", dataDir, "--pem", sec1, "--kid", "operator-1");
+        Assert.True(code == 0, err);
+        Assert.Contains("IMPORTED kid=operator-1 status=active", imported, StringComparison.Ordinal);
+
+        var bad = Path.Combine(dataDir, "bad.pem");
+        await File.WriteAllTextAsync(bad, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", TestContext.Current.CancellationToken);
+        (code, _, err) = await LoaProcess.RunAsync("keys", "import", "--service", "freeside", "--data-dir", dataDir, "--pem", bad);
+        Assert.Equal(1, code);
+        Assert.Contains("PKCS#8", err, StringComparison.Ordinal);
+
+        (code, _, err) = await LoaProcess.RunAsync("keys", "list", "--service", "dixie", "--data-dir", dataDir);
+        Assert.Equal(2, code);
+        Assert.Contains("--service must be freeside or finn", err, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Jwt_sign_prints_the_checklist_shaped_token_without_kid()
+    {
+        var dataDir = TestStorage.TempDir();
+        using var ecdsa = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var pem = Path.Combine(dataDir, "k.pem");
+        await File.WriteAllTextAsync(pem, ecdsa.ExportPkcs8PrivateKeyPem(), TestContext.Current.CancellationToken);
+
+        var (code, token, err) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--access-level", "pro");
+        Assert.True(code == 0, err);
+        Assert.DoesNotContain('\n', token);
+        var jwt = new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(token);
+        Assert.Equal("ES256", jwt.Alg);
+        Assert.True(string.IsNullOrEmpty(jwt.Kid));
+        Assert.Equal("arrakis", jwt.Issuer);
+        Assert.Equal(["arrakis"], jwt.Audiences);
+        Assert.Equal("test-tenant", jwt.GetPayloadValue<string>("tenant_id"));
+        Assert.Equal("pro", jwt.GetPayloadValue<string>("access_level"));
+        Assert.Equal(300, (jwt.ValidTo - jwt.IssuedAt).TotalSeconds);
+        Assert.False(string.IsNullOrEmpty(jwt.Id));
+
+        (code, _, err) = await LoaProcess.RunAsync("jwt", "sign", "--key", Path.Combine(dataDir, "missing.pem"));
+        Assert.Equal(1, code);
+        Assert.Contains("JWT signing failed", err, StringComparison.Ordinal);
+    }
+}

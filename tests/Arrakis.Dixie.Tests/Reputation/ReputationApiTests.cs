@@ -1,0 +1,210 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Dixie.Tests.Reputation;
+
+public sealed class ReputationApiTests
+{
+    static HttpClient Client(Platform p) => new() { BaseAddress = new Uri(p.DixieUrl + "/") };
+
+    static string ServiceToken(Platform p) =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "loa-dixie", new Dictionary<string, object> { ["sub"] = "test" });
+
+    static async Task<HttpResponseMessage> PostEventAsync(Platform p, object body, bool auth = true)
+    {
+        using var http = Client(p);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "api/reputation/events")
+        {
+            Content = new StringContent(body is string s ? s : JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"),
+        };
+        if (auth)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", ServiceToken(p));
+        }
+
+        return await http.SendAsync(request, TestContext.Current.CancellationToken);
+    }
+
+    static async Task<JsonObject> QueryAsync(Platform p, string key)
+    {
+        using var http = Client(p);
+        using var response = await http.GetAsync("api/reputation/query?routingKey=" + Uri.EscapeDataString(key), TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return (await response.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+    }
+
+    static Dictionary<string, object?> Ev(string id, object score, string key = "nft:test", string? model = null) => new()
+    {
+        ["event_id"] = id,
+        ["routing_key"] = key,
+        ["score"] = score,
+        ["source"] = "test",
+        ["model"] = model,
+        ["pool"] = model is null ? null : "cheap",
+        ["timestamp"] = DateTimeOffset.UtcNow.ToString("O"),
+    };
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Public_query_is_null_before_data_and_changes_within_one_second_of_an_event(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        var baseline = await QueryAsync(p, "nft:test");
+        Assert.True(baseline.ContainsKey("score"));
+        Assert.Null(baseline["score"]);
+        Assert.Equal(0, baseline["sample_count"]!.GetValue<long>());
+
+        // Warm the cache, then write: the write must invalidate it.
+        await QueryAsync(p, "nft:test");
+        var sw = Stopwatch.StartNew();
+        foreach (var (id, q) in new[] { ("q1", "good"), ("q2", "excellent"), ("q3", "good") })
+        {
+            using var r = await PostEventAsync(p, Ev(id, q, model: "local-mini-a"));
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        }
+
+        JsonObject after;
+        do
+        {
+            after = await QueryAsync(p, "nft:test");
+        }
+        while (after["score"] is null && sw.Elapsed < TimeSpan.FromSeconds(1));
+
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1), $"score visible after {sw.ElapsedMilliseconds} ms");
+        // Beta(1 + 2.5, 1 + 0.5) → 3.5 / 5.
+        Assert.Equal(0.7, after["score"]!.GetValue<double>(), 5);
+        Assert.Equal(3, after["sample_count"]!.GetValue<long>());
+        Assert.InRange(after["lower_bound"]!.GetValue<double>(), 0.3, 0.7);
+        Assert.Equal("nft:test", after["routing_key"]!.GetValue<string>());
+        Assert.Equal(0.7, after["models"]!["local-mini-a"]!["score"]!.GetValue<double>(), 5);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Events_are_idempotent_conflicts_are_409_and_32_concurrent_duplicates_update_once(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        var ct = TestContext.Current.CancellationToken;
+
+        var dup = Ev("dup-1", 1.0, "nft:0xabc:42", "local-mini-b");
+        using var first = await PostEventAsync(p, dup);
+        var firstBody = await first.Content.ReadAsStringAsync(ct);
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        using var again = await PostEventAsync(p, new Dictionary<string, object?>(dup));
+        Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        Assert.Equal(firstBody, await again.Content.ReadAsStringAsync(ct));
+        Assert.Equal("true", again.Headers.GetValues("Idempotent-Replayed").Single());
+
+        using var conflict = await PostEventAsync(p, new Dictionary<string, object?>(dup) { ["score"] = 0.0 });
+        Assert.Equal(HttpStatusCode.Conflict, conflict.StatusCode);
+        var problem = await conflict.Content.ReadFromJsonAsync<JsonObject>(ct);
+        Assert.Equal("EVENT_ID_CONFLICT", problem!["error"]!.GetValue<string>());
+
+        var payload = Ev("burst", "excellent", "nft:burst", "local-mini-a");
+        var responses = await Task.WhenAll(Enumerable.Range(0, 32).Select(_ => PostEventAsync(p, payload)));
+        Assert.All(responses, r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
+        Assert.Equal(31, responses.Count(r => r.Headers.Contains("Idempotent-Replayed")));
+        foreach (var r in responses)
+        {
+            r.Dispose();
+        }
+
+        var q = await QueryAsync(p, "nft:burst");
+        Assert.Equal(1, q["sample_count"]!.GetValue<long>());
+        Assert.Equal(2.0 / 3, q["score"]!.GetValue<double>(), 5);
+        Assert.Equal(1.0, (await QueryAsync(p, "nft:0xabc:42"))["sample_count"]!.GetValue<double>());
+    }
+
+    [Fact]
+    public async Task Validation_names_the_field_and_auth_is_required_for_writes()
+    {
+        await using var p = await Platform.StartAsync();
+        var ct = TestContext.Current.CancellationToken;
+
+        using (var noAuth = await PostEventAsync(p, Ev("x", "good"), auth: false))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, noAuth.StatusCode);
+        }
+
+        var cases = new (string Field, Func<Dictionary<string, object?>, object> Mutate)[]
+        {
+            ("event_id", e => { e.Remove("event_id"); return e; }),
+            ("event_id", e => { e["event_id"] = "has space"; return e; }),
+            ("routing_key", e => { e["routing_key"] = "user:1"; return e; }),
+            ("routing_key", e => { e["routing_key"] = "nft:a:b:c"; return e; }),
+            ("score", e => { e["score"] = 1.5; return e; }),
+            ("score", e => { e["score"] = "great"; return e; }),
+            ("score", e => { e.Remove("score"); return e; }),
+            ("source", e => { e.Remove("source"); return e; }),
+            ("model", e => { e["model"] = 7; return e; }),
+            ("timestamp", e => { e["timestamp"] = "yesterday"; return e; }),
+            ("timestamp", e => { e.Remove("timestamp"); return e; }),
+            ("colour", e => { e["colour"] = "blue"; return e; }),
+            ("body", _ => "[1,2]"),
+            ("body", _ => "{not json"),
+        };
+        foreach (var (field, mutate) in cases)
+        {
+            using var r = await PostEventAsync(p, mutate(Ev("v-1", "good")));
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            var problem = await r.Content.ReadFromJsonAsync<JsonObject>(ct);
+            Assert.Equal("INVALID_REQUEST", problem!["error"]!.GetValue<string>());
+            Assert.Equal(field, problem["field"]!.GetValue<string>());
+        }
+
+        using var http = Client(p);
+        foreach (var bad in new[] { "", "test", "nft:", "nft:a b", "nft:a:b:c", "nft:" + new string('x', 129) })
+        {
+            using var r = await http.GetAsync("api/reputation/query?routingKey=" + Uri.EscapeDataString(bad), ct);
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+        }
+
+        using (var models = await http.GetAsync("api/reputation/models?routingKey=nft:test", ct))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, models.StatusCode);
+        }
+
+        using (var good = await PostEventAsync(p, Ev("label-1", "poor", "nft:v", "m1")))
+        {
+            Assert.Equal(HttpStatusCode.OK, good.StatusCode);
+        }
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "api/reputation/models?routingKey=nft:v");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
+            p.Finn.Services.GetRequiredService<TokenIssuer>().Mint("loa-finn", "loa-dixie", new Dictionary<string, object> { ["sub"] = "finn" }));
+        using var modelsOk = await http.SendAsync(request, ct);
+        Assert.Equal(HttpStatusCode.OK, modelsOk.StatusCode);
+        var m1 = (await modelsOk.Content.ReadFromJsonAsync<JsonObject>(ct))!["models"]!["m1"]!;
+        Assert.Equal(1.25, m1["alpha"]!.GetValue<double>(), 5);
+        Assert.Equal(1.75, m1["beta"]!.GetValue<double>(), 5);
+        Assert.Equal(1.25 / 3, m1["score"]!.GetValue<double>(), 5);
+        Assert.Equal(1, m1["sample_count"]!.GetValue<long>());
+    }
+
+    [Fact]
+    public async Task Health_reports_reputation_and_metrics_count_events()
+    {
+        await using var p = await Platform.StartAsync();
+        var ct = TestContext.Current.CancellationToken;
+        using (var r = await PostEventAsync(p, Ev("h-1", 0.5)))
+        {
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        }
+
+        await QueryAsync(p, "nft:test");
+        using var http = Client(p);
+        var health = await http.GetFromJsonAsync<JsonObject>("api/health", ct);
+        Assert.Equal("healthy", health!["checks"]!["reputation"]!["status"]!.GetValue<string>());
+        Assert.Equal(1, health["checks"]!["reputation"]!["data"]!["agents"]!.GetValue<long>());
+        var metrics = await http.GetStringAsync("metrics", ct);
+        Assert.Contains("reputation_events_accepted", metrics);
+        Assert.Contains("reputation_query_duration_ms", metrics);
+    }
+}

@@ -1,0 +1,219 @@
+using Arrakis.Finn.Inference;
+using Arrakis.Finn.Inference.Providers;
+using Arrakis.Shared.Contracts;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Arrakis.Finn.Tests.Inference;
+
+public sealed class LocalProviderTests
+{
+    static readonly PoolModel Model = new() { Id = "local-mini-a", VendorModel = "local-mini-a" };
+
+    static async Task<(string Text, List<string> Deltas, Usage Usage, string Finish)> RunAsync(LocalProvider provider, string prompt, int maxTokens)
+    {
+        var deltas = new List<string>();
+        Usage? usage = null;
+        string? finish = null;
+        await foreach (var chunk in provider.StreamAsync(new ProviderRequest(Model, [new ChatMessage("user", prompt)], maxTokens, true, "t"), TestContext.Current.CancellationToken))
+        {
+            if (chunk.Delta is not null)
+            {
+                deltas.Add(chunk.Delta);
+            }
+
+            if (chunk.Usage is not null)
+            {
+                usage = chunk.Usage;
+                finish = chunk.FinishReason;
+            }
+        }
+
+        return (string.Concat(deltas), deltas, usage!, finish!);
+    }
+
+    static LocalProvider Provider(LocalProviderOptions? options = null) => new(Options.Create(options ?? new LocalProviderOptions()), TimeProvider.System);
+
+    [Fact]
+    public async Task Same_prompt_gives_the_same_answer_and_different_prompts_differ()
+    {
+        var a = await RunAsync(Provider(), "Explain autopoiesis in one sentence", 256);
+        var b = await RunAsync(Provider(), "Explain autopoiesis in one sentence", 256);
+        var c = await RunAsync(Provider(), "Describe circuit breakers for model routing", 256);
+        Assert.Equal(a.Text, b.Text);
+        Assert.NotEqual(a.Text, c.Text);
+        Assert.Contains("autopoiesis", a.Text, StringComparison.OrdinalIgnoreCase);
+        Assert.Single(a.Text.Split(". ", StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public async Task Say_hello_in_exactly_three_words_gives_a_three_word_greeting()
+    {
+        var r = await RunAsync(Provider(), "Say hello in exactly 3 words", 256);
+        var words = r.Text.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(3, words.Length);
+        Assert.Matches("^(Hello|Hi|Greetings|Hey)", r.Text);
+        Assert.Equal("stop", r.Finish);
+    }
+
+    [Fact]
+    public async Task Token_counts_are_honest_and_below_the_reservation_bound()
+    {
+        var prompt = "Tell me about chaos engineering and resilience";
+        var r = await RunAsync(Provider(), prompt, 256);
+        Assert.Equal(Tokenizer.Count(r.Text), r.Usage.CompletionTokens);
+        Assert.Equal(r.Deltas.Count, r.Usage.CompletionTokens);
+        Assert.Equal(3 + 4 + Tokenizer.Count(prompt), r.Usage.PromptTokens);
+        Assert.True(r.Usage.PromptTokens <= TokenMath.InputUpperBound([new ChatMessage("user", prompt)]));
+    }
+
+    [Fact]
+    public async Task Output_stops_at_max_tokens()
+    {
+        var r = await RunAsync(Provider(), "Write a 10000 word essay on chaos engineering", 17);
+        Assert.Equal(17, r.Usage.CompletionTokens);
+        Assert.Equal(17, r.Deltas.Count);
+        Assert.Equal("length", r.Finish);
+        Assert.Equal(17, Tokenizer.Count(r.Text));
+    }
+
+    [Fact]
+    public async Task Per_model_failure_override_fails_only_that_model()
+    {
+        var options = new LocalProviderOptions { Models = { ["local-mini-a"] = new LocalModelOptions { FailureRate = 1, FailureKind = "rate_limit" } } };
+        var provider = Provider(options);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => RunAsync(provider, "Hi", 16));
+        Assert.Equal(UpstreamFailure.RateLimited, ex.Failure);
+
+        var other = new PoolModel { Id = "local-mini-b" };
+        var count = 0;
+        await foreach (var chunk in provider.StreamAsync(new ProviderRequest(other, [new ChatMessage("user", "Hi")], 16, false, "t"), TestContext.Current.CancellationToken))
+        {
+            count += chunk.Delta is null ? 0 : 1;
+        }
+
+        Assert.True(count > 0);
+    }
+
+    [Fact]
+    public async Task Seeded_failure_rate_is_reproducible()
+    {
+        async Task<string> Pattern()
+        {
+            var provider = Provider(new LocalProviderOptions { FailureRate = 0.5, Seed = 7 });
+            var outcomes = new List<char>();
+            for (var i = 0; i < 20; i++)
+            {
+                try
+                {
+                    await RunAsync(provider, "Hi", 8);
+                    outcomes.Add('.');
+                }
+                catch (UpstreamException)
+                {
+                    outcomes.Add('x');
+                }
+            }
+
+            return new string(outcomes.ToArray());
+        }
+
+        var first = await Pattern();
+        Assert.Equal(first, await Pattern());
+        Assert.Contains('x', first);
+        Assert.Contains('.', first);
+    }
+
+    [Fact]
+    public async Task Latency_comes_from_the_time_provider()
+    {
+        var time = new FakeTimeProvider();
+        var provider = new LocalProvider(Options.Create(new LocalProviderOptions { LatencyMs = 5000 }), time);
+        var run = RunAsync(provider, "Hi", 8);
+        await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.False(run.IsCompleted);
+        time.Advance(TimeSpan.FromSeconds(5));
+        var r = await run.WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        Assert.NotEmpty(r.Text);
+    }
+}
+
+public sealed class ModelBreakersTests
+{
+    static ModelBreakers Breakers(FakeTimeProvider time) =>
+        new(Options.Create(new InferenceOptions { BreakerSeed = 1 }), time);
+
+    [Fact]
+    public void Opens_after_three_consecutive_failures_only()
+    {
+        var time = new FakeTimeProvider();
+        var b = Breakers(time);
+        Assert.False(b.RecordFailure("m"));
+        Assert.False(b.RecordFailure("m"));
+        b.RecordSuccess("m");
+        Assert.False(b.RecordFailure("m"));
+        Assert.False(b.RecordFailure("m"));
+        Assert.Equal(BreakerState.Closed, b.StateOf("m"));
+        Assert.True(b.RecordFailure("m"));
+        Assert.Equal(BreakerState.Open, b.StateOf("m"));
+        Assert.False(b.IsAvailable("m"));
+        Assert.False(b.TryAcquire("m"));
+        Assert.True(b.IsAvailable("other"));
+    }
+
+    [Fact]
+    public void Half_opens_after_thirty_seconds_within_jitter_and_lets_one_probe_through()
+    {
+        var time = new FakeTimeProvider();
+        var b = Breakers(time);
+        for (var i = 0; i < 3; i++)
+        {
+            b.RecordFailure("m");
+        }
+
+        time.Advance(TimeSpan.FromSeconds(23.9));
+        Assert.Equal(BreakerState.Open, b.StateOf("m"));
+        time.Advance(TimeSpan.FromSeconds(12.2));
+        Assert.Equal(BreakerState.HalfOpen, b.StateOf("m"));
+        Assert.True(b.TryAcquire("m"));
+        Assert.False(b.TryAcquire("m"));
+
+        // A failed probe re-opens at once.
+        Assert.True(b.RecordFailure("m"));
+        Assert.Equal(BreakerState.Open, b.StateOf("m"));
+
+        time.Advance(TimeSpan.FromSeconds(36.1));
+        Assert.True(b.TryAcquire("m"));
+        b.RecordSuccess("m");
+        Assert.Equal(BreakerState.Closed, b.StateOf("m"));
+        Assert.True(b.TryAcquire("m"));
+        Assert.True(b.TryAcquire("m"));
+    }
+
+    [Fact]
+    public void Open_period_is_jittered_around_thirty_seconds()
+    {
+        var waits = new List<double>();
+        for (var seed = 0; seed < 20; seed++)
+        {
+            var time = new FakeTimeProvider();
+            var b = new ModelBreakers(Options.Create(new InferenceOptions { BreakerSeed = seed }), time);
+            for (var i = 0; i < 3; i++)
+            {
+                b.RecordFailure("m");
+            }
+
+            var waited = 0.0;
+            while (b.StateOf("m") == BreakerState.Open)
+            {
+                time.Advance(TimeSpan.FromMilliseconds(100));
+                waited += 0.1;
+            }
+
+            waits.Add(waited);
+        }
+
+        Assert.All(waits, w => Assert.InRange(w, 24.0, 36.1));
+        Assert.True(waits.Distinct().Count() > 1, "open periods should vary");
+    }
+}

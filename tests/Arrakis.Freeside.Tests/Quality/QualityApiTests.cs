@@ -1,0 +1,231 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Quality;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Dapper;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Tests.Quality;
+
+public sealed class QualityApiTests
+{
+    static string UserToken(Platform p) =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object> { ["sub"] = "user-1" });
+
+    static async Task<HttpResponseMessage> PostQualityAsync(Platform p, object body, bool auth = true)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "api/agents/quality") { Content = JsonContent.Create(body) };
+        if (auth)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        }
+
+        return await http.SendAsync(request, TestContext.Current.CancellationToken);
+    }
+
+    static async Task<JsonObject> QueryAsync(Platform p, string key)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(p.DixieUrl + "/") };
+        return (await http.GetFromJsonAsync<JsonObject>("api/reputation/query?routingKey=" + Uri.EscapeDataString(key), TestContext.Current.CancellationToken))!;
+    }
+
+    static async Task<string> ExpectQueuedAsync(HttpResponseMessage response)
+    {
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var body = (await response.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+        Assert.Equal("queued", body["status"]!.GetValue<string>());
+        var id = body["event_id"]!.GetValue<string>();
+        Assert.StartsWith("qe_", id);
+        return id;
+    }
+
+    /// <summary>The launch gate's P1-7 sequence, measured against 1 s instead of the gate's 10 s.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Quality_events_are_accepted_and_move_the_score_within_one_second(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        var baseline = await QueryAsync(p, "nft:test");
+        Assert.Null(baseline["score"]);
+
+        var sw = Stopwatch.StartNew();
+        foreach (var q in new[] { "good", "excellent", "good" })
+        {
+            using var r = await PostQualityAsync(p, new { routingKey = "nft:test", quality = q, source = "smoke-test" });
+            await ExpectQueuedAsync(r);
+        }
+
+        JsonObject after;
+        do
+        {
+            await Task.Delay(20, TestContext.Current.CancellationToken);
+            after = await QueryAsync(p, "nft:test");
+        }
+        while (after["sample_count"]!.GetValue<long>() < 3 && sw.Elapsed < TimeSpan.FromSeconds(5));
+
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(1), $"all three events visible after {sw.ElapsedMilliseconds} ms");
+        Assert.Equal(0.7, after["score"]!.GetValue<double>(), 5);
+    }
+
+    [Fact]
+    public async Task Model_and_pool_come_from_the_trace_or_else_the_latest_invocation()
+    {
+        var lookup = new TableLookup();
+        lookup.ByTrace["tr-1"] = new InvocationModel("cheap", "local-mini-b");
+        lookup.Latest["nft:m"] = new InvocationModel("cheap", "local-mini-a");
+        await using var p = await Platform.StartAsync(configure: (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Services.AddSingleton<IInvocationLookup>(lookup);
+            }
+        });
+
+        using (var r = await PostQualityAsync(p, new { routingKey = "nft:m", quality = "bad", source = "t", trace_id = "tr-1" }))
+        {
+            var body = (await r.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+            Assert.Equal(HttpStatusCode.Accepted, r.StatusCode);
+            Assert.Equal("local-mini-b", body["model"]!.GetValue<string>());
+        }
+
+        using (var r = await PostQualityAsync(p, new { routingKey = "nft:m", quality = 1.0, source = "t" }))
+        {
+            await ExpectQueuedAsync(r);
+        }
+
+        var q = await WaitForSamplesAsync(p, "nft:m", 2);
+        Assert.Equal(0.0 + 1, q["models"]!["local-mini-b"]!["sample_count"]!.GetValue<double>());
+        Assert.Equal(1.0 / 3, q["models"]!["local-mini-b"]!["score"]!.GetValue<double>(), 5);
+        Assert.Equal(2.0 / 3, q["models"]!["local-mini-a"]!["score"]!.GetValue<double>(), 5);
+        Assert.Equal(["tr-1"], lookup.TracesAsked);
+    }
+
+    [Fact]
+    public async Task Bad_requests_name_the_field_and_a_user_token_is_required()
+    {
+        await using var p = await Platform.StartAsync();
+        using (var r = await PostQualityAsync(p, new { routingKey = "nft:test", quality = "good", source = "t" }, auth: false))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, r.StatusCode);
+        }
+
+        var cases = new (string Field, object Body)[]
+        {
+            ("routingKey", new { quality = "good", source = "t" }),
+            ("routingKey", new { routingKey = "wallet:1", quality = "good", source = "t" }),
+            ("routingKey", new { routingKey = 5, quality = "good", source = "t" }),
+            ("quality", new { routingKey = "nft:test", source = "t" }),
+            ("quality", new { routingKey = "nft:test", quality = "great", source = "t" }),
+            ("quality", new { routingKey = "nft:test", quality = 2, source = "t" }),
+            ("source", new { routingKey = "nft:test", quality = "good" }),
+            ("extra", new { routingKey = "nft:test", quality = "good", source = "t", extra = 1 }),
+        };
+        foreach (var (field, body) in cases)
+        {
+            using var r = await PostQualityAsync(p, body);
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            var problem = (await r.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+            Assert.Equal(field, problem["field"]!.GetValue<string>());
+        }
+    }
+
+    /// <summary>dixie unreachable: events wait in the outbox, then arrive exactly once; a redelivery is harmless.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_dixie_outage_queues_events_which_then_arrive_exactly_once(string engine)
+    {
+        var closed = $"http://127.0.0.1:{TestStorage.FreePort()}";
+        await using var p = await Platform.StartAsync(engine, new Dictionary<string, string?>
+        {
+            ["Quality:BaseBackoffMilliseconds"] = "50",
+            ["Quality:MaxBackoffMilliseconds"] = "400",
+        });
+        var ct = TestContext.Current.CancellationToken;
+        var freesideConfig = p.Freeside.Services.GetRequiredService<IConfiguration>();
+        freesideConfig["Services:DixieUrl"] = closed;
+
+        var ids = new List<string>();
+        foreach (var q in new object[] { "good", "excellent", "bad", 0.6, "fair" })
+        {
+            using var r = await PostQualityAsync(p, new { routingKey = "nft:outage", quality = q, source = "t" });
+            ids.Add(await ExpectQueuedAsync(r));
+        }
+
+        await Task.Delay(1500, ct);
+        Assert.Null((await QueryAsync(p, "nft:outage"))["score"]);
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            var rows = (await connection.QueryAsync<(string status, long attempts)>("SELECT status, attempts FROM quality_outbox")).ToList();
+            Assert.Equal(5, rows.Count);
+            Assert.All(rows, r => Assert.Equal("pending", r.status));
+            Assert.All(rows, r => Assert.True(r.attempts >= 2, $"retried with backoff: {r.attempts} attempts"));
+        }
+
+        freesideConfig["Services:DixieUrl"] = p.DixieUrl; // dixie is back
+        var q1 = await WaitForSamplesAsync(p, "nft:outage", 5);
+        Assert.Equal(5, q1["sample_count"]!.GetValue<long>());
+        // Beta(1 + 0.75 + 1 + 0 + 0.6 + 0.5, 1 + 0.25 + 0 + 1 + 0.4 + 0.5) = Beta(3.85, 3.15).
+        Assert.Equal(3.85 / 7, q1["score"]!.GetValue<double>(), 5);
+
+        // A crash between dixie's 2xx and marking the row delivered means a resend: it must not count twice.
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            Assert.Equal(5, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'delivered'"));
+            await connection.ExecuteAsync("UPDATE quality_outbox SET status = 'pending', delivered_at = NULL");
+        }
+
+        var deadline = Stopwatch.StartNew();
+        long pending;
+        do
+        {
+            await Task.Delay(50, ct);
+            await using var connection = await db.OpenAsync(ct);
+            pending = await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'pending'");
+        }
+        while (pending > 0 && deadline.Elapsed < TimeSpan.FromSeconds(10));
+
+        Assert.Equal(0, pending);
+        var q2 = await QueryAsync(p, "nft:outage");
+        Assert.Equal(5, q2["sample_count"]!.GetValue<long>());
+        Assert.Equal(3.85 / 7, q2["score"]!.GetValue<double>(), 5);
+    }
+
+    static async Task<JsonObject> WaitForSamplesAsync(Platform p, string key, long samples)
+    {
+        var sw = Stopwatch.StartNew();
+        JsonObject q;
+        do
+        {
+            await Task.Delay(25, TestContext.Current.CancellationToken);
+            q = await QueryAsync(p, key);
+        }
+        while (q["sample_count"]!.GetValue<long>() < samples && sw.Elapsed < TimeSpan.FromSeconds(10));
+
+        return q;
+    }
+
+    sealed class TableLookup : IInvocationLookup
+    {
+        public ConcurrentDictionary<string, InvocationModel> ByTrace { get; } = new();
+
+        public ConcurrentDictionary<string, InvocationModel> Latest { get; } = new();
+
+        public ConcurrentQueue<string> TracesAsked { get; } = new();
+
+        public Task<InvocationModel?> FindByTraceAsync(string traceId, CancellationToken ct)
+        {
+            TracesAsked.Enqueue(traceId);
+            return Task.FromResult(ByTrace.TryGetValue(traceId, out var m) ? m : null);
+        }
+
+        public Task<InvocationModel?> LatestForAgentAsync(string routingKey, CancellationToken ct) =>
+            Task.FromResult(Latest.TryGetValue(routingKey, out var m) ? m : null);
+    }
+}
