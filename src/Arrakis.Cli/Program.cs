@@ -7,6 +7,7 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     MigrateCommand.Create(),
     KeysCommand.Create(),
     JwtCommand.Create(),
+    GateCommand.Create(),
     BalanceCommand.Create(),
     SeedCommand.Create(),
     SeedCommand.CreateAudit(),

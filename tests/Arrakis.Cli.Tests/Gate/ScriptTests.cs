@@ -1,0 +1,175 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Arrakis.Shared.Caching;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Arrakis.Cli.Tests.Gate;
+
+/// <summary>The operator scripts run for real: bash and node, from the repository's scripts/ folder.</summary>
+public sealed class ScriptTests
+{
+    internal static string RepoRoot
+    {
+        get
+        {
+            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            {
+                if (File.Exists(Path.Combine(dir.FullName, "Arrakis.slnx")))
+                {
+                    return dir.FullName;
+                }
+            }
+
+            throw new InvalidOperationException("Arrakis.slnx not found above " + AppContext.BaseDirectory);
+        }
+    }
+
+    internal static async Task<(int Exit, string Stdout, string Stderr)> RunAsync(string file, IEnumerable<string> args, IDictionary<string, string>? env = null, int timeoutSeconds = 300)
+    {
+        var start = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot };
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+
+        foreach (var (k, v) in env ?? new Dictionary<string, string>())
+        {
+            start.Environment[k] = v;
+        }
+
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(timeoutSeconds));
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw;
+        }
+
+        return (process.ExitCode, await stdout, await stderr);
+    }
+
+    [Fact]
+    public async Task Deploy_all_dry_run_prints_the_whole_plan_and_exits_0()
+    {
+        var (exit, stdout, stderr) = await RunAsync("bash", ["scripts/staging-deploy-all.sh", "--dry-run", "--branch", "HEAD"]);
+
+        Assert.True(exit == 0, stderr + stdout);
+        var freeside = stdout.IndexOf("--service arrakis-staging-api --task-definition", StringComparison.Ordinal);
+        var finn = stdout.IndexOf("--service arrakis-staging-finn --task-definition", StringComparison.Ordinal);
+        var dixie = stdout.IndexOf("--service arrakis-staging-dixie --task-definition", StringComparison.Ordinal);
+        Assert.True(freeside > 0 && finn > freeside && dixie > finn, "deploy order freeside → finn → dixie");
+        Assert.Contains("[dry-run] terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode", stdout, StringComparison.Ordinal);
+        Assert.Contains("[dry-run] aws ecs run-task", stdout, StringComparison.Ordinal);
+        Assert.Contains("staging-smoke.sh --freeside-url https://staging.api.arrakis.community --dixie-url https://dixie.staging.arrakis.community --retries 3 --auto-seed --json", stdout, StringComparison.Ordinal);
+        foreach (var goal in Enumerable.Range(1, 9))
+        {
+            Assert.Contains($"G-{goal} ", stdout, StringComparison.Ordinal);
+        }
+
+        Assert.Contains("READY_DEGRADED", stdout, StringComparison.Ordinal);
+        Assert.Contains("Status: DRY_RUN", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Deploy_all_rejects_unknown_options()
+    {
+        var (exit, _, stderr) = await RunAsync("bash", ["scripts/staging-deploy-all.sh", "--bogus"]);
+        Assert.Equal(1, exit);
+        Assert.Contains("Unknown option: --bogus", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Sign_test_jwt_output_verifies_with_the_platform_token_verifier()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var pem = Path.Combine(TestStorage.TempDir(), "staging.pem");
+        await File.WriteAllTextAsync(pem, key.ExportPkcs8PrivateKeyPem(), TestContext.Current.CancellationToken);
+
+        var (exit, token, stderr) = await RunAsync("node", ["scripts/sign-test-jwt.mjs", pem]);
+
+        Assert.True(exit == 0, stderr);
+        Assert.DoesNotContain('\n', token);
+        var (x, y) = SigningKey.PublicPoint(key);
+        var published = new SigningKey("k1", KeyStatus.Active, x, y, DateTimeOffset.UtcNow, null, DateTimeOffset.UtcNow, null, null, null);
+        var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        var verifier = new TokenVerifier(new MemoryReplayCache(TimeProvider.System), TimeProvider.System, NullLogger<TokenVerifier>.Instance, meters);
+        var policy = new TokenPolicy("user", new Dictionary<string, IKeySource> { ["arrakis"] = new OneKey(published) }, ["arrakis"], TimeSpan.FromMinutes(15));
+
+        var result = await verifier.VerifyAsync(token, policy, TestContext.Current.CancellationToken);
+
+        Assert.True(result.Succeeded, result.Failure);
+        Assert.Equal("test-tenant", result.Token!.GetClaim("tenant_id").Value);
+        Assert.False(result.Token.TryGetHeaderValue<string>("kid", out _));
+        var claims = GateRunnerTests.Claims(token);
+        Assert.Equal(300, claims.GetProperty("exp").GetInt64() - claims.GetProperty("iat").GetInt64());
+        Assert.Equal(JsonValueKind.Array, claims.GetProperty("allowed_pools").ValueKind);
+
+        // The same token twice is a replay.
+        Assert.False((await verifier.VerifyAsync(token, policy, TestContext.Current.CancellationToken)).Succeeded);
+    }
+
+    [Fact]
+    public async Task Sign_test_jwt_exits_2_without_an_argument_and_1_on_a_bad_key()
+    {
+        Assert.Equal(2, (await RunAsync("node", ["scripts/sign-test-jwt.mjs"])).Exit);
+
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var sec1 = Path.Combine(TestStorage.TempDir(), "sec1.pem");
+        await File.WriteAllTextAsync(sec1, key.ExportECPrivateKeyPem(), TestContext.Current.CancellationToken);
+        var (exit, stdout, stderr) = await RunAsync("node", ["scripts/sign-test-jwt.mjs", sec1]);
+        Assert.Equal(1, exit);
+        Assert.Empty(stdout);
+        Assert.StartsWith("JWT signing failed: ", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task No_script_or_deployment_file_mentions_Fly_io()
+    {
+        var folders = new[] { "scripts", "deploy", "docs" }.Where(d => Directory.Exists(Path.Combine(RepoRoot, d))).ToArray();
+        var (exit, stdout, _) = await RunAsync("grep", ["-rnE", @"fly\.io|flyctl|fly deploy", .. folders, "--include=*.sh", "--include=*.tf", "--include=*.yml", "--include=*.md", "--include=*.mjs"]);
+
+        Assert.Equal(1, exit); // grep: 1 = no match
+        Assert.Empty(stdout);
+    }
+
+    [Fact]
+    public async Task Rotation_and_emergency_revocation_scripts_work_against_a_running_platform()
+    {
+        await using var platform = await Platform.StartAsync("sqlite");
+        var env = new Dictionary<string, string> { ["FREESIDE_URL"] = platform.FreesideUrl, ["DIXIE_URL"] = platform.DixieUrl, ["FINN_URL"] = platform.FinnUrl };
+        async Task<string[]> Kids() => JsonDocument.Parse(await new HttpClient().GetStringAsync(platform.FreesideUrl + "/.well-known/jwks.json", TestContext.Current.CancellationToken))
+            .RootElement.GetProperty("keys").EnumerateArray().Select(k => k.GetProperty("kid").GetString()!).ToArray();
+        var before = await Kids();
+
+        var rotate = await RunAsync("bash", ["scripts/rotate-staging-keys.sh", "--data-dir", platform.DataDir, "--propagation-seconds", "2", "--skip-smoke"], env);
+
+        Assert.True(rotate.Exit == 0, rotate.Stdout + rotate.Stderr);
+        var after = await Kids();
+        Assert.NotEqual(before[0], after[0]);
+        Assert.Contains(before[0], after);
+        Assert.Contains($"✓ {before[0]} and {after[0]} published", rotate.Stdout, StringComparison.Ordinal);
+
+        var revoke = await RunAsync("bash", ["scripts/revoke-staging-key.sh", "--data-dir", platform.DataDir, "--kid", after[0], "--no-wait", "--skip-smoke"], env);
+
+        Assert.True(revoke.Exit == 0, revoke.Stdout + revoke.Stderr);
+        var final = await Kids();
+        Assert.DoesNotContain(after[0], final);
+        Assert.Contains($"REVOKED kid={after[0]} previous_status=active", revoke.Stdout, StringComparison.Ordinal);
+    }
+
+    sealed class OneKey(SigningKey key) : IKeySource
+    {
+        public ValueTask<IReadOnlyList<SigningKey>> GetKeysAsync(string? kid, CancellationToken ct) =>
+            ValueTask.FromResult<IReadOnlyList<SigningKey>>(kid is null || kid == key.Kid ? [key] : []);
+    }
+}
