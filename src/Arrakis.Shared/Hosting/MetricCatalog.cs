@@ -142,6 +142,10 @@ public static class MetricCatalog
         Log("ConservationViolationCount", "Count", "CONSERVATION_VIOLATION"),
         Log("InvokeLatencyMs", "Milliseconds", "INVOKE_COMPLETE.duration_ms"),
         Log("ReputationQueryLatencyMs", "Milliseconds", "REPUTATION_QUERY.reputation_duration_ms"),
+        Log("JwtValidationFailedDelimitedCount", "Count", "JWT_VALIDATION_FAILED (space-delimited filter)"),
+        Log("ConservationViolationDelimitedCount", "Count", "CONSERVATION_VIOLATION (space-delimited filter)"),
+        Log("InvokeLatencyMsDelimited", "Milliseconds", "INVOKE_COMPLETE.duration_ms (space-delimited filter)"),
+        Log("ReputationQueryLatencyMsDelimited", "Milliseconds", "REPUTATION_QUERY.reputation_duration_ms (space-delimited filter)"),
 
         // Published by AWS
         Aws("AWS/ECS", "CPUUtilization", "Percent"),
