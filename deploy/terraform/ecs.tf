@@ -43,7 +43,8 @@ resource "aws_ecs_task_definition" "service" {
     essential    = true
     portMappings = [{ containerPort = each.value, protocol = "tcp" }]
     environment = concat(local.common_environment, [
-      { name = "ASPNETCORE_HTTP_PORTS", value = tostring(each.value) },
+      # ServiceEndpoints binds 127.0.0.1 unless ASPNETCORE_URLS (or Urls) is set.
+      { name = "ASPNETCORE_URLS", value = "http://+:${each.value}" },
     ])
     secrets = concat(
       [
@@ -127,7 +128,8 @@ resource "aws_ecs_service" "freeside" {
     rollback = true
   }
   lifecycle {
-    ignore_changes = [desired_count]
+    # Autoscaling owns the count; the pipeline rolls new revisions (after the migration gate), not terraform.
+    ignore_changes = [desired_count, task_definition]
   }
   depends_on = [aws_lb_listener.https]
 }
@@ -152,7 +154,8 @@ resource "aws_ecs_service" "finn" {
     rollback = true
   }
   lifecycle {
-    ignore_changes = [desired_count]
+    # Autoscaling owns the count; the pipeline rolls new revisions (after the migration gate), not terraform.
+    ignore_changes = [desired_count, task_definition]
   }
 }
 
@@ -181,7 +184,8 @@ resource "aws_ecs_service" "dixie" {
     rollback = true
   }
   lifecycle {
-    ignore_changes = [desired_count]
+    # Autoscaling owns the count; the pipeline rolls new revisions (after the migration gate), not terraform.
+    ignore_changes = [desired_count, task_definition]
   }
   depends_on = [aws_lb_listener.https]
 }

@@ -135,7 +135,11 @@ public sealed class TerraformStructureTests
         var paths = locals["health_paths"].EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
         Assert.Equal(paths["freeside"], DeployFiles.Resource("aws_lb_target_group", "freeside").GetProperty("health_check")[0].GetProperty("path").GetString());
         Assert.Equal(paths["dixie"], DeployFiles.Resource("aws_lb_target_group", "dixie").GetProperty("health_check")[0].GetProperty("path").GetString());
-        Assert.Contains("local.health_paths[each.key]", DeployFiles.Resource("aws_ecs_task_definition", "service").GetProperty("container_definitions").GetString());
+        var containers = DeployFiles.Resource("aws_ecs_task_definition", "service").GetProperty("container_definitions").GetString()!;
+        Assert.Contains("local.health_paths[each.key]", containers);
+
+        // ServiceEndpoints.Listen binds 127.0.0.1 unless ASPNETCORE_URLS is set: the tasks must set it to all interfaces.
+        Assert.Matches("name\\s*=\\s*\"ASPNETCORE_URLS\",\\s*value\\s*=\\s*\"http://\\+:\\$\\{each\\.value\\}\"", containers);
 
         // The routes as the running services answer them.
         await using var platform = await Platform.StartAsync("sqlite");
