@@ -22,6 +22,10 @@ public sealed class RequestMetrics
         _client = api.CreateCounter<long>(MetricNames.Http4xxCount, "{request}", "HTTP 4xx responses");
         _server = api.CreateCounter<long>(MetricNames.Http5xxCount, "{request}", "HTTP 5xx responses");
         _service = new("service", identity.Name);
+
+        // Export the error counters at 0 from the start, so rules and dashboards see a series before the first error.
+        _client.Add(0, _service);
+        _server.Add(0, _service);
         meters.Create(MetricNames.ProcessMeter).CreateObservableGauge(
             MetricNames.ProcessMemoryLimitBytes, () => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, "By", "Memory available to the process (container limit when set)");
     }

@@ -81,6 +81,10 @@ public sealed class MetricCatalogTests
             }
         }
 
+        // Two meters feeding one name (Billing and Payments CreditsMinted) share one family, told apart by otel_scope_name.
+        Assert.Single(text.Split('\n'), l => l == "# TYPE CreditsMinted_total counter");
+        Assert.Contains(text.Split('\n'), l => l.StartsWith("CreditsMinted_total{", StringComparison.Ordinal) && l.Contains("otel_scope_name=\"Arrakis.Payments\"", StringComparison.Ordinal));
+
         // The request counter saw the 503 and the 404 under service="freeside".
         Assert.Contains(text.Split('\n'), l => l.StartsWith("Http5xxCount_total{", StringComparison.Ordinal) && l.Contains("service=\"freeside\"", StringComparison.Ordinal));
         Assert.Contains(text.Split('\n'), l => l.StartsWith("Http4xxCount_total{", StringComparison.Ordinal) && l.Contains("service=\"freeside\"", StringComparison.Ordinal));
