@@ -13,6 +13,9 @@ public sealed class PromtoolTests
         Assert.True(check.Code == 0, check.Stdout + check.Stderr);
         Assert.Contains("SUCCESS: 7 rules found", check.Stdout + check.Stderr);
 
+        var config = DeployFiles.Run(promtool, "check config prometheus.yml", dir);
+        Assert.True(config.Code == 0, config.Stdout + config.Stderr);
+
         var test = DeployFiles.Run(promtool, "test rules alerts_test.yml", dir);
         Assert.True(test.Code == 0, test.Stdout + test.Stderr);
         Assert.Contains("SUCCESS", test.Stdout + test.Stderr);
