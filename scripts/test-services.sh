@@ -14,6 +14,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-s
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >&2
 fi
+# promtool (deploy/prometheus tests) and node (tools/terraform-check) for the deploy tests.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing prometheus (promtool) and nodejs/npm with apt-get"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus $(command -v npm >/dev/null 2>&1 || echo nodejs npm) >&2
+  else
+    log "promtool or npm missing and not root: install prometheus and nodejs"
+  fi
+fi
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }

@@ -27,6 +27,7 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
     public override void Write<TState>(in LogEntry<TState> logEntry, IExternalScopeProvider? scopeProvider, TextWriter textWriter)
     {
         var message = logEntry.Formatter(logEntry.State, logEntry.Exception);
+        (string Name, object Value)? trailing = null;
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer))
         {
@@ -53,7 +54,11 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
                     }
 
                     var name = SnakeCase(key);
-                    if (written.Add(name))
+                    if (trailing is null && IsNumber(value) && TrailingFields.TryGetValue(logEntry.EventId.Name ?? string.Empty, out var field) && field == name && written.Add(name))
+                    {
+                        trailing = (name, value!);
+                    }
+                    else if (written.Add(name))
                     {
                         WriteValue(json, name, value);
                     }
@@ -83,9 +88,33 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
             json.WriteEndObject();
         }
 
-        textWriter.Write(Encoding.UTF8.GetString(buffer.ToArray()));
+        var line = Encoding.UTF8.GetString(buffer.ToArray());
+        if (trailing is { } t)
+        {
+            // Still one valid JSON object, but the latency is also a space-delimited token before a lone "}", so
+            // the CloudWatch space-delimited filter [..., key = "*duration_ms*", duration_ms, end = "}"] reads it.
+            line = line[..^1] + ",\"" + t.Name + "\": " + Number(t.Value) + " }";
+        }
+
+        textWriter.Write(line);
         textWriter.Write('\n');
     }
+
+    /// <summary>The latency field of each DESIGN §8 latency event, written last as <c>"name": 123 }</c> (deploy/terraform/monitoring.tf).</summary>
+    internal static readonly IReadOnlyDictionary<string, string> TrailingFields = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["INVOKE_COMPLETE"] = "duration_ms",
+        ["REPUTATION_QUERY"] = "reputation_duration_ms",
+    };
+
+    static bool IsNumber(object? value) => value is int or long or double or float or decimal;
+
+    static string Number(object value) => value switch
+    {
+        double d => Math.Round(d, 3).ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        float f => Math.Round(f, 3).ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        _ => Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture)!,
+    };
 
     static void WriteValue(Utf8JsonWriter json, string name, object? value)
     {

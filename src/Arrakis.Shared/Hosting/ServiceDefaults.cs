@@ -56,8 +56,10 @@ public static class ServiceDefaults
         services.AddHttpClient();
 
         services.AddOpenTelemetry().WithMetrics(m => m
-            .AddMeter("Arrakis.*")
+            .AddMeter("Arrakis.*", MetricNames.RuntimeMeter)
+            .AddCatalogViews()
             .AddPrometheusExporter());
+        builder.AddMetricExport(service);
         return builder;
     }
 
@@ -95,6 +97,7 @@ public static class ServiceDefaults
 
     public static WebApplication UseServiceDefaults(this WebApplication app)
     {
+        app.Use(RequestMetrics.Middleware);
         app.UseExceptionHandler();
         app.UseStatusCodePages(async ctx =>
         {

@@ -1,0 +1,42 @@
+locals {
+  prefix = "arrakis-${var.environment}"
+  # Cloud Map private DNS namespace; services reach each other at http://<service>.<namespace>:<port>.
+  namespace = "${local.prefix}.local"
+
+  # Container ports: the services' defaults (ServiceEndpoints.cs) and the Dockerfile's ASPNETCORE_HTTP_PORTS.
+  ports = {
+    freeside = 3000
+    dixie    = 3001
+    finn     = 3002
+  }
+
+  # Task sizes and scaling bounds (dixie sizing per SDD §9.5: 256 CPU / 512 MB).
+  sizes = {
+    freeside = { cpu = 512, memory = 1024, desired = 2, max = 6 }
+    finn     = { cpu = 512, memory = 1024, desired = 2, max = 6 }
+    dixie    = { cpu = 256, memory = 512, desired = 1, max = 3 }
+  }
+
+  service_urls = {
+    freeside = "http://freeside.${local.namespace}:3000"
+    finn     = "http://finn.${local.namespace}:3002"
+    dixie    = "http://dixie.${local.namespace}:3001"
+  }
+
+  images = {
+    freeside = "${aws_ecr_repository.images["freeside"].repository_url}:${var.image_tag}"
+    finn     = "${aws_ecr_repository.images["finn"].repository_url}:${var.image_tag}"
+    dixie    = "${aws_ecr_repository.images["dixie"].repository_url}:${var.image_tag}"
+    loa      = "${aws_ecr_repository.images["loa"].repository_url}:${var.image_tag}"
+  }
+
+  # Configuration every service reads (ASP.NET Core maps __ to :).
+  common_environment = [
+    { name = "ASPNETCORE_ENVIRONMENT", value = "Production" },
+    { name = "Services__FreesideUrl", value = local.service_urls["freeside"] },
+    { name = "Services__FinnUrl", value = local.service_urls["finn"] },
+    { name = "Services__DixieUrl", value = local.service_urls["dixie"] },
+    { name = "Metrics__Emf__Enabled", value = "true" },
+    { name = "Metrics__Emf__Environment", value = var.environment },
+  ]
+}

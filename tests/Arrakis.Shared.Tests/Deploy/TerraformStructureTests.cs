@@ -1,0 +1,209 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Arrakis.Shared.Hosting;
+
+namespace Arrakis.Shared.Tests.Deploy;
+
+/// <summary>
+/// deploy/terraform cannot be planned here (no terraform binary, no AWS), so these tests parse the HCL with
+/// @cdktf/hcl2json (tools/terraform-check) and check its structure against the code it deploys.
+/// </summary>
+public sealed class TerraformStructureTests
+{
+    static string Str(JsonElement e, string property) => e.GetProperty(property).GetString()!;
+
+    static List<string> ForEachKeys(JsonElement body)
+    {
+        var raw = body.GetProperty("for_each").GetString()!;
+        if (raw.Contains("local.ports", StringComparison.Ordinal) || raw.Contains("local.sizes", StringComparison.Ordinal))
+        {
+            return ["freeside", "finn", "dixie"];
+        }
+
+        if (raw.Contains("local.alarm_service_names", StringComparison.Ordinal))
+        {
+            return ["freeside", "finn", "dixie"];
+        }
+
+        if (raw.Contains("local.keyring_services", StringComparison.Ordinal))
+        {
+            return Regex.Matches(DeployFiles.Locals()["keyring_services"].GetString()!, "\\\\?\"([a-z-]+)\\\\?\"").Select(m => m.Groups[1].Value).ToList();
+        }
+
+        return Regex.Matches(raw, "\"([a-z-]+)\"").Select(m => m.Groups[1].Value).ToList();
+    }
+
+    [Fact]
+    public void Every_required_resource_exists()
+    {
+        Assert.Equal("terraform-aws-modules/vpc/aws", DeployFiles.Hcl().GetProperty("network.tf").GetProperty("module").GetProperty("vpc")[0].GetProperty("source").GetString());
+
+        var alb = DeployFiles.Resource("aws_lb", "public");
+        Assert.False(alb.GetProperty("internal").GetBoolean());
+        var https = DeployFiles.Resource("aws_lb_listener", "https");
+        Assert.Contains("aws_lb_target_group.freeside", https.GetProperty("default_action")[0].GetProperty("target_group_arn").GetString());
+        var hostRule = DeployFiles.Resource("aws_lb_listener_rule", "dixie_host");
+        Assert.Contains("aws_lb_target_group.dixie", hostRule.GetProperty("action")[0].GetProperty("target_group_arn").GetString());
+        Assert.Equal("${var.dixie_host}", hostRule.GetProperty("condition")[0].GetProperty("host_header")[0].GetProperty("values")[0].GetString());
+        Assert.DoesNotContain(DeployFiles.Resources("aws_lb_target_group"), t => t.Name == "finn");
+
+        Assert.Single(DeployFiles.Resources("aws_ecs_cluster"));
+        foreach (var service in new[] { "freeside", "finn", "dixie" })
+        {
+            var svc = DeployFiles.Resource("aws_ecs_service", service);
+            Assert.Equal("FARGATE", Str(svc, "launch_type"));
+            Assert.Equal(service, Str(svc, "name"));
+            Assert.Contains($"aws_service_discovery_service.{service}.arn", svc.GetProperty("service_registries")[0].GetProperty("registry_arn").GetString());
+            Assert.Equal(service != "finn", svc.TryGetProperty("load_balancer", out _));
+        }
+
+        var migrate = DeployFiles.Resource("aws_ecs_task_definition", "migrate");
+        var containers = migrate.GetProperty("container_definitions").GetString()!;
+        Assert.Matches("command\\s*=\\s*\\[\"migrate\"\\]", containers);
+        Assert.Contains("local.images[\"loa\"]", containers);
+        foreach (var cs in new[] { "ConnectionStrings__Freeside", "ConnectionStrings__Finn", "ConnectionStrings__Dixie" })
+        {
+            Assert.Contains(cs, containers);
+        }
+
+        Assert.Equal("postgres", Str(DeployFiles.Resource("aws_db_instance", "main"), "engine"));
+        Assert.False(DeployFiles.Resource("aws_db_instance", "main").GetProperty("publicly_accessible").GetBoolean());
+        Assert.Equal("redis", Str(DeployFiles.Resource("aws_elasticache_replication_group", "main"), "engine"));
+        Assert.Equal(["freeside", "finn", "dixie"], ForEachKeys(DeployFiles.Resource("aws_secretsmanager_secret", "database_url")));
+        Assert.Equal(["freeside", "finn"], ForEachKeys(DeployFiles.Resource("aws_secretsmanager_secret", "keyring_master_key")));
+        Assert.False(DeployFiles.Resources("aws_secretsmanager_secret_version").Any(v => v.Name.Contains("keyring", StringComparison.Ordinal)), "master keys must not be written into state");
+
+        var logGroups = ForEachKeys(DeployFiles.Resource("aws_cloudwatch_log_group", "service"));
+        Assert.Equal(["freeside", "finn", "dixie", "migrate"], logGroups);
+        Assert.Equal(["overview", "service-health", "economic-health", "gateway-proxy"], ForEachKeys(DeployFiles.Resource("aws_cloudwatch_dashboard", "g9")));
+        Assert.Equal("arrakis-staging-alerts", DeployFiles.Resolve(Str(DeployFiles.Resource("aws_sns_topic", "alerts"), "name")));
+        Assert.Equal("ECSServiceAverageCPUUtilization", DeployFiles.Resource("aws_appautoscaling_policy", "cpu").GetProperty("target_tracking_scaling_policy_configuration")[0]
+            .GetProperty("predefined_metric_specification")[0].GetProperty("predefined_metric_type").GetString());
+        Assert.Equal(["freeside", "finn", "dixie", "loa"], ForEachKeys(DeployFiles.Resource("aws_ecr_repository", "images")));
+    }
+
+    [Fact]
+    public void The_alarms_carry_the_checklist_names_and_fire_within_60_seconds_where_required()
+    {
+        var alarms = DeployFiles.Resources("aws_cloudwatch_metric_alarm");
+        var names = new List<string>();
+        foreach (var (_, body) in alarms)
+        {
+            var name = Str(body, "alarm_name");
+            if (body.TryGetProperty("for_each", out _))
+            {
+                var map = DeployFiles.Locals()["alarm_service_names"];
+                names.AddRange(map.EnumerateObject().Select(p => DeployFiles.Resolve(name.Replace("${each.value}", p.Value.GetString(), StringComparison.Ordinal))));
+            }
+            else
+            {
+                names.Add(DeployFiles.Resolve(name));
+            }
+
+            Assert.Contains("${local.alarm_actions}", body.GetProperty("alarm_actions").GetString());
+        }
+
+        string[] required =
+        [
+            "api-cpu-high", "api-memory-high", "dixie-cpu-high", "dixie-memory-high", "finn-cpu-high", "finn-memory-high",
+            "agent-budget-overspend", "jwt-log-validation-failures", "jwt-validation-failure-spike", "conservation-log-violation",
+            "conservation-guard-failure", "invoke-latency-p99", "api-health-check-failure", "dixie-health-check-failure",
+            "rds-cpu-high", "alb-5xx-errors", "agent-redis-evictions", "payment-failure",
+        ];
+        foreach (var suffix in required)
+        {
+            Assert.Contains("arrakis-staging-" + suffix, names);
+        }
+
+        Assert.All(names, n => Assert.StartsWith("arrakis-staging-", n));
+        foreach (var name in new[] { "ecs_cpu_high", "ecs_memory_high", "agent_budget_overspend", "conservation_guard_failure", "conservation_log_violation", "jwt_validation_failure_spike" })
+        {
+            var alarm = DeployFiles.Resource("aws_cloudwatch_metric_alarm", name);
+            Assert.Equal(60, alarm.GetProperty("period").GetInt32());
+            Assert.Equal(1, alarm.GetProperty("evaluation_periods").GetInt32());
+        }
+
+        var p99 = DeployFiles.Resource("aws_cloudwatch_metric_alarm", "invoke_latency_p99");
+        Assert.Equal("p99", Str(p99, "extended_statistic"));
+        Assert.Equal(10000, p99.GetProperty("threshold").GetInt32());
+    }
+
+    [Fact]
+    public async Task Health_check_paths_are_the_services_real_routes()
+    {
+        var locals = DeployFiles.Locals();
+        var paths = locals["health_paths"].EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+        Assert.Equal(paths["freeside"], DeployFiles.Resource("aws_lb_target_group", "freeside").GetProperty("health_check")[0].GetProperty("path").GetString());
+        Assert.Equal(paths["dixie"], DeployFiles.Resource("aws_lb_target_group", "dixie").GetProperty("health_check")[0].GetProperty("path").GetString());
+        var containers = DeployFiles.Resource("aws_ecs_task_definition", "service").GetProperty("container_definitions").GetString()!;
+        Assert.Contains("local.health_paths[each.key]", containers);
+
+        // ServiceEndpoints.Listen binds 127.0.0.1 unless ASPNETCORE_URLS is set: the tasks must set it to all interfaces.
+        Assert.Matches("name\\s*=\\s*\"ASPNETCORE_URLS\",\\s*value\\s*=\\s*\"http://\\+:\\$\\{each\\.value\\}\"", containers);
+
+        // The routes as the running services answer them.
+        await using var platform = await Platform.StartAsync("sqlite");
+        using var http = new HttpClient();
+        var ct = TestContext.Current.CancellationToken;
+        foreach (var (service, baseUrl) in new[] { ("freeside", platform.FreesideUrl), ("finn", platform.FinnUrl), ("dixie", platform.DixieUrl) })
+        {
+            using var response = await http.GetAsync(baseUrl.TrimEnd('/') + paths[service], ct);
+            Assert.True((int)response.StatusCode == 200, $"{service} {paths[service]} answered {(int)response.StatusCode}");
+            using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(ct));
+            Assert.Equal(service, body.RootElement.GetProperty("service").GetString());
+        }
+    }
+
+    [Fact]
+    public void Cloud_map_names_and_ports_match_the_configured_service_urls()
+    {
+        var locals = DeployFiles.Locals();
+        var ns = DeployFiles.Resolve(Str(DeployFiles.Resource("aws_service_discovery_private_dns_namespace", "main"), "name"));
+        Assert.Equal("arrakis-staging.local", ns);
+        var ports = locals["ports"].EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetInt32());
+        Assert.Equal(ServiceEndpoints.FreesidePort, ports["freeside"]);
+        Assert.Equal(ServiceEndpoints.FinnPort, ports["finn"]);
+        Assert.Equal(ServiceEndpoints.DixiePort, ports["dixie"]);
+
+        var urls = locals["service_urls"].EnumerateObject().ToDictionary(p => p.Name, p => DeployFiles.Resolve(p.Value.GetString()!));
+        var environment = locals["common_environment"].EnumerateArray()
+            .ToDictionary(e => e.GetProperty("name").GetString()!, e => e.GetProperty("value").GetString()!);
+        foreach (var service in new[] { "freeside", "finn", "dixie" })
+        {
+            var cloudMapName = Str(DeployFiles.Resource("aws_service_discovery_service", service), "name");
+            var url = new Uri(urls[service]);
+            Assert.Equal($"{cloudMapName}.{ns}", url.Host);
+            Assert.Equal(ports[service], url.Port);
+
+            // The key ServiceEndpoints reads (Services:FinnUrl) as an environment variable, pointing at that URL.
+            var key = "Services__" + char.ToUpperInvariant(service[0]) + service[1..] + "Url";
+            Assert.Equal(urls[service], DeployFiles.Resolve(environment[key]));
+            var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { [key.Replace("__", ":", StringComparison.Ordinal)] = urls[service] }).Build();
+            var resolved = service switch
+            {
+                "freeside" => ServiceEndpoints.FreesideUrl(config),
+                "finn" => ServiceEndpoints.FinnUrl(config),
+                _ => ServiceEndpoints.DixieUrl(config),
+            };
+            Assert.Equal(urls[service], resolved);
+        }
+
+        Assert.Equal(ports["freeside"], int.Parse(DeployFiles.Resolve(DeployFiles.Resource("aws_lb_target_group", "freeside").GetProperty("port").GetRawText().Trim('"')), System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Equal(ports["dixie"], int.Parse(DeployFiles.Resolve(DeployFiles.Resource("aws_lb_target_group", "dixie").GetProperty("port").GetRawText().Trim('"')), System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [Fact]
+    public void Nothing_under_scripts_deploy_or_the_workflows_mentions_fly_io()
+    {
+        var fly = new Regex(@"fly\.io|flyctl|fly deploy", RegexOptions.IgnoreCase);
+        var roots = new[] { "scripts", "deploy", ".github", "tools/terraform-check" }.Select(r => Path.Combine(DeployFiles.Root, r)).Where(Directory.Exists).ToList();
+        Assert.Contains(roots, r => r.EndsWith("deploy", StringComparison.Ordinal));
+        var hits = roots.SelectMany(r => Directory.EnumerateFiles(r, "*", SearchOption.AllDirectories))
+            .Where(f => !f.Contains("node_modules", StringComparison.Ordinal))
+            .SelectMany(f => File.ReadLines(f).Select((line, i) => (f, i, line)))
+            .Where(x => fly.IsMatch(x.line))
+            .Select(x => $"{Path.GetRelativePath(DeployFiles.Root, x.f)}:{x.i + 1}: {x.line}")
+            .ToList();
+        Assert.True(hits.Count == 0, string.Join("\n", hits));
+    }
+}
