@@ -23,18 +23,18 @@ static partial class InvokeLog
 /// <summary>Invoke metrics under the names the dashboards read (meter <c>Arrakis.Agent</c>).</summary>
 public sealed class InvokeMetrics
 {
-    public const string MeterName = "Arrakis.Agent";
+    public const string MeterName = Shared.Hosting.MetricNames.AgentMeter;
     readonly Histogram<double> _latency;
     readonly Counter<long> _count;
-    readonly Counter<long> _cost;
+    readonly Histogram<long> _cost;
 
     public InvokeMetrics(IMeterFactory meters)
     {
         var meter = meters.Create(MeterName);
-        _latency = meter.CreateHistogram<double>("InferenceLatencyMs", "ms", "End-to-end invoke latency at freeside",
+        _latency = meter.CreateHistogram<double>(Shared.Hosting.MetricNames.InferenceLatencyMs, "ms", "End-to-end invoke latency at freeside",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000] });
-        _count = meter.CreateCounter<long>("invocation_count", "{invocation}", "Invokes by outcome");
-        _cost = meter.CreateCounter<long>("invocation_cost_micro", "micro-USD", "Metered cost charged");
+        _count = meter.CreateCounter<long>(Shared.Hosting.MetricNames.InvocationCount, "{invocation}", "Invokes by outcome");
+        _cost = meter.CreateHistogram<long>(Shared.Hosting.MetricNames.InvocationCostMicro, "{micro_usd}", "Metered cost charged per invoke");
     }
 
     public void Completed(string? pool, string outcome, double ms, long costMicro)
@@ -44,7 +44,7 @@ public sealed class InvokeMetrics
         _count.Add(1, poolTag, new KeyValuePair<string, object?>("outcome", outcome));
         if (costMicro > 0)
         {
-            _cost.Add(costMicro, poolTag);
+            _cost.Record(costMicro, poolTag);
         }
     }
 }
