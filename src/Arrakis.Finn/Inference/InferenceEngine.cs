@@ -101,7 +101,11 @@ public sealed class InferenceEngine(
                 }
                 catch (OperationCanceledException) when (ct.IsCancellationRequested)
                 {
+                    // The caller went away: generation stopped with the cancellation; record what was streamed.
                     breakers.Release(model.Id);
+                    metrics.Call(pool.Id, model.Id, provider.Name, "cancelled", sw.Elapsed.TotalMilliseconds);
+                    InferenceLog.Call(logger, pool.Id, model.Id, provider.Name, attempt, "cancelled", sw.ElapsedMilliseconds,
+                        Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(state.Text.ToString()), request.TraceId);
                     throw;
                 }
             }

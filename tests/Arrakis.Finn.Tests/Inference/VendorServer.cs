@@ -54,10 +54,11 @@ internal sealed class VendorServer : IAsyncDisposable
 
     async Task HandleAsync(HttpContext ctx)
     {
+        var n = Interlocked.Increment(ref _calls);
         var body = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
         var call = new VendorCall(ctx.Request.Path, ctx.Request.Headers.ToDictionary(h => h.Key.ToLowerInvariant(), h => h.Value.ToString()), body.RootElement.Clone());
         Calls.Enqueue(call);
-        await Behavior(ctx, call, Interlocked.Increment(ref _calls));
+        await Behavior(ctx, call, n);
     }
 
     public static bool IsAnthropic(VendorCall call) => call.Path == "/v1/messages";
