@@ -217,3 +217,33 @@ public sealed class ModelBreakersTests
         Assert.True(waits.Distinct().Count() > 1, "open periods should vary");
     }
 }
+
+public sealed class PoolConfigurationTests
+{
+    [Fact]
+    public void A_configured_models_list_replaces_the_default_candidates()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "gpt-4o-mini",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "openai",
+            ["Pools:Pools:cheap:Models:1:Id"] = "local-mini-a",
+        }).Build();
+        var catalog = InferenceSetup.LoadCatalog(configuration);
+        Assert.Equal(["gpt-4o-mini", "local-mini-a"], catalog.Pools["cheap"].Models.Select(m => m.Id));
+        Assert.Equal(["openai", "local"], catalog.Pools["cheap"].Models.Select(m => m.Provider));
+        Assert.Equal("gpt-4o-mini", catalog.Pools["cheap"].Models[0].VendorModel);
+        Assert.Equal(["local-coder"], catalog.Pools["fast-code"].Models.Select(m => m.Id));
+    }
+
+    [Fact]
+    public void An_unknown_provider_fails_at_start_up()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "x",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "mystery",
+        }).Build();
+        Assert.Throws<OptionsValidationException>(() => InferenceSetup.LoadCatalog(configuration));
+    }
+}
