@@ -92,6 +92,12 @@ public static class InferenceApi
             InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", (long)time.GetElapsedTime(started).TotalMilliseconds, result.CostMicro, false, traceId, community);
             return TypedResults.Ok(result);
         }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // freeside gave up on the call; nothing was delivered, so nothing to answer.
+            InferenceLog.Invoke(logger, pool.Id, "none", "cancelled", (long)time.GetElapsedTime(started).TotalMilliseconds, 0, false, traceId, community);
+            return Results.Empty;
+        }
         catch (UpstreamException ex)
         {
             InferenceLog.Invoke(logger, pool.Id, "none", UpstreamFailures.Kind(ex.Failure), (long)time.GetElapsedTime(started).TotalMilliseconds, 0, false, traceId, community);

@@ -43,7 +43,19 @@ public sealed class InferenceEngine(
                     $"No healthy model in pool '{pool.Id}': every candidate's circuit breaker is open.");
             }
 
-            var decision = await router.ChooseAsync(new RoutingRequest(request.Agent, candidates, request.TraceId), ct);
+            var routing = new RoutingRequest(request.Agent, candidates, request.TraceId);
+            RoutingDecision decision;
+            try
+            {
+                decision = await router.ChooseAsync(routing, ct);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
+            {
+                // A failing router must not fail the invoke: take the deterministic choice instead.
+                logger.LogWarning(ex, "Router {Router} failed; using the deterministic choice", router.GetType().Name);
+                decision = DeterministicRouter.Choose(routing);
+            }
+
             var chosen = decision.Chosen.Healthy && candidates.Any(c => c.Model == decision.Chosen.Model)
                 ? decision.Chosen
                 : candidates.First(c => c.Healthy);
@@ -101,7 +113,11 @@ public sealed class InferenceEngine(
                 }
                 catch (OperationCanceledException) when (ct.IsCancellationRequested)
                 {
+                    // The caller went away: generation stopped with the cancellation; record what was streamed.
                     breakers.Release(model.Id);
+                    metrics.Call(pool.Id, model.Id, provider.Name, "cancelled", sw.Elapsed.TotalMilliseconds);
+                    InferenceLog.Call(logger, pool.Id, model.Id, provider.Name, attempt, "cancelled", sw.ElapsedMilliseconds,
+                        Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(state.Text.ToString()), request.TraceId);
                     throw;
                 }
             }

@@ -20,8 +20,7 @@ public static class InferenceSetup
     /// <summary>Pools, providers, breakers, the default router and pool health. Fails fast on a bad pool configuration.</summary>
     public static IServiceCollection AddInference(this IServiceCollection services, IConfiguration configuration)
     {
-        var catalog = PoolCatalog.FromConfiguration(configuration);
-        Validate(catalog);
+        var catalog = LoadCatalog(configuration);
         services.TryAddSingleton(catalog);
         services.TryAddSingleton(TimeProvider.System);
 
@@ -48,6 +47,33 @@ public static class InferenceSetup
         services.TryAddSingleton<IModelRouter, DeterministicRouter>();
         services.AddSingleton<IHealthContributor, PoolHealth>();
         return services;
+    }
+
+    /// <summary>
+    /// The pool catalog, where a pool's configured <c>Models</c> list replaces the default candidates instead of being
+    /// appended to them (the configuration binder appends to lists), so a config block can switch a pool to a vendor.
+    /// </summary>
+    public static PoolCatalog LoadCatalog(IConfiguration configuration)
+    {
+        var catalog = PoolCatalog.FromConfiguration(configuration);
+        foreach (var (id, pool) in catalog.Pools)
+        {
+            var models = configuration.GetSection($"{PoolCatalog.Section}:Pools:{id}:Models");
+            if (models.Exists())
+            {
+                pool.Models = models.GetChildren()
+                    .OrderBy(c => int.TryParse(c.Key, out var i) ? i : int.MaxValue)
+                    .Select(c => c.Get<PoolModel>() ?? new PoolModel())
+                    .ToList();
+                foreach (var model in pool.Models)
+                {
+                    model.VendorModel ??= model.Id;
+                }
+            }
+        }
+
+        Validate(catalog);
+        return catalog;
     }
 
     static void Validate(PoolCatalog catalog)

@@ -1,6 +1,8 @@
 using Arrakis.Finn.Inference;
 using Arrakis.Finn.Inference.Providers;
 using Arrakis.Shared.Contracts;
+using Arrakis.Finn.Routing;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 
@@ -215,5 +217,88 @@ public sealed class ModelBreakersTests
 
         Assert.All(waits, w => Assert.InRange(w, 24.0, 36.1));
         Assert.True(waits.Distinct().Count() > 1, "open periods should vary");
+    }
+}
+
+public sealed class PoolConfigurationTests
+{
+    [Fact]
+    public void A_configured_models_list_replaces_the_default_candidates()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "gpt-4o-mini",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "openai",
+            ["Pools:Pools:cheap:Models:1:Id"] = "local-mini-a",
+        }).Build();
+        var catalog = InferenceSetup.LoadCatalog(configuration);
+        Assert.Equal(["gpt-4o-mini", "local-mini-a"], catalog.Pools["cheap"].Models.Select(m => m.Id));
+        Assert.Equal(["openai", "local"], catalog.Pools["cheap"].Models.Select(m => m.Provider));
+        Assert.Equal("gpt-4o-mini", catalog.Pools["cheap"].Models[0].VendorModel);
+        Assert.Equal(["local-coder"], catalog.Pools["fast-code"].Models.Select(m => m.Id));
+    }
+
+    [Fact]
+    public void An_unknown_provider_fails_at_start_up()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "x",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "mystery",
+        }).Build();
+        Assert.Throws<OptionsValidationException>(() => InferenceSetup.LoadCatalog(configuration));
+    }
+}
+
+public sealed class RoutingTests
+{
+    sealed class LastCandidateRouter : IModelRouter
+    {
+        public Task<RoutingDecision> ChooseAsync(RoutingRequest request, CancellationToken ct)
+        {
+            var chosen = request.Candidates.Last(c => c.Healthy);
+            return Task.FromResult(new RoutingDecision(chosen, new RoutingInfo("enabled", "test", chosen.Model, new Dictionary<string, double?> { [chosen.Model] = 0.9 })));
+        }
+    }
+
+    sealed class BrokenRouter : IModelRouter
+    {
+        public Task<RoutingDecision> ChooseAsync(RoutingRequest request, CancellationToken ct) =>
+            throw new InvalidOperationException("router down");
+    }
+
+    static async Task<FinnInvokeResult> InvokeAsync(Action<IServiceCollection> replace)
+    {
+        var configuration = new ConfigurationBuilder().Build();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddMetrics();
+        services.AddInference(configuration);
+        replace(services);
+        await using var sp = services.BuildServiceProvider();
+        var engine = sp.GetRequiredService<InferenceEngine>();
+        var request = new FinnInvokeRequest([new ChatMessage("user", "Hi")], "cheap", 32, "nft:1", false, "t");
+        return await engine.InvokeAsync(request, new PoolCatalog().Pools["cheap"], null, TestContext.Current.CancellationToken);
+    }
+
+    [Fact]
+    public async Task The_default_router_is_deterministic_and_another_router_can_replace_it()
+    {
+        var deterministic = await InvokeAsync(_ => { });
+        Assert.Equal("local-mini-a", deterministic.Model);
+        Assert.Equal(new[] { "disabled", "deterministic" }, new[] { deterministic.Routing.Mode, deterministic.Routing.Reason });
+
+        var replaced = await InvokeAsync(s => s.AddSingleton<IModelRouter, LastCandidateRouter>());
+        Assert.Equal("local-mini-b", replaced.Model);
+        Assert.Equal("enabled", replaced.Routing.Mode);
+        Assert.Equal(0.9, replaced.Routing.Scores["local-mini-b"]);
+    }
+
+    [Fact]
+    public async Task A_failing_router_falls_back_to_the_deterministic_choice()
+    {
+        var result = await InvokeAsync(s => s.AddSingleton<IModelRouter, BrokenRouter>());
+        Assert.Equal("local-mini-a", result.Model);
+        Assert.Equal("deterministic", result.Routing.Reason);
     }
 }

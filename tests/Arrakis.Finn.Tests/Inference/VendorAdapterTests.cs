@@ -1,0 +1,239 @@
+using System.Text.Json;
+using Arrakis.Finn.Inference;
+using Arrakis.Finn.Inference.Providers;
+using Arrakis.Shared.Contracts;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Finn.Tests.Inference;
+
+/// <summary>The OpenAI and Anthropic adapters, through the engine, against loopback servers speaking the vendors' wire formats.</summary>
+public sealed class VendorAdapterTests : IAsyncLifetime
+{
+    VendorServer _server = null!;
+
+    public async ValueTask InitializeAsync() => _server = await VendorServer.StartAsync();
+
+    public async ValueTask DisposeAsync() => await _server.DisposeAsync();
+
+    public static TheoryData<string, bool> VendorsAndModes() => new()
+    {
+        { "openai", false }, { "openai", true }, { "anthropic", false }, { "anthropic", true },
+    };
+
+    public static TheoryData<string> Vendors() => new() { "openai", "anthropic" };
+
+    ServiceProvider Services(string vendor, bool withLocalBackup = false, int attemptTimeoutMs = 15000)
+    {
+        var config = new Dictionary<string, string?>
+        {
+            ["Pools:Pools:vendor:InputMicroPerMillion"] = "1000000",
+            ["Pools:Pools:vendor:OutputMicroPerMillion"] = "3000000",
+            ["Pools:Pools:vendor:Models:0:Id"] = "vendor-model",
+            ["Pools:Pools:vendor:Models:0:Provider"] = vendor,
+            ["Pools:Pools:vendor:Models:0:VendorModel"] = vendor == "openai" ? "gpt-test-mini" : "claude-test-haiku",
+            ["Providers:OpenAI:BaseUrl"] = _server.Url + "/v1",
+            ["Providers:OpenAI:ApiKey"] = "sk-test-key",
+            ["Providers:Anthropic:BaseUrl"] = _server.Url,
+            ["Providers:Anthropic:ApiKey"] = "ak-test-key",
+            ["Inference:RetryBaseDelayMs"] = "5",
+            ["Inference:RetryMaxDelayMs"] = "20",
+            ["Inference:AttemptTimeoutMs"] = attemptTimeoutMs.ToString(),
+        };
+        if (withLocalBackup)
+        {
+            config["Pools:Pools:vendor:Models:1:Id"] = "local-backup";
+            config["Pools:Pools:vendor:Models:1:Provider"] = "local";
+        }
+
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(config).Build();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddMetrics();
+        services.AddSingleton<IConfiguration>(configuration);
+        services.AddInference(configuration);
+        return services.BuildServiceProvider();
+    }
+
+    static FinnInvokeRequest Request(bool stream, int maxTokens = 64) =>
+        new([new ChatMessage("system", "Be brief."), new ChatMessage("user", "Say hello in exactly 3 words")], "vendor", maxTokens, null, stream, "trace-1");
+
+    static async Task<(FinnInvokeResult Result, List<string> Deltas)> InvokeAsync(ServiceProvider sp, FinnInvokeRequest request)
+    {
+        var engine = sp.GetRequiredService<InferenceEngine>();
+        var pool = sp.GetRequiredService<PoolCatalog>().Pools[request.Pool];
+        var deltas = new List<string>();
+        var result = await engine.InvokeAsync(request, pool, request.Stream ? (d, _) => { deltas.Add(d); return ValueTask.CompletedTask; } : null, TestContext.Current.CancellationToken);
+        return (result, deltas);
+    }
+
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task Success_maps_content_usage_and_cost(string vendor, bool stream)
+    {
+        await using var sp = Services(vendor);
+        var (result, deltas) = await InvokeAsync(sp, Request(stream));
+
+        Assert.Equal("Hello there, friend!", result.Content);
+        Assert.Equal(vendor, result.Provider);
+        Assert.Equal("vendor-model", result.Model);
+        Assert.False(result.Simulated);
+        Assert.Equal(new Usage(11, 5), result.Usage);
+        Assert.Equal(PoolCatalog.CostMicro(sp.GetRequiredService<PoolCatalog>().Pools["vendor"], 11, 5), result.CostMicro);
+        Assert.Equal(26, result.CostMicro);
+        Assert.Equal("stop", result.FinishReason);
+        Assert.Equal("disabled", result.Routing.Mode);
+        if (stream)
+        {
+            Assert.True(deltas.Count > 1, "streamed in several deltas");
+            Assert.Equal(result.Content, string.Concat(deltas));
+        }
+
+        var call = Assert.Single(_server.Calls);
+        Assert.Equal(64, call.Body.GetProperty("max_tokens").GetInt32());
+        Assert.Equal(stream, call.Stream);
+        if (vendor == "openai")
+        {
+            Assert.Equal("/v1/chat/completions", call.Path);
+            Assert.Equal("Bearer sk-test-key", call.Headers["authorization"]);
+            Assert.Equal("gpt-test-mini", call.Body.GetProperty("model").GetString());
+            Assert.Equal(2, call.Body.GetProperty("messages").GetArrayLength());
+            Assert.Equal(stream, call.Body.TryGetProperty("stream_options", out var so) && so.GetProperty("include_usage").GetBoolean());
+        }
+        else
+        {
+            Assert.Equal("/v1/messages", call.Path);
+            Assert.Equal("ak-test-key", call.Headers["x-api-key"]);
+            Assert.Equal("2023-06-01", call.Headers["anthropic-version"]);
+            Assert.Equal("claude-test-haiku", call.Body.GetProperty("model").GetString());
+            Assert.Equal("Be brief.", call.Body.GetProperty("system").GetString());
+            Assert.Equal(1, call.Body.GetProperty("messages").GetArrayLength());
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task A_429_is_retried_and_then_succeeds(string vendor, bool stream)
+    {
+        _server.Behavior = (ctx, call, n) => n == 1 ? VendorServer.ErrorAsync(ctx, call, 429, retryAfter: "0") : VendorServer.SuccessAsync(ctx, call, "Hi there, friend!");
+        await using var sp = Services(vendor);
+        var (result, _) = await InvokeAsync(sp, Request(stream));
+        Assert.Equal("Hi there, friend!", result.Content);
+        Assert.Equal(2, _server.CallCount);
+        Assert.Equal(BreakerState.Closed, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+    }
+
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task Persistent_429_exhausts_the_retries_and_opens_the_breaker(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 429);
+        await using var sp = Services(vendor);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+        Assert.Equal(UpstreamFailure.RateLimited, ex.Failure);
+        Assert.Equal((502, "PROVIDER_ERROR"), UpstreamFailures.ToHttp(ex.Failure));
+        Assert.Equal(3, _server.CallCount);
+        Assert.Equal(BreakerState.Open, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+
+        // With the only model's breaker open, the next request is refused without calling the vendor.
+        var next = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+        Assert.Equal(UpstreamFailure.NoHealthyModel, next.Failure);
+        Assert.Equal((503, "NO_HEALTHY_MODEL"), UpstreamFailures.ToHttp(next.Failure));
+        Assert.Equal(3, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task A_500_is_retried_then_reported_as_provider_error(string vendor, bool stream)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 500);
+        await using var sp = Services(vendor);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(stream)));
+        Assert.Equal(UpstreamFailure.ServerError, ex.Failure);
+        Assert.Contains("500", ex.Message);
+        Assert.Equal(3, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task A_vendor_that_does_not_answer_times_out(string vendor, bool stream)
+    {
+        _server.Behavior = (ctx, _, _) => VendorServer.HangAsync(ctx);
+        await using var sp = Services(vendor, attemptTimeoutMs: 500);
+        var started = DateTime.UtcNow;
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(stream)));
+        Assert.Equal(UpstreamFailure.Timeout, ex.Failure);
+        Assert.Equal((504, "PROVIDER_TIMEOUT"), UpstreamFailures.ToHttp(ex.Failure));
+        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(10));
+
+        // The server may log the last abandoned request a moment after the client gave up on it.
+        for (var i = 0; i < 50 && _server.CallCount < 3; i++)
+        {
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+
+        Assert.Equal(3, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task A_malformed_body_is_not_retried(string vendor, bool stream)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = stream ? "text/event-stream" : "application/json";
+            await ctx.Response.WriteAsync(stream ? "data: {\"choices\": [ {not json\n\n" : "<html>bad gateway</html>");
+        };
+        await using var sp = Services(vendor);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(stream)));
+        Assert.Equal(UpstreamFailure.Malformed, ex.Failure);
+        Assert.Equal((502, "PROVIDER_ERROR"), UpstreamFailures.ToHttp(ex.Failure));
+        Assert.Equal(1, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task A_truncated_stream_after_deltas_fails_with_the_partial_usage(string vendor)
+    {
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            var frame = VendorServer.IsAnthropic(call)
+                ? "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello there\"}}\n\n"
+                : "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there\"},\"finish_reason\":null}]}\n\n";
+            await ctx.Response.WriteAsync(frame);
+        };
+        await using var sp = Services(vendor);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+        Assert.Equal(UpstreamFailure.Malformed, ex.Failure);
+        Assert.NotNull(ex.PartialUsage);
+        Assert.Equal(2, ex.PartialUsage.CompletionTokens);
+        Assert.Equal(1, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task Falls_back_to_the_next_model_of_the_pool(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 503);
+        await using var sp = Services(vendor, withLocalBackup: true);
+        var (result, _) = await InvokeAsync(sp, Request(false));
+        Assert.Equal("local-backup", result.Model);
+        Assert.Equal("local", result.Provider);
+        Assert.True(result.Simulated);
+        Assert.Equal("local-backup", result.Routing.Chosen);
+        Assert.Equal(3, _server.CallCount);
+    }
+
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task Usage_above_max_tokens_is_capped(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.SuccessAsync(ctx, call, "A long answer", inputTokens: 11, outputTokens: 500);
+        await using var sp = Services(vendor);
+        var (result, _) = await InvokeAsync(sp, Request(false, maxTokens: 40));
+        Assert.Equal(40, result.Usage.CompletionTokens);
+        Assert.Equal(PoolCatalog.CostMicro(sp.GetRequiredService<PoolCatalog>().Pools["vendor"], 11, 40), result.CostMicro);
+        Assert.Equal(40, JsonDocument.Parse(_server.Calls.Single().Body.GetRawText()).RootElement.GetProperty("max_tokens").GetInt32());
+    }
+}
