@@ -113,7 +113,11 @@ public sealed partial class ReputationRouter : IModelRouter
         {
             using var budget = CancellationTokenSource.CreateLinkedTokenSource(ct);
             budget.CancelAfter(_options.ReputationBudgetMs);
-            reputations = await _source.ModelsAsync(request.Agent, budget.Token).WaitAsync(budget.Token);
+            // The budget bounds the latency we add, not the work: a slow query keeps going a little longer in the
+            // background so connections and dixie's key cache warm up instead of being torn down on every timeout.
+            var query = QueryInBackground(request.Agent);
+            _ = query.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            reputations = await query.WaitAsync(budget.Token);
         }
         catch (Exception ex) when (!ct.IsCancellationRequested && ex is OperationCanceledException or HttpRequestException or JsonException or InvalidOperationException)
         {
@@ -160,6 +164,12 @@ public sealed partial class ReputationRouter : IModelRouter
         }
 
         return Decide(sampled, modeName, reason, scores);
+    }
+
+    async Task<IReadOnlyDictionary<string, ModelReputation>> QueryInBackground(string agent)
+    {
+        using var linger = new CancellationTokenSource(TimeSpan.FromMilliseconds(Math.Max(2_000, _options.ReputationBudgetMs)));
+        return await _source.ModelsAsync(agent, linger.Token);
     }
 
     static Dictionary<string, double?> Empty(IEnumerable<RoutingCandidate> candidates) =>

@@ -61,7 +61,12 @@ public sealed class ReputationApiTests
         Assert.Null(baseline["score"]);
         Assert.Equal(0, baseline["sample_count"]!.GetValue<long>());
 
-        // Warm the cache, then write: the write must invalidate it.
+        // Warm up (dixie fetches freeside's JWKS on the first token) and warm the cache: the write must invalidate it.
+        using (var warm = await PostEventAsync(p, Ev("warm-up", "fair", "nft:other")))
+        {
+            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+        }
+
         await QueryAsync(p, "nft:test");
         var sw = Stopwatch.StartNew();
         foreach (var (id, q) in new[] { ("q1", "good"), ("q2", "excellent"), ("q3", "good") })

@@ -54,6 +54,13 @@ public sealed class QualityApiTests
         var baseline = await QueryAsync(p, "nft:test");
         Assert.Null(baseline["score"]);
 
+        // Warm up the path once (dixie fetches freeside's JWKS on the first token).
+        using (var warm = await PostQualityAsync(p, new { routingKey = "nft:warm", quality = "fair", source = "smoke-test" }))
+        {
+            await ExpectQueuedAsync(warm);
+        }
+
+        await WaitForSamplesAsync(p, "nft:warm", 1);
         var sw = Stopwatch.StartNew();
         foreach (var q in new[] { "good", "excellent", "good" })
         {
