@@ -1,4 +1,5 @@
 using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.Payments;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -19,6 +20,7 @@ public static class FreesideService
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();
         builder.AddIdentity();
+        builder.AddPayments();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -26,6 +28,7 @@ public static class FreesideService
         app.MapHealth("/health", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
+        app.MapPaymentsApi();
         await app.InitializeStorageAsync(typeof(FreesideService).Assembly);
         return app;
     }

@@ -120,14 +120,14 @@ public sealed class PaymentStore(Database db, TimeProvider time)
         return await connection.ExecuteAsync(new CommandDefinition($"UPDATE x402_payments SET {set}, updated_at = @now WHERE id = @id AND {condition}", p, cancellationToken: ct)) == 1;
     }
 
-    /// <summary>Rows a crash may have left behind: settling, stale verified, or settled with an ungranted credit note.</summary>
+    /// <summary>Rows a crash may have left behind: stale verified or settling, or settled with an ungranted credit note.</summary>
     public async Task<IReadOnlyList<PaymentRow>> ListRecoverableAsync(long staleBeforeMs, CancellationToken ct)
     {
         await using var connection = await db.OpenAsync(ct);
         var rows = await connection.QueryAsync<PaymentRow>(new CommandDefinition($"""
             SELECT {Columns} FROM x402_payments
-            WHERE state = 'settling' OR (state = 'verified' AND updated_at < @staleBeforeMs)
-               OR (state = 'settled' AND credit_granted = 0 AND credit_note_id IS NOT NULL AND credit_micro > 0)
+            WHERE (state IN ('verified', 'settling') AND updated_at < @staleBeforeMs)
+               OR (state = 'settled' AND credit_granted = 0 AND credit_lot_id IS NOT NULL AND credit_micro > 0 AND community_id IS NOT NULL)
             ORDER BY created_at
             """, new { staleBeforeMs }, cancellationToken: ct));
         return rows.AsList();

@@ -81,9 +81,9 @@ public sealed partial class X402Options : IValidatableObject
     /// <summary>Send the v2 <c>PAYMENT-REQUIRED</c> header. Off only to exercise the v1 body path with v2-capable clients.</summary>
     public bool AdvertiseV2 { get; set; } = true;
 
-    /// <summary>Rows stuck in <c>verified</c> (invoke never finished) this long are failed by recovery.</summary>
-    [Range(10, 86400)]
-    public int StaleVerifiedSeconds { get; set; } = 600;
+    /// <summary>Rows untouched this long in <c>verified</c> (failed: the invoke never finished) or <c>settling</c> (settlement resumed) are recovered.</summary>
+    [Range(1, 86400)]
+    public int RecoveryAfterSeconds { get; set; } = 120;
 
     [Range(1, 3600)]
     public int RecoveryIntervalSeconds { get; set; } = 30;
