@@ -24,7 +24,7 @@ public sealed class PaymentFlow(
     IOptions<X402Options> options,
     ILogger<PaymentFlow> logger)
 {
-    public async Task<IResult> HandlePaymentAsync(string header, int version, PaymentChallenge challenge, JsonObject body, JsonWebToken? token, CancellationToken ct)
+    public async Task<IResult> HandlePaymentAsync(string header, int version, PaymentChallenge challenge, JsonObject body, JsonWebToken? token, IServiceProvider requestServices, CancellationToken ct)
     {
         var (payment, malformed) = PaymentDecoder.Decode(header, version);
         if (payment is null)
@@ -85,7 +85,7 @@ public sealed class PaymentFlow(
             return refused.Status == 402 ? PaymentRequirementsBuilder.ToResult(challenge, refused.Code, refused.Detail) : Problems.Create(refused.Status, refused.Code, refused.Detail);
         }
 
-        if (services.GetService<IPaidInvocation>() is not { } invocation)
+        if (requestServices.GetService<IPaidInvocation>() is not { } invocation)
         {
             await FailAsync(row, "invoke_unavailable", 503, ErrorBody("invoke_unavailable", "The paid invoke pipeline is not wired."), ct);
             return Problems.Create(503, "X402_INVOKE_UNAVAILABLE", "The paid invoke pipeline is not available; nothing was settled.");

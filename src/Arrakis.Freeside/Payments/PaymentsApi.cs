@@ -58,12 +58,12 @@ public static class PaymentsApi
         var headers = http.Request.Headers;
         if (headers[X402Headers.PaymentSignature].ToString() is { Length: > 0 } v2)
         {
-            return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, ct);
+            return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, http.RequestServices, ct);
         }
 
         if (headers[X402Headers.XPayment].ToString() is { Length: > 0 } v1)
         {
-            return await flow.HandlePaymentAsync(v1, 1, challenge, body, token, ct);
+            return await flow.HandlePaymentAsync(v1, 1, challenge, body, token, http.RequestServices, ct);
         }
 
         if (headers[X402Headers.XPaymentProof].ToString() is { Length: > 0 } proof)
