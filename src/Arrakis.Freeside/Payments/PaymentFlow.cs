@@ -42,7 +42,10 @@ public sealed class PaymentFlow(
         }
 
         var o = options.Value;
+        // The exact scheme settles the authorized value; a facilitator checks value == amount, so an overpayment (which
+        // our local check allows, value >= amount) is presented to it as the settled amount.
         var requirement = (JsonObject)challenge.V2Requirement.DeepClone();
+        requirement["amount"] = payment.Authorization.Value;
         var normalized = version == 2
             ? (JsonObject)payment.Raw.DeepClone()
             : new JsonObject
@@ -52,6 +55,7 @@ public sealed class PaymentFlow(
                 ["accepted"] = requirement.DeepClone(),
                 ["payload"] = payment.Raw["payload"]!.DeepClone(),
             };
+        normalized["accepted"] = requirement.DeepClone();
         var row = new PaymentRow
         {
             Id = "pay_" + Guid.NewGuid().ToString("N"),
