@@ -24,19 +24,6 @@ public static class PaymentsApi
     static async Task<IResult> InvokeAsync(HttpContext http, PaymentQuote quote, PaymentRequirementsBuilder requirements, PaymentFlow flow, LegacyProof legacy,
         TokenVerifier verifier, TokenPolicies policies, CancellationToken ct)
     {
-        JsonWebToken? token = null;
-        if (http.Request.Headers.Authorization.ToString() is { Length: > 0 } authorization)
-        {
-            var bearer = authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? authorization[7..].Trim() : null;
-            var verified = await verifier.VerifyAsync(bearer, policies[IdentitySetup.UserPolicy], ct);
-            if (!verified.Succeeded)
-            {
-                return Problems.Unauthorized("The bearer token is not valid: " + verified.Failure);
-            }
-
-            token = verified.Token;
-        }
-
         JsonObject body;
         try
         {
@@ -56,6 +43,26 @@ public static class PaymentsApi
 
         var challenge = requirements.Build(amount, $"{http.Request.Scheme}://{http.Request.Host}{http.Request.Path}");
         var headers = http.Request.Headers;
+        if (headers[X402Headers.PaymentSignature].Count == 0 && headers[X402Headers.XPayment].Count == 0 && headers[X402Headers.XPaymentProof].Count == 0)
+        {
+            // The token is verified only with a payment: x402 clients resend it on the paid retry, and a user token's
+            // jti is single-use, so the unpaid 402 must not consume it.
+            return PaymentRequirementsBuilder.ToResult(challenge, X402Errors.PaymentRequired, "Payment is required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (v1).");
+        }
+
+        JsonWebToken? token = null;
+        if (http.Request.Headers.Authorization.ToString() is { Length: > 0 } authorization)
+        {
+            var bearer = authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? authorization[7..].Trim() : null;
+            var verified = await verifier.VerifyAsync(bearer, policies[IdentitySetup.UserPolicy], ct);
+            if (!verified.Succeeded)
+            {
+                return Problems.Unauthorized("The bearer token is not valid: " + verified.Failure);
+            }
+
+            token = verified.Token;
+        }
+
         if (headers[X402Headers.PaymentSignature].ToString() is { Length: > 0 } v2)
         {
             return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, http.RequestServices, ct);

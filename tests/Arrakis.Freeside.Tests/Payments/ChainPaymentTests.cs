@@ -225,7 +225,7 @@ public sealed class ChainPaymentTests
         await using var rig = await StartAsync(engine, "Direct", ct);
         const string id = "pay_0123456789abcdef0123";
         var (header, _, amount) = await SignAsync(rig, Body, ct, paymentIdentifier: id);
-        using var first = await rig.Host.PostAsync(Body, V2(header), ct: ct);
+        using var first = await rig.Host.PostAsync(Body, V2(header), rig.Host.UserToken("community-c"), ct);
         Assert.Equal(200, (int)first.StatusCode);
         var firstBody = await first.Content.ReadAsStringAsync(ct);
 
