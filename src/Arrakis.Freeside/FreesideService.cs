@@ -7,6 +7,7 @@ using Arrakis.Freeside.Quality;
 using Arrakis.Freeside.Idempotency;
 using Arrakis.Freeside.Ledger;
 using Arrakis.Freeside.RateLimiting;
+using Arrakis.Freeside.Payments;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -35,6 +36,7 @@ public static class FreesideService
         builder.AddRateLimits();
         builder.AddAudit();
         builder.AddInvoke();
+        builder.AddPayments();
         configure?.Invoke(builder);
 
         var app = builder.Build();
@@ -47,6 +49,7 @@ public static class FreesideService
         app.MapBudgetsApi();
         app.MapAuditApi();
         app.MapInvokeApi();
+        app.MapPaymentsApi();
         await app.InitializeStorageAsync(typeof(FreesideService).Assembly);
         return app;
     }

@@ -1,0 +1,83 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Identity;
+using Arrakis.Shared.Http;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.IdentityModel.JsonWebTokens;
+
+namespace Arrakis.Freeside.Payments;
+
+/// <summary><c>POST /api/v1/x402/invoke</c>: pay-per-request invoke over x402 (v1 and v2), plus the legacy proof path.</summary>
+public static class PaymentsApi
+{
+    public const string InvokePath = "/api/v1/x402/invoke";
+
+    public static IEndpointRouteBuilder MapPaymentsApi(this IEndpointRouteBuilder app)
+    {
+        app.MapPost(InvokePath, InvokeAsync).WithTags("Payments");
+        return app;
+    }
+
+    static async Task<IResult> InvokeAsync(HttpContext http, PaymentQuote quote, PaymentRequirementsBuilder requirements, PaymentFlow flow, LegacyProof legacy,
+        TokenVerifier verifier, TokenPolicies policies, CancellationToken ct)
+    {
+        JsonObject body;
+        try
+        {
+            body = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: ct) as JsonObject
+                ?? throw new JsonException("not an object");
+        }
+        catch (JsonException)
+        {
+            return Problems.Invalid("body", "The body must be a JSON invoke request {prompt|messages, model?, max_tokens?}.");
+        }
+
+        var (amount, error) = quote.WorstCase(body);
+        if (error is not null)
+        {
+            return Problems.Invalid("body", error);
+        }
+
+        var challenge = requirements.Build(amount, $"{http.Request.Scheme}://{http.Request.Host}{http.Request.Path}");
+        var headers = http.Request.Headers;
+        if (headers[X402Headers.PaymentSignature].Count == 0 && headers[X402Headers.XPayment].Count == 0 && headers[X402Headers.XPaymentProof].Count == 0)
+        {
+            // The token is verified only with a payment: x402 clients resend it on the paid retry, and a user token's
+            // jti is single-use, so the unpaid 402 must not consume it.
+            return PaymentRequirementsBuilder.ToResult(challenge, X402Errors.PaymentRequired, "Payment is required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (v1).");
+        }
+
+        JsonWebToken? token = null;
+        if (http.Request.Headers.Authorization.ToString() is { Length: > 0 } authorization)
+        {
+            var bearer = authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? authorization[7..].Trim() : null;
+            var verified = await verifier.VerifyAsync(bearer, policies[IdentitySetup.UserPolicy], ct);
+            if (!verified.Succeeded)
+            {
+                return Problems.Unauthorized("The bearer token is not valid: " + verified.Failure);
+            }
+
+            token = verified.Token;
+        }
+
+        if (headers[X402Headers.PaymentSignature].ToString() is { Length: > 0 } v2)
+        {
+            return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, http.RequestServices, ct);
+        }
+
+        if (headers[X402Headers.XPayment].ToString() is { Length: > 0 } v1)
+        {
+            return await flow.HandlePaymentAsync(v1, 1, challenge, body, token, http.RequestServices, ct);
+        }
+
+        if (headers[X402Headers.XPaymentProof].ToString() is { Length: > 0 } proof)
+        {
+            return await legacy.HandleAsync(proof, challenge, token, ct);
+        }
+
+        return PaymentRequirementsBuilder.ToResult(challenge, X402Errors.PaymentRequired, "Payment is required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (v1).");
+    }
+}

@@ -1,0 +1,69 @@
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Arrakis.Freeside.Payments;
+
+/// <summary>
+/// Finishes what a crash left: <c>settling</c> rows are settled again (the direct settler rebroadcasts the recorded
+/// transaction, so it never pays twice), stale <c>verified</c> rows are failed (the invoke's result is unknown, so
+/// nothing settles), and settled rows with an ungranted credit note are granted.
+/// </summary>
+public sealed class SettlementRecovery(PaymentStore store, PaymentFlow flow, IOptions<X402Options> options, TimeProvider time, ILogger<SettlementRecovery> logger)
+    : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await RecoverOnceAsync(stoppingToken);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                logger.LogWarning(ex, "x402 settlement recovery pass failed");
+            }
+
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(options.Value.RecoveryIntervalSeconds), time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>One recovery pass; returns how many rows it touched.</summary>
+    public async Task<int> RecoverOnceAsync(CancellationToken ct)
+    {
+        var cutoff = time.GetUtcNow().AddSeconds(-options.Value.RecoveryAfterSeconds).ToUnixTimeMilliseconds();
+        var rows = await store.ListRecoverableAsync(cutoff, ct);
+        foreach (var row in rows)
+        {
+            var before = row.State;
+            switch (row.State)
+            {
+                case PaymentStates.Verified:
+                    await store.MarkFailedAsync(row.Id, "abandoned", 502, """{"error":"abandoned","detail":"The paid invoke never finished; nothing was settled."}""", ct);
+                    break;
+                case PaymentStates.Settling when row.Kind == "proof" && row.TxHash is { } tx:
+                    await flow.FinishAsync(row, tx, ct);
+                    break;
+                case PaymentStates.Settling:
+                    await flow.SettleAndFinishAsync(row, flow.RequestFor(row), ct);
+                    break;
+                case PaymentStates.Settled:
+                    await flow.GrantAsync(row, ct);
+                    break;
+            }
+
+            var after = await store.GetAsync(row.Id, ct);
+            PaymentLog.PaymentRecovered(logger, row.Id, before, after?.State ?? "missing");
+        }
+
+        return rows.Count;
+    }
+}

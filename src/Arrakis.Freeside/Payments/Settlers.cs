@@ -1,0 +1,219 @@
+using System.Net.Http.Json;
+using System.Numerics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Nethereum.ABI.FunctionEncoding.Attributes;
+using Nethereum.Contracts;
+using Nethereum.Hex.HexConvertors.Extensions;
+using Nethereum.Util;
+using Nethereum.Web3;
+using Nethereum.Web3.Accounts;
+
+namespace Arrakis.Freeside.Payments;
+
+/// <summary>What a settler needs: the v2-normalized payload and requirement, plus the authorization itself.</summary>
+public sealed record SettlementRequest(string PaymentId, JsonObject PaymentPayload, JsonObject Requirement, Eip3009Authorization Authorization, string Signature, string? KnownTxHash, string? RawTx);
+
+/// <summary>A settlement attempt's outcome. <see cref="Transaction"/> is the on-chain tx hash on success.</summary>
+public sealed record SettlementOutcome(bool Success, string? Transaction, string? ErrorReason);
+
+/// <summary>Turns a verified EIP-3009 authorization into an on-chain transfer.</summary>
+public interface IPaymentSettler
+{
+    /// <summary>Checks with the chain or facilitator before the paid call runs (balance, nonce state); null when it may proceed.</summary>
+    Task<PaymentRejection?> PreVerifyAsync(SettlementRequest request, CancellationToken ct);
+
+    /// <summary>Settles. <paramref name="onSigned"/> persists a tx hash (and raw tx) before broadcast, when the settler knows it.</summary>
+    Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct);
+}
+
+/// <summary>Settler (a): an x402 facilitator over HTTP, spec v2 §7 (<c>/verify</c>, <c>/settle</c>, <c>/supported</c>).</summary>
+public sealed class FacilitatorSettler(IHttpClientFactory clients, ILogger<FacilitatorSettler> logger) : IPaymentSettler
+{
+    public const string ClientName = "x402-facilitator";
+
+    public async Task<PaymentRejection?> PreVerifyAsync(SettlementRequest request, CancellationToken ct)
+    {
+        var (ok, body) = await PostAsync("verify", request, ct);
+        if (!ok || body is null)
+        {
+            return new PaymentRejection(502, X402Errors.UnexpectedVerifyError, "The facilitator did not answer /verify.");
+        }
+
+        return body["isValid"]?.GetValue<bool>() == true
+            ? null
+            : new PaymentRejection(402, body["invalidReason"]?.GetValue<string>() ?? X402Errors.UnexpectedVerifyError, "The facilitator rejected the payment.");
+    }
+
+    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct)
+    {
+        var (ok, body) = await PostAsync("settle", request, ct);
+        if (!ok || body is null)
+        {
+            return new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
+        }
+
+        var tx = body["transaction"]?.GetValue<string>();
+        if (body["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
+        {
+            await onSigned(tx, null);
+            return new SettlementOutcome(true, tx, null);
+        }
+
+        return new SettlementOutcome(false, null, body["errorReason"]?.GetValue<string>() ?? X402Errors.UnexpectedSettleError);
+    }
+
+    /// <summary><c>GET /supported</c>: the facilitator's kinds, for diagnostics.</summary>
+    public async Task<JsonNode?> SupportedAsync(CancellationToken ct) =>
+        await clients.CreateClient(ClientName).GetFromJsonAsync<JsonNode>("supported", ct);
+
+    async Task<(bool, JsonObject?)> PostAsync(string path, SettlementRequest request, CancellationToken ct)
+    {
+        var body = new JsonObject
+        {
+            ["x402Version"] = 2,
+            ["paymentPayload"] = request.PaymentPayload.DeepClone(),
+            ["paymentRequirements"] = request.Requirement.DeepClone(),
+        };
+        try
+        {
+            using var response = await clients.CreateClient(ClientName).PostAsync(path, JsonContent.Create(body), ct);
+            var node = await response.Content.ReadFromJsonAsync<JsonNode>(ct);
+            return (response.IsSuccessStatusCode, node as JsonObject);
+        }
+        catch (Exception ex) when (ex is HttpRequestException or JsonException or TaskCanceledException or NotSupportedException)
+        {
+            logger.LogWarning(ex, "x402 facilitator /{Path} failed", path);
+            return (false, null);
+        }
+    }
+}
+
+[Function("transferWithAuthorization")]
+public sealed class TransferWithAuthorizationFunction : FunctionMessage
+{
+    [Parameter("address", "from", 1)] public string From { get; set; } = "";
+    [Parameter("address", "to", 2)] public string To { get; set; } = "";
+    [Parameter("uint256", "value", 3)] public BigInteger Value { get; set; }
+    [Parameter("uint256", "validAfter", 4)] public BigInteger ValidAfter { get; set; }
+    [Parameter("uint256", "validBefore", 5)] public BigInteger ValidBefore { get; set; }
+    [Parameter("bytes32", "nonce", 6)] public byte[] AuthorizationNonce { get; set; } = [];
+    [Parameter("bytes", "signature", 7)] public byte[] Signature { get; set; } = [];
+}
+
+[Function("balanceOf", "uint256")]
+public sealed class BalanceOfFunction : FunctionMessage
+{
+    [Parameter("address", "account", 1)] public string Account { get; set; } = "";
+}
+
+[Function("authorizationState", "bool")]
+public sealed class AuthorizationStateFunction : FunctionMessage
+{
+    [Parameter("address", "authorizer", 1)] public string Authorizer { get; set; } = "";
+    [Parameter("bytes32", "nonce", 2)] public byte[] AuthorizationNonce { get; set; } = [];
+}
+
+/// <summary>
+/// Settler (b): submits <c>transferWithAuthorization(from,to,value,validAfter,validBefore,nonce,bytes signature)</c>
+/// to the asset with our relayer key over JSON-RPC. Submissions are serialized so relayer nonces never collide.
+/// </summary>
+public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<DirectChainSettler> logger) : IPaymentSettler
+{
+    readonly SemaphoreSlim _submit = new(1, 1);
+
+    Web3 Connect()
+    {
+        var o = options.Value;
+        return new Web3(new Account(o.RelayerKey!, o.ChainId), o.RpcUrl);
+    }
+
+    public async Task<PaymentRejection?> PreVerifyAsync(SettlementRequest request, CancellationToken ct)
+    {
+        var o = options.Value;
+        try
+        {
+            var web3 = Connect();
+            var a = TransferWithAuthorization.From3009(request.Authorization);
+            var used = await web3.Eth.GetContractQueryHandler<AuthorizationStateFunction>()
+                .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
+            if (used)
+            {
+                return new PaymentRejection(409, X402Errors.NonceUsed, "This authorization nonce is already used on chain.");
+            }
+
+            var balance = await web3.Eth.GetContractQueryHandler<BalanceOfFunction>()
+                .QueryAsync<BigInteger>(o.Asset, new BalanceOfFunction { Account = a.From });
+            return balance < a.Value ? new PaymentRejection(402, X402Errors.InsufficientFunds, "The payer's balance is below the authorized value.") : null;
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            logger.LogWarning(ex, "x402 direct pre-verify failed");
+            return new PaymentRejection(502, X402Errors.UnexpectedVerifyError, "The chain could not be queried.");
+        }
+    }
+
+    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct)
+    {
+        var o = options.Value;
+        var web3 = Connect();
+        try
+        {
+            string txHash;
+            await _submit.WaitAsync(ct);
+            try
+            {
+                var raw = request.RawTx;
+                if (raw is null)
+                {
+                    var a = TransferWithAuthorization.From3009(request.Authorization);
+                    var fn = new TransferWithAuthorizationFunction
+                    {
+                        From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                        Signature = request.Signature.HexToByteArray(),
+                        Gas = 200_000,
+                    };
+                    raw = await web3.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SignTransactionAsync(o.Asset, fn);
+                }
+
+                txHash = "0x" + Sha3Keccack.Current.CalculateHashFromHex(raw);
+                await onSigned(txHash, raw);
+                try
+                {
+                    await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());
+                }
+                catch (Exception ex) when (request.RawTx is not null && ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase))
+                {
+                    // Recovery rebroadcast of a transaction the node already has: wait for its receipt below.
+                }
+            }
+            finally
+            {
+                _submit.Release();
+            }
+
+            var deadline = DateTime.UtcNow.AddSeconds(Math.Max(30, o.MaxTimeoutSeconds));
+            while (DateTime.UtcNow < deadline)
+            {
+                var receipt = await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash);
+                if (receipt is not null)
+                {
+                    return receipt.Status?.Value == 1
+                        ? new SettlementOutcome(true, txHash, null)
+                        : new SettlementOutcome(false, null, X402Errors.InvalidTransactionState);
+                }
+
+                await Task.Delay(200, ct);
+            }
+
+            return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            logger.LogWarning(ex, "x402 direct settlement failed");
+            return new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Payments;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+
+namespace Arrakis.Freeside.Tests.Payments;
+
+/// <summary>A real freeside (real database, real HTTP on a free loopback port) with the payment test doubles registered.</summary>
+internal sealed class PaymentHost : IAsyncDisposable
+{
+    PaymentHost(WebApplication app, string url, FixedCostInvocation invocation, RecordingCreditSink sink)
+    {
+        App = app;
+        Url = url;
+        Invocation = invocation;
+        Sink = sink;
+        Http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromSeconds(120) };
+    }
+
+    public WebApplication App { get; }
+
+    public string Url { get; }
+
+    public string InvokeUrl => Url + PaymentsApi.InvokePath;
+
+    public FixedCostInvocation Invocation { get; }
+
+    public RecordingCreditSink Sink { get; }
+
+    public HttpClient Http { get; }
+
+    public X402Options Options => App.Services.GetRequiredService<IOptions<X402Options>>().Value;
+
+    public PaymentStore Store => App.Services.GetRequiredService<PaymentStore>();
+
+    public static async Task<PaymentHost> StartAsync(string engine, IDictionary<string, string?> settings, long costMicro = 400)
+    {
+        var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
+        var all = new Dictionary<string, string?>(TestStorage.FreshConfig(engine, "freeside")) { ["urls"] = url };
+        foreach (var (k, v) in settings)
+        {
+            all[k] = v;
+        }
+
+        var invocation = new FixedCostInvocation(costMicro);
+        var sink = new RecordingCreditSink();
+        var args = all.Where(kv => kv.Value is not null).SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
+        var app = await FreesideService.CreateAsync(args, b =>
+        {
+            b.Services.AddSingleton<IPaidInvocation>(invocation);
+            b.Services.AddSingleton<ICreditNoteSink>(sink);
+        });
+        await app.StartAsync();
+        return new PaymentHost(app, url, invocation, sink);
+    }
+
+    public string UserToken(string communityId) =>
+        App.Services.GetRequiredService<TokenIssuer>().Mint(FreesideService.Issuer, FreesideService.Issuer, new Dictionary<string, object>
+        {
+            ["tenant_id"] = "test-tenant",
+            ["community_id"] = communityId,
+            ["sub"] = "payer-test",
+        });
+
+    public async Task<HttpResponseMessage> PostAsync(JsonObject body, IDictionary<string, string>? headers = null, string? token = null, CancellationToken ct = default)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
+        {
+            Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json"),
+        };
+        foreach (var (k, v) in headers ?? new Dictionary<string, string>())
+        {
+            request.Headers.TryAddWithoutValidation(k, v);
+        }
+
+        if (token is not null)
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+
+        return await Http.SendAsync(request, ct);
+    }
+
+    /// <summary>Gets the 402 for <paramref name="body"/> and returns the decoded v2 PaymentRequired.</summary>
+    public async Task<(JsonObject PaymentRequired, JsonObject V1Body)> ChallengeAsync(JsonObject body, CancellationToken ct)
+    {
+        using var response = await PostAsync(body, ct: ct);
+        Assert.Equal(402, (int)response.StatusCode);
+        var header = response.Headers.GetValues(X402Headers.PaymentRequired).Single();
+        var v1 = JsonNode.Parse(await response.Content.ReadAsStringAsync(ct))!.AsObject();
+        return (X402Codec.DecodeNode(header)!.AsObject(), v1);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Http.Dispose();
+        await App.StopAsync();
+        await App.DisposeAsync();
+    }
+}

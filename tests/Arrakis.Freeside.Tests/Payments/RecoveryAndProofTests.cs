@@ -1,0 +1,141 @@
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Payments;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Tests.Payments;
+
+/// <summary>Crash recovery of persisted settlement states, and the legacy X-Payment-Proof path, on anvil.</summary>
+public sealed class RecoveryAndProofTests
+{
+    static readonly JsonObject Body = new() { ["prompt"] = "x402 payment test", ["model"] = "cheap" };
+
+    static async Task<PaymentRow> CrashedRowAsync(ChainPaymentTests.Rig rig, string state, CancellationToken ct)
+    {
+        var (required, _) = await rig.Host.ChallengeAsync(Body, ct);
+        var accepted = required["accepts"]![0]!.AsObject();
+        var amount = long.Parse(accepted["amount"]!.GetValue<string>());
+        var a = PaymentSigning.Authorization(rig.PayerKey, rig.PayTo, amount, 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+        var payload = PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(rig.Host.Options, a, rig.PayerKey));
+        var row = new PaymentRow
+        {
+            Id = "pay_crash_" + Guid.NewGuid().ToString("N")[..8],
+            X402Version = 2,
+            Network = "eip155:84532",
+            Asset = X402Options.BaseSepoliaUsdc.ToLowerInvariant(),
+            Payer = a.From.ToLowerInvariant(),
+            Nonce = a.Nonce,
+            PayloadHash = a.Nonce,
+            PayloadJson = payload.ToJsonString(),
+            RequirementJson = accepted.ToJsonString(),
+            AmountRequiredMicro = amount,
+            ValueMicro = amount,
+            CommunityId = "community-crash",
+            State = PaymentStates.Verified,
+        };
+        var (inserted, _) = await rig.Host.Store.ClaimAsync(row, ct);
+        Assert.True(inserted);
+        if (state == PaymentStates.Settling)
+        {
+            // The process "crashed" after the paid invoke succeeded and before settlement finished.
+            Assert.True(await rig.Host.Store.MarkSettlingAsync(row.Id, 300, """{"content":"answer"}""", ct));
+        }
+
+        return row;
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_settles_a_row_left_in_settling_and_fails_a_stale_verified_one(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, new Dictionary<string, string?> { ["X402:RecoveryAfterSeconds"] = "1" });
+        var settling = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var verified = await CrashedRowAsync(rig, PaymentStates.Verified, ct);
+        await Task.Delay(1_500, ct);
+
+        var touched = await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
+        Assert.True(touched >= 2);
+
+        var settled = await rig.Host.Store.GetAsync(settling.Id, ct);
+        Assert.Equal(PaymentStates.Settled, settled!.State);
+        Assert.Equal(1, (int)(await rig.Chain.ReceiptStatusAsync(settled.TxHash!)).Value);
+        Assert.Equal(settling.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", settling.ValueMicro - 300), (lot.CommunityId, lot.AmountMicro));
+        Assert.Equal(PaymentStates.Failed, (await rig.Host.Store.GetAsync(verified.Id, ct))!.State);
+
+        // A second pass finds nothing left to do and never pays twice.
+        await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
+        Assert.Equal(settling.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Single(rig.Host.Sink.Lots);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_usdc_transfer_proof_issues_one_credit_note_even_when_sent_twice(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        var tx = await rig.Chain.TransferUsdcAsync(v1["paymentAddress"]!.GetValue<string>(), amount);
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
+        {
+            using var r = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+            return ((int)r.StatusCode, JsonNode.Parse(await r.Content.ReadAsStringAsync(ct))!.AsObject());
+        }));
+        Assert.All(responses, r => Assert.True(r.Item1 == 200 || (r.Item1 == 409 && r.Item2["error"]!.GetValue<string>() == X402Errors.DuplicateSettlement), r.Item2.ToJsonString()));
+        var notes = responses.Where(r => r.Item1 == 200).Select(r => r.Item2["creditNote"]!.AsObject()).ToList();
+        Assert.NotEmpty(notes);
+        Assert.Single(notes.Select(n => n["id"]!.GetValue<string>()).Distinct());
+        Assert.Equal(amount, notes[0]["amountMicro"]!.GetValue<long>());
+        Assert.Equal(tx, notes[0]["transaction"]!.GetValue<string>());
+        Assert.Single(rig.Host.Sink.Lots);
+
+        using var later = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+        Assert.Equal(200, (int)later.StatusCode);
+        Assert.Single(rig.Host.Sink.Lots);
+        Assert.Equal(0, rig.Host.Invocation.Calls);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Proofs_that_pay_too_little_or_nothing_are_refused(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+
+        var tooLittle = await rig.Chain.TransferUsdcAsync(rig.PayTo, amount - 1);
+        using var r1 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tooLittle }, ct: ct);
+        Assert.Equal((402, X402Errors.ValueMismatch), ((int)r1.StatusCode, JsonNode.Parse(await r1.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
+
+        // Native value is refused unless X402:NativeMicroPerWei is configured.
+        var native = await rig.Chain.SendNativeAsync(rig.PayTo, amount);
+        using var r2 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = native }, ct: ct);
+        Assert.Equal((402, X402Errors.RecipientMismatch), ((int)r2.StatusCode, JsonNode.Parse(await r2.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
+
+        using var r3 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = "0x1234" }, ct: ct);
+        Assert.Equal(400, (int)r3.StatusCode);
+        using var r4 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = "0x" + new string('a', 64) }, ct: ct);
+        Assert.Equal((402, X402Errors.ProofPending), ((int)r4.StatusCode, JsonNode.Parse(await r4.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
+        Assert.Empty(rig.Host.Sink.Lots);
+    }
+
+    [Fact]
+    public async Task The_gate_native_value_flow_gets_a_credit_note_when_enabled()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync("sqlite", "Direct", ct, new Dictionary<string, string?> { ["X402:NativeMicroPerWei"] = "1" });
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        var tx = await rig.Chain.SendNativeAsync(v1["paymentAddress"]!.GetValue<string>(), amount);
+        using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-gate"), ct);
+        var body = JsonNode.Parse(await response.Content.ReadAsStringAsync(ct))!.AsObject();
+        Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
+        Assert.Equal(amount, body["creditNote"]!["amountMicro"]!.GetValue<long>());
+        Assert.Equal("community-gate", Assert.Single(rig.Host.Sink.Lots).Value.CommunityId);
+    }
+}
