@@ -23,6 +23,9 @@ public static class InvokeApi
         builder.Services.AddSingleton<InvokeMetrics>();
         builder.Services.AddSingleton<InvokePipeline>();
         builder.Services.AddSingleton<Quality.IInvocationLookup, UsageInvocationLookup>();
+        builder.Services.AddSingleton<Payments.IPaidInvocation, PaidInvocation>();
+        builder.Services.AddSingleton<Payments.ICreditNoteSink, LedgerCreditNoteSink>();
+        builder.Services.AddSingleton<Payments.IPayerCommunityResolver, TenantPayerCommunityResolver>();
         return builder;
     }
 

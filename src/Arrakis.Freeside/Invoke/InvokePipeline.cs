@@ -46,6 +46,7 @@ public sealed class InvokePipeline(
     PoolCatalog catalog,
     FinnClient finn,
     InvokeMetrics metrics,
+    Payments.PaymentRequirementsBuilder payments,
     ILogger<InvokePipeline> logger)
 {
     public async Task<Admission> AdmitAsync(HttpContext http, byte[] body, bool wantsSse, CancellationToken ct)
@@ -91,16 +92,29 @@ public sealed class InvokePipeline(
         var allowed = AllowedPools(token, community.Tier);
         if (!allowed.Contains(pool.Id))
         {
+            // Never 403: the caller may pay for this one call with x402 (the same requirements /api/v1/x402/invoke gives).
             var needed = catalog.LowestTierFor(pool.Id);
+            var price = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), Math.Min(request.MaxTokens ?? pool.DefaultMaxTokens, pool.MaxTokensLimit));
+            var challenge = payments.Build(Math.Max(price, payments.Options.MinimumAmountMicro), $"{http.Request.Scheme}://{http.Request.Host}/api/v1/x402/invoke",
+                $"One call to pool '{pool.Id}'", "TIER_UPGRADE_REQUIRED");
+            var extensions = new Dictionary<string, object?>
+            {
+                ["pool"] = pool.Id,
+                ["tier"] = community.Tier.ToString().ToLowerInvariant(),
+                ["required_tier"] = needed?.ToString().ToLowerInvariant(),
+                ["allowed_pools"] = allowed,
+                ["x402Version"] = 1,
+                ["accepts"] = challenge.V1Body["accepts"]?.DeepClone(),
+                ["payment_endpoint"] = "/api/v1/x402/invoke",
+            };
+            foreach (var (name, value) in payments.BodyFields(challenge.AmountMicro))
+            {
+                extensions.TryAdd(name, value);
+            }
+
             return Reject(Problems.Create(402, "TIER_UPGRADE_REQUIRED",
-                $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}.",
-                new Dictionary<string, object?>
-                {
-                    ["pool"] = pool.Id,
-                    ["tier"] = community.Tier.ToString().ToLowerInvariant(),
-                    ["required_tier"] = needed?.ToString().ToLowerInvariant(),
-                    ["allowed_pools"] = allowed,
-                }));
+                $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}. Upgrade, or pay for this call with x402.",
+                extensions, challenge.Headers.ToDictionary()));
         }
 
         var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;

@@ -73,7 +73,15 @@ public sealed class QualityOutbox(Database database)
             new { eventId, nextAttemptAtMs, error = error.Length > 500 ? error[..500] : error, status = dead ? "dead" : "pending" }, cancellationToken: ct));
     }
 
-    sealed record CountRow(string status, long n, long? oldest);
+    // A settable class, not a positional record: on SQLite an empty GROUP BY reports untyped (BLOB) columns, which no constructor matches.
+    sealed class CountRow
+    {
+        public string status { get; set; } = "";
+
+        public long n { get; set; }
+
+        public long? oldest { get; set; }
+    }
 
     public sealed record Counts(long Pending, long Delivered, long Dead, long? OldestPendingAtMs);
 

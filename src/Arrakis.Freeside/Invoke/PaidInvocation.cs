@@ -1,0 +1,102 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Ledger;
+using Arrakis.Freeside.Payments;
+using Arrakis.Shared.Contracts;
+using Microsoft.IdentityModel.JsonWebTokens;
+
+namespace Arrakis.Freeside.Invoke;
+
+/// <summary>
+/// Runs an x402-paid invoke: the payment covers this one call (and unlocks its pool), so no community budget is
+/// reserved; finn meters it and the unused part of the payment comes back as a credit note.
+/// </summary>
+public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn) : IPaidInvocation
+{
+    public async Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
+    {
+        var (parsed, invalid) = InvokeRequestParser.Parse(JsonSerializer.SerializeToUtf8Bytes(request.Body));
+        if (invalid is not null)
+        {
+            return Failure(400, "INVALID_REQUEST", invalid.Detail, invalid.Field);
+        }
+
+        var poolId = parsed!.Pool ?? catalog.DefaultPoolFor(Tier.Free);
+        if (!catalog.Pools.TryGetValue(poolId, out var pool))
+        {
+            return Failure(400, "INVALID_REQUEST", $"Unknown pool '{poolId}'.", "model");
+        }
+
+        var maxTokens = Math.Min(parsed.MaxTokens ?? pool.DefaultMaxTokens, pool.MaxTokensLimit);
+        var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(parsed.Messages), maxTokens);
+        if (worst > request.MaxCostMicro)
+        {
+            return Failure(402, "PAYMENT_TOO_SMALL", $"This request may cost {worst} micro-USD; the payment covers {request.MaxCostMicro}.", "amount");
+        }
+
+        var traceId = System.Diagnostics.Activity.Current?.TraceId.ToHexString() ?? Guid.NewGuid().ToString("N");
+        var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
+        var (result, error) = await finn.InvokeAsync(new FinnInvokeRequest(parsed.Messages, pool.Id, maxTokens, parsed.Agent, false, traceId), caller, ct);
+        if (error is not null)
+        {
+            return Failure(error.Status, error.Error, error.Detail, null);
+        }
+
+        var cost = Math.Clamp(result!.CostMicro, 0, worst);
+        var body = new JsonObject
+        {
+            ["content"] = result.Content,
+            ["model"] = result.Model,
+            ["pool"] = result.Pool,
+            ["provider"] = result.Provider,
+            ["usage"] = new JsonObject { ["prompt_tokens"] = result.Usage.PromptTokens, ["completion_tokens"] = result.Usage.CompletionTokens },
+            ["cost_micro"] = cost,
+            ["cost_cents"] = cost / 10_000,
+            ["trace_id"] = traceId,
+            ["routing"] = JsonSerializer.SerializeToNode(result.Routing),
+            ["simulated"] = result.Simulated,
+        };
+        return new PaidInvocationResult(true, 200, cost, body);
+    }
+
+    static PaidInvocationResult Failure(int status, string error, string detail, string? field) =>
+        new(false, status, 0, new JsonObject { ["status"] = status, ["error"] = error, ["detail"] = detail, ["field"] = field });
+}
+
+/// <summary>Credit notes become x402 credit lots in the ledger; granting is idempotent on the lot id.</summary>
+public sealed class LedgerCreditNoteSink(Ledger.Ledger ledger) : ICreditNoteSink
+{
+    public async Task GrantAsync(CreditNote note, CancellationToken ct)
+    {
+        if (note.AmountMicro <= 0)
+        {
+            return;
+        }
+
+        var result = await ledger.GrantAsync(note.CommunityId, note.LotId, note.AmountMicro, "x402", note.ExpiresAt, ct);
+        if (result.Status is not (GrantStatus.Granted or GrantStatus.Duplicate))
+        {
+            throw new InvalidOperationException($"Credit note {note.Id} could not be granted: {result.Status} {result.Detail}");
+        }
+    }
+}
+
+/// <summary>A payment credits the token's community: its <c>community_id</c> claim, else its tenant's alias.</summary>
+public sealed class TenantPayerCommunityResolver(CommunityStore communities) : IPayerCommunityResolver
+{
+    public async Task<string?> ResolveAsync(JsonWebToken? userToken, string payerAddress, CancellationToken ct)
+    {
+        if (userToken is null)
+        {
+            return null;
+        }
+
+        if (userToken.TryGetPayloadValue<string>("community_id", out var id) && await communities.FindAsync(id, ct) is not null)
+        {
+            return id;
+        }
+
+        return userToken.TryGetPayloadValue<string>("tenant_id", out var tenant) ? await communities.ResolveTenantAsync(tenant, ct) : null;
+    }
+}
