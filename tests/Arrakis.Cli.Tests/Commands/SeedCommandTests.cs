@@ -1,0 +1,49 @@
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Budgets;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Storage;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Arrakis.Cli.Tests.Commands;
+
+public sealed class SeedCommandTests
+{
+    public static TheoryData<string> Engines => TestStorage.Engines();
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Seed_is_rerunnable_and_leaves_a_lot_of_5000_cents_with_3000_remaining(string engine)
+    {
+        var options = TestStorage.Options(engine, "freeside");
+        await using var db = new Database(options);
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine)
+            .Concat(Migrator.FromAssembly(typeof(Arrakis.Freeside.FreesideService).Assembly, db.Engine)), TestContext.Current.CancellationToken);
+        var first = await Seeder.For(db).SeedAsync(TestContext.Current.CancellationToken);
+        var second = await Seeder.For(db).SeedAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(first, second);
+        Assert.Contains("COMMUNITY_ID=test-community-staging-001", first);
+        Assert.Contains("AGENT_ID_B=test-agent-staging-002", first);
+        Assert.Contains("CREDIT_LOT_ID=test-credit-lot-staging-001", first);
+
+        await using var c = await db.OpenAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(30_000_000L, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT remaining_micro FROM credit_lots WHERE id = 'test-credit-lot-staging-001'"));
+        Assert.Equal(50_000_000L, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT amount_micro FROM credit_lots WHERE id = 'test-credit-lot-staging-001'"));
+        Assert.Equal("test-community-staging-001", await Dapper.SqlMapper.ExecuteScalarAsync<string>(c, "SELECT community_id FROM tenant_aliases WHERE tenant_id = 'test-tenant'"));
+        var budget = await new BudgetStore(db, TimeProvider.System).GetAsync(Seeder.CommunityId, TestContext.Current.CancellationToken);
+        Assert.Equal((10_000L, 2_000L), (budget!.MonthlyBudgetCents, budget.Committed));
+
+        var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        Assert.True((await new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance).RunAsync(TestContext.Current.CancellationToken)).Passed);
+    }
+
+    [Fact]
+    public void Ecs_exec_prints_the_exact_aws_command()
+    {
+        var command = Arrakis.Cli.Commands.SeedCommand.EcsCommand("arrakis-staging", "freeside", "api");
+        Assert.StartsWith("aws ecs execute-command --cluster arrakis-staging --task \"$(aws ecs list-tasks --cluster arrakis-staging --service-name freeside", command);
+        Assert.EndsWith("--container api --interactive --command \"loa seed --db-url $DATABASE_URL\"", command);
+        var parsed = new Npgsql.NpgsqlConnectionStringBuilder(Arrakis.Cli.Commands.SeedCommand.ToNpgsql("postgres://u:p%20w@db:5433/arrakis"));
+        Assert.Equal(("db", 5433, "u", "p w", "arrakis"), (parsed.Host, parsed.Port, parsed.Username, parsed.Password, parsed.Database));
+    }
+}

@@ -1,0 +1,114 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Tests.Budgets;
+
+public sealed class BudgetApiTests
+{
+    public static TheoryData<string> Engines => TestStorage.Engines();
+
+    static string Token(Platform p, string audience, Dictionary<string, object> claims) =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", audience, claims, TimeSpan.FromMinutes(5));
+
+    static string User(Platform p, string tenant) => Token(p, "arrakis", new() { ["tenant_id"] = tenant, ["sub"] = "user-1" });
+
+    static string Operator(Platform p, string role = "operator") => Token(p, "arrakis-admin", new() { ["role"] = role });
+
+    static async Task<(HttpStatusCode Status, JsonElement Body)> SendAsync(HttpClient http, HttpMethod method, string path, string token, object? body = null)
+    {
+        using var request = new HttpRequestMessage(method, path);
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        if (body is not null)
+        {
+            request.Content = JsonContent.Create(body);
+        }
+
+        using var response = await http.SendAsync(request, TestContext.Current.CancellationToken);
+        var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        return (response.StatusCode, text.Length == 0 ? default : JsonDocument.Parse(text).RootElement.Clone());
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Seeded_budget_endpoint_returns_exact_integer_fields_and_403_for_another_community(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        Assert.Equal(Seeder.OutputLines, await Seeder.SeedOverHttpAsync(http, () => Operator(p), TestContext.Current.CancellationToken));
+        await Seeder.SeedOverHttpAsync(http, () => Operator(p), TestContext.Current.CancellationToken); // re-runnable
+
+        var (status, body) = await SendAsync(http, HttpMethod.Get, $"/api/v1/communities/{Seeder.CommunityId}/budget", User(p, "test-tenant"));
+        Assert.Equal(HttpStatusCode.OK, status);
+        string[] fields = ["communityId", "monthlyBudgetCents", "committed", "spentCents", "reserved", "available", "percentUsed", "committedMicro", "reservedMicro", "availableMicro", "creditBalanceMicro", "month"];
+        Assert.Equal(fields.Order(), body.EnumerateObject().Select(x => x.Name).Order());
+        foreach (var field in fields.Where(f => f is not ("communityId" or "month")))
+        {
+            Assert.Equal(JsonValueKind.Number, body.GetProperty(field).ValueKind);
+            Assert.True(body.GetProperty(field).TryGetInt64(out _), field + " must be an integer");
+            Assert.DoesNotContain('.', body.GetProperty(field).GetRawText());
+        }
+
+        Assert.Equal(10_000, body.GetProperty("monthlyBudgetCents").GetInt64());
+        Assert.Equal(2_000, body.GetProperty("committed").GetInt64());
+        Assert.Equal(2_000, body.GetProperty("spentCents").GetInt64());
+        Assert.Equal(8_000, body.GetProperty("available").GetInt64());
+        Assert.Equal(20, body.GetProperty("percentUsed").GetInt64());
+        Assert.Equal(30_000_000, body.GetProperty("creditBalanceMicro").GetInt64());
+
+        var other = await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/other-community", Operator(p), new { name = "Other", tier = "pro", monthlyBudgetCents = 5 });
+        Assert.Equal(HttpStatusCode.OK, other.Status);
+        var forbidden = await SendAsync(http, HttpMethod.Get, "/api/v1/communities/other-community/budget", User(p, "test-tenant"));
+        Assert.Equal(HttpStatusCode.Forbidden, forbidden.Status);
+        Assert.Equal("FORBIDDEN", forbidden.Body.GetProperty("error").GetString());
+        Assert.Equal(HttpStatusCode.Unauthorized, (await SendAsync(http, HttpMethod.Get, $"/api/v1/communities/{Seeder.CommunityId}/budget", "garbage")).Status);
+
+        var conservation = await SendAsync(http, HttpMethod.Get, "/api/v1/admin/conservation", Operator(p));
+        Assert.Equal(HttpStatusCode.OK, conservation.Status);
+        Assert.True(conservation.Body.GetProperty("passed").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Admin_routes_need_an_operator_and_refuse_bad_input_without_changing_anything()
+    {
+        await using var p = await Platform.StartAsync();
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        Assert.Equal(HttpStatusCode.Forbidden, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p, "viewer"), new { name = "C", monthlyBudgetCents = 1 })).Status);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", User(p, "t"), new { name = "C", monthlyBudgetCents = 1 })).Status);
+        Assert.Equal(HttpStatusCode.OK, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p), new { name = "C", monthlyBudgetCents = 100 })).Status);
+
+        var bad = new (string Path, object Body, HttpStatusCode Status, string Error)[]
+        {
+            ("/api/v1/admin/communities/c1/budget", new { monthlyBudgetCents = -1 }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
+            ("/api/v1/admin/communities/bad%20id!", new { name = "x", monthlyBudgetCents = 1 }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
+            ("/api/v1/admin/communities/nope/budget", new { monthlyBudgetCents = 1 }, HttpStatusCode.NotFound, "NOT_FOUND"),
+            ("/api/v1/admin/tenant-aliases/c1", new { communityId = "c1" }, HttpStatusCode.Conflict, "ALIAS_CYCLE"),
+            ("/api/v1/admin/tenant-aliases/" + new string('k', 256), new { communityId = "c1" }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
+        };
+        foreach (var (path, body, status, error) in bad)
+        {
+            var result = await SendAsync(http, HttpMethod.Put, path, Operator(p), body);
+            Assert.True(status == result.Status, $"{path}: {result.Status} {result.Body}");
+            Assert.Equal(error, result.Body.GetProperty("error").GetString());
+        }
+
+        foreach (var body in new object[] { new { lotId = "l1", amountMicro = -5 }, new { lotId = "l1", amountMicro = 0 }, new { lotId = "l1", amountMicro = long.MaxValue }, new { lotId = "bad id", amountMicro = 5 } })
+        {
+            var grant = await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/c1/credits", Operator(p), body);
+            Assert.Equal(HttpStatusCode.BadRequest, grant.Status);
+        }
+
+        Assert.Equal(HttpStatusCode.NotFound, (await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/nope/credits", Operator(p), new { lotId = "l2", amountMicro = 5 })).Status);
+        var spend = await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/c1/spend", Operator(p), new { reservationId = "s1", amountMicro = 5 });
+        Assert.Equal(HttpStatusCode.PaymentRequired, spend.Status);
+        Assert.Equal("BUDGET_EXCEEDED", spend.Body.GetProperty("error").GetString());
+
+        await using var scope = p.Freeside.Services.CreateAsyncScope();
+        var budget = await scope.ServiceProvider.GetRequiredService<Freeside.Budgets.BudgetStore>().GetAsync("c1", TestContext.Current.CancellationToken);
+        Assert.Equal((100L, 0L, 0L, 0L), (budget!.MonthlyBudgetCents, budget.CommittedMicro, budget.ReservedMicro, budget.CreditBalanceMicro));
+    }
+}
