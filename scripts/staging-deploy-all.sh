@@ -287,7 +287,7 @@ if $DRY_RUN; then
   [dry-run] G-4 Budget          MET when both Budget conservation records PASS (needs TEST_KEY + COMMUNITY_ID)
   [dry-run] G-5 Autopoietic     MET when Reputation query PASSes and the loop trace is PASS or SKIP
   [dry-run] G-6 Payments        MET when the x402 402 record PASSes
-  [dry-run] G-7 Reliability     MET when all $GATE_RUNS runs have 0 P0 failures, the Fly.io grep is empty and docs/runbooks/key-rotation.md exists
+  [dry-run] G-7 Reliability     MET when all $GATE_RUNS runs have 0 P0 failures, the legacy-host grep is empty and docs/runbooks/key-rotation.md exists
   [dry-run] G-8 Migration       MET when terraform plan exits 0 (or its drift was applied) and every service deployed
   [dry-run] G-9 Monitoring      MET when the four dashboards exist and no $PREFIX-* alarm is INSUFFICIENT_DATA:
   [dry-run]   aws cloudwatch list-dashboards --dashboard-name-prefix $PREFIX-
@@ -312,7 +312,7 @@ goal "G-3 Core flow" 'rec_pass invoke && [[ $invoke_ms -lt 10000 ]]' "avg invoke
 goal "G-4 Budget" 'rec_pass budget' "needs TEST_KEY + COMMUNITY_ID"
 goal "G-5 Autopoietic" 'rec_pass reputation && rec_pass_or_skip autopoietic'
 goal "G-6 Payments" 'jq -e "[.results[] | select(.name == \"x402 402 response with payment headers\")] | length > 0" "$LAST_JSON" >/dev/null 2>&1'
-goal "G-7 Reliability" '[[ $RUNS_GREEN -eq $GATE_RUNS && $fly_refs -eq 0 && -f $ROOT/docs/runbooks/key-rotation.md ]]' "$RUNS_GREEN/$GATE_RUNS runs without P0 failures, $fly_refs Fly.io references"
+goal "G-7 Reliability" '[[ $RUNS_GREEN -eq $GATE_RUNS && $fly_refs -eq 0 && -f $ROOT/docs/runbooks/key-rotation.md ]]' "$RUNS_GREEN/$GATE_RUNS runs without P0 failures, $fly_refs legacy-host references"
 goal "G-8 Migration" '[[ $DEPLOY_OK == true && ( $TF_PLAN_EXIT == 0 || $TF_PLAN_EXIT == 2 ) ]]' "terraform plan exit $TF_PLAN_EXIT"
 goal "G-9 Monitoring" '[[ $dashboards == 4 && $insufficient == 0 ]]' "$dashboards/4 dashboards, $insufficient alarms INSUFFICIENT_DATA"
 

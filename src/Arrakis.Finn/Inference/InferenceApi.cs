@@ -205,7 +205,15 @@ public static class InferenceApi
             var keepAliveLoop = KeepAliveAsync(http, stopKeepAlive.Token);
             try
             {
-                var result = await engine.InvokeAsync(request, pool, (delta, c) => new ValueTask(WriteAsync(http, Frame(FinnContract.DeltaEvent, new FinnDelta(delta)), c)), ct);
+                // Each delta carries the running usage, so a caller that stops early can charge exactly what was streamed.
+                var promptTokens = Math.Min(Providers.Tokenizer.PromptTokens(request.Messages), TokenMath.InputUpperBound(request.Messages));
+                var streamed = new System.Text.StringBuilder();
+                var result = await engine.InvokeAsync(request, pool, (delta, c) =>
+                {
+                    streamed.Append(delta);
+                    var usage = new Usage(promptTokens, Math.Min(Providers.Tokenizer.Count(streamed.ToString()), request.MaxTokens));
+                    return new ValueTask(WriteAsync(http, Frame(FinnContract.DeltaEvent, new FinnDelta(delta, usage)), c));
+                }, ct);
                 await StopAsync(stopKeepAlive, keepAliveLoop);
                 await WriteAsync(http, Frame(FinnContract.DoneEvent, result), ct);
                 InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", (long)time.GetElapsedTime(startedAt).TotalMilliseconds, result.CostMicro, true, request.TraceId, community);

@@ -21,7 +21,8 @@ public abstract record FinnStreamEvent
 
     public sealed record Done(FinnInvokeResult Result) : FinnStreamEvent;
 
-    public sealed record Failed(UpstreamError Error) : FinnStreamEvent;
+    /// <param name="Partial">What finn had generated before it failed (from the error frame), to charge exactly that.</param>
+    public sealed record Failed(UpstreamError Error, Usage? Partial = null) : FinnStreamEvent;
 }
 
 /// <summary>
@@ -167,7 +168,7 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
             return eventName switch
             {
                 FinnContract.DoneEvent => new FinnStreamEvent.Done(JsonSerializer.Deserialize<FinnInvokeResult>(data, Json)!),
-                FinnContract.ErrorEvent => new FinnStreamEvent.Failed(FromProblem(HttpStatusCode.BadGateway, data)),
+                FinnContract.ErrorEvent => new FinnStreamEvent.Failed(FromProblem(HttpStatusCode.BadGateway, data), PartialUsage(data)),
                 _ => new FinnStreamEvent.Delta(JsonSerializer.Deserialize<FinnDelta>(data, Json)!),
             };
         }
@@ -175,6 +176,14 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
         {
             return new FinnStreamEvent.Failed(new UpstreamError(502, "UPSTREAM_INVALID", "finn sent a frame that is not JSON."));
         }
+    }
+
+    static Usage? PartialUsage(string data)
+    {
+        using var doc = JsonDocument.Parse(data);
+        return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object
+            ? u.Deserialize<Usage>(Json)
+            : null;
     }
 
     static UpstreamError FromProblem(HttpStatusCode status, string text)

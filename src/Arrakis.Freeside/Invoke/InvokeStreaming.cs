@@ -90,6 +90,7 @@ static class InvokeStreaming
                         break;
                     case FinnStreamEvent.Failed f:
                         failed = f.Error;
+                        lastUsage = f.Partial ?? lastUsage;
                         break;
                 }
             }

@@ -88,7 +88,7 @@ public sealed class InvokeApiTests
     [Fact]
     public async Task Json_invoke_returns_a_metered_simulated_result()
     {
-        await using var platform = await Platform.StartAsync();
+        await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:Mode"] = "disabled" });
         var body = Body("Say hello in exactly 3 words");
         using var response = await PostAsync(platform, body);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
@@ -118,7 +118,7 @@ public sealed class InvokeApiTests
     [Fact]
     public async Task Streaming_invoke_sends_delta_frames_then_one_done_frame()
     {
-        await using var platform = await Platform.StartAsync();
+        await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:Mode"] = "disabled" });
         using var response = await PostAsync(platform, Body("Explain autopoiesis in one sentence", stream: true), sse: true);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
@@ -137,7 +137,7 @@ public sealed class InvokeApiTests
     [Fact]
     public async Task Requests_are_checked_before_any_generation()
     {
-        await using var platform = await Platform.StartAsync();
+        await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:Mode"] = "disabled" });
         var body = Body("Hi");
 
         using (var r = await PostAsync(platform, body, reqHash: FinnContract.RequestHash(Encoding.UTF8.GetBytes(body + " "))))
@@ -200,6 +200,7 @@ public sealed class InvokeApiTests
     {
         await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
         {
+            ["Routing:Mode"] = "disabled", // these tests pin the deterministic choice; routing has its own tests
             ["Providers:Local:Models:local-mini-a:FailureRate"] = "1",
             ["Inference:RetryBaseDelayMs"] = "1",
             ["Inference:RetryMaxDelayMs"] = "5",
@@ -233,6 +234,7 @@ public sealed class InvokeApiTests
     {
         await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
         {
+            ["Routing:Mode"] = "disabled", // these tests pin the deterministic choice; routing has its own tests
             ["Providers:Local:FailureRate"] = "1",
             ["Inference:RetryBaseDelayMs"] = "1",
             ["Inference:RetryMaxDelayMs"] = "5",
@@ -255,6 +257,7 @@ public sealed class InvokeApiTests
     {
         await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
         {
+            ["Routing:Mode"] = "disabled", // these tests pin the deterministic choice; routing has its own tests
             ["Providers:Local:FailureRate"] = "1",
             ["Providers:Local:FailAfterTokens"] = "3",
         });
@@ -277,6 +280,7 @@ public sealed class InvokeApiTests
     {
         await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
         {
+            ["Routing:Mode"] = "disabled", // these tests pin the deterministic choice; routing has its own tests
             ["Inference:KeepAliveSeconds"] = "1",
             ["Providers:Local:LatencyMs"] = "2500",
         });
@@ -312,6 +316,7 @@ public sealed class InvokeApiTests
 
         await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
         {
+            ["Routing:Mode"] = "disabled", // these tests pin the deterministic choice; routing has its own tests
             ["Providers:Local:Models:local-mini-a:TokenDelayMs"] = "100",
         });
         using var client = new HttpClient { BaseAddress = new Uri(platform.FinnUrl + "/") };

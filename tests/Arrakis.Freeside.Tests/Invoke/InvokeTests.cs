@@ -1,0 +1,236 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Freeside.Tests.Invoke;
+
+/// <summary>freeside → finn → local provider over real HTTP, with the launch gate's exact bodies.</summary>
+public sealed class InvokeTests
+{
+    const string Community = "test-community-staging-001";
+    static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(60) };
+
+    static async Task<Platform> StartSeededAsync(string engine = "sqlite", IDictionary<string, string?>? settings = null)
+    {
+        var platform = await Platform.StartAsync(engine, settings);
+        await Seeder.For(platform.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        return platform;
+    }
+
+    /// <summary>A fresh user token shaped like the checklist's (tenant test-tenant, free, cheap only).</summary>
+    static string UserToken(Platform p) =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+        {
+            ["v"] = 1,
+            ["tenant_id"] = "test-tenant",
+            ["access_level"] = "free",
+            ["pool_id"] = "cheap",
+            ["allowed_pools"] = new[] { "cheap" },
+        }, TimeSpan.FromMinutes(5));
+
+    static async Task<HttpResponseMessage> InvokeAsync(Platform p, string body, bool sse = false, string? idempotencyHeader = null)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+        {
+            Content = new StringContent(body, Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        if (sse)
+        {
+            request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+        }
+
+        if (idempotencyHeader is not null)
+        {
+            request.Headers.Add("X-Idempotency-Key", idempotencyHeader);
+        }
+
+        return await Http.SendAsync(request, TestContext.Current.CancellationToken);
+    }
+
+    static async Task<JsonElement> BudgetAsync(Platform p)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"{p.FreesideUrl}/api/v1/communities/{Community}/budget");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+    }
+
+    static async Task AssertConservedAsync(Platform p)
+    {
+        var report = await p.Freeside.Services.GetRequiredService<ConservationAudit>().RunAsync(TestContext.Current.CancellationToken);
+        Assert.True(report.Passed, string.Join("\n", report.Communities.SelectMany(c => c.Checks).SelectMany(c => c.Violations)));
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task The_gates_invoke_body_returns_a_json_object_with_content_and_charges_the_metered_cost(string engine)
+    {
+        await using var p = await StartSeededAsync(engine);
+        var before = await BudgetAsync(p);
+
+        using var response = await InvokeAsync(p, """{"prompt":"Say hello in exactly 3 words","model":"cheap"}""");
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        Assert.Equal(JsonValueKind.Object, body.ValueKind);
+        Assert.False(string.IsNullOrWhiteSpace(body.GetProperty("content").GetString()));
+        Assert.Equal("cheap", body.GetProperty("pool").GetString());
+        Assert.StartsWith("local-mini-", body.GetProperty("model").GetString(), StringComparison.Ordinal);
+        Assert.Equal("local", body.GetProperty("provider").GetString());
+        Assert.True(body.GetProperty("simulated").GetBoolean());
+        var cost = body.GetProperty("cost_micro").GetInt64();
+        Assert.True(cost > 0);
+        Assert.True(body.GetProperty("usage").GetProperty("completion_tokens").GetInt64() > 0);
+        Assert.Equal("enabled", body.GetProperty("routing").GetProperty("mode").GetString());
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64() + cost, after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    [Fact]
+    public async Task Streaming_on_the_invoke_path_sends_delta_frames_then_a_done_frame_with_usage()
+    {
+        await using var p = await StartSeededAsync();
+
+        using var response = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","stream":true}""", sse: true);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
+        var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        var data = text.Split('\n').Where(l => l.StartsWith("data:", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[5..]).RootElement).ToList();
+        Assert.Contains(data, d => d.TryGetProperty("type", out var t) && t.GetString() == "delta");
+        var done = data[^1];
+        Assert.True(done.GetProperty("cost_micro").GetInt64() > 0);
+        var streamed = string.Concat(data.Where(d => d.TryGetProperty("type", out var t) && t.GetString() == "delta").Select(d => d.GetProperty("content").GetString()));
+        Assert.Equal(done.GetProperty("content").GetString(), streamed);
+        Assert.Contains("event: done", text, StringComparison.Ordinal);
+        Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
+    }
+
+    [Fact]
+    public async Task The_duplicate_chaos_body_sent_twice_charges_once_and_replays_the_same_response()
+    {
+        await using var p = await StartSeededAsync();
+        const string body = """{"prompt":"Chaos test 1","model":"cheap","idempotency_key":"chaos-smoke-dup-001"}""";
+        var before = (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64();
+
+        using var first = await InvokeAsync(p, body);
+        using var second = await InvokeAsync(p, body);
+
+        Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        var a = await first.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        var b = await second.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(a, b);
+        var cost = JsonDocument.Parse(a).RootElement.GetProperty("cost_micro").GetInt64();
+        Assert.Equal(before + cost, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+
+        using var reused = await InvokeAsync(p, """{"prompt":"Something else","model":"cheap","idempotency_key":"chaos-smoke-dup-001"}""");
+        Assert.Equal(HttpStatusCode.Conflict, reused.StatusCode);
+        Assert.Equal("IDEMPOTENCY_KEY_REUSED", (await reused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        await AssertConservedAsync(p);
+    }
+
+    [Fact]
+    public async Task An_architect_request_on_the_free_tier_gets_402_with_x402_requirements_not_403()
+    {
+        await using var p = await StartSeededAsync();
+        var before = await BudgetAsync(p);
+
+        using var response = await InvokeAsync(p, """{"prompt":"Write a 10000 word essay on chaos engineering","model":"architect"}""");
+
+        Assert.Equal(HttpStatusCode.PaymentRequired, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        Assert.Equal("TIER_UPGRADE_REQUIRED", body.GetProperty("error").GetString());
+        Assert.True(response.Headers.Contains("PAYMENT-REQUIRED"));
+        Assert.True(response.Headers.Contains("X-Price"));
+        Assert.True(body.GetProperty("amount").ValueKind is JsonValueKind.String or JsonValueKind.Number);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+    }
+
+    [Theory]
+    [InlineData("""{"model":"cheap"}""", "prompt")]
+    [InlineData("""{"prompt":"hi","model":"nope"}""", "model")]
+    [InlineData("""{"prompt":"hi","max_tokens":-1}""", "max_tokens")]
+    [InlineData("""[1,2]""", "body")]
+    [InlineData("""{"messages":[{"role":"robot","content":"x"}]}""", "messages[0]")]
+    public async Task Bad_bodies_get_400_naming_the_field_and_charge_nothing(string body, string field)
+    {
+        await using var p = await StartSeededAsync();
+        using var response = await InvokeAsync(p, body);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        Assert.Equal("INVALID_REQUEST", problem.GetProperty("error").GetString());
+        Assert.Equal(field, problem.GetProperty("field").GetString());
+        Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
+    }
+
+    [Fact]
+    public async Task When_every_model_fails_the_caller_gets_502_and_the_reservation_is_released()
+    {
+        await using var p = await StartSeededAsync(settings: new Dictionary<string, string?>
+        {
+            ["Providers:Local:FailureRate"] = "1",
+            ["Inference:RetryBaseDelayMs"] = "1",
+            ["Inference:RetryMaxDelayMs"] = "2",
+        });
+        var before = await BudgetAsync(p);
+
+        using var response = await InvokeAsync(p, """{"prompt":"Hi","model":"cheap"}""");
+
+        Assert.True((int)response.StatusCode is 502 or 503, $"got {(int)response.StatusCode}");
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    [Fact]
+    public async Task When_finn_is_down_the_caller_gets_503_and_nothing_is_charged()
+    {
+        await using var p = await StartSeededAsync();
+        await p.Finn.StopAsync(TestContext.Current.CancellationToken);
+        var before = await BudgetAsync(p);
+
+        using var response = await InvokeAsync(p, """{"prompt":"Hi","model":"cheap"}""");
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("FINN_UNAVAILABLE", (await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Fifty_concurrent_invokes_keep_every_invariant(string engine)
+    {
+        await using var p = await StartSeededAsync(engine, new Dictionary<string, string?> { ["RateLimits:Free:CommunityPerMinute"] = "1000", ["RateLimits:Free:UserPerMinute"] = "1000" });
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 50).Select(i => InvokeAsync(p, $$"""{"prompt":"Hi {{i}}","model":"cheap"}""")));
+
+        Assert.All(responses, r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
+        var total = 0L;
+        foreach (var r in responses)
+        {
+            total += (await r.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("cost_micro").GetInt64();
+            r.Dispose();
+        }
+
+        var budget = await BudgetAsync(p);
+        Assert.Equal(0, budget.GetProperty("reservedMicro").GetInt64());
+        Assert.True(budget.GetProperty("committedMicro").GetInt64() >= total);
+        await AssertConservedAsync(p);
+    }
+}
