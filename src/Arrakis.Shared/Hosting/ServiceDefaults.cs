@@ -41,7 +41,14 @@ public static class ServiceDefaults
         var redis = builder.Configuration["Redis:Configuration"];
         if (!string.IsNullOrWhiteSpace(redis))
         {
-            services.AddSingleton<IConnectionMultiplexer>(_ => ConnectionMultiplexer.Connect(redis));
+            services.AddSingleton<IConnectionMultiplexer>(_ =>
+            {
+                // Keep retrying in the background instead of failing requests while Redis (re)connects.
+                var options = ConfigurationOptions.Parse(redis);
+                options.AbortOnConnectFail = false;
+                options.ConnectTimeout = Math.Max(options.ConnectTimeout, 10_000);
+                return ConnectionMultiplexer.Connect(options);
+            });
             services.AddSingleton<IReplayCache, RedisReplayCache>();
             services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();
         }
@@ -89,6 +96,8 @@ public static class ServiceDefaults
         var migrations = Migrator.FromAssembly(typeof(ServiceDefaults).Assembly, db.Engine)
             .Concat(Migrator.FromAssembly(serviceAssembly, db.Engine));
         await app.Services.GetRequiredService<Migrator>().ApplyAsync(migrations);
+        // Connect to Redis before taking traffic, not on the first burst of requests.
+        _ = app.Services.GetService<IConnectionMultiplexer>();
         if (app.Services.GetService<Keyring>() is { } keyring)
         {
             await keyring.InitializeAsync();
