@@ -54,6 +54,8 @@ done
 curl -s http://127.0.0.1:3000/metrics >"$OUT/freeside-metrics.txt"
 curl -s http://127.0.0.1:3002/metrics >"$OUT/finn-metrics.txt"
 curl -s http://127.0.0.1:3001/metrics >"$OUT/dixie-metrics.txt"
+# Every metric a Prometheus rule or Grafana dashboard names must really be emitted after a gate run.
+python3 scripts/check-emitted-metrics.py deploy "$OUT/freeside-metrics.txt" "$OUT/finn-metrics.txt" "$OUT/dixie-metrics.txt"
 "${LOA[@]}" audit --data-dir "$DATA" | tee "$OUT/audit-single.txt"
 cleanup; PIDS=()
 

@@ -41,6 +41,7 @@ public static class FreesideService
 
         var app = builder.Build();
         app.UseServiceDefaults();
+        app.Services.GetRequiredService<Payments.PaymentMetrics>(); // its counters exist from the first scrape
         app.MapHealth("/health", Name);
         app.MapJwksApi();
         app.MapIdentityApi();

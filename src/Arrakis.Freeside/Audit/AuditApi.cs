@@ -32,8 +32,11 @@ public static class AuditApi
         {
             var interval = configuration.GetValue("Audit:Interval", TimeSpan.FromSeconds(60));
             using var timer = new PeriodicTimer(interval, time);
-            while (await timer.WaitForNextTickAsync(stoppingToken))
+            // Audit once at start-up so the budget gauges and check counters exist from the first scrape.
+            var first = true;
+            while (first || await timer.WaitForNextTickAsync(stoppingToken))
             {
+                first = false;
                 try
                 {
                     await audit.RunAsync(stoppingToken);

@@ -20,6 +20,7 @@ public sealed class AuditMetrics
         var billing = meters.Create(LedgerMetrics.Meter);
         _passed = billing.CreateCounter<long>("ConservationCheckPassed", "{check}", "Conservation audits in which every invariant held");
         _failed = billing.CreateCounter<long>("ConservationCheckFailed", "{check}", "Invariant breaches found by conservation audits");
+        _failed.Add(0); // the alarm needs the series before the first breach
         var agent = meters.Create(AgentMeter);
         agent.CreateObservableGauge("budget_committed_cents", () => Observe(b => b.CommittedMicro), "{cent}");
         agent.CreateObservableGauge("budget_reserved_cents", () => Observe(b => b.ReservedMicro), "{cent}");

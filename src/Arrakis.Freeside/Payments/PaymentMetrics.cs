@@ -20,6 +20,10 @@ public sealed class PaymentMetrics
         _finished = meter.CreateCounter<long>("PaymentFinished", description: "x402 payments settled on chain");
         _failed = meter.CreateCounter<long>("PaymentFailed", description: "x402 payments that failed verification, invoke or settlement");
         _minted = meter.CreateCounter<long>("CreditsMinted", unit: "micro-USD", description: "Credit-note micro-USD granted from x402 payments");
+        // Dashboards and alarms need the series before the first payment.
+        _created.Add(0);
+        _finished.Add(0);
+        _failed.Add(0);
     }
 
     public void Created(string kind) => _created.Add(1, new KeyValuePair<string, object?>("kind", kind));

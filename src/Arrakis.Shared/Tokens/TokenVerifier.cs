@@ -28,7 +28,14 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
     public static readonly TimeSpan ClockSkew = TimeSpan.FromSeconds(30);
     static readonly JsonWebTokenHandler Handler = new();
 
-    readonly Counter<long> _failures = meters.Create(MetricNames.AuthMeter).CreateCounter<long>(MetricNames.JwtValidationFailure, "{token}", "Tokens rejected");
+    readonly Counter<long> _failures = CreateFailureCounter(meters);
+
+    static Counter<long> CreateFailureCounter(IMeterFactory meters)
+    {
+        var counter = meters.Create(MetricNames.AuthMeter).CreateCounter<long>(MetricNames.JwtValidationFailure, "{token}", "Tokens rejected");
+        counter.Add(0); // the JWT failure alarm needs the series before the first rejection
+        return counter;
+    }
 
     public async Task<TokenVerification> VerifyAsync(string? token, TokenPolicy policy, CancellationToken ct)
     {
