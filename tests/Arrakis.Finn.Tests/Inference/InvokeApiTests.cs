@@ -105,7 +105,7 @@ public sealed class InvokeApiTests
         Assert.Equal(Tokenizer.Count(content), completion);
         Assert.Equal(PoolCatalog.CostMicro(new PoolCatalog().Pools["cheap"], prompt, completion), json.GetProperty("cost_micro").GetInt64());
         Assert.Equal("disabled", json.GetProperty("routing").GetProperty("mode").GetString());
-        Assert.Equal("deterministic", json.GetProperty("routing").GetProperty("reason").GetString());
+        Assert.Equal("disabled", json.GetProperty("routing").GetProperty("reason").GetString());
         Assert.Equal("local-mini-a", json.GetProperty("routing").GetProperty("chosen").GetString());
 
         // Output is capped at max_tokens.

@@ -53,6 +53,8 @@ internal sealed class PaymentHost : IAsyncDisposable
         {
             b.Services.AddSingleton<IPaidInvocation>(invocation);
             b.Services.AddSingleton<ICreditNoteSink>(sink);
+            // These payment-flow tests credit whatever community the token names; the ledger-backed resolver is tested with invoke.
+            b.Services.AddSingleton<IPayerCommunityResolver, ClaimCommunityResolver>();
         });
         await app.StartAsync();
         return new PaymentHost(app, url, invocation, sink);

@@ -7,6 +7,11 @@ using Microsoft.Extensions.Hosting;
 
 namespace Arrakis.Shared.Tests.Hosting;
 
+/// <summary>
+/// Runs alone: OpenTelemetry listens to every <c>Arrakis.*</c> meter in the process, so another app running at the same
+/// time could register the same instrument names first and hide this test's instruments.
+/// </summary>
+[Collection(nameof(MetricCatalogTests))]
 public sealed class MetricCatalogTests
 {
     [Fact]
@@ -94,3 +99,6 @@ public sealed class MetricCatalogTests
         await app.StopAsync(ct);
     }
 }
+
+[CollectionDefinition(nameof(MetricCatalogTests), DisableParallelization = true)]
+public sealed class MetricCatalogCollection;
