@@ -7,13 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-OUT="$ROOT/artifacts/gate"
+OUT="${GATE_OUT:-$ROOT/artifacts/gate}"
 BIN="$ROOT/artifacts/bin"
 CFG="${CONFIGURATION:-release}"
 LOA=(dotnet "$BIN/Arrakis.Cli/$CFG/loa.dll")
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { # TERM, up to 15 s to exit cleanly, then KILL: a stuck child must never hang CI
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 1 30); do
+    alive=0; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0; sleep 0.5
+  done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 
 wait_ready() { # url timeout_s
@@ -36,6 +43,7 @@ sys.exit(0 if code == 0 and doc["exit_code"] == 0 and not fails and not skips el
 PY
 }
 
+if [ "${1:-}" != "--multi-only" ]; then
 echo "== single process: loa up (SQLite) + gate x3"
 DATA="$(mktemp -d)"
 "${LOA[@]}" up --data-dir "$DATA" >"$OUT/loa-up.log" 2>&1 &
@@ -51,6 +59,10 @@ for i in 1 2 3; do
   cat "$OUT/gate-run-$i.txt"
   check_run "$OUT/gate-run-$i.json" "$code" "gate run $i"
 done
+# The operator's on-demand audit (admin route) — it also refreshes the budget gauges before the scrape.
+ADMIN="$("${LOA[@]}" jwt sign --key "$DATA/staging.pem" --aud arrakis-admin --claim role=operator)"
+curl -sf http://127.0.0.1:3000/api/v1/admin/conservation -H "Authorization: Bearer $ADMIN" >"$OUT/audit-route-single.json"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("admin audit passed:", d.get("passed")); sys.exit(0 if d.get("passed") else 1)' "$OUT/audit-route-single.json"
 curl -s http://127.0.0.1:3000/metrics >"$OUT/freeside-metrics.txt"
 curl -s http://127.0.0.1:3002/metrics >"$OUT/finn-metrics.txt"
 curl -s http://127.0.0.1:3001/metrics >"$OUT/dixie-metrics.txt"
@@ -58,7 +70,10 @@ curl -s http://127.0.0.1:3001/metrics >"$OUT/dixie-metrics.txt"
 python3 scripts/check-emitted-metrics.py deploy "$OUT/freeside-metrics.txt" "$OUT/finn-metrics.txt" "$OUT/dixie-metrics.txt"
 "${LOA[@]}" audit --data-dir "$DATA" | tee "$OUT/audit-single.txt"
 cleanup; PIDS=()
+fi
 
+P=${MULTI_PORT_BASE:-3100}
+FS_LB=$P; DX=$((P+1)); FN_LB=$((P+2)); FS1=$((P+10)); FS2=$((P+11)); FN1=$((P+20)); FN2=$((P+21))
 echo "== multi-replica: 2 freeside + 2 finn on PostgreSQL + Redis, 1 dixie"
 : "${ARRAKIS_TEST_PG:?run scripts/test-services.sh first}"
 DB="arrakis_gate_$RANDOM$RANDOM"
@@ -70,7 +85,7 @@ export ConnectionStrings__Dixie="$BASE;Search Path=dixie"
 export Redis__Configuration="$ARRAKIS_TEST_REDIS"
 export Keyring__MasterKey="$(openssl rand -base64 32)"
 export LOA_DATA_DIR="$(mktemp -d)"
-export Services__FreesideUrl=http://127.0.0.1:3100 Services__DixieUrl=http://127.0.0.1:3101 Services__FinnUrl=http://127.0.0.1:3102
+export Services__FreesideUrl=http://127.0.0.1:$FS_LB Services__DixieUrl=http://127.0.0.1:$DX Services__FinnUrl=http://127.0.0.1:$FN_LB
 "${LOA[@]}" migrate
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$LOA_DATA_DIR/staging.pem" 2>/dev/null
 "${LOA[@]}" keys import --service freeside --pem "$LOA_DATA_DIR/staging.pem" --kid staging-ci
@@ -79,19 +94,19 @@ host() { # service port
   dotnet "$BIN/Arrakis.${1^}.Host/$CFG/arrakis-$1.dll" --urls "http://127.0.0.1:$2" >"$OUT/$1-$2.log" 2>&1 &
   PIDS+=($!)
 }
-host freeside 3110; host freeside 3111; host finn 3120; host finn 3121; host dixie 3101
-"${LOA[@]}" balance --listen http://127.0.0.1:3100 --to http://127.0.0.1:3110,http://127.0.0.1:3111 >"$OUT/lb-freeside.log" 2>&1 &
+host freeside $FS1; host freeside $FS2; host finn $FN1; host finn $FN2; host dixie $DX
+"${LOA[@]}" balance --listen http://127.0.0.1:$FS_LB --to http://127.0.0.1:$FS1,http://127.0.0.1:$FS2 >"$OUT/lb-freeside.log" 2>&1 &
 PIDS+=($!)
-"${LOA[@]}" balance --listen http://127.0.0.1:3102 --to http://127.0.0.1:3120,http://127.0.0.1:3121 >"$OUT/lb-finn.log" 2>&1 &
+"${LOA[@]}" balance --listen http://127.0.0.1:$FN_LB --to http://127.0.0.1:$FN1,http://127.0.0.1:$FN2 >"$OUT/lb-finn.log" 2>&1 &
 PIDS+=($!)
-for u in 3110/health 3111/health 3120/health 3121/health 3100/health 3102/health 3101/api/health; do wait_ready "http://127.0.0.1:$u" 90; done
+for u in $FS1/health $FS2/health $FN1/health $FN2/health $FS_LB/health $FN_LB/health $DX/api/health; do wait_ready "http://127.0.0.1:$u" 90; done
 set +e
 "${LOA[@]}" gate --test-key "$LOA_DATA_DIR/staging.pem" --community-id test-community-staging-001 --chaos --json --retries 3 \
-  --freeside-url http://127.0.0.1:3100 --dixie-url http://127.0.0.1:3101 >"$OUT/gate-multi.txt" 2>"$OUT/gate-multi.json"
+  --freeside-url http://127.0.0.1:$FS_LB --dixie-url http://127.0.0.1:$DX >"$OUT/gate-multi.txt" 2>"$OUT/gate-multi.json"
 code=$?
 set -e
 cat "$OUT/gate-multi.txt"
 check_run "$OUT/gate-multi.json" "$code" "multi-replica gate"
-for p in 3110 3111; do grep -c INVOKE_COMPLETE "$OUT/freeside-$p.log" | sed "s/^/freeside :$p INVOKE_COMPLETE lines: /"; done
+for p in $FS1 $FS2; do grep -c INVOKE_COMPLETE "$OUT/freeside-$p.log" | sed "s/^/freeside :$p INVOKE_COMPLETE lines: /"; done
 "${LOA[@]}" audit | tee "$OUT/audit-multi.txt"
 echo "== launch gate: all runs passed"

@@ -42,14 +42,12 @@ internal static class BalanceCommand
             app.MapReverseProxy();
             Console.WriteLine($"balancing {parse.GetValue(listen)} -> {string.Join(", ", targets)}");
             await app.StartAsync(ct);
-            try
-            {
-                await Task.Delay(Timeout.Infinite, ct);
-            }
-            catch (OperationCanceledException)
-            {
-            }
 
+            // Stop on Ctrl-C (the command's token) or SIGTERM (the host's lifetime), whichever comes first.
+            var stop = new TaskCompletionSource();
+            using var onCancel = ct.Register(() => stop.TrySetResult());
+            using var onStopping = app.Lifetime.ApplicationStopping.Register(() => stop.TrySetResult());
+            await stop.Task;
             await app.StopAsync(CancellationToken.None);
             return 0;
         });

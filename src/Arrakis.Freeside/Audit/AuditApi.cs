@@ -32,7 +32,16 @@ public static class AuditApi
         {
             var interval = configuration.GetValue("Audit:Interval", TimeSpan.FromSeconds(60));
             using var timer = new PeriodicTimer(interval, time);
-            // Audit once at start-up so the budget gauges and check counters exist from the first scrape.
+            // Audit shortly after start-up (after `loa up` has seeded) so the budget gauges exist from the first minute.
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(5), time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
             var first = true;
             while (first || await timer.WaitForNextTickAsync(stoppingToken))
             {

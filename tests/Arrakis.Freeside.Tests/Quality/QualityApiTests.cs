@@ -184,7 +184,18 @@ public sealed class QualityApiTests
         // A crash between dixie's 2xx and marking the row delivered means a resend: it must not count twice.
         await using (var connection = await db.OpenAsync(ct))
         {
-            Assert.Equal(5, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'delivered'"));
+            // dixie may count the last event a moment before the deliverer marks its row delivered.
+            var delivered = 0L;
+            for (var waited = Stopwatch.StartNew(); waited.Elapsed < TimeSpan.FromSeconds(10); await Task.Delay(50, ct))
+            {
+                delivered = await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'delivered'");
+                if (delivered == 5)
+                {
+                    break;
+                }
+            }
+
+            Assert.Equal(5, delivered);
             await connection.ExecuteAsync("UPDATE quality_outbox SET status = 'pending', delivered_at = NULL");
         }
 
