@@ -233,4 +233,45 @@ public sealed class InvokeTests
         Assert.True(budget.GetProperty("committedMicro").GetInt64() >= total);
         await AssertConservedAsync(p);
     }
+
+    [Fact]
+    public async Task A_client_that_leaves_mid_stream_is_charged_for_what_was_generated_and_nothing_stays_reserved()
+    {
+        await using var p = await StartSeededAsync(settings: new Dictionary<string, string?> { ["Providers:Local:TokenDelayMs"] = "40" });
+        var before = await BudgetAsync(p);
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+        {
+            Content = new StringContent("""{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}""", Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        using (var response = await Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken))
+        {
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken));
+            var deltas = 0;
+            while (deltas < 3 && await reader.ReadLineAsync(TestContext.Current.CancellationToken) is { } line)
+            {
+                deltas += line.StartsWith("event: delta", StringComparison.Ordinal) ? 1 : 0;
+            }
+
+            Assert.Equal(3, deltas);
+        } // the client goes away here, mid-stream
+
+        JsonElement after;
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        do
+        {
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+            after = await BudgetAsync(p);
+        }
+        while (after.GetProperty("reservedMicro").GetInt64() != 0 && waited.Elapsed < TimeSpan.FromSeconds(10));
+
+        var charged = after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64();
+        var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
+        var full = Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, 50, 256);
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.True(charged > 0, "what was generated before the client left is charged");
+        Assert.True(charged < full, $"charged {charged} micro-USD, but a full 256-token answer costs about {full}");
+        await AssertConservedAsync(p);
+    }
 }
