@@ -9,8 +9,7 @@ public sealed record InvokeRequest(
     string? Pool,
     string? Agent,
     bool Stream,
-    int? MaxTokens,
-    string? BodyIdempotencyKey);
+    int? MaxTokens);
 
 /// <summary>Why a body was refused: the field and a message that says how to fix it.</summary>
 public sealed record InvokeRequestError(string Field, string Detail);
@@ -114,21 +113,8 @@ public static class InvokeRequestParser
             maxTokens = value;
         }
 
-        string? key = null;
-        foreach (var name in new[] { "idempotencyKey", "idempotency_key" })
-        {
-            if (key is null && root.TryGetProperty(name, out var k) && k.ValueKind != JsonValueKind.Null)
-            {
-                if (k.ValueKind != JsonValueKind.String)
-                {
-                    return (null, new InvokeRequestError(name, name + " must be a string."));
-                }
-
-                key = k.GetString();
-            }
-        }
-
-        return (new InvokeRequest(messages, pool, agent, stream, maxTokens, key), null);
+        // The idempotency key is read and checked by IdempotencyKeys.Resolve (header, then body).
+        return (new InvokeRequest(messages, pool, agent, stream, maxTokens), null);
     }
 
     static bool OptionalString(JsonElement root, string name, int max, out string? value, out InvokeRequestError? error)

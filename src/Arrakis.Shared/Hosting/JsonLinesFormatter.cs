@@ -170,6 +170,4 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
 
         return sb.ToString();
     }
-
-    internal static readonly NullLogger Null = NullLogger.Instance;
 }

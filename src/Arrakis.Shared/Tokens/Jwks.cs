@@ -32,7 +32,7 @@ public static class JwksApi
         app.MapGet("/.well-known/jwks.json", (HttpContext http, Keyring keyring) =>
         {
             var body = JsonSerializer.SerializeToUtf8Bytes(Document(keyring.Current));
-            var etag = "W/\"" + Convert.ToHexStringLower(SHA256.HashData(body))[..16] + "\"";
+            var etag = Etag(body);
             http.Response.Headers.CacheControl = $"public, max-age={MaxAgeSeconds}";
             http.Response.Headers.ETag = etag;
             var inm = http.Request.Headers.IfNoneMatch.ToString();
@@ -47,6 +47,4 @@ public static class JwksApi
     }
 
     public static string Etag(byte[] body) => "W/\"" + Convert.ToHexStringLower(SHA256.HashData(body))[..16] + "\"";
-
-    internal static readonly Encoding Utf8 = new UTF8Encoding(false);
 }

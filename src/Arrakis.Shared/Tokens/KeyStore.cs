@@ -100,6 +100,4 @@ public sealed class KeyStore(Database database, KeyProtector protector)
         await tx.CommitAsync(ct);
         return Enum.Parse<KeyStatus>(status, ignoreCase: true);
     }
-
-    public static bool IsDuplicate(DbException ex) => Database.IsUniqueViolation(ex);
 }

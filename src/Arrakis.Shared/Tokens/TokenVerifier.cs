@@ -190,6 +190,4 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         null => "invalid token",
         _ => "invalid token: " + ex.GetType().Name.Replace("SecurityToken", "", StringComparison.Ordinal).Replace("Exception", "", StringComparison.Ordinal),
     };
-
-    internal static string Utf8(byte[] bytes) => Encoding.UTF8.GetString(bytes);
 }
