@@ -9,7 +9,7 @@ namespace Arrakis.Freeside.Invoke;
 /// <summary>
 /// SSE on the invoke path: <c>event: delta</c> frames with content, one <c>event: done</c> frame with the full result and
 /// usage (or <c>event: error</c>), and a <c>: keepalive</c> comment every 15 s. A client that leaves mid-stream is charged
-/// exactly what finn had produced for it.
+/// exactly what was streamed to it: the running usage of the last delta it was sent.
 /// </summary>
 static class InvokeStreaming
 {
@@ -66,7 +66,6 @@ static class InvokeStreaming
 
         long seq = 0;
         Usage? lastUsage = null;
-        var streamed = new StringBuilder();
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
         await WriteAsync(Frame("start", new { type = "start", trace_id = a.TraceId, pool = a.Pool.Id, idempotency_key = a.IdempotencyKey }, id: seq++));
@@ -77,13 +76,12 @@ static class InvokeStreaming
                 switch (evt)
                 {
                     case FinnStreamEvent.Delta d:
-                        lastUsage = d.Value.Usage ?? lastUsage;
-                        streamed.Append(d.Value.Content);
                         if (!await WriteAsync(Frame("delta", new { type = "delta", content = d.Value.Content }, id: seq++)))
                         {
-                            goto Disconnected;
+                            goto Disconnected; // this delta never reached the client, so it is not charged
                         }
 
+                        lastUsage = d.Value.Usage ?? lastUsage;
                         break;
                     case FinnStreamEvent.Done x:
                         done = x.Result;

@@ -45,16 +45,13 @@ public sealed class Migrator(Database database)
     {
         var applied = new List<string>();
         await using var connection = await database.OpenAsync(ct);
-        if (database.IsPostgres)
-        {
-            await connection.ExecuteAsync($"CREATE SCHEMA IF NOT EXISTS \"{database.Options.Schema}\"");
-        }
-
         await using var tx = await Database.BeginWriteAsync(connection, ct);
         if (database.IsPostgres)
         {
-            // Replicas starting together migrate one at a time.
-            await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(hashtext(current_schema()))", transaction: tx);
+            // Replicas starting together migrate one at a time. The lock is keyed on the schema's name (current_schema() is
+            // null until the schema exists), and it also covers CREATE SCHEMA IF NOT EXISTS, which is not safe when raced.
+            await connection.ExecuteAsync("SELECT pg_advisory_xact_lock(hashtext(@schema))", new { schema = database.Options.Schema }, tx);
+            await connection.ExecuteAsync($"CREATE SCHEMA IF NOT EXISTS \"{database.Options.Schema}\"", transaction: tx);
         }
 
         await connection.ExecuteAsync(
