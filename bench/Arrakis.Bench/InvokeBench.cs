@@ -1,0 +1,308 @@
+using System.Diagnostics;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Dixie;
+using Arrakis.Finn;
+using Arrakis.Freeside;
+using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+/// <summary>
+/// Gateway overhead: the same non-streaming chat call measured at the client three ways in one run: straight to the
+/// provider (a loopback OpenAI-compatible server that answers at once), to finn, and through freeside → finn (rate limit,
+/// idempotency, reserve, finn token, finalize, usage record). Overhead = freeside path minus the provider baseline.
+/// A second platform on the built-in local provider (0 ms) measures freeside against direct finn without any vendor hop.
+/// </summary>
+static class InvokeBench
+{
+    const string Prompt = "Say hello in exactly 3 words";
+    static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    public static async Task<int> RunAsync(string[] args, Func<string, string?> arg)
+    {
+        var seconds = double.Parse(arg("--seconds") ?? "5", System.Globalization.CultureInfo.InvariantCulture);
+        var pg = arg("--pg") ?? Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG");
+        var engines = arg("--engines")?.Split(',') ?? (pg is null ? ["sqlite"] : ["sqlite", "postgres"]);
+        var rows = new List<string>();
+
+        await using var vendor = await OpenAiStub.StartAsync();
+        foreach (var engine in engines)
+        {
+            foreach (var provider in new[] { "openai-compatible loopback", "local (0 ms)" })
+            {
+                var viaVendor = provider.StartsWith("openai", StringComparison.Ordinal);
+                await using var platform = await BenchPlatform.StartAsync(engine, pg, viaVendor ? vendor.BaseUrl : null);
+                foreach (var clients in new[] { 1, 32 })
+                {
+                    var targets = new List<(string Name, Func<HttpClient, Task<HttpRequestMessage>> Make)>();
+                    if (viaVendor)
+                    {
+                        targets.Add(("provider direct", _ => Task.FromResult(vendor.Request())));
+                    }
+
+                    targets.Add(("finn direct", _ => Task.FromResult(platform.FinnRequest())));
+                    targets.Add(("freeside → finn", _ => Task.FromResult(platform.FreesideRequest())));
+                    var measured = new Dictionary<string, Stats>();
+                    foreach (var (name, make) in targets)
+                    {
+                        measured[name] = await MeasureAsync(make, clients, seconds);
+                        rows.Add(Row(engine, provider, name, clients, measured[name], null));
+                    }
+
+                    var baseline = measured[viaVendor ? "provider direct" : "finn direct"];
+                    var gateway = measured["freeside → finn"];
+                    rows.Add($"| {engine} | {provider} | **added by {(viaVendor ? "freeside+finn" : "freeside")}** | {clients} | | " +
+                        $"**{gateway.P50 - baseline.P50:0.00}** | **{gateway.P99 - baseline.P99:0.00}** | {gateway.P50 / baseline.P50:0.0}× |");
+                }
+            }
+        }
+
+        var table = string.Join('\n', rows);
+        Console.Error.WriteLine(table);
+        if (arg("--out") is { } outPath)
+        {
+            var section = $$"""
+                ## Invoke: gateway overhead (freeside + finn)
+
+                - Machine: {{Environment.ProcessorCount}} cores, {{System.Runtime.InteropServices.RuntimeInformation.OSDescription}}, .NET {{Environment.Version}}. Client, services and provider share these cores.
+                - Command: `dotnet run -c Release --project bench/Arrakis.Bench -- invoke --seconds {{seconds}} --out docs/benchmarks.md` (PostgreSQL rows when `ARRAKIS_TEST_PG` is set).
+                - One process hosts freeside, finn and dixie exactly as `loa up` does (production configuration: JSON logs with one `INVOKE_COMPLETE` line per call, metrics, the rate limiter with raised limits, the ledger on the engine named).
+                - Every request is a non-streaming `{"prompt":"{{Prompt}}","model":"cheap"}` with a fresh single-use ES256 token minted outside the timed part; latency is measured at the client from send to the last body byte.
+                - "provider direct" = the loopback OpenAI-compatible server that answers at once; "finn direct" = finn's `/api/v1/invoke` with a freeside-audience token; "freeside → finn" = the public `/api/agents/invoke` (rate limit, idempotency, reserve, finn token, finn → provider, finalize + usage record, stored response).
+                - "added by" rows = freeside path minus the baseline at the same percentile and concurrency, measured in the same run. Anchors: LiteLLM median overhead 4.34 ms, Portkey 2.37 ms; our target is p50 ≤ 2 ms and p99 ≤ 10 ms added.
+                - Measured {{DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm}} UTC, {{seconds}} s per row after a warm-up.
+
+                | engine | provider | path | clients | req/s | p50 ms | p99 ms | p50 ratio |
+                |---|---|---|---|---|---|---|---|
+                {{table}}
+
+                """;
+            BenchmarkDoc.ReplaceSection(outPath, "invoke", section);
+        }
+
+        return 0;
+    }
+
+    sealed record Stats(double Rate, double P50, double P99);
+
+    static string Row(string engine, string provider, string path, int clients, Stats s, string? ratio) =>
+        $"| {engine} | {provider} | {path} | {clients} | {s.Rate:0} | {s.P50:0.00} | {s.P99:0.00} | {ratio} |";
+
+    static async Task<Stats> MeasureAsync(Func<HttpClient, Task<HttpRequestMessage>> make, int clients, double seconds)
+    {
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
+        async Task<List<double>> LoopAsync(double forSeconds)
+        {
+            var mine = new List<double>();
+            var stop = Stopwatch.StartNew();
+            while (stop.Elapsed.TotalSeconds < forSeconds)
+            {
+                using var request = await make(http);
+                var t = Stopwatch.GetTimestamp();
+                using var response = await http.SendAsync(request);
+                var body = await response.Content.ReadAsByteArrayAsync();
+                var elapsed = Stopwatch.GetElapsedTime(t).TotalMilliseconds;
+                if (!response.IsSuccessStatusCode)
+                {
+                    throw new InvalidOperationException($"{request.RequestUri} answered {(int)response.StatusCode}: {Encoding.UTF8.GetString(body)}");
+                }
+
+                mine.Add(elapsed);
+            }
+
+            return mine;
+        }
+
+        await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(() => LoopAsync(Math.Min(1, seconds / 3)))));
+        var started = Stopwatch.StartNew();
+        var all = (await Task.WhenAll(Enumerable.Range(0, clients).Select(_ => Task.Run(() => LoopAsync(seconds))))).SelectMany(l => l).Order().ToArray();
+        return new Stats(all.Length / started.Elapsed.TotalSeconds, Pct(all, 0.50), Pct(all, 0.99));
+    }
+
+    static double Pct(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
+
+    /// <summary>A loopback server speaking OpenAI chat completions (JSON only) that answers immediately.</summary>
+    sealed class OpenAiStub(WebApplication app, string baseUrl) : IAsyncDisposable
+    {
+        public string BaseUrl => baseUrl;
+
+        public static async Task<OpenAiStub> StartAsync()
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            var app = builder.Build();
+            var answer = JsonSerializer.SerializeToUtf8Bytes(new
+            {
+                id = "chatcmpl-bench",
+                @object = "chat.completion",
+                created = 1_700_000_000,
+                model = "bench-model",
+                choices = new[] { new { index = 0, message = new { role = "assistant", content = "Hello there, friend." }, finish_reason = "stop" } },
+                usage = new { prompt_tokens = 14, completion_tokens = 5, total_tokens = 19 },
+            });
+            app.MapPost("/v1/chat/completions", async (HttpContext http) =>
+            {
+                await http.Request.Body.CopyToAsync(Stream.Null);
+                http.Response.ContentType = "application/json";
+                await http.Response.Body.WriteAsync(answer);
+            });
+            await app.StartAsync();
+            var address = app.Urls.First();
+            return new OpenAiStub(app, address + "/v1");
+        }
+
+        public HttpRequestMessage Request() => new(HttpMethod.Post, baseUrl + "/chat/completions")
+        {
+            Content = new StringContent($$"""{"model":"bench-model","messages":[{"role":"user","content":"{{Prompt}}"}],"max_tokens":64}""", Encoding.UTF8, "application/json"),
+        };
+
+        public async ValueTask DisposeAsync()
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+    }
+
+    /// <summary>freeside, finn and dixie in one process, as <c>loa up</c> runs them, seeded, with the gate's free test tenant.</summary>
+    sealed class BenchPlatform(WebApplication freeside, WebApplication finn, WebApplication dixie, string freesideUrl, string finnUrl) : IAsyncDisposable
+    {
+        readonly TokenIssuer _issuer = freeside.Services.GetRequiredService<TokenIssuer>();
+
+        public static async Task<BenchPlatform> StartAsync(string engine, string? pg, string? vendorBaseUrl)
+        {
+            var dataDir = Path.Combine(Path.GetTempPath(), "arrakis-bench-" + Guid.NewGuid().ToString("N")[..8]);
+            Directory.CreateDirectory(dataDir);
+            var urls = (Freeside: $"http://127.0.0.1:{FreePort()}", Finn: $"http://127.0.0.1:{FreePort()}", Dixie: $"http://127.0.0.1:{FreePort()}");
+            var schemaSuffix = Guid.NewGuid().ToString("N")[..8];
+
+            string[] Args(string service, string url)
+            {
+                var all = new Dictionary<string, string?>
+                {
+                    ["urls"] = url,
+                    ["LOA_DATA_DIR"] = dataDir,
+                    ["Services:FreesideUrl"] = urls.Freeside,
+                    ["Services:FinnUrl"] = urls.Finn,
+                    ["Services:DixieUrl"] = urls.Dixie,
+                    ["RateLimits:Free:CommunityPerMinute"] = "100000000",
+                    ["RateLimits:Free:UserPerMinute"] = "100000000",
+                };
+                if (engine == "postgres")
+                {
+                    all["ConnectionStrings:" + char.ToUpperInvariant(service[0]) + service[1..]] =
+                        new Npgsql.NpgsqlConnectionStringBuilder(pg) { SearchPath = $"bench_{service}_{schemaSuffix}" }.ConnectionString;
+                }
+
+                if (vendorBaseUrl is not null)
+                {
+                    all["Providers:OpenAI:BaseUrl"] = vendorBaseUrl;
+                    all["Providers:OpenAI:ApiKey"] = "bench-key";
+                    all["Pools:Pools:cheap:Models:0:Id"] = "bench-model";
+                    all["Pools:Pools:cheap:Models:0:Provider"] = "openai";
+                    all["Pools:Pools:cheap:Models:0:VendorModel"] = "bench-model";
+                }
+
+                return all.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
+            }
+
+            var freeside = await FreesideService.CreateAsync(Args("freeside", urls.Freeside));
+            var finn = await FinnService.CreateAsync(Args("finn", urls.Finn));
+            var dixie = await DixieService.CreateAsync(Args("dixie", urls.Dixie));
+            await freeside.StartAsync();
+            await finn.StartAsync();
+            await dixie.StartAsync();
+
+            var db = freeside.Services.GetRequiredService<Database>();
+            await Seeder.For(db).SeedAsync();
+            var communities = freeside.Services.GetRequiredService<CommunityStore>();
+            await communities.UpsertAsync(Seeder.CommunityId, Seeder.CommunityName, Tier.Free, CommunityStore.MaxBudgetCents / 10);
+            await freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>().GrantAsync(
+                Seeder.CommunityId, "bench-lot-" + schemaSuffix, Arrakis.Freeside.Ledger.LedgerIds.MaxAmountMicro / 10, "grant");
+            return new BenchPlatform(freeside, finn, dixie, urls.Freeside, urls.Finn);
+        }
+
+        /// <summary>The public invoke path with a fresh user token shaped like the checklist's (test-tenant, free, cheap).</summary>
+        public HttpRequestMessage FreesideRequest()
+        {
+            var token = _issuer.Mint(FreesideService.Issuer, FreesideService.Issuer, new Dictionary<string, object>
+            {
+                ["v"] = 1,
+                ["tenant_id"] = Seeder.TenantAlias,
+                ["access_level"] = "free",
+                ["pool_id"] = "cheap",
+                ["allowed_pools"] = new[] { "cheap" },
+            }, TimeSpan.FromMinutes(5));
+            var request = new HttpRequestMessage(HttpMethod.Post, freesideUrl + "/api/agents/invoke")
+            {
+                Content = new StringContent($$"""{"prompt":"{{Prompt}}","model":"cheap"}""", Encoding.UTF8, "application/json"),
+            };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            return request;
+        }
+
+        /// <summary>finn's invoke with the token freeside would mint: freeside audience rules, body bound by req_hash.</summary>
+        public HttpRequestMessage FinnRequest()
+        {
+            var body = new FinnInvokeRequest([new ChatMessage("user", Prompt)], "cheap", 64, null, false, Guid.NewGuid().ToString("N"));
+            var bytes = JsonSerializer.SerializeToUtf8Bytes(body, Json);
+            var token = _issuer.Mint(FreesideService.Issuer, IdentitySetup.FinnAudience, new Dictionary<string, object>
+            {
+                ["tenant_id"] = Seeder.TenantAlias,
+                ["community_id"] = Seeder.CommunityId,
+                ["tier"] = "free",
+                ["allowed_pools"] = new[] { "cheap" },
+                ["reservation_id"] = "bench-" + body.TraceId,
+                ["req_hash"] = FinnContract.RequestHash(bytes),
+                ["trace_id"] = body.TraceId,
+            });
+            var request = new HttpRequestMessage(HttpMethod.Post, finnUrl + "/" + FinnContract.InvokePath) { Content = new ByteArrayContent(bytes) };
+            request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            return request;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var app in new[] { dixie, finn, freeside })
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+
+        static int FreePort()
+        {
+            using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            listener.Start();
+            return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        }
+    }
+}
+
+/// <summary>docs/benchmarks.md holds one section per benchmark between HTML comment markers; a run rewrites only its own.</summary>
+static class BenchmarkDoc
+{
+    public static void ReplaceSection(string path, string name, string section)
+    {
+        var begin = $"<!-- bench:{name}:begin -->";
+        var end = $"<!-- bench:{name}:end -->";
+        var text = File.Exists(path) ? File.ReadAllText(path) : "# Benchmarks\n";
+        var block = $"{begin}\n{section.TrimEnd()}\n{end}";
+        var i = text.IndexOf(begin, StringComparison.Ordinal);
+        var j = text.IndexOf(end, StringComparison.Ordinal);
+        text = i >= 0 && j > i ? text[..i] + block + text[(j + end.Length)..] : text.TrimEnd() + "\n\n" + block + "\n";
+        File.WriteAllText(path, text);
+    }
+}
