@@ -22,8 +22,8 @@ public sealed class EmfOptions
 /// CloudWatch Embedded Metric Format on stdout. A <see cref="MeterListener"/> over the <c>Arrakis.*</c> meters reads
 /// the same instruments the Prometheus exporter reads, keeps only those in <see cref="MetricCatalog"/>, and every
 /// interval writes one JSON line per metric and dimension set, under the catalog's namespace, name and unit.
-/// Counters are summed per interval, histograms are written as value lists, gauges as their last value (summed
-/// over tags that are not CloudWatch dimensions).
+/// Counters are summed per interval (a series once seen, and every counter without dimensions, writes 0 when quiet),
+/// histograms are written as value lists, gauges as their last value (summed over tags that are not CloudWatch dimensions).
 /// </summary>
 public sealed class EmfMetricWriter : BackgroundService
 {
@@ -59,6 +59,15 @@ public sealed class EmfMetricWriter : BackgroundService
                 if (defs.Length > 0)
                 {
                     listener.EnableMeasurementEvents(instrument, defs);
+                    lock (_gate)
+                    {
+                        // A counter without dimensions reports 0 for quiet intervals, so its alarm sees data, not a gap.
+                        foreach (var def in defs.Where(d => d.Kind == InstrumentKind.Counter && d.DimensionMap.Count == 0))
+                        {
+                            var groupKey = def.Namespace + "/" + def.Name + "|";
+                            _series.GetOrAdd(instrument.Meter.Name + "/" + instrument.Name + "|" + groupKey + "|zero", _ => new Series(def, groupKey, new Dictionary<string, string>()));
+                        }
+                    }
                 }
             },
         };
@@ -125,7 +134,7 @@ public sealed class EmfMetricWriter : BackgroundService
 
                         break;
                     default:
-                        var touched = group.Where(s => s.Touched).ToList();
+                        var touched = group.Where(s => s.Touched || s.Definition.Kind == InstrumentKind.Counter).ToList();
                         if (touched.Count > 0)
                         {
                             lines.Add(Line(timestamp, ns, def, first.Dimensions, touched.Sum(s => s.Sum)));

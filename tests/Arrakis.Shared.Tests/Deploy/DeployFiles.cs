@@ -140,6 +140,65 @@ internal static partial class DeployFiles
         return found[0].Body;
     }
 
+    /// <summary>The CloudWatch dashboards under deploy/terraform/dashboards, rendered as Terraform's templatefile would for staging.</summary>
+    public static List<(string File, JsonDocument Json)> RenderedDashboards(string environment)
+    {
+        var vars = new Dictionary<string, string>
+        {
+            ["env"] = environment, ["region"] = "us-east-1", ["cluster"] = "arrakis-" + environment, ["alb"] = "app/x/1", ["tg_freeside"] = "targetgroup/f/1",
+            ["tg_dixie"] = "targetgroup/d/1", ["db"] = $"arrakis-{environment}-postgres", ["redis"] = $"arrakis-{environment}-redis",
+        };
+        var list = new List<(string, JsonDocument)>();
+        foreach (var file in Directory.GetFiles(Path.Combine(Terraform, "dashboards"), "*.json.tftpl").Order(StringComparer.Ordinal))
+        {
+            var text = File.ReadAllText(file);
+            Assert.DoesNotContain("%{", text);
+            var rendered = Regex.Replace(text, @"\$\{(\w+)\}", m => vars.TryGetValue(m.Groups[1].Value, out var v) ? v : throw new InvalidOperationException($"{file}: unknown template variable {m.Value}"));
+            list.Add((Path.GetFileName(file), JsonDocument.Parse(rendered)));
+        }
+
+        return list;
+    }
+
+    /// <summary>
+    /// Every CloudWatch metric a Terraform alarm or dashboard names: where, namespace, name, and (dashboards only) the
+    /// dimension names the row asks for, or null when the reference does not fix them.
+    /// </summary>
+    public static List<(string Where, string Namespace, string Name, IReadOnlySet<string>? Dimensions)> CloudWatchReferences(string environment)
+    {
+        var refs = new List<(string, string, string, IReadOnlySet<string>?)>();
+        foreach (var (name, body) in Resources("aws_cloudwatch_metric_alarm"))
+        {
+            if (body.TryGetProperty("metric_name", out var metric))
+            {
+                refs.Add(("alarm " + name, Resolve(body.GetProperty("namespace").GetString()!), metric.GetString()!, null));
+            }
+
+            if (body.TryGetProperty("metric_query", out var queries))
+            {
+                foreach (var q in queries.EnumerateArray().Where(q => q.TryGetProperty("metric", out _)))
+                {
+                    var m = q.GetProperty("metric")[0];
+                    refs.Add(("alarm " + name, Resolve(m.GetProperty("namespace").GetString()!), m.GetProperty("metric_name").GetString()!, null));
+                }
+            }
+        }
+
+        foreach (var (file, json) in RenderedDashboards(environment))
+        {
+            foreach (var w in json.RootElement.GetProperty("widgets").EnumerateArray().Where(w => w.GetProperty("type").GetString() == "metric"))
+            {
+                foreach (var row in w.GetProperty("properties").GetProperty("metrics").EnumerateArray().Where(r => r[0].ValueKind == JsonValueKind.String))
+                {
+                    var dims = row.EnumerateArray().Skip(2).TakeWhile(e => e.ValueKind == JsonValueKind.String).Select(e => e.GetString()!).Where((_, i) => i % 2 == 0).ToHashSet();
+                    refs.Add((file, row[0].GetString()!, row[1].GetString()!, dims));
+                }
+            }
+        }
+
+        return refs;
+    }
+
     /// <summary>All locals blocks merged.</summary>
     public static Dictionary<string, JsonElement> Locals()
     {
