@@ -39,11 +39,11 @@ static class InvokeBench
         await using var vendor = await OpenAiStub.StartAsync();
         foreach (var engine in engines)
         {
-            foreach (var provider in new[] { "openai-compatible loopback", "local (0 ms)" })
+            foreach (var provider in new[] { "openai-compatible loopback", "local (0 ms)" }.Where(p => arg("--providers") is not { } only || p.StartsWith(only, StringComparison.Ordinal)))
             {
                 var viaVendor = provider.StartsWith("openai", StringComparison.Ordinal);
                 await using var platform = await BenchPlatform.StartAsync(engine, pg, viaVendor ? vendor.BaseUrl : null);
-                foreach (var clients in new[] { 1, 32 })
+                foreach (var clients in arg("--clients")?.Split(',').Select(int.Parse) ?? [1, 32])
                 {
                     var targets = new List<(string Name, Func<HttpClient, Task<HttpRequestMessage>> Make)>();
                     if (viaVendor)

@@ -10,6 +10,8 @@ namespace Arrakis.Shared.Storage;
 /// </summary>
 public sealed class Database : IAsyncDisposable
 {
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> InitializedHandles = new();
+    static readonly object InitializedMarker = new();
     readonly NpgsqlDataSource? _npgsql;
 
     public Database(StorageOptions options)
@@ -36,11 +38,14 @@ public sealed class Database : IAsyncDisposable
 
         var connection = new SqliteConnection(Options.ConnectionString);
         await connection.OpenAsync(ct);
-        await using (var pragma = connection.CreateCommand())
+        if (!InitializedHandles.TryGetValue(connection.Handle!, out _))
         {
-            // WAL lets readers run beside the single writer; busy_timeout makes writers queue instead of failing.
+            // Once per pooled sqlite3 handle (pragmas stay set while it is pooled): WAL lets readers run beside the single
+            // writer; busy_timeout makes writers queue instead of failing.
+            await using var pragma = connection.CreateCommand();
             pragma.CommandText = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000; PRAGMA foreign_keys=ON;";
             await pragma.ExecuteNonQueryAsync(ct);
+            InitializedHandles.AddOrUpdate(connection.Handle!, InitializedMarker);
         }
 
         return connection;

@@ -24,15 +24,18 @@ public sealed record SigningKey(
     DateTimeOffset? RevokedAt,
     ECDsa? Private)
 {
-    public ECDsaSecurityKey PublicSecurityKey()
+    /// <summary>
+    /// The public key as a security key. One instance per (kid, point), shared: IdentityModel caches its signature
+    /// provider per key instance, so verifications stop rebuilding the EC key and its provider every time.
+    /// </summary>
+    public ECDsaSecurityKey PublicSecurityKey() => PublicKeys.GetOrAdd((Kid, X, Y), static k => new ECDsaSecurityKey(ECDsa.Create(new ECParameters
     {
-        var ecdsa = ECDsa.Create(new ECParameters
-        {
-            Curve = ECCurve.NamedCurves.nistP256,
-            Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(X), Y = Base64UrlEncoder.DecodeBytes(Y) },
-        });
-        return new ECDsaSecurityKey(ecdsa) { KeyId = Kid };
-    }
+        Curve = ECCurve.NamedCurves.nistP256,
+        Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(k.X), Y = Base64UrlEncoder.DecodeBytes(k.Y) },
+    }))
+    { KeyId = k.Kid });
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Kid, string X, string Y), ECDsaSecurityKey> PublicKeys = new();
 
     public static (string X, string Y) PublicPoint(ECDsa key)
     {

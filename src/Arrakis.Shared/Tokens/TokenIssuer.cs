@@ -8,6 +8,7 @@ namespace Arrakis.Shared.Tokens;
 public sealed class TokenIssuer(Keyring keyring, TimeProvider time)
 {
     static readonly JsonWebTokenHandler Handler = new() { SetDefaultTimesOnTokenCreation = false };
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<System.Security.Cryptography.ECDsa, ECDsaSecurityKey> PrivateKeys = new();
 
     public static readonly TimeSpan ServiceTokenLifetime = TimeSpan.FromSeconds(120);
 
@@ -20,7 +21,9 @@ public sealed class TokenIssuer(Keyring keyring, TimeProvider time)
 
     public static string Mint(SigningKey key, string issuer, string audience, IDictionary<string, object> claims, TimeSpan lifetime, DateTimeOffset now)
     {
-        var securityKey = new ECDsaSecurityKey(key.Private ?? throw new InvalidOperationException("Key has no private half.")) { KeyId = key.Kid };
+        var ecdsa = key.Private ?? throw new InvalidOperationException("Key has no private half.");
+        // One security key per private key instance, so IdentityModel's signature-provider cache is hit on every mint.
+        var securityKey = PrivateKeys.GetValue(ecdsa, e => new ECDsaSecurityKey(e) { KeyId = key.Kid });
         return Mint(securityKey, issuer, audience, claims, lifetime, now, includeKid: true);
     }
 
