@@ -776,12 +776,23 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
             return;
         }
 
+        // Stricter than the original, which passed any non-empty answer "accepted (no credit note)": a payment that
+        // freeside does not answer with 200 and a credit note was not credited, so the step fails.
         var paid = await http.PostJsonAsync(url, X402Body, _tokens!.Mint(), timings.X402PaidTimeout, ct, new Dictionary<string, string> { ["X-Payment-Proof"] = tx });
         var elapsed = watch.ElapsedMilliseconds;
-        if (!paid.Succeeded || paid.Body.Length == 0)
+        if (paid.Status == 0 || paid.TimedOut || paid.Body.Length == 0)
         {
             report.Line($"    Paid request: {paid.Describe()}");
             report.Fail("P1", "x402", "x402 on-chain settlement", GateClass.PlatformBug, elapsed, "payment submitted but no response");
+            return;
+        }
+
+        if (paid.Status != 200)
+        {
+            var answer = GateJson.Object(paid.Body, out _) is { } problemBody && GateJson.Alt(problemBody, "error") is { } code
+                ? GateJson.Render(code) + (GateJson.Alt(problemBody, "detail") is { } detail ? ": " + GateJson.Render(detail) : "")
+                : GateJson.Snippet(paid.Body);
+            report.Fail("P1", "x402", "x402 on-chain settlement", GateClass.PlatformBug, elapsed, $"payment {tx} not credited: HTTP {paid.Status} {answer}");
             return;
         }
 
@@ -791,13 +802,15 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
             return;
         }
 
-        if (GateJson.Alt(receipt, "creditNote", "credit_note") is not null)
+        if (GateJson.Alt(receipt, "creditNote", "credit_note") is { ValueKind: JsonValueKind.Object } note)
         {
+            string Field(params string[] names) => GateJson.Alt(note, names) is { } v ? GateJson.Render(v) : "?";
+            report.Line($"    Credit note: {Field("id")} ({Field("amountMicro", "amount_micro")} micro-USD, lot {Field("lotId", "lot_id")}, community {Field("communityId", "community_id")})");
             report.Pass("P1", "x402", "x402 on-chain settlement + credit note issued", elapsed);
         }
         else
         {
-            report.Pass("P1", "x402", "x402 on-chain payment accepted (no credit note)", elapsed);
+            report.Fail("P1", "x402", "x402 on-chain settlement", GateClass.PlatformBug, elapsed, $"payment {tx} accepted but no credit note issued");
         }
     }
 }

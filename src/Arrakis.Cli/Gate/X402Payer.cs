@@ -18,11 +18,17 @@ internal sealed class X402PaymentException(string message) : Exception(message);
 /// <summary>
 /// Signs a transfer locally with the wallet key and submits it with <c>eth_sendRawTransaction</c> over JSON-RPC: a native
 /// value transfer of <c>amount</c> wei (what <c>cast send --value</c> did), or an ERC-20 <c>transfer(payTo, amount)</c> when
-/// the 402 names the token contract (<c>asset</c>, e.g. USDC on Base Sepolia).
+/// the 402 names the token contract (<c>asset</c>, e.g. USDC on Base Sepolia). Like <c>cast send</c> it refuses a call
+/// the node says would revert and waits for the receipt, so the hash it returns is a mined, successful transfer.
 /// </summary>
-internal sealed class JsonRpcX402Payer(HttpClient http) : IX402Payer
+internal sealed class JsonRpcX402Payer(HttpClient http, TimeSpan? receiptTimeout = null, TimeSpan? pollInterval = null) : IX402Payer
 {
     static readonly TimeSpan RpcTimeout = TimeSpan.FromSeconds(15);
+
+    /// <summary>How long to wait for the transaction to be mined (Base Sepolia blocks are 2 s).</summary>
+    readonly TimeSpan _receiptTimeout = receiptTimeout ?? TimeSpan.FromSeconds(120);
+
+    readonly TimeSpan _pollInterval = pollInterval ?? TimeSpan.FromSeconds(1);
 
     public async Task<string> PayAsync(string rpcUrl, string walletKey, string payTo, string amount, string? asset, CancellationToken ct)
     {
@@ -71,17 +77,61 @@ internal sealed class JsonRpcX402Payer(HttpClient http) : IX402Payer
                 gas = g * 12 / 10;
             }
         }
-        catch (X402PaymentException)
+        catch (X402PaymentException ex) when (!ex.Message.Contains("revert", StringComparison.OrdinalIgnoreCase))
         {
-            // Some RPCs refuse estimates for unfunded calls; the defaults cover a plain or ERC-20 transfer.
+            // Some RPCs refuse estimates for unfunded calls; the defaults cover a plain or ERC-20 transfer. A call the node
+            // says reverts (e.g. the wallet holds too little of the token) is refused here, as cast send does.
         }
 
         var signed = new LegacyTransactionSigner().SignTransaction(key.GetPrivateKeyAsBytes(), chainId, to, txValue, nonce, gasPrice, gas, data);
         var hash = await CallAsync(rpcUrl, "eth_sendRawTransaction", ["0x" + signed], ct);
-        return hash.StartsWith("0x", StringComparison.Ordinal) ? hash : throw new X402PaymentException($"eth_sendRawTransaction returned '{hash}'");
+        if (!hash.StartsWith("0x", StringComparison.Ordinal))
+        {
+            throw new X402PaymentException($"eth_sendRawTransaction returned '{hash}'");
+        }
+
+        await WaitMinedAsync(rpcUrl, hash, ct);
+        return hash;
+    }
+
+    /// <summary>Polls <c>eth_getTransactionReceipt</c> until the transaction is mined; a reverted one is a failed payment.</summary>
+    async Task WaitMinedAsync(string rpcUrl, string hash, CancellationToken ct)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            using var receipt = await CallJsonAsync(rpcUrl, "eth_getTransactionReceipt", [hash], ct);
+            var result = receipt.RootElement.GetProperty("result");
+            if (result.ValueKind == JsonValueKind.Object)
+            {
+                var status = result.TryGetProperty("status", out var s) && s.ValueKind == JsonValueKind.String ? ParseQuantity(s.GetString()) : null;
+                if (status != BigInteger.One)
+                {
+                    throw new X402PaymentException($"transaction {hash} reverted (status {(status is { } v ? v.ToString(CultureInfo.InvariantCulture) : "missing")})");
+                }
+
+                return;
+            }
+
+            if (watch.Elapsed >= _receiptTimeout)
+            {
+                throw new X402PaymentException($"transaction {hash} not mined within {_receiptTimeout.TotalSeconds:0} s");
+            }
+
+            await Task.Delay(_pollInterval, ct);
+        }
     }
 
     async Task<string> CallAsync(string rpcUrl, string method, object[] parameters, CancellationToken ct)
+    {
+        using var doc = await CallJsonAsync(rpcUrl, method, parameters, ct);
+        return doc.RootElement.GetProperty("result") is { ValueKind: JsonValueKind.String } result
+            ? result.GetString()!
+            : throw new X402PaymentException($"{method}: no result");
+    }
+
+    /// <summary>One JSON-RPC call; the document has a <c>result</c> property (possibly null) or this throws.</summary>
+    async Task<JsonDocument> CallJsonAsync(string rpcUrl, string method, object[] parameters, CancellationToken ct)
     {
         var body = JsonSerializer.Serialize(new { jsonrpc = "2.0", id = 1, method, @params = parameters });
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -90,16 +140,21 @@ internal sealed class JsonRpcX402Payer(HttpClient http) : IX402Payer
         {
             using var response = await http.PostAsync(rpcUrl, new StringContent(body, Encoding.UTF8, "application/json"), limit.Token);
             var text = await response.Content.ReadAsStringAsync(limit.Token);
-            using var doc = JsonDocument.Parse(text);
-            if (doc.RootElement.TryGetProperty("error", out var error) && error.ValueKind != JsonValueKind.Null)
+            var doc = JsonDocument.Parse(text);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("error", out var error) && error.ValueKind != JsonValueKind.Null)
             {
-                var message = error.TryGetProperty("message", out var m) ? m.GetString() : error.GetRawText();
+                var message = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.GetRawText();
+                doc.Dispose();
                 throw new X402PaymentException($"{method}: {message}");
             }
 
-            return doc.RootElement.TryGetProperty("result", out var result) && result.ValueKind == JsonValueKind.String
-                ? result.GetString()!
-                : throw new X402PaymentException($"{method}: no result (HTTP {(int)response.StatusCode})");
+            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("result", out _))
+            {
+                doc.Dispose();
+                throw new X402PaymentException($"{method}: no result (HTTP {(int)response.StatusCode})");
+            }
+
+            return doc;
         }
         catch (Exception ex) when (ex is HttpRequestException or JsonException or OperationCanceledException && !ct.IsCancellationRequested)
         {

@@ -37,6 +37,9 @@ internal sealed record FakeBehaviour
 
     public bool X402NotFound { get; init; }
 
+    /// <summary>The paid retry answers 200 without a credit note.</summary>
+    public bool X402NoCreditNote { get; init; }
+
     public long MonthlyBudgetCents { get; init; } = 10_000;
 }
 
@@ -238,7 +241,9 @@ internal sealed class FakeDeployment : IAsyncDisposable
             if (context.Request.Headers.TryGetValue("X-Payment-Proof", out var proof))
             {
                 PaymentProofs.Enqueue(proof.ToString());
-                await context.Response.WriteAsJsonAsync(new { content = "paid", creditNote = new { id = "cn-1", amount_micro = 10 } });
+                await (_behaviour.X402NoCreditNote
+                    ? context.Response.WriteAsJsonAsync(new { content = "paid" })
+                    : context.Response.WriteAsJsonAsync(new { content = "paid", creditNote = new { id = "cn-1", amount_micro = 10 } }));
                 return;
             }
 

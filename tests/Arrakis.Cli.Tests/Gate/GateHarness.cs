@@ -64,7 +64,11 @@ internal sealed class GateHarness : IAsyncDisposable
         return change is null ? settings : change(settings);
     }
 
-    public async Task<GateRun> RunAsync(GateSettings settings, GateTimings? timings = null, IGateSeeder? seeder = null, IX402Payer? payer = null)
+    public Task<GateRun> RunAsync(GateSettings settings, GateTimings? timings = null, IGateSeeder? seeder = null, IX402Payer? payer = null) =>
+        RunGateAsync(settings, timings, seeder, payer);
+
+    /// <summary>Runs the gate in-process against whatever <paramref name="settings"/> point at.</summary>
+    public static async Task<GateRun> RunGateAsync(GateSettings settings, GateTimings? timings = null, IGateSeeder? seeder = null, IX402Payer? payer = null)
     {
         using var client = GateHttp.CreateClient();
         var console = new StringWriter();

@@ -42,6 +42,34 @@ public sealed class X402OnChainTests
     }
 
     [Fact]
+    public async Task A_reverted_transaction_is_a_failed_payment_and_no_proof_is_sent()
+    {
+        await using var harness = await GateHarness.StartAsync();
+        await using var node = await FakeNode.StartAsync();
+        node.ReceiptStatus = "0x0";
+        var run = await harness.RunAsync(harness.Settings(s => s with { SepoliaRpcUrl = node.Url, StagingWalletKey = WalletKey }));
+
+        var failure = Assert.Single(run.Records, r => r.Name == "x402 on-chain payment");
+        Assert.Equal(("FAIL", "EXTERNAL_OUTAGE"), (failure.Status, failure.Classification));
+        Assert.Contains($"    Payment failed: transaction {node.TxHash} reverted (status 0)", run.ConsoleLines);
+        Assert.Empty(harness.Fake.PaymentProofs);
+        Assert.Equal(2, run.ExitCode);
+    }
+
+    [Fact]
+    public async Task A_paid_answer_without_a_credit_note_fails()
+    {
+        await using var harness = await GateHarness.StartAsync(new FakeBehaviour { X402NoCreditNote = true });
+        await using var node = await FakeNode.StartAsync();
+        var run = await harness.RunAsync(harness.Settings(s => s with { SepoliaRpcUrl = node.Url, StagingWalletKey = WalletKey }));
+
+        var failure = Assert.Single(run.Records, r => r.Name == "x402 on-chain settlement");
+        Assert.Equal(("FAIL", "PLATFORM_BUG", $"payment {node.TxHash} accepted but no credit note issued"), (failure.Status, failure.Classification, failure.Detail));
+        Assert.Equal([node.TxHash], harness.Fake.PaymentProofs.ToArray());
+        Assert.Equal(2, run.ExitCode);
+    }
+
+    [Fact]
     public async Task A_failing_RPC_is_an_external_outage()
     {
         await using var harness = await GateHarness.StartAsync();
@@ -68,6 +96,8 @@ public sealed class X402OnChainTests
 
         public ConcurrentQueue<string> RawTransactions { get; } = new();
 
+        public string ReceiptStatus { get; set; } = "0x1";
+
         public static async Task<FakeNode> StartAsync()
         {
             var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
@@ -88,6 +118,7 @@ public sealed class X402OnChainTests
                     "eth_gasPrice" => "0x3b9aca00",
                     "eth_estimateGas" => "0x5208",
                     "eth_sendRawTransaction" => node.Record(parameters[0].GetString()!),
+                    "eth_getTransactionReceipt" => new { transactionHash = parameters[0].GetString(), status = node.ReceiptStatus },
                     _ => null!,
                 };
                 return result is null

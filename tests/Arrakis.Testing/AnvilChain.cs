@@ -9,17 +9,17 @@ using Nethereum.Hex.HexTypes;
 using Nethereum.Web3;
 using Nethereum.Web3.Accounts;
 
-namespace Arrakis.Freeside.Tests.Payments;
+namespace Arrakis.Testing;
 
 [Function("mint")]
-internal sealed class MintFunction : FunctionMessage
+public sealed class MintFunction : FunctionMessage
 {
     [Parameter("address", "to", 1)] public string To { get; set; } = "";
     [Parameter("uint256", "value", 2)] public BigInteger Value { get; set; }
 }
 
 [Function("transfer", "bool")]
-internal sealed class TransferFunction : FunctionMessage
+public sealed class TransferFunction : FunctionMessage
 {
     [Parameter("address", "to", 1)] public string To { get; set; } = "";
     [Parameter("uint256", "value", 2)] public BigInteger Value { get; set; }
@@ -28,8 +28,9 @@ internal sealed class TransferFunction : FunctionMessage
 /// <summary>
 /// A local anvil chain (chain id 84532, from the npm package in tests/x402-chain) with the test-only EIP-3009 token
 /// compiled by solc and placed at the real Base Sepolia USDC address with anvil_setCode. Killed by PID on dispose.
+/// Used by freeside's payment tests and by the launch gate's on-chain step tests.
 /// </summary>
-internal sealed class AnvilChain : IAsyncDisposable
+public sealed class AnvilChain : IAsyncDisposable
 {
     /// <summary>anvil dev key #3: mints and makes plain transfers, so it never races the relayer's nonces.</summary>
     public const string FunderKey = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
@@ -151,6 +152,13 @@ internal sealed class AnvilChain : IAsyncDisposable
         return receipt.TransactionHash;
     }
 
+    /// <summary>Sets an address's native balance with anvil_setBalance (gas money for a fresh wallet).</summary>
+    public async Task SetEtherAsync(string address, long wei, CancellationToken ct)
+    {
+        using var http = new HttpClient();
+        await RpcAsync(http, "anvil_setBalance", new JsonArray(address, "0x" + wei.ToString("x", System.Globalization.CultureInfo.InvariantCulture)), ct);
+    }
+
     public async Task<long> BalanceAsync(string address) =>
         (long)await new Web3(RpcUrl).Eth.GetContractQueryHandler<BalanceOfFunction>()
             .QueryAsync<BigInteger>(X402Options.BaseSepoliaUsdc, new BalanceOfFunction { Account = address });
@@ -170,7 +178,7 @@ internal sealed class AnvilChain : IAsyncDisposable
 }
 
 /// <summary>Runs the test-only Node scripts of tests/x402-chain; processes are kept by handle and killed by PID.</summary>
-internal static class NodeTool
+public static class NodeTool
 {
     public static async Task<(int Code, string Stdout, string Stderr)> RunAsync(string dir, string[] args, IDictionary<string, string> env, CancellationToken ct)
     {
