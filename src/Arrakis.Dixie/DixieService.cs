@@ -12,7 +12,7 @@ public static class DixieService
 
     public static async Task<WebApplication> CreateAsync(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
-        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ApplicationName = typeof(DixieService).Assembly.GetName().Name });
+        var builder = WebApplication.CreateBuilder(ServiceDefaults.HostOptions(args, typeof(DixieService).Assembly));
         ServiceEndpoints.Listen(builder, ServiceEndpoints.DixiePort);
         builder.AddServiceDefaults(Name);
         builder.AddIdentity();

@@ -15,7 +15,7 @@ public static class FinnService
 
     public static async Task<WebApplication> CreateAsync(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
-        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ApplicationName = typeof(FinnService).Assembly.GetName().Name });
+        var builder = WebApplication.CreateBuilder(ServiceDefaults.HostOptions(args, typeof(FinnService).Assembly));
         ServiceEndpoints.Listen(builder, ServiceEndpoints.FinnPort);
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();

@@ -23,7 +23,7 @@ public static class FreesideService
 
     public static async Task<WebApplication> CreateAsync(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
-        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ApplicationName = typeof(FreesideService).Assembly.GetName().Name });
+        var builder = WebApplication.CreateBuilder(ServiceDefaults.HostOptions(args, typeof(FreesideService).Assembly));
         ServiceEndpoints.Listen(builder, ServiceEndpoints.FreesidePort);
         builder.AddServiceDefaults(Name);
         builder.AddKeyring();

@@ -43,6 +43,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
     {
         var now = time.GetUtcNow().ToUnixTimeMilliseconds();
+        using var gate = await db.EnterWriteAsync(ct);
         await using var c = await db.OpenAsync(ct);
         for (var attempt = 0; attempt < 3; attempt++)
         {
@@ -103,6 +104,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// <summary>Stores the response of a started request so later retries replay it.</summary>
     public async Task CompleteAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
     {
+        using var gate = await db.EnterWriteAsync(ct);
         await using var c = await db.OpenAsync(ct);
         await c.ExecuteAsync(
             """
@@ -115,6 +117,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
     public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)
     {
+        using var gate = await db.EnterWriteAsync(ct);
         await using var c = await db.OpenAsync(ct);
         await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'", new { scope, key });
     }

@@ -457,6 +457,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         {
             try
             {
+                using var gate = await db.EnterWriteAsync(ct);
                 await using var c = await db.OpenAsync(ct);
                 await using var tx = await Database.BeginWriteAsync(c, ct);
                 var (result, commit) = await work(c, tx);

@@ -17,6 +17,17 @@ namespace Arrakis.Shared.Hosting;
 /// <summary>What every Arrakis service shares: JSON logs, storage, Redis or memory caches, token verification, metrics, problem details.</summary>
 public static class ServiceDefaults
 {
+    /// <summary>
+    /// The options every service host starts from. Configuration is not reloaded on file changes: the default reload
+    /// watches the whole content root recursively, and with the SQLite data directory inside it (<c>.loa/</c>) every
+    /// database write woke the file watcher (a sixth of the CPU under load). Restart to apply new settings.
+    /// </summary>
+    public static WebApplicationOptions HostOptions(string[] args, System.Reflection.Assembly service) => new()
+    {
+        Args = ["--hostBuilder:reloadConfigOnChange=false", .. args],
+        ApplicationName = service.GetName().Name,
+    };
+
     public static WebApplicationBuilder AddServiceDefaults(this WebApplicationBuilder builder, string service)
     {
         builder.Logging.ClearProviders();
