@@ -47,6 +47,18 @@ foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
             rows.Add(await RunAsync(ledger, engine, clients, hot, seconds));
         }
     }
+
+    if (engine == "postgres")
+    {
+        // The same 32 clients through a pool of 4 connections per core: PostgreSQL runs at most that many backends.
+        var pool = 4 * Environment.ProcessorCount;
+        var bounded = new Npgsql.NpgsqlConnectionStringBuilder(db.Options.ConnectionString) { MaxPoolSize = pool }.ConnectionString;
+        await using var small = new Database(PgOptions(bounded));
+        foreach (var hot in new[] { true, false })
+        {
+            rows.Add(await RunAsync(NewLedger(small), $"postgres, pool {pool}", 32, hot, seconds));
+        }
+    }
 }
 
 var table = string.Join('\n', rows);
@@ -63,6 +75,8 @@ if (Arg("--out") is { } outPath)
           PL/pgSQL function (one round trip, its own transaction); on SQLite each is one transaction of several statements.
           Latency is per pair.
         - "hot" = every client on one community; "many" = clients spread over 64 communities. Baseline = a bare single-row `UPDATE` loop, same engine, same run.
+        - "postgres" rows use the pool size of the connection string (`ARRAKIS_TEST_PG`: 60); "postgres, pool N" rows send the
+          same 32 clients through an N-connection pool (4 per core), so at most N backends run at once.
         - Measured {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC.
 
         | engine | workload | clients | pairs/s | p50 ms | p99 ms |
