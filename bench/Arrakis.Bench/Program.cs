@@ -53,29 +53,48 @@ foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
             rows.Add(await RunAsync(ledger, engine, clients, hot, seconds));
         }
     }
+
+    if (engine == "postgres")
+    {
+        // The same 32 clients through a pool of 4 connections per core: PostgreSQL runs at most that many backends.
+        var pool = 4 * Environment.ProcessorCount;
+        var bounded = new Npgsql.NpgsqlConnectionStringBuilder(db.Options.ConnectionString) { MaxPoolSize = pool }.ConnectionString;
+        await using var small = new Database(PgOptions(bounded));
+        foreach (var hot in new[] { true, false })
+        {
+            rows.Add(await RunAsync(NewLedger(small), $"postgres, pool {pool}", 32, hot, seconds));
+        }
+    }
 }
 
 var table = string.Join('\n', rows);
 Console.WriteLine(table);
 if (Arg("--out") is { } outPath)
 {
-    var text = $"""
-        # Benchmarks
-
+    var section = $"""
+        {SectionStart}
         ## Ledger: reserve + finalize pairs
 
-        - Machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}; shared with other jobs while measured.
+        - Machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}.
         - Command: `dotnet run -c Release --project bench/Arrakis.Bench -- ledger --seconds {seconds} --out docs/benchmarks.md` (PostgreSQL from `ARRAKIS_TEST_PG`).
-        - Each pair is one `ReserveAsync` (one transaction) then one `FinalizeAsync` (one transaction, writes a usage record). Latency is per pair.
+        - Each pair is one `ReserveAsync` then one `FinalizeAsync` (writes a usage record). On PostgreSQL each is one call to a
+          PL/pgSQL function (one round trip, its own transaction); on SQLite each is one transaction of several statements.
+          Latency is per pair.
         - "hot" = every client on one community; "many" = clients spread over 64 communities. Baseline = a bare single-row `UPDATE` loop, same engine, same run.
+        - "postgres" rows use the pool size of the connection string (`ARRAKIS_TEST_PG`: 60); "postgres, pool N" rows send the
+          same 32 clients through an N-connection pool (4 per core), so at most N backends run at once.
         - Measured {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC.
 
         | engine | workload | clients | pairs/s | p50 ms | p99 ms |
         |---|---|---|---|---|---|
         {table}
 
+        {ReadingStart}
+        (Write what bounds these numbers here; the benchmark keeps this part when it rewrites the table.)
+        {ReadingEnd}
+        {SectionEnd}
         """;
-    File.WriteAllText(outPath, text);
+    File.WriteAllText(outPath, ReplaceSection(File.Exists(outPath) ? File.ReadAllText(outPath) : "# Benchmarks\n", section));
 }
 
 return 0;
@@ -130,6 +149,29 @@ static string Row(string engine, string workload, int clients, double rate, doub
 
 static double Pct(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
 
+// Replaces only this benchmark's section of the file (other benchmarks own other sections) and keeps the reading
+// written by hand between the reading markers of the previous run.
+static string ReplaceSection(string doc, string section)
+{
+    var start = doc.IndexOf(SectionStart, StringComparison.Ordinal);
+    var end = doc.IndexOf(SectionEnd, StringComparison.Ordinal);
+    if (start < 0 || end < start)
+    {
+        return doc.TrimEnd() + "\n\n" + section;
+    }
+
+    var old = doc[start..(end + SectionEnd.Length)];
+    var readingStart = old.IndexOf(ReadingStart, StringComparison.Ordinal);
+    var readingEnd = old.IndexOf(ReadingEnd, StringComparison.Ordinal);
+    if (readingStart >= 0 && readingEnd > readingStart)
+    {
+        var fresh = section.IndexOf(ReadingStart, StringComparison.Ordinal);
+        section = section[..fresh] + old[readingStart..(readingEnd + ReadingEnd.Length)] + section[(section.IndexOf(ReadingEnd, StringComparison.Ordinal) + ReadingEnd.Length)..];
+    }
+
+    return doc[..start] + section.TrimEnd() + doc[(end + SectionEnd.Length)..];
+}
+
 static Ledger NewLedger(Database db) =>
     new(db, TimeProvider.System, new LedgerOptions(), new LedgerMetrics(new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>()));
 
@@ -149,4 +191,12 @@ static StorageOptions PgOptions(string connection, string? schema = null)
     }
 
     return StorageOptions.Resolve(new ConfigurationBuilder().AddInMemoryCollection(config).Build(), "freeside");
+}
+
+partial class Program
+{
+    const string SectionStart = "<!-- bench:ledger:start (written by Arrakis.Bench ledger --out) -->";
+    const string SectionEnd = "<!-- bench:ledger:end -->";
+    const string ReadingStart = "<!-- bench:ledger:reading:start (kept across runs) -->";
+    const string ReadingEnd = "<!-- bench:ledger:reading:end -->";
 }

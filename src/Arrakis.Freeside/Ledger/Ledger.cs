@@ -7,12 +7,17 @@ namespace Arrakis.Freeside.Ledger;
 /// <summary>
 /// The credit ledger (DESIGN §3): each operation is one database transaction made of conditional updates whose row
 /// counts decide the outcome, so it is atomic across threads, processes and replicas on SQLite and PostgreSQL.
-/// Lock order everywhere: reservation, budget month, wallet, spend, lots, issuance/expired.
+/// On PostgreSQL, reserve, finalize and release/expire are one call each to a PL/pgSQL function
+/// (<c>freeside.070_ledger_functions.postgres.sql</c>) that does the same steps in one round trip; SQLite is in-process,
+/// so it runs them here. Lock order everywhere: reservation, budget month, wallet, spend, lots, issuance/expired.
 /// </summary>
 public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options, LedgerMetrics metrics)
 {
-    /// <summary>Test hook: called at named points inside transactions so tests can inject a failure mid-transaction.</summary>
-    internal Func<string, ValueTask>? FaultInjector { get; set; }
+    /// <summary>
+    /// Test hook: the named point (e.g. <c>reserve.after-wallet</c>) at which the next operations fail mid-transaction,
+    /// inside the database transaction (on PostgreSQL the function raises there), so nothing of them commits.
+    /// </summary>
+    internal string? FaultPoint { get; set; }
 
     public TimeProvider Time => time;
 
@@ -39,6 +44,29 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "ttl must be positive.");
         }
 
+        if (db.IsPostgres)
+        {
+            var now = time.GetUtcNow();
+            var at = now.ToUnixTimeMilliseconds();
+            var row = await CallAsync(c => c.QuerySingleAsync<ReserveRow>(
+                """
+                SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet
+                FROM ledger_reserve(@id, @community, @month, @amount, @at, @expires, @fault)
+                """,
+                new { id = reservationId, community = communityId, month = LedgerIds.Month(now), amount = amountMicro, at, expires = at + (long)life.TotalMilliseconds, fault = FaultPoint }), ct);
+            return row.Status switch
+            {
+                "reserved" => new ReserveResult(ReserveStatus.Reserved, reservationId, amountMicro, row.Budget, row.Wallet),
+                "duplicate" => new ReserveResult(ReserveStatus.Duplicate, reservationId, row.Amount, 0, 0, row.Owner == communityId ? null : "The reservation id belongs to another community."),
+                "community_not_found" => new ReserveResult(ReserveStatus.CommunityNotFound, reservationId, amountMicro, 0, 0, $"Community '{communityId}' does not exist."),
+                "budget_exceeded" => new ReserveResult(ReserveStatus.BudgetExceeded, reservationId, amountMicro, row.Budget, row.Wallet,
+                    $"The monthly budget has {row.Budget} micro-USD left; this call needs up to {amountMicro}."),
+                "wallet_insufficient" => new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, row.Budget, row.Wallet,
+                    $"The credit wallet has {row.Wallet} micro-USD available; this call needs up to {amountMicro}."),
+                var other => throw new InvalidOperationException($"ledger_reserve returned an unknown status '{other}'."),
+            };
+        }
+
         return await WriteAsync(async (c, tx) =>
         {
             var now = time.GetUtcNow();
@@ -60,7 +88,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                     : (new ReserveResult(ReserveStatus.CommunityNotFound, reservationId, amountMicro, 0, 0, $"Community '{communityId}' does not exist."), false);
             }
 
-            await FaultAsync("reserve.after-insert");
+            Fault("reserve.after-insert");
             if (!await AddReservedAsync(c, tx, communityId, month, amountMicro))
             {
                 var budget = await BudgetRemainingAsync(c, tx, communityId, month);
@@ -81,7 +109,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                     $"The credit wallet has {wallet} micro-USD available; this call needs up to {amountMicro}."), false);
             }
 
-            await FaultAsync("reserve.after-wallet");
+            Fault("reserve.after-wallet");
             await c.ExecuteAsync("UPDATE ledger_accounts SET credits_pending = credits_pending + @amount WHERE id = @id",
                 new { id = LedgerIds.Spend(communityId), amount = amountMicro }, tx);
             await InsertTransferAsync(c, tx, "r:" + reservationId, communityId, "pending", LedgerIds.Wallet(communityId), LedgerIds.Spend(communityId), amountMicro, null, at);
@@ -102,7 +130,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, $"actualMicro must be between 0 and {LedgerIds.MaxAmountMicro}.");
         }
 
-        var result = await WriteAsync(async (c, tx) =>
+        var result = db.IsPostgres ? await FinalizeInDatabaseAsync(reservationId, actualMicro, usage, ct) : await WriteAsync(async (c, tx) =>
         {
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
             var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
@@ -114,10 +142,12 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 new { id = reservationId, actual = actualMicro, at }, tx);
             if (claimed is not { } r)
             {
-                return (await UnclaimedFinalizeAsync(c, tx, reservationId, actualMicro), false);
+                var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
+                    "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
+                return (Unclaimed(reservationId, actualMicro, existing), false);
             }
 
-            await FaultAsync("finalize.after-claim");
+            Fault("finalize.after-claim");
             await c.ExecuteAsync(
                 """
                 UPDATE budget_months SET reserved_micro = reserved_micro - @amount, committed_micro = committed_micro + @actual
@@ -127,7 +157,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             await c.ExecuteAsync(
                 "UPDATE ledger_accounts SET debits_pending = debits_pending - @amount, debits_posted = debits_posted + @actual WHERE id = @id",
                 new { id = LedgerIds.Wallet(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
-            await FaultAsync("finalize.after-wallet");
+            Fault("finalize.after-wallet");
             await c.ExecuteAsync(
                 "UPDATE ledger_accounts SET credits_pending = credits_pending - @amount, credits_posted = credits_posted + @actual WHERE id = @id",
                 new { id = LedgerIds.Spend(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
@@ -230,7 +260,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                     : (new GrantResult(GrantStatus.Conflict, lotId, amountMicro, "The lot id already exists with a different community, amount or source."), false);
             }
 
-            await FaultAsync("grant.after-lot");
+            Fault("grant.after-lot");
             await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id",
                 new { id = LedgerIds.Issuance(communityId), amount = amountMicro }, tx);
             var transferId = "g:" + lotId;
@@ -304,14 +334,25 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
     sealed record StatusRow(string Status, long Amount, long? Actual);
 
+    sealed record ReserveRow(string Status, string? Owner, long Amount, long Budget, long Wallet);
+
     sealed record LotRow(string CommunityId, long Amount, string Source);
 
     sealed record LotBalance(string Id, long Remaining);
 
     sealed record LotOwner(string Id, string CommunityId);
 
-    async Task<ReleaseResult> ResolveWithoutChargeAsync(string reservationId, string status, CancellationToken ct) =>
-        await WriteAsync(async (c, tx) =>
+    async Task<ReleaseResult> ResolveWithoutChargeAsync(string reservationId, string status, CancellationToken ct)
+    {
+        if (db.IsPostgres)
+        {
+            var row = await CallAsync(c => c.QuerySingleAsync<StatusRow>(
+                "SELECT o_status AS Status, o_amount AS Amount, NULL::BIGINT AS Actual FROM ledger_resolve(@id, @status, @at, @fault)",
+                new { id = reservationId, status, at = time.GetUtcNow().ToUnixTimeMilliseconds(), fault = FaultPoint }), ct);
+            return row.Status == "released" ? new ReleaseResult(ReleaseStatus.Released, reservationId, row.Amount) : Unreleased(reservationId, row);
+        }
+
+        return await WriteAsync(async (c, tx) =>
         {
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
             var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
@@ -325,17 +366,10 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             {
                 var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
                     "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
-                return (existing switch
-                {
-                    null => new ReleaseResult(ReleaseStatus.NotFound, reservationId, 0, $"Reservation '{reservationId}' does not exist."),
-                    { Status: "voided" } e => new ReleaseResult(ReleaseStatus.Duplicate, reservationId, e.Amount),
-                    { Status: "expired" } e => new ReleaseResult(ReleaseStatus.Expired, reservationId, e.Amount),
-                    { Status: "posted" } => new ReleaseResult(ReleaseStatus.AlreadyFinalized, reservationId, 0, "The reservation was already finalized."),
-                    _ => new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "The reservation is not due yet."),
-                }, false);
+                return (Unreleased(reservationId, existing), false);
             }
 
-            await FaultAsync("release.after-claim");
+            Fault("release.after-claim");
             await c.ExecuteAsync("UPDATE budget_months SET reserved_micro = reserved_micro - @amount WHERE community_id = @community AND month = @month",
                 new { community = r.CommunityId, month = r.Month, amount = r.Amount }, tx);
             await c.ExecuteAsync("UPDATE ledger_accounts SET debits_pending = debits_pending - @amount WHERE id = @id",
@@ -346,12 +380,40 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 LedgerIds.Wallet(r.CommunityId), LedgerIds.Spend(r.CommunityId), r.Amount, "r:" + reservationId, at);
             return (new ReleaseResult(ReleaseStatus.Released, reservationId, r.Amount), true);
         }, ct);
+    }
 
-    static async Task<FinalizeResult> UnclaimedFinalizeAsync(DbConnection c, DbTransaction tx, string reservationId, long actualMicro)
+    static ReleaseResult Unreleased(string reservationId, StatusRow? existing) =>
+        existing switch
+        {
+            null or { Status: "not_found" } => new ReleaseResult(ReleaseStatus.NotFound, reservationId, 0, $"Reservation '{reservationId}' does not exist."),
+            { Status: "voided" } e => new ReleaseResult(ReleaseStatus.Duplicate, reservationId, e.Amount),
+            { Status: "expired" } e => new ReleaseResult(ReleaseStatus.Expired, reservationId, e.Amount),
+            { Status: "posted" } => new ReleaseResult(ReleaseStatus.AlreadyFinalized, reservationId, 0, "The reservation was already finalized."),
+            _ => new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "The reservation is not due yet."),
+        };
+
+    async Task<FinalizeResult> FinalizeInDatabaseAsync(string reservationId, long actualMicro, UsageRecord usage, CancellationToken ct)
     {
-        var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
-            "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
-        return existing switch
+        var row = await CallAsync(c => c.QuerySingleAsync<StatusRow>(
+            """
+            SELECT o_status AS Status, o_amount AS Amount, o_actual AS Actual
+            FROM ledger_finalize(@id, @actual, @at, @agent, @pool, @model, @prompt, @completion, @trace, @key, @fault)
+            """,
+            new
+            {
+                id = reservationId, actual = actualMicro, at = time.GetUtcNow().ToUnixTimeMilliseconds(), agent = usage.AgentId, pool = usage.Pool, model = usage.Model,
+                prompt = usage.PromptTokens, completion = usage.CompletionTokens, trace = usage.TraceId, key = usage.IdempotencyKey, fault = FaultPoint,
+            }), ct);
+        return row.Status switch
+        {
+            "finalized" => new FinalizeResult(FinalizeStatus.Finalized, reservationId, row.Amount, actualMicro, row.Amount - actualMicro),
+            "not_found" => Unclaimed(reservationId, actualMicro, null),
+            _ => Unclaimed(reservationId, actualMicro, row),
+        };
+    }
+
+    static FinalizeResult Unclaimed(string reservationId, long actualMicro, StatusRow? existing) =>
+        existing switch
         {
             null => new FinalizeResult(FinalizeStatus.NotFound, reservationId, 0, actualMicro, 0, $"Reservation '{reservationId}' does not exist."),
             { Status: "posted" } e => new FinalizeResult(FinalizeStatus.Duplicate, reservationId, e.Amount, e.Actual ?? 0, e.Amount - (e.Actual ?? 0)),
@@ -360,7 +422,6 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             { } e => new FinalizeResult(FinalizeStatus.ExceedsReservation, reservationId, e.Amount, actualMicro, 0,
                 $"The actual cost {actualMicro} exceeds the reservation of {e.Amount} micro-USD."),
         };
-    }
 
     /// <summary>Debits lots earliest-expiry-first; the wallet row is already locked by this transaction.</summary>
     async Task DebitLotsAsync(DbConnection c, DbTransaction tx, string communityId, string transferId, string kind, long amount, long at)
@@ -442,16 +503,34 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             """,
             new { id, community = communityId, kind, debit, credit, amount, pending = pendingId, at }, tx);
 
-    async ValueTask FaultAsync(string point)
+    void Fault(string point)
     {
-        if (FaultInjector is { } fault)
+        if (FaultPoint == point)
         {
-            await fault(point);
+            throw new InvalidOperationException("injected DB error at " + point);
         }
     }
 
     /// <summary>Runs one write transaction; the work says whether to commit. Deadlocks and busy errors are retried.</summary>
-    internal async Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<(T Result, bool Commit)>> work, CancellationToken ct)
+    internal Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<(T Result, bool Commit)>> work, CancellationToken ct) =>
+        CallAsync(async c =>
+        {
+            await using var tx = await Database.BeginWriteAsync(c, ct);
+            var (result, commit) = await work(c, tx);
+            if (commit)
+            {
+                await tx.CommitAsync(ct);
+            }
+            else
+            {
+                await tx.RollbackAsync(ct);
+            }
+
+            return result;
+        }, ct);
+
+    /// <summary>Runs work on a fresh connection (one statement in autocommit is its own transaction); deadlocks and busy errors are retried.</summary>
+    async Task<T> CallAsync<T>(Func<DbConnection, Task<T>> work, CancellationToken ct)
     {
         for (var attempt = 0; ; attempt++)
         {
@@ -459,18 +538,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             {
                 using var gate = await db.EnterWriteAsync(ct);
                 await using var c = await db.OpenAsync(ct);
-                await using var tx = await Database.BeginWriteAsync(c, ct);
-                var (result, commit) = await work(c, tx);
-                if (commit)
-                {
-                    await tx.CommitAsync(ct);
-                }
-                else
-                {
-                    await tx.RollbackAsync(ct);
-                }
-
-                return result;
+                return await work(c);
             }
             catch (Exception ex) when (attempt < 8 && Database.IsTransient(ex))
             {

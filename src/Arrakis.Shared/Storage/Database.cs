@@ -21,7 +21,12 @@ public sealed class Database : IAsyncDisposable
         Options = options;
         if (options.Engine == StorageEngine.Postgres)
         {
-            _npgsql = new NpgsqlDataSourceBuilder(options.ConnectionString).Build();
+            // No store keeps session state (no SET, LISTEN, temp tables or session locks), and the DISCARD ALL that
+            // Npgsql otherwise sends on each reuse of a pooled connection also throws away PL/pgSQL's cached plans, so
+            // every ledger function call would re-plan each of its statements.
+            var builder = new NpgsqlDataSourceBuilder(options.ConnectionString);
+            builder.ConnectionStringBuilder.NoResetOnClose = true;
+            _npgsql = builder.Build();
         }
         else
         {

@@ -77,13 +77,35 @@ public sealed class Migrator(Database database)
 
     static async Task ExecuteScriptAsync(DbConnection connection, DbTransaction tx, string sql)
     {
-        foreach (var statement in sql.Split(";\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (var statement in Statements(sql))
         {
             var text = string.Join('\n', statement.Split('\n').Where(l => !l.TrimStart().StartsWith("--", StringComparison.Ordinal))).TrimEnd(';').Trim();
             if (text.Length > 0)
             {
                 await connection.ExecuteAsync(text, transaction: tx);
             }
+        }
+    }
+
+    /// <summary>Splits a script at lines ending in <c>;</c>, except inside <c>$$</c> quotes (PL/pgSQL function bodies).</summary>
+    internal static IEnumerable<string> Statements(string sql)
+    {
+        var current = new System.Text.StringBuilder();
+        var quoted = false;
+        foreach (var line in sql.ReplaceLineEndings("\n").Split('\n'))
+        {
+            current.Append(line).Append('\n');
+            quoted ^= (line.Split("$$").Length - 1) % 2 == 1;
+            if (!quoted && line.TrimEnd().EndsWith(';'))
+            {
+                yield return current.ToString().Trim();
+                current.Clear();
+            }
+        }
+
+        if (current.ToString().Trim() is { Length: > 0 } rest)
+        {
+            yield return rest;
         }
     }
 }

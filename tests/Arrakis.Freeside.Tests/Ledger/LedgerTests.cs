@@ -67,6 +67,60 @@ public sealed class LedgerTests
 
     [Theory]
     [MemberData(nameof(Engines))]
+    public async Task A_refused_first_reserve_of_a_month_leaves_nothing_behind(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 10, creditMicro: 50_000);
+        w.Time.Advance(TimeSpan.FromDays(40));
+        var month = new { month = LedgerIds.Month(w.Time.GetUtcNow()) };
+
+        var budget = await w.Ledger.ReserveAsync("c1", "big", 100_001);
+        Assert.Equal((ReserveStatus.BudgetExceeded, 100_000L, 50_000L), (budget.Status, budget.BudgetRemainingMicro, budget.WalletAvailableMicro));
+        var wallet = await w.Ledger.ReserveAsync("c1", "wide", 60_000);
+        Assert.Equal((ReserveStatus.WalletInsufficient, 40_000L, 50_000L), (wallet.Status, wallet.BudgetRemainingMicro, wallet.WalletAvailableMicro));
+        Assert.Equal(0L, await w.ScalarAsync<long>("SELECT COUNT(*) FROM budget_months WHERE month = @month", month));
+        Assert.Equal(0L, await w.ScalarAsync<long>("SELECT COUNT(*) FROM reservations"));
+
+        var ok = await w.Ledger.ReserveAsync("c1", "ok", 40_000);
+        Assert.Equal((ReserveStatus.Reserved, 60_000L, 10_000L), (ok.Status, ok.BudgetRemainingMicro, ok.WalletAvailableMicro));
+        Assert.Equal(1L, await w.ScalarAsync<long>("SELECT COUNT(*) FROM budget_months WHERE month = @month", month));
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task An_injected_fault_mid_operation_commits_nothing_of_it(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 500_000);
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "held", 10_000)).Status);
+        var transfers = await w.ScalarAsync<long>("SELECT COUNT(*) FROM ledger_transfers");
+        foreach (var point in new[] { "reserve.after-insert", "reserve.after-wallet", "finalize.after-claim", "finalize.after-wallet", "release.after-claim" })
+        {
+            // On PostgreSQL the ledger function raises at the point, inside the one statement's transaction.
+            w.Ledger.FaultPoint = point;
+            Task work = point.Split('.')[0] switch
+            {
+                "reserve" => w.Ledger.ReserveAsync("c1", "faulty", 1_000),
+                "finalize" => w.Ledger.FinalizeAsync("held", 5_000, new UsageRecord()),
+                _ => w.Ledger.ReleaseAsync("held"),
+            };
+            var ex = await Assert.ThrowsAnyAsync<Exception>(() => work);
+            w.Ledger.FaultPoint = null;
+
+            Assert.Contains("injected DB error at " + point, ex.Message, StringComparison.Ordinal);
+            Assert.Null(await w.Ledger.FindReservationAsync("faulty"));
+            Assert.Equal("pending", (await w.Ledger.FindReservationAsync("held"))!.Status);
+            Assert.Equal(transfers, await w.ScalarAsync<long>("SELECT COUNT(*) FROM ledger_transfers"));
+            await w.AssertConservedAsync(point);
+        }
+
+        var after = await w.Budgets.GetAsync("c1");
+        Assert.Equal((0L, 10_000L), (after!.CommittedMicro, after.ReservedMicro));
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
     public async Task Bad_inputs_are_refused_and_change_nothing(string engine)
     {
         await using var w = await LedgerWorld.CreateAsync(engine);

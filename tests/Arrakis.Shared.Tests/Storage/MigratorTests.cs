@@ -53,6 +53,32 @@ public sealed class MigratorTests
     }
 
     [Fact]
+    public async Task A_dollar_quoted_function_body_with_semicolons_is_one_statement()
+    {
+        var pg = TestStorage.RequirePostgres();
+        Assert.NotEmpty(pg);
+        await using var db = new Database(TestStorage.Options("postgres", "freeside"));
+        const string Script = """
+            -- a table, then a function whose body has statements of its own
+            CREATE TABLE counter (id INT PRIMARY KEY, n BIGINT NOT NULL);
+            INSERT INTO counter (id, n) VALUES (1, 0);
+            CREATE OR REPLACE FUNCTION bump(p_by BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
+            DECLARE
+                v_n BIGINT;
+            BEGIN
+                UPDATE counter SET n = n + p_by WHERE id = 1;
+                SELECT n INTO v_n FROM counter WHERE id = 1;
+                RETURN v_n;
+            END;
+            $$;
+            SELECT bump(2);
+            """;
+        await new Migrator(db).ApplyAsync([new("svc.001_f", Script)], TestContext.Current.CancellationToken);
+        await using var connection = await db.OpenAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(5L, await connection.ExecuteScalarAsync<long>("SELECT bump(3)"));
+    }
+
+    [Fact]
     public async Task Sqlite_databases_use_wal_under_the_data_directory()
     {
         var dir = TestStorage.TempDir();
