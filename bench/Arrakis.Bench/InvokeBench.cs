@@ -87,8 +87,9 @@ static class InvokeBench
                 |---|---|---|---|---|---|---|---|
                 {{table}}
 
+                {{BenchmarkDoc.Reading("invoke")}}
                 """;
-            BenchmarkDoc.ReplaceSection(outPath, "invoke", section);
+            BenchmarkDoc.Write(outPath, "invoke", section);
         }
 
         return 0;
@@ -288,21 +289,5 @@ static class InvokeBench
             listener.Start();
             return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
         }
-    }
-}
-
-/// <summary>docs/benchmarks.md holds one section per benchmark between HTML comment markers; a run rewrites only its own.</summary>
-static class BenchmarkDoc
-{
-    public static void ReplaceSection(string path, string name, string section)
-    {
-        var begin = $"<!-- bench:{name}:begin -->";
-        var end = $"<!-- bench:{name}:end -->";
-        var text = File.Exists(path) ? File.ReadAllText(path) : "# Benchmarks\n";
-        var block = $"{begin}\n{section.TrimEnd()}\n{end}";
-        var i = text.IndexOf(begin, StringComparison.Ordinal);
-        var j = text.IndexOf(end, StringComparison.Ordinal);
-        text = i >= 0 && j > i ? text[..i] + block + text[(j + end.Length)..] : text.TrimEnd() + "\n\n" + block + "\n";
-        File.WriteAllText(path, text);
     }
 }

@@ -72,7 +72,6 @@ Console.WriteLine(table);
 if (Arg("--out") is { } outPath)
 {
     var section = $"""
-        {SectionStart}
         ## Ledger: reserve + finalize pairs
 
         - Machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}, .NET {Environment.Version}.
@@ -89,12 +88,9 @@ if (Arg("--out") is { } outPath)
         |---|---|---|---|---|---|
         {table}
 
-        {ReadingStart}
-        (Write what bounds these numbers here; the benchmark keeps this part when it rewrites the table.)
-        {ReadingEnd}
-        {SectionEnd}
+        {BenchmarkDoc.Reading("ledger")}
         """;
-    File.WriteAllText(outPath, ReplaceSection(File.Exists(outPath) ? File.ReadAllText(outPath) : "# Benchmarks\n", section));
+    BenchmarkDoc.Write(outPath, "ledger", section);
 }
 
 return 0;
@@ -149,29 +145,6 @@ static string Row(string engine, string workload, int clients, double rate, doub
 
 static double Pct(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
 
-// Replaces only this benchmark's section of the file (other benchmarks own other sections) and keeps the reading
-// written by hand between the reading markers of the previous run.
-static string ReplaceSection(string doc, string section)
-{
-    var start = doc.IndexOf(SectionStart, StringComparison.Ordinal);
-    var end = doc.IndexOf(SectionEnd, StringComparison.Ordinal);
-    if (start < 0 || end < start)
-    {
-        return doc.TrimEnd() + "\n\n" + section;
-    }
-
-    var old = doc[start..(end + SectionEnd.Length)];
-    var readingStart = old.IndexOf(ReadingStart, StringComparison.Ordinal);
-    var readingEnd = old.IndexOf(ReadingEnd, StringComparison.Ordinal);
-    if (readingStart >= 0 && readingEnd > readingStart)
-    {
-        var fresh = section.IndexOf(ReadingStart, StringComparison.Ordinal);
-        section = section[..fresh] + old[readingStart..(readingEnd + ReadingEnd.Length)] + section[(section.IndexOf(ReadingEnd, StringComparison.Ordinal) + ReadingEnd.Length)..];
-    }
-
-    return doc[..start] + section.TrimEnd() + doc[(end + SectionEnd.Length)..];
-}
-
 static Ledger NewLedger(Database db) =>
     new(db, TimeProvider.System, new LedgerOptions(), new LedgerMetrics(new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>()));
 
@@ -191,12 +164,4 @@ static StorageOptions PgOptions(string connection, string? schema = null)
     }
 
     return StorageOptions.Resolve(new ConfigurationBuilder().AddInMemoryCollection(config).Build(), "freeside");
-}
-
-partial class Program
-{
-    const string SectionStart = "<!-- bench:ledger:start (written by Arrakis.Bench ledger --out) -->";
-    const string SectionEnd = "<!-- bench:ledger:end -->";
-    const string ReadingStart = "<!-- bench:ledger:reading:start (kept across runs) -->";
-    const string ReadingEnd = "<!-- bench:ledger:reading:end -->";
 }
