@@ -30,7 +30,7 @@ public interface IPaymentSettler
 }
 
 /// <summary>Settler (a): an x402 facilitator over HTTP, spec v2 §7 (<c>/verify</c>, <c>/settle</c>, <c>/supported</c>).</summary>
-public sealed class FacilitatorSettler(IHttpClientFactory clients, ILogger<FacilitatorSettler> logger) : IPaymentSettler
+public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402Options> options, ILogger<FacilitatorSettler> logger) : IPaymentSettler
 {
     public const string ClientName = "x402-facilitator";
 
@@ -50,19 +50,54 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, ILogger<Facil
     public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct)
     {
         var (ok, body) = await PostAsync("settle", request, ct);
-        if (!ok || body is null)
-        {
-            return new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
-        }
-
-        var tx = body["transaction"]?.GetValue<string>();
-        if (body["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
+        var tx = body?["transaction"]?.GetValue<string>();
+        if (ok && body?["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
         {
             await onSigned(tx, null);
             return new SettlementOutcome(true, tx, null);
         }
 
-        return new SettlementOutcome(false, null, body["errorReason"]?.GetValue<string>() ?? X402Errors.UnexpectedSettleError);
+        // Refused or unanswered: if this authorization already moved the funds (a settle that landed before a crash or a
+        // timeout), that transaction is the settlement.
+        if (await FindOnChainAsync(request, ct) is { } landed)
+        {
+            logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
+            await onSigned(landed, null);
+            return new SettlementOutcome(true, landed, null);
+        }
+
+        return new SettlementOutcome(false, null, (ok ? body?["errorReason"]?.GetValue<string>() : null) ?? X402Errors.UnexpectedSettleError);
+    }
+
+    /// <summary>The transaction whose <c>AuthorizationUsed(from, nonce)</c> event consumed this authorization, or null.</summary>
+    async Task<string?> FindOnChainAsync(SettlementRequest request, CancellationToken ct)
+    {
+        var o = options.Value;
+        try
+        {
+            var web3 = new Web3(o.RpcUrl);
+            var a = TransferWithAuthorization.From3009(request.Authorization);
+            var used = await web3.Eth.GetContractQueryHandler<AuthorizationStateFunction>()
+                .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
+            if (!used)
+            {
+                return null;
+            }
+
+            var latest = (await web3.Eth.Blocks.GetBlockNumber.SendRequestAsync()).Value;
+            var from = BigInteger.Max(0, latest - o.SettlementLookbackBlocks);
+            var usedEvent = web3.Eth.GetEvent<AuthorizationUsedEvent>(o.Asset);
+            var filter = usedEvent.CreateFilterInput(a.From, a.Nonce, new Nethereum.RPC.Eth.DTOs.BlockParameter(new Nethereum.Hex.HexTypes.HexBigInteger(from)),
+                Nethereum.RPC.Eth.DTOs.BlockParameter.CreateLatest());
+            var logs = await usedEvent.GetAllChangesAsync(filter);
+            ct.ThrowIfCancellationRequested();
+            return logs.Select(l => l.Log.TransactionHash).FirstOrDefault(h => !string.IsNullOrEmpty(h));
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            logger.LogWarning(ex, "x402 could not ask the chain whether payment {PaymentId} was already settled", request.PaymentId);
+            return null;
+        }
     }
 
     /// <summary><c>GET /supported</c>: the facilitator's kinds, for diagnostics.</summary>
@@ -107,6 +142,13 @@ public sealed class TransferWithAuthorizationFunction : FunctionMessage
 public sealed class BalanceOfFunction : FunctionMessage
 {
     [Parameter("address", "account", 1)] public string Account { get; set; } = "";
+}
+
+[Event("AuthorizationUsed")]
+public sealed class AuthorizationUsedEvent : IEventDTO
+{
+    [Parameter("address", "authorizer", 1, true)] public string Authorizer { get; set; } = "";
+    [Parameter("bytes32", "nonce", 2, true)] public byte[] AuthorizationNonce { get; set; } = [];
 }
 
 [Function("authorizationState", "bool")]

@@ -88,6 +88,14 @@ public sealed partial class X402Options : IValidatableObject
     [Range(1, 3600)]
     public int RecoveryIntervalSeconds { get; set; } = 30;
 
+    /// <summary>
+    /// When the facilitator refuses a settlement, freeside asks the chain (<see cref="RpcUrl"/>) whether the authorization
+    /// was already used, in this many most recent blocks (about a day on Base), and if so settles with that transaction:
+    /// a crash after the facilitator settled but before freeside recorded it must not lose the payer's credit note.
+    /// </summary>
+    [Range(1, 10_000_000)]
+    public long SettlementLookbackBlocks { get; set; } = 43_200;
+
     [GeneratedRegex("^0x[0-9a-fA-F]{40}$")]
     private static partial Regex AddressPattern();
 

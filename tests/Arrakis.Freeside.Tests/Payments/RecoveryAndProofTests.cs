@@ -70,6 +70,45 @@ public sealed class RecoveryAndProofTests
         Assert.Single(rig.Host.Sink.Lots);
     }
 
+    /// <summary>
+    /// The facilitator settled, then freeside crashed before recording it: on recovery the facilitator refuses the spent
+    /// authorization, and freeside finds the transaction on chain instead of failing a payment that was made.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_finds_a_facilitator_settlement_that_landed_before_the_crash_and_issues_one_credit_note(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:RecoveryAfterSeconds"] = "1" });
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+
+        // What the facilitator did before the crash: it settled this very payload on chain.
+        using var http = new HttpClient { BaseAddress = new Uri(rig.Host.Options.FacilitatorUrl.TrimEnd('/') + "/") };
+        using var settle = await http.PostAsync("settle", System.Net.Http.Json.JsonContent.Create(new JsonObject
+        {
+            ["x402Version"] = 2,
+            ["paymentPayload"] = JsonNode.Parse(row.PayloadJson),
+            ["paymentRequirements"] = JsonNode.Parse(row.RequirementJson),
+        }), ct);
+        var landed = JsonNode.Parse(await settle.Content.ReadAsStringAsync(ct))!;
+        Assert.True(landed["success"]?.GetValue<bool>() == true, landed.ToJsonString());
+        var tx = landed["transaction"]!.GetValue<string>();
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        await Task.Delay(1_500, ct);
+
+        await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
+
+        var settled = await rig.Host.Store.GetAsync(row.Id, ct);
+        Assert.Equal(PaymentStates.Settled, settled!.State);
+        Assert.Equal(tx, settled.TxHash);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // paid once, never twice
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300), (lot.CommunityId, lot.AmountMicro));
+
+        await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
+        Assert.Single(rig.Host.Sink.Lots);
+    }
+
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task A_usdc_transfer_proof_issues_one_credit_note_even_when_sent_twice(string engine)
