@@ -131,22 +131,30 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     /// Maps a token's tenant id to a community: through tenant_aliases (following alias chains), or directly when the
     /// tenant id is itself a community id. Null when nothing matches.
     /// </summary>
-    public async Task<string?> ResolveTenantAsync(string tenantId, CancellationToken ct = default)
+    public async Task<string?> ResolveTenantAsync(string tenantId, CancellationToken ct = default) =>
+        (await FindForTenantAsync(tenantId, ct))?.Id;
+
+    /// <summary>
+    /// The community a token's tenant id maps to, in one query: the alias chain is followed (at most
+    /// <see cref="MaxAliasDepth"/> hops) to the first id that is not itself an alias, which must be a community.
+    /// </summary>
+    public async Task<Community?> FindForTenantAsync(string tenantId, CancellationToken ct = default)
     {
         await using var c = await db.OpenAsync(ct);
-        var current = tenantId;
-        for (var depth = 0; depth <= MaxAliasDepth; depth++)
-        {
-            var next = await c.QuerySingleOrDefaultAsync<string>("SELECT community_id FROM tenant_aliases WHERE tenant_id = @current", new { current });
-            if (next is null)
-            {
-                return await c.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM communities WHERE id = @current", new { current }) > 0 ? current : null;
-            }
-
-            current = next;
-        }
-
-        return null;
+        var row = await c.QuerySingleOrDefaultAsync<CommunityRow>(
+            """
+            WITH RECURSIVE chain (id, depth) AS (
+                SELECT CAST(@tenantId AS TEXT), 0
+                UNION ALL
+                SELECT a.community_id, chain.depth + 1 FROM tenant_aliases a JOIN chain ON a.tenant_id = chain.id WHERE chain.depth < @maxDepth
+            )
+            SELECT co.id AS Id, co.name AS Name, co.tier AS Tier, co.monthly_budget_cents AS MonthlyBudgetCents, co.created_at AS CreatedAt, co.updated_at AS UpdatedAt
+            FROM chain JOIN communities co ON co.id = chain.id
+            WHERE NOT EXISTS (SELECT 1 FROM tenant_aliases t WHERE t.tenant_id = chain.id)
+            ORDER BY chain.depth LIMIT 1
+            """,
+            new { tenantId, maxDepth = MaxAliasDepth });
+        return row is null ? null : new Community(row.Id, row.Name, ParseTier(row.Tier) ?? Tier.Free, row.MonthlyBudgetCents, row.CreatedAt, row.UpdatedAt);
     }
 
     /// <summary>Points a tenant alias at a community (or at another alias); refuses anything that would form a cycle.</summary>

@@ -58,8 +58,7 @@ public sealed class InvokePipeline(
             return Reject(Problems.Create(403, "FORBIDDEN", "The token carries no tenant_id."));
         }
 
-        var communityId = await communities.ResolveTenantAsync(tenant, ct);
-        var community = communityId is null ? null : await communities.FindAsync(communityId, ct);
+        var community = await communities.FindForTenantAsync(tenant, ct);
         if (community is null)
         {
             return Reject(Problems.Create(403, "FORBIDDEN", $"Tenant '{tenant}' is not mapped to a community."));
