@@ -89,6 +89,21 @@ public static class LoaProcess
 
         public static async Task<Up> StartAsync(string? dataDir = null, IDictionary<string, string>? env = null, params string[] extraArgs)
         {
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    return await StartOnceAsync(dataDir, env, extraArgs);
+                }
+                catch (InvalidOperationException ex) when (attempt < 5 && ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+                {
+                    // A port from FreePort() was taken before loa up bound it: try again on fresh ports.
+                }
+            }
+        }
+
+        static async Task<Up> StartOnceAsync(string? dataDir, IDictionary<string, string>? env, string[] extraArgs)
+        {
             dataDir ??= TestStorage.TempDir();
             var (fs, dx, fn) = (TestStorage.FreePort(), TestStorage.FreePort(), TestStorage.FreePort());
             var psi = StartInfo(["up", "--data-dir", dataDir, "--freeside-port", fs.ToString(), "--dixie-port", dx.ToString(), "--finn-port", fn.ToString(), .. extraArgs]);

@@ -39,7 +39,10 @@ public sealed class Platform : IAsyncDisposable
     /// <param name="engine">"sqlite" or "postgres".</param>
     /// <param name="settings">Extra configuration applied to all three services.</param>
     /// <param name="configure">Extra builder configuration, given the service name.</param>
-    public static async Task<Platform> StartAsync(string engine = "sqlite", IDictionary<string, string?>? settings = null, Action<string, WebApplicationBuilder>? configure = null)
+    public static Task<Platform> StartAsync(string engine = "sqlite", IDictionary<string, string?>? settings = null, Action<string, WebApplicationBuilder>? configure = null) =>
+        TestStorage.RetryOnPortClashAsync(() => StartOnceAsync(engine, settings, configure));
+
+    static async Task<Platform> StartOnceAsync(string engine, IDictionary<string, string?>? settings, Action<string, WebApplicationBuilder>? configure)
     {
         var dataDir = TestStorage.TempDir();
         var urls = (Freeside: $"http://127.0.0.1:{TestStorage.FreePort()}", Finn: $"http://127.0.0.1:{TestStorage.FreePort()}", Dixie: $"http://127.0.0.1:{TestStorage.FreePort()}");
@@ -69,10 +72,19 @@ public sealed class Platform : IAsyncDisposable
         var freeside = await FreesideService.CreateAsync(Args("freeside", urls.Freeside), b => configure?.Invoke("freeside", b));
         var finn = await FinnService.CreateAsync(Args("finn", urls.Finn), b => configure?.Invoke("finn", b));
         var dixie = await DixieService.CreateAsync(Args("dixie", urls.Dixie), b => configure?.Invoke("dixie", b));
-        await freeside.StartAsync();
-        await finn.StartAsync();
-        await dixie.StartAsync();
-        return new Platform(freeside, finn, dixie, urls.Freeside, urls.Finn, urls.Dixie, dataDir);
+        var platform = new Platform(freeside, finn, dixie, urls.Freeside, urls.Finn, urls.Dixie, dataDir);
+        try
+        {
+            await freeside.StartAsync();
+            await finn.StartAsync();
+            await dixie.StartAsync();
+            return platform;
+        }
+        catch
+        {
+            await platform.DisposeAsync(); // e.g. a port taken between FreePort() and the bind; the caller retries on new ports
+            throw;
+        }
     }
 
     public async ValueTask DisposeAsync()

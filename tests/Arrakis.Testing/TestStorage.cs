@@ -72,6 +72,33 @@ public static class TestStorage
         return dir;
     }
 
+    /// <summary>
+    /// Runs <paramref name="start"/> again (it must pick fresh ports each time) when a port from <see cref="FreePort"/>
+    /// was taken by someone else before the bind: the OS hands the same ephemeral range to outgoing connections.
+    /// </summary>
+    public static async Task<T> RetryOnPortClashAsync<T>(Func<Task<T>> start, int attempts = 5)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                return await start();
+            }
+            catch (Exception ex) when (attempt < attempts && IsAddressInUse(ex))
+            {
+            }
+        }
+    }
+
+    static bool IsAddressInUse(Exception? ex) => ex switch
+    {
+        null => false,
+        Microsoft.AspNetCore.Connections.AddressInUseException => true,
+        System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse } => true,
+        AggregateException a => a.InnerExceptions.Any(IsAddressInUse),
+        _ => IsAddressInUse(ex.InnerException),
+    };
+
     public static int FreePort()
     {
         using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);

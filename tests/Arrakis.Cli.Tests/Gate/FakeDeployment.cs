@@ -84,7 +84,10 @@ internal sealed class FakeDeployment : IAsyncDisposable
 
     public int RejectedTokens;
 
-    public static async Task<FakeDeployment> StartAsync(FakeBehaviour behaviour, ECDsa key)
+    public static Task<FakeDeployment> StartAsync(FakeBehaviour behaviour, ECDsa key) =>
+        TestStorage.RetryOnPortClashAsync(() => StartOnceAsync(behaviour, key));
+
+    static async Task<FakeDeployment> StartOnceAsync(FakeBehaviour behaviour, ECDsa key)
     {
         var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
         var builder = WebApplication.CreateSlimBuilder();

@@ -98,7 +98,9 @@ public sealed class X402OnChainTests
 
         public string ReceiptStatus { get; set; } = "0x1";
 
-        public static async Task<FakeNode> StartAsync()
+        public static Task<FakeNode> StartAsync() => TestStorage.RetryOnPortClashAsync(StartOnceAsync);
+
+        static async Task<FakeNode> StartOnceAsync()
         {
             var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
             var builder = WebApplication.CreateSlimBuilder();

@@ -38,7 +38,9 @@ internal sealed class VendorServer : IAsyncDisposable
     /// <summary>Answers call number <c>n</c> (1-based). Defaults to a success.</summary>
     public Func<HttpContext, VendorCall, int, Task> Behavior { get; set; } = (ctx, call, _) => SuccessAsync(ctx, call, "Hello there, friend!");
 
-    public static async Task<VendorServer> StartAsync()
+    public static Task<VendorServer> StartAsync() => TestStorage.RetryOnPortClashAsync(StartOnceAsync);
+
+    static async Task<VendorServer> StartOnceAsync()
     {
         var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
         var builder = WebApplication.CreateSlimBuilder();

@@ -37,7 +37,10 @@ internal sealed class PaymentHost : IAsyncDisposable
 
     public PaymentStore Store => App.Services.GetRequiredService<PaymentStore>();
 
-    public static async Task<PaymentHost> StartAsync(string engine, IDictionary<string, string?> settings, long costMicro = 400)
+    public static Task<PaymentHost> StartAsync(string engine, IDictionary<string, string?> settings, long costMicro = 400) =>
+        TestStorage.RetryOnPortClashAsync(() => StartOnceAsync(engine, settings, costMicro));
+
+    static async Task<PaymentHost> StartOnceAsync(string engine, IDictionary<string, string?> settings, long costMicro)
     {
         var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
         var all = new Dictionary<string, string?>(TestStorage.FreshConfig(engine, "freeside")) { ["urls"] = url };
