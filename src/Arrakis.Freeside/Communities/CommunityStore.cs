@@ -266,17 +266,6 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     async Task<T> WriteAsync<T>(Func<System.Data.Common.DbConnection, System.Data.Common.DbTransaction, Task<(T, bool)>> work, CancellationToken ct)
     {
         await using var c = await db.OpenAsync(ct);
-        await using var tx = await Database.BeginWriteAsync(c, ct);
-        var (result, commit) = await work(c, tx);
-        if (commit)
-        {
-            await tx.CommitAsync(ct);
-        }
-        else
-        {
-            await tx.RollbackAsync(ct);
-        }
-
-        return result;
+        return await Database.InWriteTransactionAsync(c, work, ct);
     }
 }

@@ -513,21 +513,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
     /// <summary>Runs one write transaction; the work says whether to commit. Deadlocks and busy errors are retried.</summary>
     internal Task<T> WriteAsync<T>(Func<DbConnection, DbTransaction, Task<(T Result, bool Commit)>> work, CancellationToken ct) =>
-        CallAsync(async c =>
-        {
-            await using var tx = await Database.BeginWriteAsync(c, ct);
-            var (result, commit) = await work(c, tx);
-            if (commit)
-            {
-                await tx.CommitAsync(ct);
-            }
-            else
-            {
-                await tx.RollbackAsync(ct);
-            }
-
-            return result;
-        }, ct);
+        CallAsync(c => Database.InWriteTransactionAsync(c, work, ct), ct);
 
     /// <summary>Runs work on a fresh connection (one statement in autocommit is its own transaction); deadlocks and busy errors are retried.</summary>
     async Task<T> CallAsync<T>(Func<DbConnection, Task<T>> work, CancellationToken ct)

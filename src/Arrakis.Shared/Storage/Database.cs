@@ -93,6 +93,23 @@ public sealed class Database : IAsyncDisposable
         return await connection.BeginTransactionAsync(ct);
     }
 
+    /// <summary>Runs <paramref name="work"/> in one write transaction on <paramref name="connection"/>; the work says whether to commit.</summary>
+    public static async Task<T> InWriteTransactionAsync<T>(DbConnection connection, Func<DbConnection, DbTransaction, Task<(T Result, bool Commit)>> work, CancellationToken ct = default)
+    {
+        await using var tx = await BeginWriteAsync(connection, ct);
+        var (result, commit) = await work(connection, tx);
+        if (commit)
+        {
+            await tx.CommitAsync(ct);
+        }
+        else
+        {
+            await tx.RollbackAsync(ct);
+        }
+
+        return result;
+    }
+
     public static bool IsUniqueViolation(Exception ex) => ex switch
     {
         PostgresException pg => pg.SqlState == PostgresErrorCodes.UniqueViolation,

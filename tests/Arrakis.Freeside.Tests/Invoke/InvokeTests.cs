@@ -35,7 +35,8 @@ public sealed class InvokeTests
             ["allowed_pools"] = new[] { "cheap" },
         }, TimeSpan.FromMinutes(5));
 
-    static async Task<HttpResponseMessage> InvokeAsync(Platform p, string body, bool sse = false, string? idempotencyHeader = null)
+    static async Task<HttpResponseMessage> InvokeAsync(Platform p, string body, bool sse = false, string? idempotencyHeader = null,
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
         {
@@ -52,7 +53,7 @@ public sealed class InvokeTests
             request.Headers.Add("X-Idempotency-Key", idempotencyHeader);
         }
 
-        return await Http.SendAsync(request, TestContext.Current.CancellationToken);
+        return await Http.SendAsync(request, completion, TestContext.Current.CancellationToken);
     }
 
     static async Task<JsonElement> BudgetAsync(Platform p)
@@ -244,7 +245,7 @@ public sealed class InvokeTests
         using (var response = await SendStreamAsync(p, """{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}"""))
         {
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken));
-            traceId = (await ReadFramesAsync(reader, 3)).Start.GetProperty("trace_id").GetString()!;
+            traceId = (await ReadFramesAsync(reader, 3)).GetProperty("trace_id").GetString()!;
         } // the client goes away here, mid-stream
 
         var after = await WaitUntilNothingReservedAsync(p);
@@ -294,7 +295,7 @@ public sealed class InvokeTests
 
         using var response = await SendStreamAsync(p, """{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}""");
         using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken));
-        var (start, _) = await ReadFramesAsync(reader, 3);
+        var start = await ReadFramesAsync(reader, 3);
         finn.Cut(); // finn is gone mid-stream
         var rest = await reader.ReadToEndAsync(TestContext.Current.CancellationToken);
 
@@ -333,19 +334,13 @@ public sealed class InvokeTests
 
     static async Task<HttpResponseMessage> SendStreamAsync(Platform p, string body)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
-        {
-            Content = new StringContent(body, Encoding.UTF8, "application/json"),
-        };
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
-        request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
-        var response = await Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
+        var response = await InvokeAsync(p, body, sse: true, completion: HttpCompletionOption.ResponseHeadersRead);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         return response;
     }
 
-    /// <summary>Reads the start frame and then <paramref name="deltas"/> delta frames.</summary>
-    static async Task<(JsonElement Start, int Deltas)> ReadFramesAsync(StreamReader reader, int deltas)
+    /// <summary>Reads the start frame and then <paramref name="deltas"/> delta frames; returns the start frame.</summary>
+    static async Task<JsonElement> ReadFramesAsync(StreamReader reader, int deltas)
     {
         JsonElement? start = null;
         var seen = 0;
@@ -365,7 +360,7 @@ public sealed class InvokeTests
 
         Assert.Equal(deltas, seen);
         Assert.NotNull(start);
-        return (start.Value, seen);
+        return start.Value;
     }
 
     static async Task<JsonElement> WaitUntilNothingReservedAsync(Platform p)
