@@ -63,7 +63,13 @@ public static class InvokeApi
             return;
         }
 
-        var (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
+        FinnInvokeResult? result;
+        UpstreamError? error;
+        await using (pipeline.Hold(admitted))
+        {
+            (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
+        }
+
         if (error is not null)
         {
             await pipeline.FailAsync(admitted, error, CancellationToken.None);

@@ -47,6 +47,8 @@ public sealed class InvokePipeline(
     FinnClient finn,
     InvokeMetrics metrics,
     Payments.PaymentRequirementsBuilder payments,
+    LedgerOptions ledgerOptions,
+    TimeProvider time,
     ILogger<InvokePipeline> logger)
 {
     public async Task<Admission> AdmitAsync(HttpContext http, byte[] body, bool wantsSse, CancellationToken ct)
@@ -201,6 +203,9 @@ public sealed class InvokePipeline(
 
     public IAsyncEnumerable<FinnStreamEvent> StreamFinnAsync(Admitted a, CancellationToken ct) =>
         finn.StreamAsync(FinnRequest(a), Caller(a), ct);
+
+    /// <summary>Renews the call's reservation while finn works on it; dispose once finn has answered.</summary>
+    public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger);
 
     /// <summary>Frees the idempotency key after a partial (charged) stream, so a retry runs again.</summary>
     public Task AbandonKeyAsync(Admitted a) => idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, CancellationToken.None);

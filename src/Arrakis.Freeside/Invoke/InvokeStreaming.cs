@@ -69,32 +69,35 @@ static class InvokeStreaming
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
         await WriteAsync(Frame("start", new { type = "start", trace_id = a.TraceId, pool = a.Pool.Id, idempotency_key = a.IdempotencyKey }, id: seq++));
-        try
+        await using (pipeline.Hold(a))
         {
-            await foreach (var evt in pipeline.StreamFinnAsync(a, aborted))
+            try
             {
-                switch (evt)
+                await foreach (var evt in pipeline.StreamFinnAsync(a, aborted))
                 {
-                    case FinnStreamEvent.Delta d:
-                        if (!await WriteAsync(Frame("delta", new { type = "delta", content = d.Value.Content }, id: seq++)))
-                        {
-                            goto Disconnected; // this delta never reached the client, so it is not charged
-                        }
+                    switch (evt)
+                    {
+                        case FinnStreamEvent.Delta d:
+                            if (!await WriteAsync(Frame("delta", new { type = "delta", content = d.Value.Content }, id: seq++)))
+                            {
+                                goto Disconnected; // this delta never reached the client, so it is not charged
+                            }
 
-                        lastUsage = d.Value.Usage ?? lastUsage;
-                        break;
-                    case FinnStreamEvent.Done x:
-                        done = x.Result;
-                        break;
-                    case FinnStreamEvent.Failed f:
-                        failed = f.Error;
-                        lastUsage = f.Partial ?? lastUsage;
-                        break;
+                            lastUsage = d.Value.Usage ?? lastUsage;
+                            break;
+                        case FinnStreamEvent.Done x:
+                            done = x.Result;
+                            break;
+                        case FinnStreamEvent.Failed f:
+                            failed = f.Error;
+                            lastUsage = f.Partial ?? lastUsage;
+                            break;
+                    }
                 }
             }
-        }
-        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
-        {
+            catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+            {
+            }
         }
 
     Disconnected:

@@ -184,6 +184,29 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         return result;
     }
 
+    /// <summary>
+    /// Pushes a pending reservation's expiry out to now + <paramref name="ttl"/> (never earlier than it was), so a call that
+    /// is still running keeps its hold past the TTL. Returns false when the reservation is no longer pending (or unknown).
+    /// The reaper's expiry re-checks the expiry time in its own transaction, so a renewal that wins the race keeps the hold.
+    /// </summary>
+    public async Task<bool> RenewAsync(string reservationId, TimeSpan? ttl = null, CancellationToken ct = default)
+    {
+        var life = ttl ?? options.ReservationTtl;
+        if (!LedgerIds.IsValid(reservationId) || life <= TimeSpan.Zero)
+        {
+            return false;
+        }
+
+        var until = time.GetUtcNow().ToUnixTimeMilliseconds() + (long)life.TotalMilliseconds;
+        var renewed = await CallAsync(c => c.ExecuteAsync(
+            """
+            UPDATE reservations SET expires_at = CASE WHEN expires_at < @until THEN @until ELSE expires_at END
+            WHERE id = @id AND status = 'pending'
+            """,
+            new { id = reservationId, until }), ct);
+        return renewed > 0;
+    }
+
     public Task<ReleaseResult> ReleaseAsync(string reservationId, CancellationToken ct = default) =>
         LedgerIds.IsValid(reservationId)
             ? ResolveWithoutChargeAsync(reservationId, "voided", ct)

@@ -258,6 +258,58 @@ public sealed class InvokeTests
         await AssertConservedAsync(p);
     }
 
+    /// <summary>
+    /// A call that runs past the reservation TTL keeps its hold (freeside renews it while finn works) and is charged its
+    /// metered cost; without the renewal the reaper would expire the hold and the finished call would never post.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_call_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
+    {
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("2500"));
+        var before = await BudgetAsync(p);
+
+        using var response = await InvokeAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","max_tokens":32}""");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var cost = (await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("cost_micro").GetInt64();
+
+        await AssertChargedAndNothingHeldAsync(p, before, cost);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_stream_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
+    {
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("1500"));
+        var before = await BudgetAsync(p);
+
+        using var response = await SendStreamAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","stream":true,"max_tokens":32}""");
+        var frames = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        var done = frames.Split("\n\n").Single(f => f.Contains("event: done", StringComparison.Ordinal));
+        var cost = JsonDocument.Parse(done[(done.IndexOf("data:", StringComparison.Ordinal) + 5)..]).RootElement.GetProperty("cost_micro").GetInt64();
+
+        await AssertChargedAndNothingHeldAsync(p, before, cost);
+    }
+
+    /// <summary>finn takes <paramref name="latencyMs"/> before its first token, well past a 1 s reservation TTL that a 100 ms reaper enforces.</summary>
+    static Dictionary<string, string?> ShortTtlSettings(string latencyMs) => new()
+    {
+        ["Providers:Local:LatencyMs"] = latencyMs,
+        ["Providers:Local:TokenDelayMs"] = "20",
+        ["Ledger:ReservationTtl"] = "00:00:01",
+        ["Ledger:ReaperInterval"] = "00:00:00.100",
+    };
+
+    static async Task AssertChargedAndNothingHeldAsync(Platform p, JsonElement before, long cost)
+    {
+        var after = await BudgetAsync(p);
+        Assert.True(cost > 0);
+        Assert.Equal(cost, after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        await AssertConservedAsync(p);
+    }
+
     /// <summary>finn dies mid-answer (its connections reset and it stays unreachable): the caller gets a 5xx, nothing is charged.</summary>
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
@@ -406,7 +458,13 @@ public sealed class InvokeTests
                 return usage;
             }
 
-            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(10), "no usage record for trace " + traceId);
+            if (waited.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                await using var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(TestContext.Current.CancellationToken);
+                var reservations = await Dapper.SqlMapper.QueryAsync<string>(c, "SELECT id || ' ' || status || ' ' || amount_micro FROM reservations");
+                Assert.Fail($"no usage record for trace {traceId}; reservations: {string.Join(", ", reservations)}");
+            }
+
             await Task.Delay(50, TestContext.Current.CancellationToken);
         }
     }

@@ -214,6 +214,33 @@ public sealed class LedgerTests
 
     [Theory]
     [MemberData(nameof(Engines))]
+    public async Task A_renewed_reservation_outlives_its_first_ttl_and_only_a_pending_one_renews(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1_000, creditMicro: 1_000_000_000);
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "long", 5_000, TimeSpan.FromSeconds(10))).Status);
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "short", 5_000, TimeSpan.FromSeconds(10))).Status);
+
+        w.Time.Advance(TimeSpan.FromSeconds(8));
+        Assert.True(await w.Ledger.RenewAsync("long", TimeSpan.FromSeconds(10)));
+        Assert.True(await w.Ledger.RenewAsync("long", TimeSpan.FromSeconds(1))); // still pending; a shorter renewal never shortens the hold
+        w.Time.Advance(TimeSpan.FromSeconds(4)); // 12 s in: "short" is due, "long" holds until 18 s
+
+        Assert.Equal(1, await w.Ledger.ExpireDueAsync());
+        Assert.Equal(FinalizeStatus.Expired, (await w.Ledger.FinalizeAsync("short", 1_000, new UsageRecord())).Status);
+        Assert.Equal(FinalizeStatus.Finalized, (await w.Ledger.FinalizeAsync("long", 4_000, new UsageRecord())).Status);
+
+        Assert.False(await w.Ledger.RenewAsync("long")); // resolved: nothing to renew
+        Assert.False(await w.Ledger.RenewAsync("short"));
+        Assert.False(await w.Ledger.RenewAsync("never-reserved"));
+        var budget = (await w.Budgets.GetAsync("c1"))!;
+        Assert.Equal(4_000, budget.CommittedMicro);
+        Assert.Equal(0, budget.ReservedMicro);
+        await w.AssertConservedAsync();
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
     public async Task Burst_of_256_concurrent_reserves_admits_exactly_k(string engine)
     {
         await using var w = await LedgerWorld.CreateAsync(engine);
