@@ -53,11 +53,21 @@ static class InvokeBench
 
                     targets.Add(("finn direct", _ => Task.FromResult(platform.FinnRequest())));
                     targets.Add(("freeside → finn", _ => Task.FromResult(platform.FreesideRequest())));
+                    if (arg("--only") is { } only)
+                    {
+                        targets.RemoveAll(t => !t.Name.StartsWith(only, StringComparison.Ordinal)); // profiling one path; no "added by" row
+                    }
+
                     var measured = new Dictionary<string, Stats>();
                     foreach (var (name, make) in targets)
                     {
                         measured[name] = await MeasureAsync(make, clients, seconds);
                         rows.Add(Row(engine, provider, name, clients, measured[name], null));
+                    }
+
+                    if (!measured.ContainsKey("freeside → finn") || !measured.ContainsKey(viaVendor ? "provider direct" : "finn direct"))
+                    {
+                        continue;
                     }
 
                     var baseline = measured[viaVendor ? "provider direct" : "finn direct"];

@@ -37,6 +37,8 @@ foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
 {
     await using var db = new Database(engine == "sqlite" ? SqliteOptions() : PgOptions(pg!, "bench_" + Guid.NewGuid().ToString("N")[..10]));
     await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine).Concat(Migrator.FromAssembly(typeof(FreesideService).Assembly, db.Engine)));
+    using var checkpointer = new SqliteCheckpointer(db, TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger<SqliteCheckpointer>.Instance);
+    await checkpointer.StartAsync(CancellationToken.None); // as every service host runs it
     var ledger = NewLedger(db);
     var communities = new CommunityStore(db, TimeProvider.System);
     for (var c = 0; c < 64; c++)

@@ -46,6 +46,7 @@ public static class ServiceDefaults
         var storage = StorageOptions.Resolve(builder.Configuration, service);
         services.AddSingleton(storage);
         services.AddSingleton<Database>();
+        services.AddHostedService<SqliteCheckpointer>();
         services.AddSingleton<Migrator>();
         services.AddSingleton<IHealthContributor, DatabaseHealth>();
 
