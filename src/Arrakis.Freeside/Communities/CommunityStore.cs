@@ -27,6 +27,17 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     /// <summary>A cap on how far alias chains are followed, so a cycle that slipped in can never loop forever.</summary>
     const int MaxAliasDepth = 8;
 
+    /// <summary>
+    /// How long a resolved tenant → community answer is reused on the invoke path. Writes through this store clear it at
+    /// once; a change made by another replica or process (the CLI) is seen within this long. Misses are never cached, so
+    /// a community created anywhere is usable at once.
+    /// </summary>
+    public static readonly TimeSpan TenantCacheTtl = TimeSpan.FromSeconds(1);
+
+    const int TenantCacheLimit = 10_000;
+
+    readonly System.Collections.Concurrent.ConcurrentDictionary<string, (Community Community, DateTimeOffset Until)> _tenants = new(StringComparer.Ordinal);
+
     public const long MaxBudgetCents = LedgerIds.MaxAmountMicro / 10_000;
 
     public async Task<CommunityResult> UpsertAsync(string id, string name, Tier tier, long monthlyBudgetCents, CancellationToken ct = default)
@@ -139,6 +150,28 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     /// <see cref="MaxAliasDepth"/> hops) to the first id that is not itself an alias, which must be a community.
     /// </summary>
     public async Task<Community?> FindForTenantAsync(string tenantId, CancellationToken ct = default)
+    {
+        var now = time.GetUtcNow();
+        if (_tenants.TryGetValue(tenantId, out var cached) && cached.Until > now)
+        {
+            return cached.Community;
+        }
+
+        var found = await QueryForTenantAsync(tenantId, ct);
+        if (found is not null)
+        {
+            if (_tenants.Count >= TenantCacheLimit)
+            {
+                _tenants.Clear();
+            }
+
+            _tenants[tenantId] = (found, now + TenantCacheTtl);
+        }
+
+        return found;
+    }
+
+    async Task<Community?> QueryForTenantAsync(string tenantId, CancellationToken ct)
     {
         await using var c = await db.OpenAsync(ct);
         var row = await c.QuerySingleOrDefaultAsync<CommunityRow>(
@@ -266,6 +299,13 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     async Task<T> WriteAsync<T>(Func<System.Data.Common.DbConnection, System.Data.Common.DbTransaction, Task<(T, bool)>> work, CancellationToken ct)
     {
         await using var c = await db.OpenAsync(ct);
-        return await Database.InWriteTransactionAsync(c, work, ct);
+        try
+        {
+            return await Database.InWriteTransactionAsync(c, work, ct);
+        }
+        finally
+        {
+            _tenants.Clear(); // a tier, budget or alias may have changed
+        }
     }
 }

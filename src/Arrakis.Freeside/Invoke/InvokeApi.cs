@@ -65,7 +65,7 @@ public static class InvokeApi
 
         FinnInvokeResult? result;
         UpstreamError? error;
-        await using (pipeline.Hold(admitted))
+        using (pipeline.Hold(admitted))
         {
             (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
         }

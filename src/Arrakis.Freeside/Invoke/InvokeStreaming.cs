@@ -69,7 +69,7 @@ static class InvokeStreaming
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
         await WriteAsync(Frame("start", new { type = "start", trace_id = a.TraceId, pool = a.Pool.Id, idempotency_key = a.IdempotencyKey }, id: seq++));
-        await using (pipeline.Hold(a))
+        using (pipeline.Hold(a))
         {
             try
             {

@@ -6,50 +6,62 @@ namespace Arrakis.Freeside.Invoke;
 /// Keeps the reservation of a call that is still running from expiring: renews it every third of the reservation TTL
 /// until disposed. A call longer than the TTL (a long stream, a slow model) is then still finalized at its metered cost
 /// instead of losing its hold to the reaper. If freeside dies, renewals stop and the reaper releases the hold within one
-/// TTL of the last renewal.
+/// TTL of the last renewal. A call shorter than a third of the TTL (nearly all of them) costs one timer and no write.
 /// </summary>
-public sealed partial class ReservationLease : IAsyncDisposable
+public sealed partial class ReservationLease : IDisposable
 {
-    readonly CancellationTokenSource _stop = new();
-    readonly Task _loop;
+    readonly Ledger.Ledger _ledger;
+    readonly string _reservationId;
+    readonly TimeSpan _ttl;
+    readonly ILogger _logger;
+    readonly ITimer _timer;
+    int _renewing;
+    volatile bool _disposed;
 
     public ReservationLease(Ledger.Ledger ledger, string reservationId, TimeSpan ttl, TimeProvider time, ILogger logger)
     {
-        _loop = RenewAsync(ledger, reservationId, ttl, time, logger);
+        _ledger = ledger;
+        _reservationId = reservationId;
+        _ttl = ttl;
+        _logger = logger;
+        _timer = time.CreateTimer(static state => ((ReservationLease)state!).Tick(), this, ttl / 3, ttl / 3);
     }
 
-    async Task RenewAsync(Ledger.Ledger ledger, string reservationId, TimeSpan ttl, TimeProvider time, ILogger logger)
+    void Tick()
     {
-        await Task.Yield();
-        using var timer = new PeriodicTimer(ttl / 3, time);
+        if (_disposed || Interlocked.Exchange(ref _renewing, 1) == 1)
+        {
+            return; // stopped, or the previous renewal is still running
+        }
+
+        _ = RenewAsync();
+    }
+
+    async Task RenewAsync()
+    {
         try
         {
-            while (await timer.WaitForNextTickAsync(_stop.Token))
+            if (!await _ledger.RenewAsync(_reservationId, _ttl) && !_disposed)
             {
-                try
-                {
-                    if (!await ledger.RenewAsync(reservationId, ttl, _stop.Token))
-                    {
-                        LogLost(logger, reservationId);
-                        return;
-                    }
-                }
-                catch (Exception ex) when (ex is not OperationCanceledException)
-                {
-                    LogFailed(logger, reservationId, ex); // the next tick tries again; one TTL holds two more
-                }
+                LogLost(_logger, _reservationId);
+                _disposed = true;
+                _timer.Dispose();
             }
         }
-        catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+        catch (Exception ex)
         {
+            LogFailed(_logger, _reservationId, ex); // the next tick tries again; the TTL outlasts two more ticks
+        }
+        finally
+        {
+            Volatile.Write(ref _renewing, 0);
         }
     }
 
-    public async ValueTask DisposeAsync()
+    public void Dispose()
     {
-        await _stop.CancelAsync();
-        await _loop;
-        _stop.Dispose();
+        _disposed = true;
+        _timer.Dispose();
     }
 
     [LoggerMessage(EventId = 3111, EventName = "RESERVATION_LEASE_LOST", Level = LogLevel.Warning,

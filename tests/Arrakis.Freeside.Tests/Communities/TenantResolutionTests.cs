@@ -42,4 +42,31 @@ public sealed class TenantResolutionTests
         Assert.Equal("c2", await store.ResolveTenantAsync("deep1", ct)); // 8 hops: the longest chain followed
         Assert.Null(await store.ResolveTenantAsync("deep0", ct)); // 9 hops: too long
     }
+
+    /// <summary>
+    /// The invoke path reuses a resolved tenant for at most <see cref="CommunityStore.TenantCacheTtl"/>: writes through the
+    /// store are seen at once, writes from elsewhere within the TTL, and a miss is never remembered.
+    /// </summary>
+    [Fact]
+    public async Task Resolved_tenants_are_reused_briefly_and_writes_through_the_store_are_seen_at_once()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var db = new Database(TestStorage.Options("sqlite", "freeside"));
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine).Concat(Migrator.FromAssembly(typeof(FreesideService).Assembly, db.Engine)), ct);
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var store = new CommunityStore(db, time);
+        var elsewhere = new CommunityStore(db, time); // another replica, or the CLI
+        Assert.Null(await store.FindForTenantAsync("t", ct));
+        await elsewhere.UpsertAsync("c1", "One", Tier.Free, 100, ct);
+        await elsewhere.SetAliasAsync("t", "c1", ct);
+        Assert.Equal(Tier.Free, (await store.FindForTenantAsync("t", ct))!.Tier); // the earlier miss was not cached
+
+        await elsewhere.UpsertAsync("c1", "One", Tier.Pro, 100, ct);
+        Assert.Equal(Tier.Free, (await store.FindForTenantAsync("t", ct))!.Tier); // reused within the TTL
+        time.Advance(CommunityStore.TenantCacheTtl);
+        Assert.Equal(Tier.Pro, (await store.FindForTenantAsync("t", ct))!.Tier); // seen once the TTL has passed
+
+        await store.UpsertAsync("c1", "One", Tier.Enterprise, 100, ct);
+        Assert.Equal(Tier.Enterprise, (await store.FindForTenantAsync("t", ct))!.Tier); // its own write: at once
+    }
 }
