@@ -27,7 +27,8 @@ internal static class BalanceCommand
                 return 2;
             }
 
-            var builder = WebApplication.CreateSlimBuilder();
+            // No configuration file watching: it watches the working directory recursively, .loa/ and all.
+            var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] });
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
             builder.WebHost.UseUrls(parse.GetValue(listen)!);
             builder.Services.AddReverseProxy().LoadFromMemory(
