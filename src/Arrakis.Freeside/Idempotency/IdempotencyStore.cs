@@ -104,15 +104,22 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// <summary>Stores the response of a started request so later retries replay it.</summary>
     public async Task CompleteAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
     {
+        var write = Completion(scope, key, status, body, contentType);
         using var gate = await db.EnterWriteAsync(ct);
         await using var c = await db.OpenAsync(ct);
-        await c.ExecuteAsync(
-            """
-            UPDATE idempotency_keys SET state = 'complete', response_status = @status, response_body = @body, content_type = @contentType, updated_at = @now
-            WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'
-            """,
-            new { scope, key, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
+        await c.ExecuteAsync(write.Sql, write.Parameters);
     }
+
+    /// <summary>
+    /// The write <see cref="CompleteAsync"/> makes, for a ledger operation to commit together with its own (the invoke
+    /// path stores its response in the finalize transaction).
+    /// </summary>
+    public Ledger.LedgerSideWrite Completion(string scope, string key, int status, string body, string contentType) => new(
+        """
+        UPDATE idempotency_keys SET state = 'complete', response_status = @idemStatus, response_body = @idemBody, content_type = @idemContentType, updated_at = @idemNow
+        WHERE scope = @idemScope AND idem_key = @idemKey AND state = 'in_progress'
+        """,
+        new { idemScope = scope, idemKey = key, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
 
     /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
     public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)

@@ -221,18 +221,22 @@ public sealed class InvokePipeline(
     /// <summary>Finalizes at the metered cost (never above the reservation) and stores the response for replay.</summary>
     public async Task<byte[]> SettleAsync(Admitted a, FinnInvokeResult result, CancellationToken ct)
     {
-        var charged = await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct);
+        var charged = Charge(a, result.CostMicro);
         var body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, charged, a), InvokeResponse.Json);
-        await idempotency.CompleteAsync(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json", ct);
+        // The response is stored for replay in the same commit as the charge: one write, and never one without the other.
+        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json");
+        await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct, stored);
         return body;
     }
 
+    static long Charge(Admitted a, long costMicro) => Math.Clamp(costMicro, 0, a.ReservedMicro);
+
     /// <summary>Posts <paramref name="costMicro"/> (capped at the reservation) with its usage record; returns what was charged.</summary>
-    public async Task<long> ChargeAsync(Admitted a, string? model, Usage usage, long costMicro, CancellationToken ct)
+    public async Task<long> ChargeAsync(Admitted a, string? model, Usage usage, long costMicro, CancellationToken ct, LedgerSideWrite? alongside = null)
     {
-        var charged = Math.Clamp(costMicro, 0, a.ReservedMicro);
+        var charged = Charge(a, costMicro);
         var finalized = await ledger.FinalizeAsync(a.ReservationId, charged, new UsageRecord(
-            a.Request.Agent, a.Pool.Id, model, usage.PromptTokens, usage.CompletionTokens, a.TraceId, a.IdempotencyKey), ct);
+            a.Request.Agent, a.Pool.Id, model, usage.PromptTokens, usage.CompletionTokens, a.TraceId, a.IdempotencyKey), alongside, ct);
         if (finalized.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
         {
             logger.FinalizeFailed(a.ReservationId, finalized.Status.ToString(), a.TraceId);

@@ -118,7 +118,16 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         }, ct);
     }
 
-    public async Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, CancellationToken ct = default)
+    public Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, CancellationToken ct = default) =>
+        FinalizeAsync(reservationId, actualMicro, usage, null, ct);
+
+    /// <summary>
+    /// Posts <paramref name="actualMicro"/> of the reservation and releases the rest. <paramref name="alongside"/>, when
+    /// given, is another store's write (e.g. the idempotent response) committed in the same transaction, whatever the
+    /// posting's outcome: on SQLite inside the posting's transaction, on PostgreSQL as a second statement of the same
+    /// round trip (one implicit transaction). It must not touch the ledger's tables.
+    /// </summary>
+    public async Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, LedgerSideWrite? alongside, CancellationToken ct = default)
     {
         if (!LedgerIds.IsValid(reservationId))
         {
@@ -130,8 +139,13 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, $"actualMicro must be between 0 and {LedgerIds.MaxAmountMicro}.");
         }
 
-        var result = db.IsPostgres ? await FinalizeInDatabaseAsync(reservationId, actualMicro, usage, ct) : await WriteAsync(async (c, tx) =>
+        var result = db.IsPostgres ? await FinalizeInDatabaseAsync(reservationId, actualMicro, usage, alongside, ct) : await WriteAsync(async (c, tx) =>
         {
+            if (alongside is not null)
+            {
+                await c.ExecuteAsync(alongside.Sql, alongside.Parameters, tx);
+            }
+
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
             var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
                 """
@@ -144,7 +158,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             {
                 var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
                     "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
-                return (Unclaimed(reservationId, actualMicro, existing), false);
+                return (Unclaimed(reservationId, actualMicro, existing), alongside is not null); // nothing of the ledger changed
             }
 
             Fault("finalize.after-claim");
@@ -415,18 +429,29 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             _ => new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "The reservation is not due yet."),
         };
 
-    async Task<FinalizeResult> FinalizeInDatabaseAsync(string reservationId, long actualMicro, UsageRecord usage, CancellationToken ct)
+    async Task<FinalizeResult> FinalizeInDatabaseAsync(string reservationId, long actualMicro, UsageRecord usage, LedgerSideWrite? alongside, CancellationToken ct)
     {
-        var row = await CallAsync(c => c.QuerySingleAsync<StatusRow>(
-            """
+        const string Finalize = """
             SELECT o_status AS Status, o_amount AS Amount, o_actual AS Actual
             FROM ledger_finalize(@id, @actual, @at, @agent, @pool, @model, @prompt, @completion, @trace, @key, @fault)
-            """,
-            new
+            """;
+        var args = new DynamicParameters(new
+        {
+            id = reservationId, actual = actualMicro, at = time.GetUtcNow().ToUnixTimeMilliseconds(), agent = usage.AgentId, pool = usage.Pool, model = usage.Model,
+            prompt = usage.PromptTokens, completion = usage.CompletionTokens, trace = usage.TraceId, key = usage.IdempotencyKey, fault = FaultPoint,
+        });
+        var row = await CallAsync(async c =>
+        {
+            if (alongside is null)
             {
-                id = reservationId, actual = actualMicro, at = time.GetUtcNow().ToUnixTimeMilliseconds(), agent = usage.AgentId, pool = usage.Pool, model = usage.Model,
-                prompt = usage.PromptTokens, completion = usage.CompletionTokens, trace = usage.TraceId, key = usage.IdempotencyKey, fault = FaultPoint,
-            }), ct);
+                return await c.QuerySingleAsync<StatusRow>(Finalize, args);
+            }
+
+            // Npgsql sends both statements in one round trip, which PostgreSQL runs as one implicit transaction.
+            args.AddDynamicParams(alongside.Parameters);
+            await using var results = await c.QueryMultipleAsync(Finalize + ";\n" + alongside.Sql, args);
+            return await results.ReadSingleAsync<StatusRow>();
+        }, ct);
         return row.Status switch
         {
             "finalized" => new FinalizeResult(FinalizeStatus.Finalized, reservationId, row.Amount, actualMicro, row.Amount - actualMicro),
@@ -556,3 +581,6 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         }
     }
 }
+
+/// <summary>A write of another store (SQL and its parameters) that a ledger operation commits together with its own.</summary>
+public sealed record LedgerSideWrite(string Sql, object Parameters);

@@ -239,6 +239,45 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>The invoke path stores its idempotent response in the finalize commit: both land, or (on a fault) neither.</summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_side_write_commits_with_the_finalize_and_rolls_back_with_it(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1_000, creditMicro: 1_000_000_000);
+        foreach (var id in new[] { "ok", "faulty" })
+        {
+            Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", id, 5_000)).Status);
+            Assert.Equal(Arrakis.Freeside.Idempotency.IdempotencyState.Started, (await w.Idempotency.BeginAsync("c1", "key-" + id, "hash")).State);
+        }
+
+        Task<string> KeyStateAsync(string id) =>
+            w.ScalarAsync<string>("SELECT state FROM idempotency_keys WHERE scope = 'c1' AND idem_key = @key", new { key = "key-" + id });
+
+        w.Ledger.FaultPoint = "finalize.after-claim";
+        await Assert.ThrowsAnyAsync<Exception>(() => w.Ledger.FinalizeAsync("faulty", 4_000, new UsageRecord(),
+            w.Idempotency.Completion("c1", "key-faulty", 200, "{}", "application/json")));
+        w.Ledger.FaultPoint = null;
+        Assert.Equal("pending", (await w.Ledger.FindReservationAsync("faulty"))!.Status);
+        Assert.Equal("in_progress", await KeyStateAsync("faulty"));
+
+        var done = await w.Ledger.FinalizeAsync("ok", 4_000, new UsageRecord(), w.Idempotency.Completion("c1", "key-ok", 200, "{\"n\":1}", "application/json"));
+        Assert.Equal(FinalizeStatus.Finalized, done.Status);
+        Assert.Equal("complete", await KeyStateAsync("ok"));
+        Assert.Equal(IdempotencyReplay("{\"n\":1}"), await w.Idempotency.BeginAsync("c1", "key-ok", "hash"));
+
+        // A posting that does not happen (here: already posted) still stores the response it was given.
+        Assert.Equal(FinalizeStatus.Duplicate, (await w.Ledger.FinalizeAsync("ok", 4_000, new UsageRecord(),
+            w.Idempotency.Completion("c1", "key-faulty", 200, "{}", "application/json"))).Status);
+        Assert.Equal("complete", await KeyStateAsync("faulty"));
+        Assert.Equal(4_000, (await w.Budgets.GetAsync("c1"))!.CommittedMicro);
+        await w.AssertConservedAsync();
+    }
+
+    static Arrakis.Freeside.Idempotency.IdempotencyBegin IdempotencyReplay(string body) =>
+        new(Arrakis.Freeside.Idempotency.IdempotencyState.Replay, 200, body, "application/json");
+
     [Theory]
     [MemberData(nameof(Engines))]
     public async Task Burst_of_256_concurrent_reserves_admits_exactly_k(string engine)
