@@ -42,9 +42,18 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 {
     public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
     {
-        var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         using var gate = await db.EnterWriteAsync(ct);
         await using var c = await db.OpenAsync(ct);
+        return await BeginAsync(c, null, scope, key, requestHash);
+    }
+
+    /// <summary>
+    /// <see cref="BeginAsync(string, string, string, CancellationToken)"/> on a connection the caller holds for writing,
+    /// inside its transaction when it has one (the invoke path claims the key in the reservation's transaction).
+    /// </summary>
+    public async Task<IdempotencyBegin> BeginAsync(System.Data.Common.DbConnection c, System.Data.Common.DbTransaction? tx, string scope, string key, string requestHash)
+    {
+        var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         for (var attempt = 0; attempt < 3; attempt++)
         {
             var inserted = await c.ExecuteAsync(
@@ -52,7 +61,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
                 INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
                 VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
                 """,
-                new { scope, key, requestHash, now });
+                new { scope, key, requestHash, now }, tx);
             if (inserted == 1)
             {
                 return new(IdempotencyState.Started);
@@ -60,7 +69,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
             var row = await c.QuerySingleOrDefaultAsync<Row>(
                 "SELECT request_hash AS RequestHash, state AS State, response_status AS Status, response_body AS Body, content_type AS ContentType, created_at AS CreatedAt, updated_at AS UpdatedAt FROM idempotency_keys WHERE scope = @scope AND idem_key = @key",
-                new { scope, key });
+                new { scope, key }, tx);
             if (row is null)
             {
                 continue; // purged between the two statements; try the insert again
@@ -70,7 +79,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             {
                 // Past retention: the key is free again. The conditional delete lets exactly one caller reclaim it.
                 await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND created_at = @created",
-                    new { scope, key, created = row.CreatedAt });
+                    new { scope, key, created = row.CreatedAt }, tx);
                 continue;
             }
 
@@ -88,7 +97,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             {
                 var taken = await c.ExecuteAsync(
                     "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old",
-                    new { scope, key, now, old = row.UpdatedAt });
+                    new { scope, key, now, old = row.UpdatedAt }, tx);
                 if (taken == 1)
                 {
                     return new(IdempotencyState.Started);

@@ -133,8 +133,17 @@ public sealed class InvokePipeline(
 
         var key = resolved!.Value;
         var stream = wantsSse || request.Stream;
-        var begin = await idempotency.BeginAsync(community.Id, key, RequestHash(request, pool.Id, maxTokens, stream), ct);
-        switch (begin.State)
+        var hash = RequestHash(request, pool.Id, maxTokens, stream);
+        var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
+        var reservationId = "res_" + Guid.NewGuid().ToString("N");
+        IdempotencyBegin? begin = null;
+        // The key is claimed in the reservation's own transaction where the engine allows (SQLite): one commit for both.
+        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, async (c, tx) =>
+        {
+            begin = await idempotency.BeginAsync(c, tx, community.Id, key, hash);
+            return begin.State == IdempotencyState.Started;
+        }, ct);
+        switch (begin?.State) // null: the reservation was refused before the claim ran (an invalid amount)
         {
             case IdempotencyState.Replay:
                 return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, TraceId(), stream,
@@ -145,12 +154,14 @@ public sealed class InvokePipeline(
                 return Reject(Problems.Create(409, "REQUEST_IN_PROGRESS", $"A request with idempotency key '{key}' is still running; retry when it finishes."));
         }
 
-        var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
-        var reservationId = "res_" + Guid.NewGuid().ToString("N");
-        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, ct);
         if (!reserve.Admitted)
         {
-            await idempotency.AbandonAsync(community.Id, key, CancellationToken.None);
+            if (begin is not null)
+            {
+                // Frees the key (on SQLite the refusal already took the claim back with it, and this finds nothing).
+                await idempotency.AbandonAsync(community.Id, key, CancellationToken.None);
+            }
+
             return Reject(reserve.Status switch
             {
                 ReserveStatus.BudgetExceeded or ReserveStatus.WalletInsufficient => Problems.Create(402, "BUDGET_EXCEEDED",

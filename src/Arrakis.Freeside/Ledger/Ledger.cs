@@ -21,7 +21,17 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
     public TimeProvider Time => time;
 
-    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl = null, CancellationToken ct = default)
+    public Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl = null, CancellationToken ct = default) =>
+        ReserveAsync(communityId, reservationId, amountMicro, ttl, null, ct);
+
+    /// <summary>
+    /// Reserves <paramref name="amountMicro"/> against the community's monthly budget and wallet, or refuses. When
+    /// <paramref name="first"/> is given it runs before the reservation: on SQLite inside the same transaction, so a
+    /// refusal takes the claim back with it; on PostgreSQL (where the reservation is one function call) just before it,
+    /// on its own. If it returns false nothing is reserved (<see cref="ReserveStatus.Declined"/>). It may run more than
+    /// once when a busy database is retried, and must not touch the ledger's tables.
+    /// </summary>
+    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerClaim? first, CancellationToken ct = default)
     {
         if (!LedgerIds.IsValid(communityId))
         {
@@ -46,6 +56,11 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
         if (db.IsPostgres)
         {
+            if (first is not null && !await CallAsync(c => first(c, null), ct))
+            {
+                return Declined(reservationId, amountMicro);
+            }
+
             var now = time.GetUtcNow();
             var at = now.ToUnixTimeMilliseconds();
             var row = await CallAsync(c => c.QuerySingleAsync<ReserveRow>(
@@ -69,6 +84,11 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
         return await WriteAsync(async (c, tx) =>
         {
+            if (first is not null && !await first(c, tx))
+            {
+                return (Declined(reservationId, amountMicro), true); // the claim's own answer (e.g. a replay) may have written
+            }
+
             var now = time.GetUtcNow();
             var month = LedgerIds.Month(now);
             var at = now.ToUnixTimeMilliseconds();
@@ -460,6 +480,9 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         };
     }
 
+    static ReserveResult Declined(string reservationId, long amountMicro) =>
+        new(ReserveStatus.Declined, reservationId, amountMicro, 0, 0, "The caller's claim declined the reservation.");
+
     static FinalizeResult Unclaimed(string reservationId, long actualMicro, StatusRow? existing) =>
         existing switch
         {
@@ -584,3 +607,9 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
 /// <summary>A write of another store (SQL and its parameters) that a ledger operation commits together with its own.</summary>
 public sealed record LedgerSideWrite(string Sql, object Parameters);
+
+/// <summary>
+/// Another store's claim that must hold before a reservation is made (the invoke path's idempotency key), given the
+/// connection and, on SQLite, the reservation's transaction. Returns whether to go on and reserve.
+/// </summary>
+public delegate Task<bool> LedgerClaim(DbConnection connection, DbTransaction? transaction);

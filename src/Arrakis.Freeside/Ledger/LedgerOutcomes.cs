@@ -8,6 +8,9 @@ public enum ReserveStatus
     WalletInsufficient,
     CommunityNotFound,
     Invalid,
+
+    /// <summary>The caller's own claim, run first (see <see cref="Ledger.ReserveAsync(string, string, long, TimeSpan?, LedgerClaim?, CancellationToken)"/>), said no: nothing was reserved.</summary>
+    Declined,
 }
 
 /// <summary>What a reserve did. Remaining amounts are what the budget and the wallet could still cover after (or, on refusal, before) it.</summary>

@@ -275,6 +275,37 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>The invoke path claims its idempotency key first, in the reservation's transaction where the engine allows.</summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_claim_runs_before_the_reservation_and_a_declined_claim_reserves_nothing(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1, creditMicro: 1_000_000_000); // a budget of 10,000 micro-USD
+        Arrakis.Freeside.Idempotency.IdempotencyBegin? begin = null;
+        LedgerClaim Claim(string key) => async (c, tx) =>
+        {
+            begin = await w.Idempotency.BeginAsync(c, tx, "c1", key, "hash");
+            return begin.State == Arrakis.Freeside.Idempotency.IdempotencyState.Started;
+        };
+        Task<long> KeysAsync(string key) => w.ScalarAsync<long>("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = @key", new { key });
+
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "r1", 6_000, null, Claim("k1"))).Status);
+        Assert.Equal(1, await KeysAsync("k1"));
+
+        var again = await w.Ledger.ReserveAsync("c1", "r2", 1_000, null, Claim("k1")); // same key, still running
+        Assert.Equal(ReserveStatus.Declined, again.Status);
+        Assert.Equal(Arrakis.Freeside.Idempotency.IdempotencyState.InProgress, begin!.State);
+        Assert.Null(await w.Ledger.FindReservationAsync("r2"));
+
+        var refused = await w.Ledger.ReserveAsync("c1", "r3", 6_000, null, Claim("k3")); // over the budget
+        Assert.Equal(ReserveStatus.BudgetExceeded, refused.Status);
+        // SQLite: the refusal rolled the claim back with it. PostgreSQL: the claim committed first; the caller abandons it.
+        Assert.Equal(engine == "sqlite" ? 0 : 1, await KeysAsync("k3"));
+        Assert.Equal(6_000, (await w.Budgets.GetAsync("c1"))!.ReservedMicro);
+        await w.AssertConservedAsync();
+    }
+
     static Arrakis.Freeside.Idempotency.IdempotencyBegin IdempotencyReplay(string body) =>
         new(Arrakis.Freeside.Idempotency.IdempotencyState.Replay, 200, body, "application/json");
 
