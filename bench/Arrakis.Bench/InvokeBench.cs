@@ -168,7 +168,6 @@ static class InvokeBench
         return new Stats(sorted.Length / seconds, Pct(sorted, 0.50), Pct(sorted, 0.99));
     }
 
-
     static double Pct(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
 
     /// <summary>A loopback server speaking OpenAI chat completions (JSON only) that answers immediately.</summary>
