@@ -42,9 +42,8 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 {
     public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
     {
-        using var gate = await db.EnterWriteAsync(ct);
-        await using var c = await db.OpenAsync(ct);
-        return await BeginAsync(c, null, scope, key, requestHash);
+        await using var writer = await db.OpenWriterAsync(ct);
+        return await BeginAsync(writer.Connection, null, scope, key, requestHash);
     }
 
     /// <summary>
@@ -56,7 +55,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
         var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         for (var attempt = 0; attempt < 3; attempt++)
         {
-            var inserted = await c.ExecuteAsync(
+            var inserted = await c.ExecAsync(
                 """
                 INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
                 VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
@@ -67,7 +66,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
                 return new(IdempotencyState.Started);
             }
 
-            var row = await c.QuerySingleOrDefaultAsync<Row>(
+            var row = await c.RowAsync<Row>(
                 "SELECT request_hash AS RequestHash, state AS State, response_status AS Status, response_body AS Body, content_type AS ContentType, created_at AS CreatedAt, updated_at AS UpdatedAt FROM idempotency_keys WHERE scope = @scope AND idem_key = @key",
                 new { scope, key }, tx);
             if (row is null)
@@ -78,7 +77,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             if (row.CreatedAt < now - (long)options.Retention.TotalMilliseconds)
             {
                 // Past retention: the key is free again. The conditional delete lets exactly one caller reclaim it.
-                await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND created_at = @created",
+                await c.ExecAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND created_at = @created",
                     new { scope, key, created = row.CreatedAt }, tx);
                 continue;
             }
@@ -95,7 +94,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
             if (row.UpdatedAt < now - (long)options.LeaseTimeout.TotalMilliseconds)
             {
-                var taken = await c.ExecuteAsync(
+                var taken = await c.ExecAsync(
                     "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old",
                     new { scope, key, now, old = row.UpdatedAt }, tx);
                 if (taken == 1)
@@ -114,9 +113,8 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     public async Task CompleteAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
     {
         var write = Completion(scope, key, status, body, contentType);
-        using var gate = await db.EnterWriteAsync(ct);
-        await using var c = await db.OpenAsync(ct);
-        await c.ExecuteAsync(write.Sql, write.Parameters);
+        await using var writer = await db.OpenWriterAsync(ct);
+        await writer.Connection.ExecAsync(write.Sql, write.Parameters);
     }
 
     /// <summary>
@@ -133,9 +131,8 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
     public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)
     {
-        using var gate = await db.EnterWriteAsync(ct);
-        await using var c = await db.OpenAsync(ct);
-        await c.ExecuteAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'", new { scope, key });
+        await using var writer = await db.OpenWriterAsync(ct);
+        await writer.Connection.ExecAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'", new { scope, key });
     }
 
     /// <summary>Deletes keys past retention; returns how many.</summary>

@@ -92,7 +92,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             var now = time.GetUtcNow();
             var month = LedgerIds.Month(now);
             var at = now.ToUnixTimeMilliseconds();
-            var inserted = await c.ExecuteAsync(
+            var inserted = await c.ExecAsync(
                 """
                 INSERT INTO reservations (id, community_id, month, amount_micro, status, created_at, expires_at)
                 SELECT @id, id, @month, @amount, 'pending', @at, @expires FROM communities WHERE id = @community
@@ -101,7 +101,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 new { id = reservationId, month, amount = amountMicro, at, expires = at + (long)life.TotalMilliseconds, community = communityId }, tx);
             if (inserted == 0)
             {
-                var existing = await c.QuerySingleOrDefaultAsync<OwnerRow>(
+                var existing = await c.RowAsync<OwnerRow>(
                     "SELECT community_id AS CommunityId, amount_micro AS Amount FROM reservations WHERE id = @id", new { id = reservationId }, tx);
                 return existing is { } e
                     ? (new ReserveResult(ReserveStatus.Duplicate, reservationId, e.Amount, 0, 0, e.CommunityId == communityId ? null : "The reservation id belongs to another community."), false)
@@ -116,7 +116,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                     $"The monthly budget has {budget} micro-USD left; this call needs up to {amountMicro}."), false);
             }
 
-            var held = await c.ExecuteAsync(
+            var held = await c.ExecAsync(
                 """
                 UPDATE ledger_accounts SET debits_pending = debits_pending + @amount
                 WHERE id = @id AND credits_posted - debits_posted - debits_pending >= @amount
@@ -130,7 +130,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             }
 
             Fault("reserve.after-wallet");
-            await c.ExecuteAsync("UPDATE ledger_accounts SET credits_pending = credits_pending + @amount WHERE id = @id",
+            await c.ExecAsync("UPDATE ledger_accounts SET credits_pending = credits_pending + @amount WHERE id = @id",
                 new { id = LedgerIds.Spend(communityId), amount = amountMicro }, tx);
             await InsertTransferAsync(c, tx, "r:" + reservationId, communityId, "pending", LedgerIds.Wallet(communityId), LedgerIds.Spend(communityId), amountMicro, null, at);
             return (new ReserveResult(ReserveStatus.Reserved, reservationId, amountMicro,
@@ -163,11 +163,11 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         {
             if (alongside is not null)
             {
-                await c.ExecuteAsync(alongside.Sql, alongside.Parameters, tx);
+                await c.ExecAsync(alongside.Sql, alongside.Parameters, tx);
             }
 
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
-            var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
+            var claimed = await c.RowAsync<ClaimRow>(
                 """
                 UPDATE reservations SET status = 'posted', actual_micro = @actual, resolved_at = @at
                 WHERE id = @id AND status = 'pending' AND amount_micro >= @actual
@@ -176,29 +176,29 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 new { id = reservationId, actual = actualMicro, at }, tx);
             if (claimed is not { } r)
             {
-                var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
+                var existing = await c.RowAsync<StatusRow>(
                     "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
                 return (Unclaimed(reservationId, actualMicro, existing), alongside is not null); // nothing of the ledger changed
             }
 
             Fault("finalize.after-claim");
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 """
                 UPDATE budget_months SET reserved_micro = reserved_micro - @amount, committed_micro = committed_micro + @actual
                 WHERE community_id = @community AND month = @month
                 """,
                 new { community = r.CommunityId, month = r.Month, amount = r.Amount, actual = actualMicro }, tx);
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 "UPDATE ledger_accounts SET debits_pending = debits_pending - @amount, debits_posted = debits_posted + @actual WHERE id = @id",
                 new { id = LedgerIds.Wallet(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
             Fault("finalize.after-wallet");
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 "UPDATE ledger_accounts SET credits_pending = credits_pending - @amount, credits_posted = credits_posted + @actual WHERE id = @id",
                 new { id = LedgerIds.Spend(r.CommunityId), amount = r.Amount, actual = actualMicro }, tx);
             var transferId = "p:" + reservationId;
             await DebitLotsAsync(c, tx, r.CommunityId, transferId, "debit", actualMicro, at);
             await InsertTransferAsync(c, tx, transferId, r.CommunityId, "post", LedgerIds.Wallet(r.CommunityId), LedgerIds.Spend(r.CommunityId), actualMicro, "r:" + reservationId, at);
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 """
                 INSERT INTO usage_records (id, community_id, month, agent_id, pool, model, prompt_tokens, completion_tokens, cost_micro, trace_id, idempotency_key, created_at)
                 VALUES (@id, @community, @month, @agent, @pool, @model, @prompt, @completion, @cost, @trace, @key, @at)
@@ -232,7 +232,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         }
 
         var until = time.GetUtcNow().ToUnixTimeMilliseconds() + (long)life.TotalMilliseconds;
-        var renewed = await CallAsync(c => c.ExecuteAsync(
+        var renewed = await CallAsync(c => c.ExecAsync(
             """
             UPDATE reservations SET expires_at = CASE WHEN expires_at < @until THEN @until ELSE expires_at END
             WHERE id = @id AND status = 'pending'
@@ -295,14 +295,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         var result = await WriteAsync(async (c, tx) =>
         {
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
-            var credited = await c.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id",
+            var credited = await c.ExecAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id",
                 new { id = LedgerIds.Wallet(communityId), amount = amountMicro }, tx);
             if (credited == 0)
             {
                 return (new GrantResult(GrantStatus.CommunityNotFound, lotId, amountMicro, $"Community '{communityId}' does not exist."), false);
             }
 
-            var inserted = await c.ExecuteAsync(
+            var inserted = await c.ExecAsync(
                 """
                 INSERT INTO credit_lots (id, community_id, source, amount_micro, remaining_micro, expires_at, created_at)
                 VALUES (@id, @community, @source, @amount, @amount, @expires, @at) ON CONFLICT (id) DO NOTHING
@@ -318,10 +318,10 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             }
 
             Fault("grant.after-lot");
-            await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id",
+            await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id",
                 new { id = LedgerIds.Issuance(communityId), amount = amountMicro }, tx);
             var transferId = "g:" + lotId;
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'credit', @amount, @at)",
                 new { lot = lotId, transfer = transferId, community = communityId, amount = amountMicro, at }, tx);
             await InsertTransferAsync(c, tx, transferId, communityId, "grant", LedgerIds.Issuance(communityId), LedgerIds.Wallet(communityId), amountMicro, null, at);
@@ -352,8 +352,8 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             count += await WriteAsync(async (c, tx) =>
             {
                 var wallet = LedgerIds.Wallet(communityId);
-                await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted WHERE id = @id", new { id = wallet }, tx); // takes the wallet lock
-                var remaining = await c.ExecuteScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
+                await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted WHERE id = @id", new { id = wallet }, tx); // takes the wallet lock
+                var remaining = await c.RowAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
                 var amount = Math.Min(remaining, await WalletAvailableAsync(c, tx, communityId));
                 if (amount <= 0)
                 {
@@ -362,10 +362,10 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
                 var at = time.GetUtcNow().ToUnixTimeMilliseconds();
                 var transferId = $"lx:{lotId}:{remaining}";
-                await c.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id", new { id = wallet, amount }, tx);
-                await c.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id", new { id = LedgerIds.Expired(communityId), amount }, tx);
-                await c.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @amount WHERE id = @id", new { id = lotId, amount }, tx);
-                await c.ExecuteAsync(
+                await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id", new { id = wallet, amount }, tx);
+                await c.ExecAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id", new { id = LedgerIds.Expired(communityId), amount }, tx);
+                await c.ExecAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @amount WHERE id = @id", new { id = lotId, amount }, tx);
+                await c.ExecAsync(
                     "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'expiry', @amount, @at)",
                     new { lot = lotId, transfer = transferId, community = communityId, amount, at }, tx);
                 await InsertTransferAsync(c, tx, transferId, communityId, "lot_expiry", wallet, LedgerIds.Expired(communityId), amount, null, at);
@@ -380,7 +380,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     public async Task<ReservationState?> FindReservationAsync(string reservationId, CancellationToken ct = default)
     {
         await using var c = await db.OpenAsync(ct);
-        return await c.QuerySingleOrDefaultAsync<ReservationState>(
+        return await c.RowAsync<ReservationState>(
             "SELECT id AS Id, community_id AS CommunityId, status AS Status, amount_micro AS AmountMicro, actual_micro AS ActualMicro FROM reservations WHERE id = @id",
             new { id = reservationId });
     }
@@ -412,7 +412,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         return await WriteAsync(async (c, tx) =>
         {
             var at = time.GetUtcNow().ToUnixTimeMilliseconds();
-            var claimed = await c.QuerySingleOrDefaultAsync<ClaimRow>(
+            var claimed = await c.RowAsync<ClaimRow>(
                 $"""
                 UPDATE reservations SET status = '{status}', resolved_at = @at
                 WHERE id = @id AND status = 'pending' {(status == "expired" ? "AND expires_at <= @at" : "")}
@@ -421,17 +421,17 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 new { id = reservationId, at }, tx);
             if (claimed is not { } r)
             {
-                var existing = await c.QuerySingleOrDefaultAsync<StatusRow>(
+                var existing = await c.RowAsync<StatusRow>(
                     "SELECT status AS Status, amount_micro AS Amount, actual_micro AS Actual FROM reservations WHERE id = @id", new { id = reservationId }, tx);
                 return (Unreleased(reservationId, existing), false);
             }
 
             Fault("release.after-claim");
-            await c.ExecuteAsync("UPDATE budget_months SET reserved_micro = reserved_micro - @amount WHERE community_id = @community AND month = @month",
+            await c.ExecAsync("UPDATE budget_months SET reserved_micro = reserved_micro - @amount WHERE community_id = @community AND month = @month",
                 new { community = r.CommunityId, month = r.Month, amount = r.Amount }, tx);
-            await c.ExecuteAsync("UPDATE ledger_accounts SET debits_pending = debits_pending - @amount WHERE id = @id",
+            await c.ExecAsync("UPDATE ledger_accounts SET debits_pending = debits_pending - @amount WHERE id = @id",
                 new { id = LedgerIds.Wallet(r.CommunityId), amount = r.Amount }, tx);
-            await c.ExecuteAsync("UPDATE ledger_accounts SET credits_pending = credits_pending - @amount WHERE id = @id",
+            await c.ExecAsync("UPDATE ledger_accounts SET credits_pending = credits_pending - @amount WHERE id = @id",
                 new { id = LedgerIds.Spend(r.CommunityId), amount = r.Amount }, tx);
             await InsertTransferAsync(c, tx, (status == "expired" ? "x:" : "v:") + reservationId, r.CommunityId, status == "expired" ? "expire" : "void",
                 LedgerIds.Wallet(r.CommunityId), LedgerIds.Spend(r.CommunityId), r.Amount, "r:" + reservationId, at);
@@ -502,7 +502,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             return;
         }
 
-        var lots = await c.QueryAsync<LotBalance>(
+        var lots = await c.RowsAsync<LotBalance>(
             "SELECT id AS Id, remaining_micro AS Remaining FROM credit_lots WHERE community_id = @community AND remaining_micro > 0 " +
             "ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at, created_at, id" + (db.IsPostgres ? " FOR UPDATE" : ""),
             new { community = communityId }, tx);
@@ -510,14 +510,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         foreach (var (id, remaining) in lots)
         {
             var take = Math.Min(left, remaining);
-            var updated = await c.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @take WHERE id = @id AND remaining_micro >= @take",
+            var updated = await c.ExecAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @take WHERE id = @id AND remaining_micro >= @take",
                 new { id, take }, tx);
             if (updated != 1)
             {
                 throw new InvalidOperationException($"Credit lot {id} changed under the wallet lock.");
             }
 
-            await c.ExecuteAsync(
+            await c.ExecAsync(
                 "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, @kind, @amount, @at)",
                 new { lot = id, transfer = transferId, community = communityId, kind, amount = take, at }, tx);
             left -= take;
@@ -537,18 +537,18 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             WHERE community_id = @community AND month = @month AND committed_micro + reserved_micro + @amount <= limit_micro
             """;
         var args = new { community = communityId, month, amount };
-        if (await c.ExecuteAsync(Reserve, args, tx) == 1)
+        if (await c.ExecAsync(Reserve, args, tx) == 1)
         {
             return true;
         }
 
         // First reserve of the month (or a refusal): make sure the month row exists, then try once more.
         var created = await EnsureMonthAsync(c, tx, communityId, month);
-        return created && await c.ExecuteAsync(Reserve, args, tx) == 1;
+        return created && await c.ExecAsync(Reserve, args, tx) == 1;
     }
 
     internal static async Task<bool> EnsureMonthAsync(DbConnection c, DbTransaction tx, string communityId, string month) =>
-        await c.ExecuteAsync(
+        await c.ExecAsync(
             """
             INSERT INTO budget_months (community_id, month, limit_micro, committed_micro, reserved_micro)
             SELECT id, @month, monthly_budget_cents * 10000, 0, 0 FROM communities WHERE id = @community
@@ -557,17 +557,17 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             new { community = communityId, month }, tx) == 1;
 
     static async Task<long> BudgetRemainingAsync(DbConnection c, DbTransaction tx, string communityId, string month) =>
-        await c.QuerySingleOrDefaultAsync<long?>(
+        await c.RowAsync<long?>(
             "SELECT limit_micro - committed_micro - reserved_micro FROM budget_months WHERE community_id = @community AND month = @month",
             new { community = communityId, month }, tx) ?? 0;
 
     static async Task<long> WalletAvailableAsync(DbConnection c, DbTransaction tx, string communityId) =>
-        await c.QuerySingleOrDefaultAsync<long?>(
+        await c.RowAsync<long?>(
             "SELECT credits_posted - debits_posted - debits_pending FROM ledger_accounts WHERE id = @id",
             new { id = LedgerIds.Wallet(communityId) }, tx) ?? 0;
 
     static Task InsertTransferAsync(DbConnection c, DbTransaction tx, string id, string communityId, string kind, string debit, string credit, long amount, string? pendingId, long at) =>
-        c.ExecuteAsync(
+        c.ExecAsync(
             """
             INSERT INTO ledger_transfers (id, community_id, kind, debit_account_id, credit_account_id, amount_micro, pending_id, created_at)
             VALUES (@id, @community, @kind, @debit, @credit, @amount, @pending, @at)
@@ -593,9 +593,16 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         {
             try
             {
-                using var gate = await db.EnterWriteAsync(ct);
-                await using var c = await db.OpenAsync(ct);
-                return await work(c);
+                await using var writer = await db.OpenWriterAsync(ct);
+                try
+                {
+                    return await work(writer.Connection);
+                }
+                catch
+                {
+                    writer.Discard();
+                    throw;
+                }
             }
             catch (Exception ex) when (attempt < 8 && Database.IsTransient(ex))
             {

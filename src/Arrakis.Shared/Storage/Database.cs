@@ -15,6 +15,7 @@ public sealed class Database : IAsyncDisposable
     static readonly System.Collections.Concurrent.ConcurrentDictionary<string, SemaphoreSlim> WriteGates = new(StringComparer.Ordinal);
     readonly NpgsqlDataSource? _npgsql;
     readonly SemaphoreSlim? _writeGate;
+    SqliteConnection? _writer; // only touched while holding _writeGate
 
     public Database(StorageOptions options)
     {
@@ -70,19 +71,58 @@ public sealed class Database : IAsyncDisposable
     }
 
     /// <summary>
-    /// On SQLite, queues this process's writers to one database file in FIFO order before they touch the file's single
-    /// write lock: a handed-over semaphore is far cheaper than SQLite's busy handler, which sleeps 1-100 ms between
-    /// retries. Other processes still meet the busy timeout. A no-op on PostgreSQL. Never nest two leases.
+    /// Opens a connection to write with. On SQLite it is this database's one long-lived writer connection, handed out
+    /// after queuing at the file's write gate and kept open between writes. This process's writers to one file queue
+    /// FIFO at the gate before they touch SQLite's single write lock: a handed-over semaphore is far cheaper than
+    /// SQLite's busy handler, which sleeps 1-100 ms between retries (other processes still meet the busy timeout). Its
+    /// page cache stays valid across its own commits, where a pooled connection that another connection wrote behind
+    /// must drop its whole cache and read every page again; and it keeps its compiled statements (<see cref="StatementCache"/>,
+    /// used through <see cref="CachedSql"/>). On PostgreSQL it is a pooled connection. Never hold two at once (SQLite: deadlock).
     /// </summary>
-    public async ValueTask<IDisposable> EnterWriteAsync(CancellationToken ct = default)
+    public async ValueTask<WriteConnection> OpenWriterAsync(CancellationToken ct = default)
     {
         if (_writeGate is null)
         {
-            return NoLease.Instance;
+            return new WriteConnection(this, await OpenAsync(ct), null);
         }
 
         await _writeGate.WaitAsync(ct);
-        return new Lease(_writeGate);
+        try
+        {
+            if (_writer is null || _writer.State != System.Data.ConnectionState.Open)
+            {
+                CloseWriter();
+                var connection = (SqliteConnection)await OpenAsync(ct);
+                StatementCache.Attach(connection);
+                _writer = connection;
+            }
+
+            return new WriteConnection(this, _writer, _writeGate);
+        }
+        catch
+        {
+            _writeGate.Release();
+            throw;
+        }
+    }
+
+    /// <summary>Forgets the writer connection after a failure it may not have recovered from; the next writer opens a fresh one.</summary>
+    internal void DropWriter(DbConnection connection)
+    {
+        if (ReferenceEquals(_writer, connection))
+        {
+            CloseWriter();
+        }
+    }
+
+    void CloseWriter()
+    {
+        if (_writer is { } writer)
+        {
+            _writer = null;
+            StatementCache.Detach(writer);
+            writer.Dispose();
+        }
     }
 
     /// <summary>
@@ -147,27 +187,67 @@ public sealed class Database : IAsyncDisposable
         }
     }
 
-    public ValueTask DisposeAsync() => _npgsql?.DisposeAsync() ?? ValueTask.CompletedTask;
-
-    sealed class Lease(SemaphoreSlim gate) : IDisposable
+    public async ValueTask DisposeAsync()
     {
-        int _released;
-
-        public void Dispose()
+        if (_npgsql is not null)
         {
-            if (Interlocked.Exchange(ref _released, 1) == 0)
+            await _npgsql.DisposeAsync();
+        }
+
+        if (_writeGate is not null && _writer is not null)
+        {
+            await _writeGate.WaitAsync();
+            try
             {
-                gate.Release();
+                CloseWriter();
+            }
+            finally
+            {
+                _writeGate.Release();
             }
         }
     }
 
-    sealed class NoLease : IDisposable
+    /// <summary>A connection to write with (see <see cref="OpenWriterAsync"/>); disposing it hands the writer back.</summary>
+    public sealed class WriteConnection : IAsyncDisposable
     {
-        public static readonly NoLease Instance = new();
+        readonly Database _db;
+        readonly SemaphoreSlim? _gate;
+        int _released;
 
-        public void Dispose()
+        internal WriteConnection(Database db, DbConnection connection, SemaphoreSlim? gate)
         {
+            _db = db;
+            _gate = gate;
+            Connection = connection;
+        }
+
+        public DbConnection Connection { get; }
+
+        /// <summary>Call when work on the connection failed: a pooled connection is closed anyway; the SQLite writer is replaced.</summary>
+        public void Discard()
+        {
+            if (_gate is not null)
+            {
+                _db.DropWriter(Connection);
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+            {
+                return;
+            }
+
+            if (_gate is null)
+            {
+                await Connection.DisposeAsync();
+            }
+            else
+            {
+                _gate.Release();
+            }
         }
     }
 }
