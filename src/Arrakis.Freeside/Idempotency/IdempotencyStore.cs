@@ -40,27 +40,21 @@ public sealed class IdempotencyOptions
 /// </summary>
 public sealed class IdempotencyStore(Database db, TimeProvider time, IdempotencyOptions options)
 {
+    /// <summary>Claims a key that is not there yet (one row, or none when it is); the ledger runs it with a reservation.</summary>
+    public const string ClaimSql = """
+        INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
+        VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
+        """;
+
+    /// <summary>Claims the key, or says what holds it: a finished request to replay, another body, or a request still running.</summary>
     public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
     {
         await using var writer = await db.OpenWriterAsync(ct);
-        return await BeginAsync(writer.Connection, null, scope, key, requestHash);
-    }
-
-    /// <summary>
-    /// <see cref="BeginAsync(string, string, string, CancellationToken)"/> on a connection the caller holds for writing,
-    /// inside its transaction when it has one (the invoke path claims the key in the reservation's transaction).
-    /// </summary>
-    public async Task<IdempotencyBegin> BeginAsync(System.Data.Common.DbConnection c, System.Data.Common.DbTransaction? tx, string scope, string key, string requestHash)
-    {
+        var c = writer.Connection;
         var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         for (var attempt = 0; attempt < 3; attempt++)
         {
-            var inserted = await c.ExecAsync(
-                """
-                INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
-                VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
-                """,
-                new { scope, key, requestHash, now }, tx);
+            var inserted = await c.ExecAsync(ClaimSql, new { scope, key, requestHash, now });
             if (inserted == 1)
             {
                 return new(IdempotencyState.Started);
@@ -68,7 +62,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
             var row = await c.RowAsync<Row>(
                 "SELECT request_hash AS RequestHash, state AS State, response_status AS Status, response_body AS Body, content_type AS ContentType, created_at AS CreatedAt, updated_at AS UpdatedAt FROM idempotency_keys WHERE scope = @scope AND idem_key = @key",
-                new { scope, key }, tx);
+                new { scope, key });
             if (row is null)
             {
                 continue; // purged between the two statements; try the insert again
@@ -78,7 +72,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             {
                 // Past retention: the key is free again. The conditional delete lets exactly one caller reclaim it.
                 await c.ExecAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND created_at = @created",
-                    new { scope, key, created = row.CreatedAt }, tx);
+                    new { scope, key, created = row.CreatedAt });
                 continue;
             }
 
@@ -96,7 +90,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
             {
                 var taken = await c.ExecAsync(
                     "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old",
-                    new { scope, key, now, old = row.UpdatedAt }, tx);
+                    new { scope, key, now, old = row.UpdatedAt });
                 if (taken == 1)
                 {
                     return new(IdempotencyState.Started);

@@ -136,29 +136,33 @@ public sealed class InvokePipeline(
         var hash = RequestHash(request, pool.Id, maxTokens, stream);
         var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
         var reservationId = "res_" + Guid.NewGuid().ToString("N");
-        IdempotencyBegin? begin = null;
-        // The key is claimed in the reservation's own transaction where the engine allows (SQLite): one commit for both.
-        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, async (c, tx) =>
+        // Fast path: the key is claimed with the reservation, in one transaction (SQLite) or one function call (PostgreSQL).
+        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, new LedgerKeyClaim(community.Id, key, hash), ct);
+        var claimedApart = false;
+        if (reserve.Status == ReserveStatus.KeyTaken)
         {
-            begin = await idempotency.BeginAsync(c, tx, community.Id, key, hash);
-            return begin.State == IdempotencyState.Started;
-        }, ct);
-        switch (begin?.State) // null: the reservation was refused before the claim ran (an invalid amount)
-        {
-            case IdempotencyState.Replay:
-                return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, TraceId(), stream,
-                    new StoredResponse(begin.Status ?? 200, begin.ContentType ?? "application/json", System.Text.Encoding.UTF8.GetBytes(begin.Body ?? "")), allowed), null);
-            case IdempotencyState.KeyReused:
-                return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request body."));
-            case IdempotencyState.InProgress:
-                return Reject(Problems.Create(409, "REQUEST_IN_PROGRESS", $"A request with idempotency key '{key}' is still running; retry when it finishes."));
+            // The key is already there: replay it, refuse, or (a crashed or expired claim) take it over and reserve.
+            var begin = await idempotency.BeginAsync(community.Id, key, hash, ct);
+            switch (begin.State)
+            {
+                case IdempotencyState.Replay:
+                    return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, TraceId(), stream,
+                        new StoredResponse(begin.Status ?? 200, begin.ContentType ?? "application/json", System.Text.Encoding.UTF8.GetBytes(begin.Body ?? "")), allowed), null);
+                case IdempotencyState.KeyReused:
+                    return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request body."));
+                case IdempotencyState.InProgress:
+                    return Reject(Problems.Create(409, "REQUEST_IN_PROGRESS", $"A request with idempotency key '{key}' is still running; retry when it finishes."));
+            }
+
+            claimedApart = true;
+            reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, null, ct);
         }
 
         if (!reserve.Admitted)
         {
-            if (begin is not null)
+            if (claimedApart)
             {
-                // Frees the key (on SQLite the refusal already took the claim back with it, and this finds nothing).
+                // A claim taken apart from the reservation is freed here (a claim made with it went back with the refusal).
                 await idempotency.AbandonAsync(community.Id, key, CancellationToken.None);
             }
 

@@ -25,13 +25,12 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         ReserveAsync(communityId, reservationId, amountMicro, ttl, null, ct);
 
     /// <summary>
-    /// Reserves <paramref name="amountMicro"/> against the community's monthly budget and wallet, or refuses. When
-    /// <paramref name="first"/> is given it runs before the reservation: on SQLite inside the same transaction, so a
-    /// refusal takes the claim back with it; on PostgreSQL (where the reservation is one function call) just before it,
-    /// on its own. If it returns false nothing is reserved (<see cref="ReserveStatus.Declined"/>). It may run more than
-    /// once when a busy database is retried, and must not touch the ledger's tables.
+    /// Reserves <paramref name="amountMicro"/> against the community's monthly budget and wallet, or refuses. With
+    /// <paramref name="key"/>, the request's idempotency key is claimed in the same transaction (SQLite) or the same
+    /// function call (PostgreSQL): a key already there reserves nothing (<see cref="ReserveStatus.KeyTaken"/>), and a
+    /// refusal takes the claim back, so the claim commits exactly when the reservation does.
     /// </summary>
-    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerClaim? first, CancellationToken ct = default)
+    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct = default)
     {
         if (!LedgerIds.IsValid(communityId))
         {
@@ -56,21 +55,20 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
         if (db.IsPostgres)
         {
-            if (first is not null && !await CallAsync(c => first(c, null), ct))
-            {
-                return Declined(reservationId, amountMicro);
-            }
-
             var now = time.GetUtcNow();
             var at = now.ToUnixTimeMilliseconds();
-            var row = await CallAsync(c => c.QuerySingleAsync<ReserveRow>(
-                """
-                SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet
-                FROM ledger_reserve(@id, @community, @month, @amount, @at, @expires, @fault)
-                """,
-                new { id = reservationId, community = communityId, month = LedgerIds.Month(now), amount = amountMicro, at, expires = at + (long)life.TotalMilliseconds, fault = FaultPoint }), ct);
+            var args = new
+            {
+                scope = key?.Scope, key = key?.Key, hash = key?.RequestHash,
+                id = reservationId, community = communityId, month = LedgerIds.Month(now), amount = amountMicro, at, expires = at + (long)life.TotalMilliseconds, fault = FaultPoint,
+            };
+            var row = await CallAsync(c => c.QuerySingleAsync<ReserveRow>(key is null
+                ? "SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet FROM ledger_reserve(@id, @community, @month, @amount, @at, @expires, @fault)"
+                : "SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet FROM ledger_reserve_with_key(@scope, @key, @hash, @id, @community, @month, @amount, @at, @expires, @fault)",
+                args), ct);
             return row.Status switch
             {
+                "key_taken" => KeyTaken(reservationId, amountMicro),
                 "reserved" => new ReserveResult(ReserveStatus.Reserved, reservationId, amountMicro, row.Budget, row.Wallet),
                 "duplicate" => new ReserveResult(ReserveStatus.Duplicate, reservationId, row.Amount, 0, 0, row.Owner == communityId ? null : "The reservation id belongs to another community."),
                 "community_not_found" => new ReserveResult(ReserveStatus.CommunityNotFound, reservationId, amountMicro, 0, 0, $"Community '{communityId}' does not exist."),
@@ -84,14 +82,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
         return await WriteAsync(async (c, tx) =>
         {
-            if (first is not null && !await first(c, tx))
-            {
-                return (Declined(reservationId, amountMicro), true); // the claim's own answer (e.g. a replay) may have written
-            }
-
             var now = time.GetUtcNow();
             var month = LedgerIds.Month(now);
             var at = now.ToUnixTimeMilliseconds();
+            if (key is not null && await c.ExecAsync(Idempotency.IdempotencyStore.ClaimSql, new { scope = key.Scope, key = key.Key, requestHash = key.RequestHash, now = at }, tx) == 0)
+            {
+                return (KeyTaken(reservationId, amountMicro), false);
+            }
+
             var inserted = await c.ExecAsync(
                 """
                 INSERT INTO reservations (id, community_id, month, amount_micro, status, created_at, expires_at)
@@ -480,8 +478,8 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         };
     }
 
-    static ReserveResult Declined(string reservationId, long amountMicro) =>
-        new(ReserveStatus.Declined, reservationId, amountMicro, 0, 0, "The caller's claim declined the reservation.");
+    static ReserveResult KeyTaken(string reservationId, long amountMicro) =>
+        new(ReserveStatus.KeyTaken, reservationId, amountMicro, 0, 0, "The idempotency key is already claimed; nothing was reserved.");
 
     static FinalizeResult Unclaimed(string reservationId, long actualMicro, StatusRow? existing) =>
         existing switch
@@ -615,8 +613,5 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 /// <summary>A write of another store (SQL and its parameters) that a ledger operation commits together with its own.</summary>
 public sealed record LedgerSideWrite(string Sql, object Parameters);
 
-/// <summary>
-/// Another store's claim that must hold before a reservation is made (the invoke path's idempotency key), given the
-/// connection and, on SQLite, the reservation's transaction. Returns whether to go on and reserve.
-/// </summary>
-public delegate Task<bool> LedgerClaim(DbConnection connection, DbTransaction? transaction);
+/// <summary>A request's idempotency key (scope, key, body hash) that a reservation claims together with itself.</summary>
+public sealed record LedgerKeyClaim(string Scope, string Key, string RequestHash);

@@ -9,8 +9,8 @@ public enum ReserveStatus
     CommunityNotFound,
     Invalid,
 
-    /// <summary>The caller's own claim, run first (see <see cref="Ledger.ReserveAsync(string, string, long, TimeSpan?, LedgerClaim?, CancellationToken)"/>), said no: nothing was reserved.</summary>
-    Declined,
+    /// <summary>The idempotency key given to <see cref="Ledger.ReserveAsync(string, string, long, TimeSpan?, LedgerKeyClaim?, CancellationToken)"/> was already claimed: nothing was reserved.</summary>
+    KeyTaken,
 }
 
 /// <summary>What a reserve did. Remaining amounts are what the budget and the wallet could still cover after (or, on refusal, before) it.</summary>

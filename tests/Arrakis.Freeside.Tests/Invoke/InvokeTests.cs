@@ -143,6 +143,64 @@ public sealed class InvokeTests
         await AssertConservedAsync(p);
     }
 
+    /// <summary>
+    /// While a key's first request runs, the same key gets 409 REQUEST_IN_PROGRESS and reserves nothing; once it finished,
+    /// the key replays. A key whose request failed is freed: a retry runs again instead of meeting a stuck claim.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_key_still_running_gets_409_and_a_key_whose_call_failed_is_free_again(string engine)
+    {
+        await using var p = await StartSeededAsync(engine, new Dictionary<string, string?> { ["Providers:Local:LatencyMs"] = "1500" });
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        async Task<long> CountAsync(string sql)
+        {
+            await using var c = await db.OpenAsync(TestContext.Current.CancellationToken);
+            return await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, sql);
+        }
+
+        const string body = """{"prompt":"Hold on","model":"cheap","idempotency_key":"slow-key-1"}""";
+        var before = (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64();
+        var first = InvokeAsync(p, body);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (await CountAsync("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = 'slow-key-1' AND state = 'in_progress'") == 0)
+        {
+            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(10), "the first request never claimed its key");
+            await Task.Delay(10, TestContext.Current.CancellationToken);
+        }
+
+        using (var second = await InvokeAsync(p, body))
+        {
+            Assert.Equal(HttpStatusCode.Conflict, second.StatusCode);
+            Assert.Equal("REQUEST_IN_PROGRESS", (await second.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        }
+
+        Assert.Equal(1, await CountAsync("SELECT COUNT(*) FROM reservations WHERE status = 'pending'")); // the 409 reserved nothing
+        using var done = await first;
+        Assert.Equal(HttpStatusCode.OK, done.StatusCode);
+        var answer = await done.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        using (var replay = await InvokeAsync(p, body))
+        {
+            Assert.Equal(HttpStatusCode.OK, replay.StatusCode);
+            Assert.Equal("true", replay.Headers.GetValues("Idempotency-Replayed").Single());
+            Assert.Equal(answer, await replay.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        }
+
+        Assert.Equal(before + JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+
+        await p.Finn.StopAsync(TestContext.Current.CancellationToken);
+        const string failing = """{"prompt":"Hold on","model":"cheap","idempotency_key":"failed-key-1"}""";
+        for (var attempt = 0; attempt < 2; attempt++) // the retry meets finn again (503), not a claim left behind (409)
+        {
+            using var failed = await InvokeAsync(p, failing);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, failed.StatusCode);
+        }
+
+        Assert.Equal(0, await CountAsync("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = 'failed-key-1'"));
+        Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
     [Fact]
     public async Task An_architect_request_on_the_free_tier_gets_402_with_x402_requirements_not_403()
     {

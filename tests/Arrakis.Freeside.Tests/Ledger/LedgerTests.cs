@@ -275,33 +275,36 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
-    /// <summary>The invoke path claims its idempotency key first, in the reservation's transaction where the engine allows.</summary>
+    /// <summary>
+    /// The invoke path claims its idempotency key with the reservation: one transaction on SQLite, one function call on
+    /// PostgreSQL. The claim commits exactly when the reservation does.
+    /// </summary>
     [Theory]
     [MemberData(nameof(Engines))]
-    public async Task A_claim_runs_before_the_reservation_and_a_declined_claim_reserves_nothing(string engine)
+    public async Task A_key_claimed_with_a_reservation_commits_with_it_and_only_with_it(string engine)
     {
         await using var w = await LedgerWorld.CreateAsync(engine);
         await w.CommunityAsync("c1", budgetCents: 1, creditMicro: 1_000_000_000); // a budget of 10,000 micro-USD
-        Arrakis.Freeside.Idempotency.IdempotencyBegin? begin = null;
-        LedgerClaim Claim(string key) => async (c, tx) =>
-        {
-            begin = await w.Idempotency.BeginAsync(c, tx, "c1", key, "hash");
-            return begin.State == Arrakis.Freeside.Idempotency.IdempotencyState.Started;
-        };
-        Task<long> KeysAsync(string key) => w.ScalarAsync<long>("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = @key", new { key });
+        static LedgerKeyClaim Claim(string key) => new("c1", key, "hash");
+        Task<string> StateAsync(string key) => w.ScalarAsync<string>("SELECT COALESCE((SELECT state FROM idempotency_keys WHERE scope = 'c1' AND idem_key = @key), 'none')", new { key });
 
         Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "r1", 6_000, null, Claim("k1"))).Status);
-        Assert.Equal(1, await KeysAsync("k1"));
+        Assert.Equal("in_progress", await StateAsync("k1"));
 
-        var again = await w.Ledger.ReserveAsync("c1", "r2", 1_000, null, Claim("k1")); // same key, still running
-        Assert.Equal(ReserveStatus.Declined, again.Status);
-        Assert.Equal(Arrakis.Freeside.Idempotency.IdempotencyState.InProgress, begin!.State);
+        var again = await w.Ledger.ReserveAsync("c1", "r2", 1_000, null, Claim("k1")); // the same key: nothing is reserved
+        Assert.Equal(ReserveStatus.KeyTaken, again.Status);
         Assert.Null(await w.Ledger.FindReservationAsync("r2"));
 
-        var refused = await w.Ledger.ReserveAsync("c1", "r3", 6_000, null, Claim("k3")); // over the budget
+        var refused = await w.Ledger.ReserveAsync("c1", "r3", 6_000, null, Claim("k3")); // over the budget: the claim goes back too
         Assert.Equal(ReserveStatus.BudgetExceeded, refused.Status);
-        // SQLite: the refusal rolled the claim back with it. PostgreSQL: the claim committed first; the caller abandons it.
-        Assert.Equal(engine == "sqlite" ? 0 : 1, await KeysAsync("k3"));
+        Assert.Equal("none", await StateAsync("k3"));
+
+        w.Ledger.FaultPoint = "reserve.after-wallet"; // a failure mid-way rolls back the claim with the reservation
+        await Assert.ThrowsAnyAsync<Exception>(() => w.Ledger.ReserveAsync("c1", "r4", 1_000, null, Claim("k4")));
+        w.Ledger.FaultPoint = null;
+        Assert.Equal("none", await StateAsync("k4"));
+        Assert.Null(await w.Ledger.FindReservationAsync("r4"));
+
         Assert.Equal(6_000, (await w.Budgets.GetAsync("c1"))!.ReservedMicro);
         await w.AssertConservedAsync();
     }
