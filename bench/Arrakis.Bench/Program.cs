@@ -83,7 +83,8 @@ if (Arg("--out") is { } outPath)
           Latency is per pair.
         - "hot" = every client on one community; "many" = clients spread over 64 communities. Baseline = a bare single-row `UPDATE` loop, same engine, same run.
         - "postgres" rows use the pool size of the connection string (`ARRAKIS_TEST_PG`: 60); "postgres, pool N" rows send the
-          same 32 clients through an N-connection pool (4 per core), so at most N backends run at once.
+          same 32 clients through an N-connection pool (4 per core). Either way the ledger runs at most 4 calls per core at once
+          (`Ledger:MaxConcurrentWrites`); the others queue in the process.
         - Measured {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC.
 
         | engine | workload | clients | pairs/s | p50 ms | p99 ms |

@@ -13,6 +13,15 @@ namespace Arrakis.Freeside.Ledger;
 /// </summary>
 public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options, LedgerMetrics metrics)
 {
+    // SQLite writers already queue one at a time at the database's write gate; PostgreSQL ones queue here.
+    readonly SemaphoreSlim? _postgresWrites = db.IsPostgres
+        ? new SemaphoreSlim(WriteLimit(options), WriteLimit(options))
+        : null;
+
+    /// <summary>The PostgreSQL bound in effect (<see cref="LedgerOptions.MaxConcurrentWrites"/>, 0 = 4 per core).</summary>
+    public static int WriteLimit(LedgerOptions options) =>
+        options.MaxConcurrentWrites > 0 ? options.MaxConcurrentWrites : 4 * Environment.ProcessorCount;
+
     /// <summary>
     /// Test hook: the named point (e.g. <c>reserve.after-wallet</c>) at which the next operations fail mid-transaction,
     /// inside the database transaction (on PostgreSQL the function raises there), so nothing of them commits.
@@ -589,6 +598,11 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     {
         for (var attempt = 0; ; attempt++)
         {
+            if (_postgresWrites is not null)
+            {
+                await _postgresWrites.WaitAsync(ct);
+            }
+
             try
             {
                 await using var writer = await db.OpenWriterAsync(ct);
@@ -604,8 +618,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             }
             catch (Exception ex) when (attempt < 8 && Database.IsTransient(ex))
             {
-                await Task.Delay(TimeSpan.FromMilliseconds(5 * (attempt + 1) + Random.Shared.Next(10)), ct);
+                // retried below, after giving up the place in line
             }
+            finally
+            {
+                _postgresWrites?.Release();
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(5 * (attempt + 1) + Random.Shared.Next(10)), ct);
         }
     }
 }

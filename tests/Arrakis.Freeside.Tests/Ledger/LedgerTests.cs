@@ -309,6 +309,52 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>
+    /// On PostgreSQL one process runs at most <see cref="LedgerOptions.MaxConcurrentWrites"/> ledger calls at once (the
+    /// rest queue in the process), so a burst on one community does not line up every backend for the same rows. Seen
+    /// from the database: its active ledger calls are sampled while the burst runs.
+    /// </summary>
+    [Theory]
+    [InlineData(2, true)]
+    [InlineData(64, false)]
+    public async Task On_postgres_a_burst_runs_at_most_the_configured_ledger_calls_at_once(int limit, bool bounded)
+    {
+        TestStorage.RequirePostgres();
+        await using var w = await LedgerWorld.CreateAsync("postgres");
+        var ledger = new Freeside.Ledger.Ledger(w.Db, w.Time, new LedgerOptions { MaxConcurrentWrites = limit }, w.Metrics);
+        const int K = 40;
+        await w.CommunityAsync("hot", budgetCents: K, creditMicro: 1_000_000_000);
+        var most = 0L;
+        using var stop = new CancellationTokenSource();
+        var sampler = Task.Run(async () =>
+        {
+            await using var c = await w.Db.OpenAsync(stop.Token);
+            while (!stop.IsCancellationRequested)
+            {
+                var active = await Dapper.SqlMapper.ExecuteScalarAsync<long>(c,
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%FROM ledger_reserve(%'");
+                most = Math.Max(most, active);
+            }
+        });
+
+        var results = await Task.WhenAll(Enumerable.Range(0, 256).Select(i => Task.Run(() => ledger.ReserveAsync("hot", $"b-{limit}-{i}", 10_000))));
+        await stop.CancelAsync();
+        await sampler.ContinueWith(_ => { });
+
+        Assert.Equal(K, results.Count(r => r.Status == ReserveStatus.Reserved)); // the bound changes speed, never the outcome
+        Assert.True(most >= 1, "the sampler never saw a ledger call running");
+        if (bounded)
+        {
+            Assert.True(most <= limit, $"{most} ledger calls ran at once; the bound is {limit}");
+        }
+        else
+        {
+            Assert.True(most > 2, $"without a tight bound more than two calls should overlap, but at most {most} did"); // the sampler can see overlap
+        }
+
+        await w.AssertConservedAsync();
+    }
+
     static Arrakis.Freeside.Idempotency.IdempotencyBegin IdempotencyReplay(string body) =>
         new(Arrakis.Freeside.Idempotency.IdempotencyState.Replay, 200, body, "application/json");
 

@@ -21,7 +21,8 @@ internal sealed class LedgerWorld : IAsyncDisposable
         Db = db;
         Time = time;
         var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>();
-        Ledger = new Freeside.Ledger.Ledger(db, time, new LedgerOptions(), new LedgerMetrics(meters));
+        Metrics = new LedgerMetrics(meters);
+        Ledger = new Freeside.Ledger.Ledger(db, time, new LedgerOptions(), Metrics);
         Communities = new CommunityStore(db, time);
         Audit = new ConservationAudit(db, time, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance);
         Budgets = new BudgetStore(db, time);
@@ -34,6 +35,8 @@ internal sealed class LedgerWorld : IAsyncDisposable
     public FakeTimeProvider Time { get; }
 
     public Freeside.Ledger.Ledger Ledger { get; }
+
+    public LedgerMetrics Metrics { get; }
 
     public CommunityStore Communities { get; }
 
