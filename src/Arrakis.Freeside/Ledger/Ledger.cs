@@ -14,13 +14,13 @@ namespace Arrakis.Freeside.Ledger;
 public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options, LedgerMetrics metrics)
 {
     // SQLite writers already queue one at a time at the database's write gate; PostgreSQL ones queue here.
-    readonly SemaphoreSlim? _postgresWrites = db.IsPostgres
-        ? new SemaphoreSlim(WriteLimit(options), WriteLimit(options))
-        : null;
+    readonly SemaphoreSlim? _postgresWrites = db.IsPostgres ? Slots(WriteLimit(options)) : null;
 
     /// <summary>The PostgreSQL bound in effect (<see cref="LedgerOptions.MaxConcurrentWrites"/>, 0 = 4 per core).</summary>
     public static int WriteLimit(LedgerOptions options) =>
         options.MaxConcurrentWrites > 0 ? options.MaxConcurrentWrites : 4 * Environment.ProcessorCount;
+
+    static SemaphoreSlim Slots(int count) => new(count, count);
 
     /// <summary>
     /// Test hook: the named point (e.g. <c>reserve.after-wallet</c>) at which the next operations fail mid-transaction,

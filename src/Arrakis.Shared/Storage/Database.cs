@@ -82,9 +82,10 @@ public sealed class Database : IAsyncDisposable
 
     /// <summary>
     /// Opens a connection to write with. On SQLite it is this database's one long-lived writer connection, handed out
-    /// after queuing at the file's write gate and kept open between writes. This process's writers to one file queue
-    /// FIFO at the gate before they touch SQLite's single write lock: a handed-over semaphore is far cheaper than
-    /// SQLite's busy handler, which sleeps 1-100 ms between retries (other processes still meet the busy timeout). Its
+    /// after queuing at the file's write gate and kept open between writes. The writers that come through here (the
+    /// ledger, idempotency) queue FIFO at the gate before they touch SQLite's single write lock: a handed-over semaphore
+    /// is far cheaper than SQLite's busy handler, which sleeps 1-100 ms between retries; other stores' occasional writes
+    /// on pooled connections, and other processes, still meet the busy timeout. Its
     /// page cache stays valid across its own commits, where a pooled connection that another connection wrote behind
     /// must drop its whole cache and read every page again; and it keeps its compiled statements (<see cref="StatementCache"/>,
     /// used through <see cref="CachedSql"/>). On PostgreSQL it is a pooled connection. Never hold two at once (SQLite: deadlock).

@@ -320,7 +320,10 @@ public sealed class LedgerTests
     public async Task On_postgres_a_burst_runs_at_most_the_configured_ledger_calls_at_once(int limit, bool bounded)
     {
         TestStorage.RequirePostgres();
-        await using var w = await LedgerWorld.CreateAsync("postgres");
+        // Other tests call the ledger functions at the same time; only this test's connections carry this name.
+        var app = "ledger-bound-" + Guid.NewGuid().ToString("N")[..12];
+        var options = TestStorage.Options("postgres", "freeside");
+        await using var w = await LedgerWorld.CreateAsync("postgres", options with { ConnectionString = options.ConnectionString + ";Application Name=" + app });
         var ledger = new Freeside.Ledger.Ledger(w.Db, w.Time, new LedgerOptions { MaxConcurrentWrites = limit }, w.Metrics);
         const int K = 40;
         await w.CommunityAsync("hot", budgetCents: K, creditMicro: 1_000_000_000);
@@ -332,7 +335,8 @@ public sealed class LedgerTests
             while (!stop.IsCancellationRequested)
             {
                 var active = await Dapper.SqlMapper.ExecuteScalarAsync<long>(c,
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%FROM ledger_reserve(%'");
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND application_name = @app AND state = 'active' AND query LIKE '%FROM ledger_reserve(%'",
+                    new { app });
                 most = Math.Max(most, active);
             }
         });
