@@ -25,6 +25,9 @@ public abstract record FinnStreamEvent
     public sealed record Failed(UpstreamError Error, Usage? Partial = null) : FinnStreamEvent;
 }
 
+/// <summary>A call to finn ready to send: the body's exact bytes and the finn token that binds them.</summary>
+public sealed record FinnCall(byte[] Body, string Token, bool Stream);
+
 /// <summary>
 /// Calls finn with a fresh finn-audience token that binds the exact body bytes (<c>req_hash</c>) and the reservation.
 /// </summary>
@@ -32,7 +35,11 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
 {
     static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
-    HttpRequestMessage Build(FinnInvokeRequest body, FinnCaller caller)
+    /// <summary>
+    /// Serializes the body and mints its finn token (an ES256 signature). Nothing is sent, so the pipeline can do this
+    /// while the reservation's database round trip is in flight.
+    /// </summary>
+    public FinnCall Prepare(FinnInvokeRequest body, FinnCaller caller)
     {
         var bytes = JsonSerializer.SerializeToUtf8Bytes(body, Json);
         var token = issuer.Mint(FreesideService.Issuer, IdentitySetup.FinnAudience, new Dictionary<string, object>
@@ -45,13 +52,18 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
             ["req_hash"] = FinnContract.RequestHash(bytes),
             ["trace_id"] = body.TraceId,
         });
+        return new FinnCall(bytes, token, body.Stream);
+    }
+
+    static HttpRequestMessage Build(FinnCall call)
+    {
         var request = new HttpRequestMessage(HttpMethod.Post, FinnContract.InvokePath)
         {
-            Content = new ByteArrayContent(bytes),
+            Content = new ByteArrayContent(call.Body),
         };
         request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
-        if (body.Stream)
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", call.Token);
+        if (call.Stream)
         {
             request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
         }
@@ -59,9 +71,12 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
         return request;
     }
 
-    public async Task<(FinnInvokeResult? Result, UpstreamError? Error)> InvokeAsync(FinnInvokeRequest body, FinnCaller caller, CancellationToken ct)
+    public Task<(FinnInvokeResult? Result, UpstreamError? Error)> InvokeAsync(FinnInvokeRequest body, FinnCaller caller, CancellationToken ct) =>
+        InvokeAsync(Prepare(body, caller), ct);
+
+    public async Task<(FinnInvokeResult? Result, UpstreamError? Error)> InvokeAsync(FinnCall call, CancellationToken ct)
     {
-        using var request = Build(body, caller);
+        using var request = Build(call);
         try
         {
             using var response = await clients.CreateClient(IdentitySetup.FinnClient).SendAsync(request, ct);
@@ -80,9 +95,12 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
         }
     }
 
-    public async IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnInvokeRequest body, FinnCaller caller, [EnumeratorCancellation] CancellationToken ct)
+    public IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnInvokeRequest body, FinnCaller caller, CancellationToken ct) =>
+        StreamAsync(Prepare(body, caller), ct);
+
+    public async IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnCall call, [EnumeratorCancellation] CancellationToken ct)
     {
-        using var request = Build(body, caller);
+        using var request = Build(call);
         HttpResponseMessage? response = null;
         UpstreamError? failure = null;
         try

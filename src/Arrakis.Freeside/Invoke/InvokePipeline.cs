@@ -30,7 +30,11 @@ public sealed record Admitted(
     string TraceId,
     bool Stream,
     StoredResponse? Replay,
-    IReadOnlyList<string> AllowedPools);
+    IReadOnlyList<string> AllowedPools)
+{
+    /// <summary>The finn call, when it was prepared while the reservation was in flight (see <see cref="InvokePipeline"/>).</summary>
+    public FinnCall? Prepared { get; init; }
+}
 
 public sealed record Admission(Admitted? Admitted, IResult? Rejection);
 
@@ -136,8 +140,26 @@ public sealed class InvokePipeline(
         var hash = RequestHash(request, pool.Id, maxTokens, stream);
         var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
         var reservationId = "res_" + Guid.NewGuid().ToString("N");
+        var traceId = TraceId();
+        var admitted = new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, worst, reservationId, key, traceId, stream, null, allowed);
         // Fast path: the key is claimed with the reservation, in one transaction (SQLite) or one function call (PostgreSQL).
-        var reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, new LedgerKeyClaim(community.Id, key, hash), ct);
+        var reserving = ledger.ReserveAsync(community.Id, reservationId, worst, null, new LedgerKeyClaim(community.Id, key, hash), ct);
+        if (!reserving.IsCompleted)
+        {
+            // The reservation is waiting on the database (PostgreSQL's round trip, or SQLite's writer queue): use the wait
+            // to serialize finn's body and sign its token. A refused reservation just drops them; if signing fails here,
+            // the finn call signs again and fails as it would have without this (after the reservation is settled).
+            try
+            {
+                admitted = admitted with { Prepared = finn.Prepare(FinnRequest(admitted), Caller(admitted)) };
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                logger.LogDebug(ex, "Preparing the finn call beside the reservation failed; it is prepared again after it");
+            }
+        }
+
+        var reserve = await reserving;
         var claimedApart = false;
         if (reserve.Status == ReserveStatus.KeyTaken)
         {
@@ -146,7 +168,7 @@ public sealed class InvokePipeline(
             switch (begin.State)
             {
                 case IdempotencyState.Replay:
-                    return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, TraceId(), stream,
+                    return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, traceId, stream,
                         new StoredResponse(begin.Status ?? 200, begin.ContentType ?? "application/json", System.Text.Encoding.UTF8.GetBytes(begin.Body ?? "")), allowed), null);
                 case IdempotencyState.KeyReused:
                     return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request body."));
@@ -184,7 +206,7 @@ public sealed class InvokePipeline(
             });
         }
 
-        return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, worst, reservationId, key, TraceId(), stream, null, allowed), null);
+        return new Admission(admitted, null);
     }
 
     static Admission Reject(IResult result) => new(null, result);
@@ -214,10 +236,10 @@ public sealed class InvokePipeline(
     public FinnCaller Caller(Admitted a) => new(a.TenantId, a.CommunityId, a.Tier, a.AllowedPools, a.ReservationId);
 
     public Task<(FinnInvokeResult? Result, UpstreamError? Error)> CallFinnAsync(Admitted a, CancellationToken ct) =>
-        finn.InvokeAsync(FinnRequest(a), Caller(a), ct);
+        finn.InvokeAsync(a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a)), ct);
 
     public IAsyncEnumerable<FinnStreamEvent> StreamFinnAsync(Admitted a, CancellationToken ct) =>
-        finn.StreamAsync(FinnRequest(a), Caller(a), ct);
+        finn.StreamAsync(a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a)), ct);
 
     /// <summary>Renews the call's reservation while finn works on it; dispose once finn has answered.</summary>
     public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger);

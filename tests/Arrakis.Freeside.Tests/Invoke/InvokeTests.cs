@@ -201,6 +201,74 @@ public sealed class InvokeTests
         await AssertConservedAsync(p);
     }
 
+    /// <summary>
+    /// freeside serializes finn's body and signs its token while the reservation waits on the database (always so on
+    /// PostgreSQL). The call finn gets must still bind this request: its reservation, its trace and its exact body; and a
+    /// refused reservation must send nothing.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task The_finn_call_binds_this_requests_reservation_trace_and_body_and_a_refused_reservation_sends_none(string engine)
+    {
+        var sent = new System.Collections.Concurrent.ConcurrentQueue<(string Token, byte[] Body)>();
+        await using var p = await Platform.StartAsync(engine, configure: (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Services.AddHttpClient(Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new CaptureHandler(sent));
+            }
+        });
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        await Seeder.For(db).SeedAsync(TestContext.Current.CancellationToken);
+
+        var traces = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            using var response = await InvokeAsync(p, $$"""{"prompt":"Say hello in exactly 3 words ({{i}})","model":"cheap"}""");
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            traces.Add((await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("trace_id").GetString()!);
+        }
+
+        Assert.Equal(3, sent.Count);
+        await using (var c = await db.OpenAsync(TestContext.Current.CancellationToken))
+        {
+            foreach (var ((token, body), trace) in sent.Zip(traces))
+            {
+                var claims = new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(token);
+                Assert.Equal(trace, claims.GetPayloadValue<string>("trace_id"));
+                Assert.Equal(Shared.Contracts.FinnContract.RequestHash(body), claims.GetPayloadValue<string>("req_hash"));
+                Assert.Equal(trace, JsonDocument.Parse(body).RootElement.GetProperty("trace_id").GetString());
+                var reservation = await Dapper.SqlMapper.QuerySingleAsync<string>(c, "SELECT id FROM usage_records WHERE trace_id = @trace", new { trace });
+                Assert.Equal(reservation, claims.GetPayloadValue<string>("reservation_id"));
+            }
+
+            // Nothing left of this month's budget: the next reservation is refused.
+            await Dapper.SqlMapper.ExecuteAsync(c, "UPDATE budget_months SET limit_micro = committed_micro + reserved_micro WHERE community_id = @community", new { community = Community });
+        }
+
+        var before = await BudgetAsync(p);
+        using (var refused = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap"}"""))
+        {
+            Assert.Equal(HttpStatusCode.PaymentRequired, refused.StatusCode);
+            Assert.Equal("BUDGET_EXCEEDED", (await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        }
+
+        Assert.Equal(3, sent.Count);
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    sealed class CaptureHandler(System.Collections.Concurrent.ConcurrentQueue<(string Token, byte[] Body)> sent) : DelegatingHandler
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            sent.Enqueue((request.Headers.Authorization!.Parameter!, await request.Content!.ReadAsByteArrayAsync(cancellationToken)));
+            return await base.SendAsync(request, cancellationToken);
+        }
+    }
+
     [Fact]
     public async Task An_architect_request_on_the_free_tier_gets_402_with_x402_requirements_not_403()
     {
