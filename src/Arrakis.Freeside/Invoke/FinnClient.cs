@@ -26,7 +26,11 @@ public abstract record FinnStreamEvent
 }
 
 /// <summary>A call to finn ready to send: the body's exact bytes and the finn token that binds them.</summary>
-public sealed record FinnCall(byte[] Body, string Token, bool Stream);
+public sealed record FinnCall(byte[] Body, string Token, bool Stream)
+{
+    /// <summary>Never prints the token (it is a bearer credential for finn).</summary>
+    public override string ToString() => $"FinnCall {{ Body = {Body.Length} bytes, Stream = {Stream} }}";
+}
 
 /// <summary>
 /// Calls finn with a fresh finn-audience token that binds the exact body bytes (<c>req_hash</c>) and the reservation.
