@@ -99,9 +99,6 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
         }
     }
 
-    public IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnInvokeRequest body, FinnCaller caller, CancellationToken ct) =>
-        StreamAsync(Prepare(body, caller), ct);
-
     public async IAsyncEnumerable<FinnStreamEvent> StreamAsync(FinnCall call, [EnumeratorCancellation] CancellationToken ct)
     {
         using var request = Build(call);

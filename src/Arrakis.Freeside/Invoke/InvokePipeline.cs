@@ -236,10 +236,12 @@ public sealed class InvokePipeline(
     public FinnCaller Caller(Admitted a) => new(a.TenantId, a.CommunityId, a.Tier, a.AllowedPools, a.ReservationId);
 
     public Task<(FinnInvokeResult? Result, UpstreamError? Error)> CallFinnAsync(Admitted a, CancellationToken ct) =>
-        finn.InvokeAsync(a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a)), ct);
+        finn.InvokeAsync(PreparedCall(a), ct);
 
     public IAsyncEnumerable<FinnStreamEvent> StreamFinnAsync(Admitted a, CancellationToken ct) =>
-        finn.StreamAsync(a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a)), ct);
+        finn.StreamAsync(PreparedCall(a), ct);
+
+    FinnCall PreparedCall(Admitted a) => a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a));
 
     /// <summary>Renews the call's reservation while finn works on it; dispose once finn has answered.</summary>
     public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger);
