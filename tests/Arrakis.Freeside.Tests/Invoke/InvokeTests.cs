@@ -392,7 +392,7 @@ public sealed class InvokeTests
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task A_call_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
     {
-        await using var p = await StartSeededAsync(engine, ShortTtlSettings("2500"));
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("5000"));
         var before = await BudgetAsync(p);
 
         using var response = await InvokeAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","max_tokens":32}""");
@@ -406,7 +406,7 @@ public sealed class InvokeTests
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task A_stream_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
     {
-        await using var p = await StartSeededAsync(engine, ShortTtlSettings("1500"));
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("3000"));
         var before = await BudgetAsync(p);
 
         using var response = await SendStreamAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","stream":true,"max_tokens":32}""");
@@ -417,12 +417,16 @@ public sealed class InvokeTests
         await AssertChargedAndNothingHeldAsync(p, before, cost);
     }
 
-    /// <summary>finn takes <paramref name="latencyMs"/> before its first token, well past a 1 s reservation TTL that a 100 ms reaper enforces.</summary>
+    /// <summary>
+    /// finn takes <paramref name="latencyMs"/> before its first token, well past a 2 s reservation TTL that a 100 ms reaper
+    /// enforces. (With a 1 s TTL, a stall of ~0.7 s in the parallel CI suite once let the reaper take a live hold between
+    /// two renewals; 2 s leaves the lease's renewals every 0.67 s twice that room.)
+    /// </summary>
     static Dictionary<string, string?> ShortTtlSettings(string latencyMs) => new()
     {
         ["Providers:Local:LatencyMs"] = latencyMs,
         ["Providers:Local:TokenDelayMs"] = "20",
-        ["Ledger:ReservationTtl"] = "00:00:01",
+        ["Ledger:ReservationTtl"] = "00:00:02",
         ["Ledger:ReaperInterval"] = "00:00:00.100",
     };
 
