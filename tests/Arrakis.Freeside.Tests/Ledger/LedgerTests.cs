@@ -376,6 +376,47 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>
+    /// Every finalize updates the community's credit lot, budget month and two accounts. On PostgreSQL those updates
+    /// must be HOT (no indexed column changes), or each call leaves a row version behind in the lot's page and its index
+    /// that the next calls read through until a vacuum. The calls run in one transaction, so the transaction's own
+    /// counters (pg_stat_get_xact_*) say exactly what these calls did, whatever other tests run at the same time.
+    /// </summary>
+    [Fact]
+    public async Task On_postgres_a_finalize_updates_its_lot_budget_and_accounts_in_place()
+    {
+        TestStorage.RequirePostgres();
+        await using var w = await LedgerWorld.CreateAsync("postgres");
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 2_000_000);
+        await using var c = await w.Db.OpenAsync();
+        await using var tx = await c.BeginTransactionAsync();
+        // The counters also hold this backend's earlier transactions until it reports them, so the test takes the difference.
+        async Task<Dictionary<string, (long Updated, long Hot)>> CountsAsync() =>
+            (await Dapper.SqlMapper.QueryAsync<(string Table, long Updated, long Hot)>(c,
+                """
+                SELECT relname, pg_stat_get_xact_tuples_updated(oid), pg_stat_get_xact_tuples_hot_updated(oid) FROM pg_class
+                WHERE relnamespace = current_schema()::regnamespace AND relname IN ('credit_lots', 'budget_months', 'ledger_accounts')
+                """, transaction: tx)).ToDictionary(r => r.Table, r => (r.Updated, r.Hot));
+        var before = await CountsAsync();
+        const int Calls = 5;
+        for (var i = 0; i < Calls; i++)
+        {
+            var args = new { id = $"hot-{i}", at = LedgerWorld.Start.ToUnixTimeMilliseconds() };
+            Assert.Equal("reserved", await Dapper.SqlMapper.ExecuteScalarAsync<string>(c,
+                "SELECT o_status FROM ledger_reserve(@id, 'c1', '2026-01', 10000, @at, @at + 60000, NULL)", args, tx));
+            Assert.Equal("finalized", await Dapper.SqlMapper.ExecuteScalarAsync<string>(c,
+                "SELECT o_status FROM ledger_finalize(@id, 7000, @at, NULL, 'cheap', 'm', 1, 2, NULL, NULL, NULL)", args, tx));
+        }
+
+        var after = await CountsAsync();
+        (long Updated, long Hot) Delta(string table) => (after[table].Updated - before[table].Updated, after[table].Hot - before[table].Hot);
+        Assert.Equal((Calls, Calls), Delta("credit_lots")); // the finalize debits the one lot
+        Assert.Equal((Calls * 2, Calls * 2), Delta("budget_months")); // reserve and finalize
+        Assert.Equal((Calls * 4, Calls * 4), Delta("ledger_accounts")); // wallet and spend, at reserve and at finalize
+        await tx.CommitAsync();
+        await w.AssertConservedAsync();
+    }
+
     [Fact]
     public async Task Audit_flags_a_row_corrupted_directly_in_the_database()
     {
