@@ -250,7 +250,8 @@ static class InvokeBench
     }
 
     /// <summary>freeside, finn and dixie in one process, as <c>loa up</c> runs them, seeded, with the gate's free test tenant.</summary>
-    sealed class BenchPlatform(WebApplication freeside, WebApplication finn, WebApplication dixie, string freesideUrl, string finnUrl) : IAsyncDisposable
+    sealed class BenchPlatform(WebApplication freeside, WebApplication finn, WebApplication dixie, string freesideUrl, string finnUrl, string dataDir, string? pg, string[] schemas)
+        : IAsyncDisposable
     {
         readonly TokenIssuer _issuer = freeside.Services.GetRequiredService<TokenIssuer>();
 
@@ -304,7 +305,8 @@ static class InvokeBench
             await communities.UpsertAsync(Seeder.CommunityId, Seeder.CommunityName, Tier.Free, CommunityStore.MaxBudgetCents / 10);
             await freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>().GrantAsync(
                 Seeder.CommunityId, "bench-lot-" + schemaSuffix, Arrakis.Freeside.Ledger.LedgerIds.MaxAmountMicro / 10, "grant");
-            return new BenchPlatform(freeside, finn, dixie, urls.Freeside, urls.Finn);
+            return new BenchPlatform(freeside, finn, dixie, urls.Freeside, urls.Finn, dataDir, engine == "postgres" ? pg : null,
+                new[] { "freeside", "finn", "dixie" }.Select(s => $"bench_{s}_{schemaSuffix}").ToArray());
         }
 
         /// <summary>The public invoke path with a fresh user token shaped like the checklist's (test-tenant, free, cheap).</summary>
@@ -354,6 +356,15 @@ static class InvokeBench
                 await app.StopAsync();
                 await app.DisposeAsync();
             }
+
+            Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+            Npgsql.NpgsqlConnection.ClearAllPools();
+            if (pg is not null)
+            {
+                await BenchCleanup.DropSchemasAsync(pg, schemas);
+            }
+
+            BenchCleanup.DeleteDirectory(dataDir);
         }
 
         static int FreePort()

@@ -67,6 +67,11 @@ foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
             rows.Add(await RunAsync(NewLedger(small), $"postgres, pool {pool}", 32, hot, seconds));
         }
     }
+
+    await checkpointer.StopAsync(CancellationToken.None);
+    Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+    Npgsql.NpgsqlConnection.ClearAllPools();
+    await BenchCleanup.RemoveAsync(db.Options);
 }
 
 var table = string.Join('\n', rows);
