@@ -9,3 +9,5 @@ CREATE INDEX IF NOT EXISTS credit_lots_community ON credit_lots (community_id);
 -- for every reservation ever made.
 DROP INDEX IF EXISTS reservations_pending;
 CREATE INDEX IF NOT EXISTS reservations_pending ON reservations (expires_at) WHERE status = 'pending';
+-- Migrations run in one transaction, so these builds cannot be CONCURRENTLY: on a database with many reservations,
+-- ledger writes wait while the partial index is built (one scan of the table; it holds only pending rows).
