@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Starts PostgreSQL and Redis on loopback for the test suite (installing them with apt when missing) and prints the
 # environment the tests read. Usage: eval "$(scripts/test-services.sh)"
+# With --fresh it first stops the test PostgreSQL, deletes its data directory and empties the test Redis, so the next
+# run starts on empty servers. Test and bench runs leave their schemas and databases behind; on a long-lived local
+# server they pile up and slow it down. Use it only when no suite or bench is running against these servers.
 set -euo pipefail
 PG_PORT="${ARRAKIS_PG_PORT:-55432}"
 REDIS_PORT="${ARRAKIS_REDIS_PORT:-56379}"
@@ -27,6 +30,18 @@ fi
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+
+if [ "${1:-}" = "--fresh" ]; then
+  if "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    log "stopping the test PostgreSQL in $PGDATA"
+    run_pg "'$PGBIN/pg_ctl' -D '$PGDATA' -m fast -w stop" >&2
+  fi
+  log "deleting $PGDATA"
+  rm -rf "$PGDATA"
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then redis-cli -p "$REDIS_PORT" flushall >/dev/null; fi
+elif [ -n "${1:-}" ]; then
+  log "unknown option: $1 (the only option is --fresh)"; exit 2
+fi
 
 if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
