@@ -358,7 +358,6 @@ static class InvokeBench
             }
 
             Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-            Npgsql.NpgsqlConnection.ClearAllPools();
             if (pg is not null)
             {
                 await BenchCleanup.DropSchemasAsync(pg, schemas);

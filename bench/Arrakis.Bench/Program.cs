@@ -69,8 +69,8 @@ foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
     }
 
     await checkpointer.StopAsync(CancellationToken.None);
+    await db.DisposeAsync(); // closes the SQLite writer before its file is deleted (disposing again at the scope's end is a no-op)
     Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-    Npgsql.NpgsqlConnection.ClearAllPools();
     await BenchCleanup.RemoveAsync(db.Options);
 }
 
