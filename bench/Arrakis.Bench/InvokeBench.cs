@@ -39,22 +39,39 @@ static class InvokeBench
         var maxWarmUpSeconds = double.Parse(arg("--warmup-max") ?? "180", System.Globalization.CultureInfo.InvariantCulture);
         var warmedUp = 0.0;
         var everQuiet = true;
-        var pg = arg("--pg") ?? Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG");
+        var pg = arg("--pg") ?? (Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG") is { Length: > 0 } fromEnv ? fromEnv : null);
         var engines = arg("--engines")?.Split(',') ?? (pg is null ? ["sqlite"] : ["sqlite", "postgres"]);
         var rows = new List<string>();
+        var breakdownRows = new List<string>();
+        var breakdownNotes = new List<string>();
 
-        await using var vendor = await OpenAiStub.StartAsync();
+        var slowMs = int.Parse(arg("--slow-provider-ms") ?? "250", System.Globalization.CultureInfo.InvariantCulture);
+        await using var vendor = await OpenAiStub.StartAsync(TimeSpan.Zero);
+        // A provider that takes as long as a short real completion: 32 calls in flight then arrive at a rate this machine
+        // serves easily, so those rows show the overhead at that concurrency without the queue of a saturated machine.
+        await using var slowVendor = slowMs > 0 ? await OpenAiStub.StartAsync(TimeSpan.FromMilliseconds(slowMs)) : null;
+        var providers = new List<(string Label, OpenAiStub? Vendor, int[]? OnlyClients)>
+        {
+            ("openai-compatible loopback", vendor, null),
+            ("local (0 ms)", null, null),
+        };
+        if (slowVendor is not null)
+        {
+            providers.Add(($"openai-compatible loopback, answers in {slowMs} ms", slowVendor, [32]));
+        }
+
         foreach (var engine in engines)
         {
-            foreach (var provider in new[] { "openai-compatible loopback", "local (0 ms)" }.Where(p => arg("--providers") is not { } only || p.StartsWith(only, StringComparison.Ordinal)))
+            foreach (var (provider, providerStub, onlyClients) in providers.Where(p => arg("--providers") is not { } only || p.Label.StartsWith(only, StringComparison.Ordinal)))
             {
-                var viaVendor = provider.StartsWith("openai", StringComparison.Ordinal);
-                await using var platform = await BenchPlatform.StartAsync(engine, pg, viaVendor ? vendor.BaseUrl : null);
-                foreach (var clients in arg("--clients")?.Split(',').Select(int.Parse) ?? [1, 32])
+                var viaVendor = providerStub is not null;
+                var direct = providerStub ?? vendor;
+                await using var platform = await BenchPlatform.StartAsync(engine, pg, providerStub?.BaseUrl);
+                foreach (var clients in (arg("--clients")?.Split(',').Select(int.Parse) ?? [1, 32]).Where(c => onlyClients is null || onlyClients.Contains(c)))
                 {
                     var targets = new List<(string Name, Func<HttpClient, Task<HttpRequestMessage>> Make)>
                     {
-                        ("provider direct", _ => Task.FromResult(vendor.Request())),
+                        ("provider direct", _ => Task.FromResult(direct.Request())),
                         ("finn direct", _ => Task.FromResult(platform.FinnRequest())),
                         ("freeside → finn", _ => Task.FromResult(platform.FreesideRequest())),
                     };
@@ -77,7 +94,9 @@ static class InvokeBench
                     {
                         foreach (var (name, make) in targets)
                         {
-                            var (latencies, elapsed) = await MeasureAsync(make, clients, seconds / Rounds);
+                            var (latencies, elapsed) = onlyClients is null
+                                ? await MeasureAsync(make, clients, seconds / Rounds)
+                                : await MeasureOpenLoopAsync(make, clients * 1000.0 / slowMs, seconds / Rounds, round);
                             samples[name].AddRange(latencies);
                             busy[name] += elapsed;
                         }
@@ -86,7 +105,21 @@ static class InvokeBench
                     var measured = targets.ToDictionary(t => t.Name, t => Summarize(samples[t.Name], busy[t.Name]));
                     foreach (var (name, _) in targets)
                     {
-                        rows.Add(Row(engine, provider, name, clients, measured[name], null));
+                        rows.Add(Row(engine, provider, name, ClientsLabel(clients, onlyClients is not null), measured[name], null));
+                    }
+
+                    if (((clients == 1 && !viaVendor) || onlyClients is not null) && arg("--only") is null && arg("--breakdown") != "off")
+                    {
+                        // Apart from the table: the listener's own cost would be in its numbers.
+                        var freesidePath = targets.First(t => t.Name == "freeside → finn").Make;
+                        var load = onlyClients is null ? "1 client, provider 0 ms" : $"{clients} in flight, provider {slowMs} ms";
+                        using var breakdown = new CallBreakdown();
+                        _ = onlyClients is null ? await MeasureAsync(freesidePath, 1, 2) : await MeasureOpenLoopAsync(freesidePath, clients * 1000.0 / slowMs, 2, 99); // compiles what listening adds
+                        breakdown.Clear();
+                        _ = onlyClients is null ? await MeasureAsync(freesidePath, 1, seconds) : await MeasureOpenLoopAsync(freesidePath, clients * 1000.0 / slowMs, seconds, 100);
+                        var (parts, calls, roundTrips) = breakdown.Summarize();
+                        breakdownRows.AddRange(parts.Select(p => $"| {engine} | {load} | {p.Part} | {p.P50:0.00} | {p.P99:0.00} |"));
+                        breakdownNotes.Add($"{engine}, {load}: {calls} calls{(engine == "postgres" ? $", {roundTrips:0} database round trips each (median)" : "")}");
                     }
 
                     var gateway = measured.GetValueOrDefault("freeside → finn");
@@ -94,7 +127,7 @@ static class InvokeBench
                     {
                         if (gateway is not null && measured.TryGetValue(baselineName, out var baseline))
                         {
-                            rows.Add($"| {engine} | {provider} | **added by {label}** (vs {baselineName}) | {clients} | | " +
+                            rows.Add($"| {engine} | {provider} | **added by {label}** (vs {baselineName}) | {ClientsLabel(clients, onlyClients is not null)} | | " +
                                 $"**{gateway.P50 - baseline.P50:0.00}** | **{gateway.P99 - baseline.P99:0.00}** | {gateway.P50 / baseline.P50:0.0}× |");
                         }
                     }
@@ -104,6 +137,9 @@ static class InvokeBench
 
         var table = string.Join('\n', rows);
         Console.Error.WriteLine(table);
+        var breakdownTable = string.Join('\n', breakdownRows);
+        Console.Error.WriteLine(breakdownTable);
+        Console.Error.WriteLine(string.Join("; ", breakdownNotes));
         if (arg("--out") is { } outPath)
         {
             var section = $$"""
@@ -113,13 +149,21 @@ static class InvokeBench
                 - Command: `dotnet run -c Release --project bench/Arrakis.Bench -- invoke --seconds {{seconds}} --out docs/benchmarks.md` (PostgreSQL rows when `ARRAKIS_TEST_PG` is set).
                 - One process hosts freeside, finn and dixie exactly as `loa up` does (production configuration: JSON logs with one `INVOKE_COMPLETE` line per call, metrics, the rate limiter with raised limits, the ledger on the engine named).
                 - Every request is a non-streaming `{"prompt":"{{Prompt}}","model":"cheap"}` with a fresh single-use ES256 token minted outside the timed part; latency is measured at the client from send to the last body byte.
-                - "provider direct" = the loopback OpenAI-compatible server that answers at once; "finn direct" = finn's `/api/v1/invoke` with a freeside-audience token; "freeside → finn" = the public `/api/agents/invoke` (rate limit, idempotency, reserve, finn token, finn → provider, finalize + usage record, stored response).
+                - "provider direct" = the loopback OpenAI-compatible server, which answers at once (or, in the "answers in {{slowMs}} ms" rows, after that delay, like a short real completion: those rows start calls at random (Poisson) times, {{(slowMs > 0 ? 32_000 / slowMs : 0)}} a second on average, so that 32 are in flight on average: a load this machine serves without a standing queue, so they show the overhead at that concurrency. They are not the issue's measure, which takes the provider at 0 ms); "finn direct" = finn's `/api/v1/invoke` with a freeside-audience token; "freeside → finn" = the public `/api/agents/invoke` (rate limit, idempotency, reserve, finn token, finn → provider, finalize + usage record, stored response).
                 - "added by" rows = the freeside path minus a baseline at the same percentile and concurrency, measured in the same run: "added by freeside+finn" against the provider called directly (with the local provider, whose answer takes 0 ms inside finn, that is all of freeside and finn: the issue's measure), "added by freeside" against finn called directly. Anchors: LiteLLM median overhead 4.34 ms, Portkey 2.37 ms; our target is p50 ≤ 2 ms and p99 ≤ 10 ms added by freeside+finn.
                 - Measured {{DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm}} UTC: per row {{seconds}} s in {{Rounds}} slices that take turns with the other paths (so a slow spell of this shared machine falls on all of them), after a warm-up of each path that lasted until the JIT had gone quiet (at least {{warmUpSeconds}} s each; the longest took {{warmedUp:0}} s in all{{(everQuiet ? "" : "; in at least one the JIT was still busy when the --warmup-max limit ended it")}}).
 
                 | engine | provider | path | clients | req/s | p50 ms | p99 ms | p50 ratio |
                 |---|---|---|---|---|---|---|---|
                 {{table}}
+
+                ### Where a call's time goes
+
+                Measured right after the rows above, {{seconds}} s for each engine and load, with an `ActivityListener` on HttpClient (the client's call to freeside and freeside's call to finn), ASP.NET Core (each service's handling of a request), the ledger (`ledger.reserve`, `ledger.finalize`) and Npgsql; the spans of each call are joined by trace id ({{string.Join("; ", breakdownNotes)}}). Each part is its own median and p99 over those calls, so the parts do not add up to the whole. An HttpClient span ends when the response headers arrive; "HTTP between" rows are the caller's span minus the callee's. Listening costs time itself, so the whole call runs a little slower here than in the table above.
+
+                | engine | load | part | p50 ms | p99 ms |
+                |---|---|---|---|---|
+                {{breakdownTable}}
 
                 {{BenchmarkDoc.Reading("invoke")}}
                 """;
@@ -164,8 +208,51 @@ static class InvokeBench
 
     sealed record Stats(double Rate, double P50, double P99);
 
-    static string Row(string engine, string provider, string path, int clients, Stats s, string? ratio) =>
+    static string ClientsLabel(int clients, bool openLoop) => openLoop ? $"{clients} in flight (mean; open loop)" : clients.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    static string Row(string engine, string provider, string path, string clients, Stats s, string? ratio) =>
         $"| {engine} | {provider} | {path} | {clients} | {s.Rate:0} | {s.P50:0.00} | {s.P99:0.00} | {ratio} |";
+
+    /// <summary>
+    /// Open loop: calls start at Poisson arrival times, <paramref name="perSecond"/> on average, whether or not earlier ones
+    /// have answered (so the clients never move in step, and a slow answer does not hold back the next call).
+    /// </summary>
+    static async Task<(List<double> Latencies, double Seconds)> MeasureOpenLoopAsync(Func<HttpClient, Task<HttpRequestMessage>> make, double perSecond, double seconds, int seed)
+    {
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
+        var random = new Random(seed);
+        var calls = new List<Task<double>>();
+        var started = Stopwatch.StartNew();
+        var due = 0.0;
+        while (true)
+        {
+            due += -Math.Log(1 - random.NextDouble()) / perSecond;
+            if (due >= seconds)
+            {
+                break;
+            }
+
+            if (due - started.Elapsed.TotalSeconds is var wait and > 0)
+            {
+                await Task.Delay(TimeSpan.FromSeconds(wait));
+            }
+
+            calls.Add(Task.Run(async () =>
+            {
+                using var request = await make(http);
+                var t = Stopwatch.GetTimestamp();
+                using var response = await http.SendAsync(request);
+                var body = await response.Content.ReadAsByteArrayAsync();
+                var elapsed = Stopwatch.GetElapsedTime(t).TotalMilliseconds;
+                return response.IsSuccessStatusCode
+                    ? elapsed
+                    : throw new InvalidOperationException($"{request.RequestUri} answered {(int)response.StatusCode}: {Encoding.UTF8.GetString(body)}");
+            }));
+        }
+
+        var latencies = (await Task.WhenAll(calls)).ToList();
+        return (latencies, seconds); // the window the calls started in (the rate's denominator), not the wait for the last answers
+    }
 
     static async Task<(List<double> Latencies, double Seconds)> MeasureAsync(Func<HttpClient, Task<HttpRequestMessage>> make, int clients, double seconds)
     {
@@ -210,7 +297,7 @@ static class InvokeBench
     {
         public string BaseUrl => baseUrl;
 
-        public static async Task<OpenAiStub> StartAsync()
+        public static async Task<OpenAiStub> StartAsync(TimeSpan latency)
         {
             // No configuration file watching: it would watch the working directory recursively and wake on every write.
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] });
@@ -229,6 +316,11 @@ static class InvokeBench
             app.MapPost("/v1/chat/completions", async (HttpContext http) =>
             {
                 await http.Request.Body.CopyToAsync(Stream.Null);
+                if (latency > TimeSpan.Zero)
+                {
+                    await Task.Delay(latency);
+                }
+
                 http.Response.ContentType = "application/json";
                 await http.Response.Body.WriteAsync(answer);
             });

@@ -10,7 +10,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 
 // Arrakis.Bench ledger [--pg CONN] [--seconds N] [--out docs/benchmarks.md]
-// Arrakis.Bench invoke [--pg CONN] [--engines sqlite,postgres] [--providers openai|local] [--clients 1,32] [--seconds N] [--warmup MIN_S] [--warmup-max MAX_S] [--only PATH] [--out docs/benchmarks.md]
+// Arrakis.Bench invoke [--pg CONN] [--engines sqlite,postgres] [--providers openai|local] [--clients 1,32] [--seconds N] [--warmup MIN_S] [--warmup-max MAX_S] [--only PATH] [--slow-provider-ms MS (250; 0 = none)] [--breakdown off] [--out docs/benchmarks.md]
 // Arrakis.Bench burst-worker CONN COMMUNITY COUNT PREFIX   (used by the two-process burst test; prints RESERVED=n)
 var mode = args.Length > 0 ? args[0] : "ledger";
 string? Arg(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
@@ -31,7 +31,7 @@ if (mode == "burst-worker")
 }
 
 var seconds = double.Parse(Arg("--seconds") ?? "5", System.Globalization.CultureInfo.InvariantCulture);
-var pg = Arg("--pg") ?? Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG");
+var pg = Arg("--pg") ?? (Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG") is { Length: > 0 } fromEnv ? fromEnv : null);
 var rows = new List<string>();
 foreach (var engine in pg is null ? ["sqlite"] : new[] { "sqlite", "postgres" })
 {

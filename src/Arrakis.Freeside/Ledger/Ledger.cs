@@ -1,4 +1,5 @@
 using System.Data.Common;
+using System.Diagnostics;
 using Arrakis.Shared.Storage;
 using Dapper;
 
@@ -13,6 +14,15 @@ namespace Arrakis.Freeside.Ledger;
 /// </summary>
 public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options, LedgerMetrics metrics)
 {
+    /// <summary>
+    /// The ledger's activities (<c>ledger.reserve</c>, <c>ledger.finalize</c>), each spanning the whole operation with its
+    /// queueing and tagged <c>ledger.status</c> with the outcome, for any tracer that listens (the invoke bench's breakdown
+    /// does). Without a listener none is created.
+    /// </summary>
+    public const string ActivitySourceName = "Arrakis.Freeside.Ledger";
+
+    static readonly ActivitySource Activities = new(ActivitySourceName);
+
     // SQLite writers already queue one at a time at the database's write gate; PostgreSQL ones queue here.
     readonly SemaphoreSlim? _postgresWrites = db.IsPostgres ? Slots(WriteLimit(options)) : null;
 
@@ -40,6 +50,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     /// refusal takes the claim back, so the claim commits exactly when the reservation does.
     /// </summary>
     public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct = default)
+    {
+        using var activity = Activities.StartActivity("ledger.reserve");
+        var result = await ReserveCoreAsync(communityId, reservationId, amountMicro, ttl, key, ct);
+        activity?.SetTag("ledger.status", result.Status.ToString());
+        return result;
+    }
+
+    async Task<ReserveResult> ReserveCoreAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct)
     {
         if (!LedgerIds.IsValid(communityId))
         {
@@ -155,6 +173,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     /// round trip (one implicit transaction). It must not touch the ledger's tables.
     /// </summary>
     public async Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, LedgerSideWrite? alongside, CancellationToken ct = default)
+    {
+        using var activity = Activities.StartActivity("ledger.finalize");
+        var result = await FinalizeCoreAsync(reservationId, actualMicro, usage, alongside, ct);
+        activity?.SetTag("ledger.status", result.Status.ToString());
+        return result;
+    }
+
+    async Task<FinalizeResult> FinalizeCoreAsync(string reservationId, long actualMicro, UsageRecord usage, LedgerSideWrite? alongside, CancellationToken ct)
     {
         if (!LedgerIds.IsValid(reservationId))
         {

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Ledger;
 using Arrakis.Shared.Contracts;
@@ -439,5 +441,40 @@ public sealed class LedgerTests
         await w.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - 5");
         await w.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + 7 WHERE code = 'spend'");
         Assert.Contains((await w.Audit.RunAsync()).Communities.Single().Checks, c => c is { Invariant: "C3", Passed: false });
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Reserve_and_finalize_each_trace_one_activity_tagged_with_the_outcome(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 10, creditMicro: 1_000_000);
+        var seen = new ConcurrentQueue<Activity>();
+        using var root = new Activity("ledger-activity-test").Start(); // other tests' ledger calls carry other trace ids
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == Arrakis.Freeside.Ledger.Ledger.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if (a.TraceId == root.TraceId)
+                {
+                    seen.Enqueue(a);
+                }
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "r1", 40_000)).Status);
+        Assert.Equal(ReserveStatus.BudgetExceeded, (await w.Ledger.ReserveAsync("c1", "r2", 90_000)).Status);
+        Assert.Equal(FinalizeStatus.Finalized, (await w.Ledger.FinalizeAsync("r1", 30_000, new UsageRecord())).Status);
+        Assert.Equal(FinalizeStatus.Duplicate, (await w.Ledger.FinalizeAsync("r1", 30_000, new UsageRecord())).Status);
+
+        Assert.Equal(
+            [("ledger.reserve", "Reserved"), ("ledger.reserve", "BudgetExceeded"), ("ledger.finalize", "Finalized"), ("ledger.finalize", "Duplicate")],
+            seen.Select(a => (a.OperationName, a.GetTagItem("ledger.status") as string)).ToArray());
+        Assert.All(seen, a => Assert.Equal(root.SpanId, a.ParentSpanId));
+        Assert.All(seen, a => Assert.True(a.Duration > TimeSpan.Zero));
+        Assert.Same(root, Activity.Current); // each operation's activity ended with it
     }
 }
