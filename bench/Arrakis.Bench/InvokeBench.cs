@@ -66,8 +66,14 @@ static class InvokeBench
             {
                 var viaVendor = providerStub is not null;
                 var direct = providerStub ?? vendor;
+                var clientCounts = (arg("--clients")?.Split(',').Select(int.Parse) ?? [1, 32]).Where(c => onlyClients is null || onlyClients.Contains(c)).ToList();
+                if (clientCounts.Count == 0)
+                {
+                    continue;
+                }
+
                 await using var platform = await BenchPlatform.StartAsync(engine, pg, providerStub?.BaseUrl);
-                foreach (var clients in (arg("--clients")?.Split(',').Select(int.Parse) ?? [1, 32]).Where(c => onlyClients is null || onlyClients.Contains(c)))
+                foreach (var clients in clientCounts)
                 {
                     var targets = new List<(string Name, Func<HttpClient, Task<HttpRequestMessage>> Make)>
                     {
