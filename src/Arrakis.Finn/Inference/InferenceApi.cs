@@ -29,7 +29,7 @@ public static class InferenceApi
     }
 
     static async Task<IResult> InvokeAsync(HttpContext http, InferenceEngine engine, PoolCatalog catalog, IOptions<InferenceOptions> options,
-        TimeProvider time, ILogger<InferenceEngine> logger, CancellationToken ct)
+        IOptions<Microsoft.AspNetCore.Http.Json.JsonOptions> json, TimeProvider time, ILogger<InferenceEngine> logger, CancellationToken ct)
     {
         var claims = TokenEndpoints.ClaimsOf(http.VerifiedToken());
         var body = await ReadBodyAsync(http.Request, options.Value.MaxBodyBytes, ct);
@@ -89,8 +89,18 @@ public static class InferenceApi
         try
         {
             var result = await engine.InvokeAsync(request, pool, null, ct);
-            InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", (long)time.GetElapsedTime(started).TotalMilliseconds, result.CostMicro, false, traceId, community);
-            return TypedResults.Ok(result);
+            var elapsedMs = (long)time.GetElapsedTime(started).TotalMilliseconds;
+            try
+            {
+                // With its length, freeside has the answer as soon as it is written, before the log line.
+                await JsonBody.WriteAsync(http.Response, 200, JsonSerializer.SerializeToUtf8Bytes(result, json.Value.SerializerOptions));
+            }
+            finally
+            {
+                InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", elapsedMs, result.CostMicro, false, traceId, community);
+            }
+
+            return Results.Empty;
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {

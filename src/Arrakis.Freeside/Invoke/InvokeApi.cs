@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Arrakis.Freeside.Identity;
 using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Http;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
@@ -79,10 +80,8 @@ public static class InvokeApi
         }
 
         var body = await pipeline.SettleAsync(admitted, result!, CancellationToken.None);
-        http.Response.StatusCode = 200;
-        http.Response.ContentType = "application/json";
         http.Response.Headers["Idempotency-Key"] = admitted.IdempotencyKey;
-        await http.Response.Body.WriteAsync(body, CancellationToken.None);
+        await JsonBody.WriteAsync(http.Response, 200, body); // with its length: the client has it before the log line below
         pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed);
     }
 }
@@ -127,8 +126,6 @@ static class InvokeResponses
             return;
         }
 
-        http.Response.StatusCode = stored.Status;
-        http.Response.ContentType = stored.ContentType;
-        await http.Response.Body.WriteAsync(stored.Body);
+        await JsonBody.WriteAsync(http.Response, stored.Status, stored.Body, stored.ContentType);
     }
 }

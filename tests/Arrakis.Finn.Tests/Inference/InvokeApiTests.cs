@@ -92,6 +92,11 @@ public sealed class InvokeApiTests
         var body = Body("Say hello in exactly 3 words");
         using var response = await PostAsync(platform, body);
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        // Sent with its length, not chunked: freeside has the whole answer as soon as it is written.
+        // (ContentLength alone would be computed from the buffered body; the wire headers tell.)
+        Assert.NotEqual(true, response.Headers.TransferEncodingChunked);
+        Assert.Equal((await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken)).Length.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            Assert.Single(response.Content.Headers.NonValidated["Content-Length"]));
         var json = await JsonAsync(response);
         var content = json.GetProperty("content").GetString()!;
         Assert.Equal(3, content.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length);

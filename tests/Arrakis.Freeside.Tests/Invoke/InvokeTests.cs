@@ -81,7 +81,12 @@ public sealed class InvokeTests
         using var response = await InvokeAsync(p, """{"prompt":"Say hello in exactly 3 words","model":"cheap"}""");
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        var body = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        var bytes = await response.Content.ReadAsByteArrayAsync(TestContext.Current.CancellationToken);
+        // Not chunked, with its length on the wire (ContentLength alone would be computed from the buffered body): the
+        // client has the whole answer before freeside writes its log line.
+        Assert.NotEqual(true, response.Headers.TransferEncodingChunked);
+        Assert.Equal(bytes.Length.ToString(System.Globalization.CultureInfo.InvariantCulture), Assert.Single(response.Content.Headers.NonValidated["Content-Length"]));
+        var body = JsonDocument.Parse(bytes).RootElement;
         Assert.Equal(JsonValueKind.Object, body.ValueKind);
         Assert.False(string.IsNullOrWhiteSpace(body.GetProperty("content").GetString()));
         Assert.Equal("cheap", body.GetProperty("pool").GetString());
@@ -134,6 +139,8 @@ public sealed class InvokeTests
         var a = await first.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
         var b = await second.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
         Assert.Equal(a, b);
+        Assert.NotEqual(true, second.Headers.TransferEncodingChunked); // the replay, too
+        Assert.Equal(System.Text.Encoding.UTF8.GetByteCount(b).ToString(System.Globalization.CultureInfo.InvariantCulture), Assert.Single(second.Content.Headers.NonValidated["Content-Length"]));
         var cost = JsonDocument.Parse(a).RootElement.GetProperty("cost_micro").GetInt64();
         Assert.Equal(before + cost, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
 
