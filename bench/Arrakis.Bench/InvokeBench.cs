@@ -75,6 +75,10 @@ static class InvokeBench
                 await using var platform = await BenchPlatform.StartAsync(engine, pg, providerStub?.BaseUrl);
                 foreach (var clients in clientCounts)
                 {
+                    // Closed loop (each client sends its next call when the last one answered), or for the slow provider open loop.
+                    Task<(List<double> Latencies, double Seconds)> Measure(Func<HttpClient, Task<HttpRequestMessage>> make, double forSeconds, int seed) =>
+                        onlyClients is null ? MeasureAsync(make, clients, forSeconds) : MeasureOpenLoopAsync(make, clients * 1000.0 / slowMs, forSeconds, seed);
+
                     var targets = new List<(string Name, Func<HttpClient, Task<HttpRequestMessage>> Make)>
                     {
                         ("provider direct", _ => Task.FromResult(direct.Request())),
@@ -100,9 +104,7 @@ static class InvokeBench
                     {
                         foreach (var (name, make) in targets)
                         {
-                            var (latencies, elapsed) = onlyClients is null
-                                ? await MeasureAsync(make, clients, seconds / Rounds)
-                                : await MeasureOpenLoopAsync(make, clients * 1000.0 / slowMs, seconds / Rounds, round);
+                            var (latencies, elapsed) = await Measure(make, seconds / Rounds, round);
                             samples[name].AddRange(latencies);
                             busy[name] += elapsed;
                         }
@@ -120,9 +122,9 @@ static class InvokeBench
                         var freesidePath = targets.First(t => t.Name == "freeside → finn").Make;
                         var load = onlyClients is null ? "1 client, provider 0 ms" : $"{clients} in flight, provider {slowMs} ms";
                         using var breakdown = new CallBreakdown();
-                        _ = onlyClients is null ? await MeasureAsync(freesidePath, 1, 2) : await MeasureOpenLoopAsync(freesidePath, clients * 1000.0 / slowMs, 2, 99); // compiles what listening adds
+                        await Measure(freesidePath, 2, 99); // compiles what listening adds
                         breakdown.Clear();
-                        _ = onlyClients is null ? await MeasureAsync(freesidePath, 1, seconds) : await MeasureOpenLoopAsync(freesidePath, clients * 1000.0 / slowMs, seconds, 100);
+                        await Measure(freesidePath, seconds, 100);
                         var (parts, calls, roundTrips) = breakdown.Summarize();
                         breakdownRows.AddRange(parts.Select(p => $"| {engine} | {load} | {p.Part} | {p.P50:0.00} | {p.P99:0.00} |"));
                         breakdownNotes.Add($"{engine}, {load}: {calls} calls{(engine == "postgres" ? $", {roundTrips:0} database round trips each (median)" : "")}");
@@ -219,13 +221,29 @@ static class InvokeBench
     static string Row(string engine, string provider, string path, string clients, Stats s, string? ratio) =>
         $"| {engine} | {provider} | {path} | {clients} | {s.Rate:0} | {s.P50:0.00} | {s.P99:0.00} | {ratio} |";
 
+    static HttpClient NewClient() =>
+        new(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
+
+    /// <summary>One call, timed from send to the last body byte (the request, with its fresh token, is made before).</summary>
+    static async Task<double> TimeOneAsync(HttpClient http, Func<HttpClient, Task<HttpRequestMessage>> make)
+    {
+        using var request = await make(http);
+        var t = Stopwatch.GetTimestamp();
+        using var response = await http.SendAsync(request);
+        var body = await response.Content.ReadAsByteArrayAsync();
+        var elapsed = Stopwatch.GetElapsedTime(t).TotalMilliseconds;
+        return response.IsSuccessStatusCode
+            ? elapsed
+            : throw new InvalidOperationException($"{request.RequestUri} answered {(int)response.StatusCode}: {Encoding.UTF8.GetString(body)}");
+    }
+
     /// <summary>
     /// Open loop: calls start at Poisson arrival times, <paramref name="perSecond"/> on average, whether or not earlier ones
     /// have answered (so the clients never move in step, and a slow answer does not hold back the next call).
     /// </summary>
     static async Task<(List<double> Latencies, double Seconds)> MeasureOpenLoopAsync(Func<HttpClient, Task<HttpRequestMessage>> make, double perSecond, double seconds, int seed)
     {
-        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
+        using var http = NewClient();
         var random = new Random(seed);
         var calls = new List<Task<double>>();
         var started = Stopwatch.StartNew();
@@ -243,17 +261,7 @@ static class InvokeBench
                 await Task.Delay(TimeSpan.FromSeconds(wait));
             }
 
-            calls.Add(Task.Run(async () =>
-            {
-                using var request = await make(http);
-                var t = Stopwatch.GetTimestamp();
-                using var response = await http.SendAsync(request);
-                var body = await response.Content.ReadAsByteArrayAsync();
-                var elapsed = Stopwatch.GetElapsedTime(t).TotalMilliseconds;
-                return response.IsSuccessStatusCode
-                    ? elapsed
-                    : throw new InvalidOperationException($"{request.RequestUri} answered {(int)response.StatusCode}: {Encoding.UTF8.GetString(body)}");
-            }));
+            calls.Add(Task.Run(() => TimeOneAsync(http, make)));
         }
 
         var latencies = (await Task.WhenAll(calls)).ToList();
@@ -262,24 +270,14 @@ static class InvokeBench
 
     static async Task<(List<double> Latencies, double Seconds)> MeasureAsync(Func<HttpClient, Task<HttpRequestMessage>> make, int clients, double seconds)
     {
-        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
+        using var http = NewClient();
         async Task<List<double>> LoopAsync(double forSeconds)
         {
             var mine = new List<double>();
             var stop = Stopwatch.StartNew();
             while (stop.Elapsed.TotalSeconds < forSeconds)
             {
-                using var request = await make(http);
-                var t = Stopwatch.GetTimestamp();
-                using var response = await http.SendAsync(request);
-                var body = await response.Content.ReadAsByteArrayAsync();
-                var elapsed = Stopwatch.GetElapsedTime(t).TotalMilliseconds;
-                if (!response.IsSuccessStatusCode)
-                {
-                    throw new InvalidOperationException($"{request.RequestUri} answered {(int)response.StatusCode}: {Encoding.UTF8.GetString(body)}");
-                }
-
-                mine.Add(elapsed);
+                mine.Add(await TimeOneAsync(http, make));
             }
 
             return mine;

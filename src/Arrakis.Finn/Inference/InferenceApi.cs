@@ -86,21 +86,10 @@ public static class InferenceApi
         }
 
         var started = time.GetTimestamp();
+        FinnInvokeResult result;
         try
         {
-            var result = await engine.InvokeAsync(request, pool, null, ct);
-            var elapsedMs = (long)time.GetElapsedTime(started).TotalMilliseconds;
-            try
-            {
-                // With its length, freeside has the answer as soon as it is written, before the log line.
-                await JsonBody.WriteAsync(http.Response, 200, JsonSerializer.SerializeToUtf8Bytes(result, json.Value.SerializerOptions));
-            }
-            finally
-            {
-                InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", elapsedMs, result.CostMicro, false, traceId, community);
-            }
-
-            return Results.Empty;
+            result = await engine.InvokeAsync(request, pool, null, ct);
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
@@ -114,6 +103,19 @@ public static class InferenceApi
             var (status, code) = UpstreamFailures.ToHttp(ex.Failure);
             return Problems.Create(status, code, ex.Message, new Dictionary<string, object?> { ["trace_id"] = traceId });
         }
+
+        var elapsedMs = (long)time.GetElapsedTime(started).TotalMilliseconds;
+        try
+        {
+            // With its length, freeside has the answer as soon as it is written, before the log line.
+            await JsonBody.WriteAsync(http.Response, 200, JsonSerializer.SerializeToUtf8Bytes(result, json.Value.SerializerOptions));
+        }
+        finally
+        {
+            InferenceLog.Invoke(logger, pool.Id, result.Model, "ok", elapsedMs, result.CostMicro, false, traceId, community);
+        }
+
+        return Results.Empty;
     }
 
     static IResult? Validate(FinnInvokeRequest? request, PoolCatalog catalog)
