@@ -399,7 +399,7 @@ public sealed class InvokeTests
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task A_call_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
     {
-        await using var p = await StartSeededAsync(engine, ShortTtlSettings("5000"));
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("7500"));
         var before = await BudgetAsync(p);
 
         using var response = await InvokeAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","max_tokens":32}""");
@@ -413,7 +413,7 @@ public sealed class InvokeTests
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task A_stream_longer_than_the_reservation_ttl_keeps_its_hold_and_is_charged_its_metered_cost(string engine)
     {
-        await using var p = await StartSeededAsync(engine, ShortTtlSettings("3000"));
+        await using var p = await StartSeededAsync(engine, ShortTtlSettings("4500"));
         var before = await BudgetAsync(p);
 
         using var response = await SendStreamAsync(p, """{"prompt":"Summarize the dunes","model":"cheap","stream":true,"max_tokens":32}""");
@@ -425,15 +425,16 @@ public sealed class InvokeTests
     }
 
     /// <summary>
-    /// finn takes <paramref name="latencyMs"/> before its first token, well past a 2 s reservation TTL that a 100 ms reaper
-    /// enforces. (With a 1 s TTL, a stall of ~0.7 s in the parallel CI suite once let the reaper take a live hold between
-    /// two renewals; 2 s leaves the lease's renewals every 0.67 s twice that room.)
+    /// finn takes <paramref name="latencyMs"/> before its first token, well past a 3 s reservation TTL that a 100 ms reaper
+    /// enforces. The lease renews every third of the TTL, so a stall of the whole process longer than two thirds of it lets
+    /// the reaper take a live hold: in the parallel CI suite that happened once with a 1 s TTL (a ~0.7 s stall) and once
+    /// with 2 s (the 5 s call took 8 s). With 3 s, renewals every second tolerate a 2 s stall. The production TTL is 300 s.
     /// </summary>
     static Dictionary<string, string?> ShortTtlSettings(string latencyMs) => new()
     {
         ["Providers:Local:LatencyMs"] = latencyMs,
         ["Providers:Local:TokenDelayMs"] = "20",
-        ["Ledger:ReservationTtl"] = "00:00:02",
+        ["Ledger:ReservationTtl"] = "00:00:03",
         ["Ledger:ReaperInterval"] = "00:00:00.100",
     };
 
