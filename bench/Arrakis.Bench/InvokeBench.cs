@@ -41,6 +41,18 @@ static class InvokeBench
         var everQuiet = true;
         var pg = arg("--pg") ?? (Environment.GetEnvironmentVariable("ARRAKIS_TEST_PG") is { Length: > 0 } fromEnv ? fromEnv : null);
         var engines = arg("--engines")?.Split(',') ?? (pg is null ? ["sqlite"] : ["sqlite", "postgres"]);
+        if (engines.FirstOrDefault(e => e is not ("sqlite" or "postgres")) is { } unknown)
+        {
+            Console.Error.WriteLine($"Unknown engine '{unknown}': --engines takes sqlite, postgres or both (comma-separated).");
+            return 2;
+        }
+
+        if (engines.Contains("postgres") && pg is null)
+        {
+            Console.Error.WriteLine("--engines postgres needs a PostgreSQL connection string: pass --pg CONN or set ARRAKIS_TEST_PG (eval \"$(scripts/test-services.sh)\").");
+            return 2;
+        }
+
         var rows = new List<string>();
         var breakdownRows = new List<string>();
         var breakdownNotes = new List<string>();

@@ -299,7 +299,21 @@ public sealed class LedgerTests
 
         var refused = await w.Ledger.ReserveAsync("c1", "r3", 6_000, null, Claim("k3")); // over the budget: the claim goes back too
         Assert.Equal(ReserveStatus.BudgetExceeded, refused.Status);
+        Assert.Equal((4_000L, 999_994_000L), (refused.BudgetRemainingMicro, refused.WalletAvailableMicro));
         Assert.Equal("none", await StateAsync("k3"));
+
+        // Every other outcome that reserves nothing takes its claim back as well.
+        var duplicate = await w.Ledger.ReserveAsync("c1", "r1", 1_000, null, Claim("k5")); // a reservation id already used
+        Assert.Equal((ReserveStatus.Duplicate, 6_000L), (duplicate.Status, duplicate.AmountMicro));
+        Assert.Equal("none", await StateAsync("k5"));
+        Assert.Equal(ReserveStatus.CommunityNotFound, (await w.Ledger.ReserveAsync("nobody", "r6", 1_000, null, Claim("k6"))).Status);
+        Assert.Equal("none", await StateAsync("k6"));
+        await w.CommunityAsync("poor", budgetCents: 100, creditMicro: 500);
+        var poor = await w.Ledger.ReserveAsync("poor", "r7", 1_000, null, Claim("k7"));
+        Assert.Equal((ReserveStatus.WalletInsufficient, 500L), (poor.Status, poor.WalletAvailableMicro));
+        Assert.Equal("none", await StateAsync("k7"));
+        Assert.Null(await w.Ledger.FindReservationAsync("r7"));
+        Assert.Equal(0, (await w.Budgets.GetAsync("poor"))!.ReservedMicro);
 
         w.Ledger.FaultPoint = "reserve.after-wallet"; // a failure mid-way rolls back the claim with the reservation
         await Assert.ThrowsAnyAsync<Exception>(() => w.Ledger.ReserveAsync("c1", "r4", 1_000, null, Claim("k4")));
