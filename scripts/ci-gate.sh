@@ -123,6 +123,7 @@ echo "== multi-replica: 2 freeside + 2 finn on PostgreSQL + Redis, 1 dixie"
 : "${ARRAKIS_TEST_PG:?run scripts/test-services.sh first}"
 DB="arrakis_gate_$RANDOM$RANDOM"
 psql "postgresql://postgres@127.0.0.1:${ARRAKIS_PG_PORT:-55432}/postgres" -qc "CREATE DATABASE $DB" >/dev/null
+echo "   database $DB"
 BASE="Host=127.0.0.1;Port=${ARRAKIS_PG_PORT:-55432};Username=postgres;Database=$DB;Maximum Pool Size=40"
 export ConnectionStrings__Freeside="$BASE;Search Path=freeside"
 export ConnectionStrings__Finn="$BASE;Search Path=finn"
@@ -154,4 +155,7 @@ cat "$OUT/gate-multi.txt"
 check_run "$OUT/gate-multi.json" "$code" "multi-replica gate"
 for p in $FS1 $FS2; do grep -c INVOKE_COMPLETE "$OUT/freeside-$p.log" | sed "s/^/freeside :$p INVOKE_COMPLETE lines: /"; done
 "${LOA[@]}" audit | tee "$OUT/audit-multi.txt"
+cleanup; PIDS=()
+# Passed: its database goes (a failed run keeps it for a post-mortem, under the name printed above).
+psql "postgresql://postgres@127.0.0.1:${ARRAKIS_PG_PORT:-55432}/postgres" -qc "DROP DATABASE $DB WITH (FORCE)" >/dev/null
 echo "== launch gate: all runs passed"

@@ -2,8 +2,9 @@
 # Starts PostgreSQL and Redis on loopback for the test suite (installing them with apt when missing) and prints the
 # environment the tests read. Usage: eval "$(scripts/test-services.sh)"
 # With --fresh it first stops the test PostgreSQL, deletes its data directory and empties the test Redis, so the next
-# run starts on empty servers. Test and bench runs leave their schemas and databases behind; on a long-lived local
-# server they pile up and slow it down. Use it only when no suite or bench is running against these servers.
+# run starts on empty servers. Test assemblies, the bench and a passing launch gate drop the schemas and databases
+# they create, but an interrupted run leaves its own behind, and on a long-lived local server they pile up and slow it
+# down. Use it only when no suite or bench is running against these servers.
 set -euo pipefail
 PG_PORT="${ARRAKIS_PG_PORT:-55432}"
 REDIS_PORT="${ARRAKIS_REDIS_PORT:-56379}"

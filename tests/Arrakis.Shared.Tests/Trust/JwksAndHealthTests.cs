@@ -99,7 +99,7 @@ public sealed class JwksAndHealthTests
         await using var proxy = new TcpProxy(pg.Host!, pg.Port);
         pg.Host = "127.0.0.1";
         pg.Port = proxy.Port;
-        pg.SearchPath = "t_health_" + Guid.NewGuid().ToString("N")[..12];
+        pg.SearchPath = TestStorage.TrackSchema("t_health_" + Guid.NewGuid().ToString("N")[..12]);
         pg.Timeout = 3;
         var port = TestStorage.FreePort();
         string[] args =
