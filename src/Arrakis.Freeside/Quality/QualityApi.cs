@@ -222,7 +222,7 @@ public sealed class QualityOutboxHealth(QualityOutbox outbox, TimeProvider time)
     {
         var counts = await outbox.CountsAsync(ct);
         var ageMs = counts.OldestPendingAtMs is { } oldest ? time.GetUtcNow().ToUnixTimeMilliseconds() - oldest : 0;
-        var data = new { pending = counts.Pending, delivered = counts.Delivered, dead = counts.Dead, oldest_pending_age_ms = ageMs };
+        var data = new { pending = counts.Pending, dead = counts.Dead, oldest_pending_age_ms = ageMs };
         return ageMs > 60_000
             ? new HealthCheckResult(HealthState.Degraded, "quality_events_backlogged", data)
             : new HealthCheckResult(HealthState.Healthy, null, data);

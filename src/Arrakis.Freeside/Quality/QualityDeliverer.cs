@@ -13,18 +13,32 @@ namespace Arrakis.Freeside.Quality;
 /// loa-dixie). Wakes on every enqueue and otherwise polls. Transport errors, 401/408/429 and 5xx are retried with
 /// exponential backoff and ±50 % jitter, forever (a dixie outage only delays); 400 and 409 are permanent (dead).
 /// A row is marked delivered only after dixie answered 2xx, and dixie's event_id idempotency makes a redelivery
-/// after a crash between the two harmless.
+/// after a crash between the two harmless. Once a minute it deletes the events delivered longer ago than
+/// <see cref="QualityOptions.DeliveredRetentionHours"/>, so the outbox holds the backlog and a week of history, not
+/// every event ever sent.
 /// </summary>
 public sealed partial class QualityDeliverer(
     QualityOutbox outbox, QualitySignal signal, QualityOptions options, IHttpClientFactory clients, TokenIssuer issuer,
     TimeProvider time, QualityMetrics metrics, ILogger<QualityDeliverer> logger) : BackgroundService
 {
+    /// <summary>Rows one prune statement deletes; a pass repeats it until a statement deletes fewer.</summary>
+    public const int PruneBatch = 1_000;
+
+    static readonly TimeSpan PruneEvery = TimeSpan.FromMinutes(1);
+    DateTimeOffset _nextPrune = DateTimeOffset.MinValue;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         while (!stoppingToken.IsCancellationRequested)
         {
             try
             {
+                if (time.GetUtcNow() >= _nextPrune)
+                {
+                    _nextPrune = time.GetUtcNow() + PruneEvery;
+                    await PruneDeliveredAsync(stoppingToken);
+                }
+
                 var sent = await DeliverDueAsync(stoppingToken);
                 if (sent == options.BatchSize)
                 {
@@ -61,6 +75,35 @@ public sealed partial class QualityDeliverer(
         }
 
         return due.Count;
+    }
+
+    /// <summary>
+    /// Deletes the events delivered more than <see cref="QualityOptions.DeliveredRetentionHours"/> ago, in statements of
+    /// <see cref="PruneBatch"/> rows (short write transactions, so enqueues never wait long); returns how many.
+    /// </summary>
+    public async Task<long> PruneDeliveredAsync(CancellationToken ct)
+    {
+        if (options.DeliveredRetentionHours == 0)
+        {
+            return 0;
+        }
+
+        var before = (time.GetUtcNow() - TimeSpan.FromHours(options.DeliveredRetentionHours)).ToUnixTimeMilliseconds();
+        long total = 0;
+        int deleted;
+        do
+        {
+            deleted = await outbox.PruneDeliveredAsync(before, PruneBatch, ct);
+            total += deleted;
+        }
+        while (deleted == PruneBatch);
+
+        if (total > 0)
+        {
+            LogPruned(total, options.DeliveredRetentionHours);
+        }
+
+        return total;
     }
 
     async Task DeliverAsync(OutboxRow row, CancellationToken ct)
@@ -129,6 +172,9 @@ public sealed partial class QualityDeliverer(
 
     [LoggerMessage(EventId = 5203, EventName = "QUALITY_EVENT_DEAD", Level = LogLevel.Error, Message = "Quality event {EventId} rejected by dixie and will not be retried: {Error}")]
     partial void LogDead(string eventId, string error);
+
+    [LoggerMessage(EventId = 5205, EventName = "QUALITY_OUTBOX_PRUNED", Level = LogLevel.Information, Message = "Deleted {Count} quality events delivered more than {RetentionHours} h ago")]
+    partial void LogPruned(long count, int retentionHours);
 
     [LoggerMessage(EventId = 5204, EventName = "QUALITY_DELIVERER_ERROR", Level = LogLevel.Error, Message = "Quality deliverer loop error: {Error}")]
     partial void LogLoopError(string error);

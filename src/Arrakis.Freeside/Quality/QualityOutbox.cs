@@ -24,13 +24,19 @@ public sealed class QualityOptions
     /// <summary>Rows sent per batch. Default 50.</summary>
     public int BatchSize { get; set; } = 50;
 
+    /// <summary>
+    /// Hours a delivered event stays in the outbox (for a look back) before the deliverer deletes it; dixie holds the
+    /// event itself. 0 keeps delivered events forever. Default 168 (7 days). Events not delivered are never deleted.
+    /// </summary>
+    public int DeliveredRetentionHours { get; set; } = 168;
+
     public void Validate()
     {
         if (PollMilliseconds is < 10 or > 60_000 || BaseBackoffMilliseconds < 1 || MaxBackoffMilliseconds < BaseBackoffMilliseconds
-            || DeliveryTimeoutMilliseconds < 50 || BatchSize is < 1 or > 1000)
+            || DeliveryTimeoutMilliseconds < 50 || BatchSize is < 1 or > 1000 || DeliveredRetentionHours < 0)
         {
             throw new InvalidOperationException(
-                "Quality options are out of range: PollMilliseconds 10..60000, BaseBackoffMilliseconds ≥ 1, MaxBackoffMilliseconds ≥ base, DeliveryTimeoutMilliseconds ≥ 50, BatchSize 1..1000.");
+                "Quality options are out of range: PollMilliseconds 10..60000, BaseBackoffMilliseconds ≥ 1, MaxBackoffMilliseconds ≥ base, DeliveryTimeoutMilliseconds ≥ 50, BatchSize 1..1000, DeliveredRetentionHours ≥ 0.");
         }
     }
 }
@@ -61,8 +67,21 @@ public sealed class QualityOutbox(Database database)
     {
         await using var connection = await database.OpenAsync(ct);
         await connection.ExecuteAsync(new CommandDefinition(
-            "UPDATE quality_outbox SET status = 'delivered', delivered_at = @nowMs, attempts = attempts + 1, last_error = NULL WHERE event_id = @eventId AND status = 'pending'",
+            // next_attempt_at = delivered_at, so the (status, next_attempt_at) index also finds delivered rows by age.
+            "UPDATE quality_outbox SET status = 'delivered', delivered_at = @nowMs, next_attempt_at = @nowMs, attempts = attempts + 1, last_error = NULL WHERE event_id = @eventId AND status = 'pending'",
             new { eventId, nowMs }, cancellationToken: ct));
+    }
+
+    /// <summary>Deletes up to <paramref name="limit"/> events delivered before <paramref name="deliveredBeforeMs"/>; returns how many.</summary>
+    public async Task<int> PruneDeliveredAsync(long deliveredBeforeMs, int limit, CancellationToken ct)
+    {
+        await using var connection = await database.OpenAsync(ct);
+        return await connection.ExecuteAsync(new CommandDefinition(
+            """
+            DELETE FROM quality_outbox WHERE event_id IN (
+                SELECT event_id FROM quality_outbox WHERE status = 'delivered' AND next_attempt_at < @deliveredBeforeMs LIMIT @limit)
+            """,
+            new { deliveredBeforeMs, limit }, cancellationToken: ct));
     }
 
     public async Task RescheduleAsync(string eventId, long nextAttemptAtMs, string error, bool dead, CancellationToken ct)
@@ -83,14 +102,19 @@ public sealed class QualityOutbox(Database database)
         public long? oldest { get; set; }
     }
 
-    public sealed record Counts(long Pending, long Delivered, long Dead, long? OldestPendingAtMs);
+    public sealed record Counts(long Pending, long Dead, long? OldestPendingAtMs);
 
+    /// <summary>
+    /// Counts the events not delivered, through the (status, next_attempt_at) index: the health check runs this, so it
+    /// costs in proportion to the backlog, never to the delivered history.
+    /// </summary>
     public async Task<Counts> CountsAsync(CancellationToken ct)
     {
         await using var connection = await database.OpenAsync(ct);
         var rows = (await connection.QueryAsync<CountRow>(new CommandDefinition(
-            "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM quality_outbox GROUP BY status", cancellationToken: ct))).ToList();
+            "SELECT status, COUNT(*) AS n, MIN(created_at) AS oldest FROM quality_outbox WHERE status IN ('pending', 'dead') GROUP BY status",
+            cancellationToken: ct))).ToList();
         long Of(string s) => rows.FirstOrDefault(r => r.status == s)?.n ?? 0;
-        return new Counts(Of("pending"), Of("delivered"), Of("dead"), rows.FirstOrDefault(r => r.status == "pending")?.oldest);
+        return new Counts(Of("pending"), Of("dead"), rows.FirstOrDefault(r => r.status == "pending")?.oldest);
     }
 }

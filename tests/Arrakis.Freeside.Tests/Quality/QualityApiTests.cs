@@ -215,6 +215,82 @@ public sealed class QualityApiTests
         Assert.Equal(3.85 / 7, q2["score"]!.GetValue<double>(), 5);
     }
 
+    /// <summary>
+    /// The outbox keeps the backlog and a retention window of history: the deliverer deletes what was delivered longer
+    /// ago than <c>Quality:DeliveredRetentionHours</c>, never an event still waiting or dead, and the health check counts
+    /// only what is not delivered.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Delivered_events_past_the_retention_are_deleted_and_the_rest_is_kept(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine, new Dictionary<string, string?> { ["Quality:DeliveredRetentionHours"] = "24" });
+        var ct = TestContext.Current.CancellationToken;
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            using var r = await PostQualityAsync(p, new { routingKey = "nft:retention", quality = "good", source = "t" });
+            ids.Add(await ExpectQueuedAsync(r));
+        }
+
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        await using var connection = await db.OpenAsync(ct);
+        Task<long> CountAsync(string where) => connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE " + where);
+        for (var waited = Stopwatch.StartNew(); await CountAsync("status = 'delivered'") < 3 && waited.Elapsed < TimeSpan.FromSeconds(10);)
+        {
+            await Task.Delay(25, ct);
+        }
+
+        Assert.Equal(3, await CountAsync("status = 'delivered' AND next_attempt_at = delivered_at"));
+        var now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        const long Hour = 3_600_000;
+        // Two delivered 25 h ago, one 23 h ago; a pending event and a dead one, both 30 days old.
+        await connection.ExecuteAsync("UPDATE quality_outbox SET delivered_at = @at, next_attempt_at = @at WHERE event_id IN (@a, @b)", new { at = now - (25 * Hour), a = ids[0], b = ids[1] });
+        await connection.ExecuteAsync("UPDATE quality_outbox SET delivered_at = @at, next_attempt_at = @at WHERE event_id = @c", new { at = now - (23 * Hour), c = ids[2] });
+        foreach (var (id, status, next) in new[] { ("qe_old_pending", "pending", now + Hour), ("qe_old_dead", "dead", now - (720 * Hour)) })
+        {
+            await connection.ExecuteAsync(
+                "INSERT INTO quality_outbox (event_id, routing_key, payload, status, attempts, created_at, next_attempt_at) VALUES (@id, 'nft:retention', '{}', @status, 9, @created, @next)",
+                new { id, status, created = now - (720 * Hour), next });
+        }
+
+        var deliverer = p.Freeside.Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<QualityDeliverer>().Single();
+        Assert.Equal(2, await deliverer.PruneDeliveredAsync(ct));
+        var left = (await connection.QueryAsync<string>("SELECT event_id FROM quality_outbox ORDER BY event_id")).ToList();
+        Assert.Equal(new[] { ids[2], "qe_old_dead", "qe_old_pending" }.Order(StringComparer.Ordinal), left.Order(StringComparer.Ordinal));
+        Assert.Equal(0, await deliverer.PruneDeliveredAsync(ct)); // nothing more is old enough
+
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        var health = (await http.GetFromJsonAsync<JsonObject>("health", ct))!["checks"]!["quality_outbox"]!;
+        Assert.Equal("degraded", health["status"]!.GetValue<string>()); // the 30-day-old pending event is a backlog
+        Assert.Equal(1, health["data"]!["pending"]!.GetValue<long>());
+        Assert.Equal(1, health["data"]!["dead"]!.GetValue<long>());
+        Assert.True(health["data"]!["oldest_pending_age_ms"]!.GetValue<long>() >= 720 * Hour);
+    }
+
+    [Fact]
+    public async Task A_retention_of_zero_keeps_every_delivered_event()
+    {
+        await using var p = await Platform.StartAsync("sqlite", new Dictionary<string, string?> { ["Quality:DeliveredRetentionHours"] = "0" });
+        var ct = TestContext.Current.CancellationToken;
+        using (var r = await PostQualityAsync(p, new { routingKey = "nft:keep", quality = "good", source = "t" }))
+        {
+            await ExpectQueuedAsync(r);
+        }
+
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        await using var connection = await db.OpenAsync(ct);
+        for (var waited = Stopwatch.StartNew(); await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'delivered'") == 0 && waited.Elapsed < TimeSpan.FromSeconds(10);)
+        {
+            await Task.Delay(25, ct);
+        }
+
+        await connection.ExecuteAsync("UPDATE quality_outbox SET delivered_at = 1, next_attempt_at = 1");
+        var deliverer = p.Freeside.Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<QualityDeliverer>().Single();
+        Assert.Equal(0, await deliverer.PruneDeliveredAsync(ct));
+        Assert.Equal(1, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE status = 'delivered'"));
+    }
+
     static async Task<JsonObject> WaitForSamplesAsync(Platform p, string key, long samples)
     {
         var sw = Stopwatch.StartNew();
