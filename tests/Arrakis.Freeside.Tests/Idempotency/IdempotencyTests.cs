@@ -34,6 +34,30 @@ public sealed class IdempotencyTests
         Assert.Equal(IdempotencyState.Started, (await store.BeginAsync("c1", "k1", "h9")).State);
     }
 
+    /// <summary>The purge deletes in batches until none is left past retention, and never a key inside it.</summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_purge_larger_than_one_batch_deletes_every_expired_key_and_keeps_the_rest(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        const int Expired = (2 * IdempotencyStore.PurgeBatch) + 500;
+        var at = w.Time.GetUtcNow().ToUnixTimeMilliseconds();
+        var keys = Enumerable.Range(0, Expired).Select(i => new { scope = "c" + (i % 3), key = "old-" + i, at });
+        Assert.Equal(Expired, await w.ExecuteAsync(
+            "INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, response_status, response_body, content_type, created_at, updated_at) " +
+            "VALUES (@scope, @key, 'h', 'complete', 200, '{}', 'application/json', @at, @at)", keys));
+        w.Time.Advance(TimeSpan.FromHours(24));
+        Assert.Equal(IdempotencyState.Started, (await w.Idempotency.BeginAsync("c1", "fresh", "h")).State); // 24 h younger
+        await w.Idempotency.CompleteAsync("c1", "fresh", 200, "{\"n\":1}", "application/json");
+        w.Time.Advance(TimeSpan.FromHours(2)); // the old keys are now 26 h old, past the 25 h retention; "fresh" is 2 h old
+
+        Assert.Equal(Expired, await w.Idempotency.PurgeAsync());
+        Assert.Equal(1, await w.ScalarAsync<long>("SELECT COUNT(*) FROM idempotency_keys"));
+        var kept = await w.Idempotency.BeginAsync("c1", "fresh", "h");
+        Assert.Equal((IdempotencyState.Replay, "{\"n\":1}"), (kept.State, kept.Body));
+        Assert.Equal(0, await w.Idempotency.PurgeAsync());
+    }
+
     [Fact]
     public void Key_resolver_prefers_header_then_camel_then_snake_and_limits_length()
     {
