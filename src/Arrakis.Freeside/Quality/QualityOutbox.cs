@@ -75,13 +75,14 @@ public sealed class QualityOutbox(Database database)
     /// <summary>Deletes up to <paramref name="limit"/> events delivered before <paramref name="deliveredBeforeMs"/>; returns how many.</summary>
     public async Task<int> PruneDeliveredAsync(long deliveredBeforeMs, int limit, CancellationToken ct)
     {
-        await using var connection = await database.OpenAsync(ct);
-        return await connection.ExecuteAsync(new CommandDefinition(
+        // Through the writer: on SQLite the batch queues with the ledger's writes instead of contending for the lock.
+        await using var writer = await database.OpenWriterAsync(ct);
+        return await writer.Connection.ExecAsync(
             """
             DELETE FROM quality_outbox WHERE event_id IN (
                 SELECT event_id FROM quality_outbox WHERE status = 'delivered' AND next_attempt_at < @deliveredBeforeMs LIMIT @limit)
             """,
-            new { deliveredBeforeMs, limit }, cancellationToken: ct));
+            new { deliveredBeforeMs, limit });
     }
 
     public async Task RescheduleAsync(string eventId, long nextAttemptAtMs, string error, bool dead, CancellationToken ct)
