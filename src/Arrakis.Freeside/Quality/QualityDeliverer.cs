@@ -14,7 +14,7 @@ namespace Arrakis.Freeside.Quality;
 /// exponential backoff and ±50 % jitter, forever (a dixie outage only delays); 400 and 409 are permanent (dead).
 /// A row is marked delivered only after dixie answered 2xx, and dixie's event_id idempotency makes a redelivery
 /// after a crash between the two harmless. Once a minute it deletes the events delivered longer ago than
-/// <see cref="QualityOptions.DeliveredRetentionHours"/>, so the outbox holds the backlog and a week of history, not
+/// <see cref="QualityOptions.DeliveredRetentionHours"/> (a week by default), so the outbox holds the backlog and recent history, not
 /// every event ever sent.
 /// </summary>
 public sealed partial class QualityDeliverer(
