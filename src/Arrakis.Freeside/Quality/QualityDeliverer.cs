@@ -21,9 +21,6 @@ public sealed partial class QualityDeliverer(
     QualityOutbox outbox, QualitySignal signal, QualityOptions options, IHttpClientFactory clients, TokenIssuer issuer,
     TimeProvider time, QualityMetrics metrics, ILogger<QualityDeliverer> logger) : BackgroundService
 {
-    /// <summary>Rows one prune statement deletes; a pass repeats it until a statement deletes fewer.</summary>
-    public const int PruneBatch = 1_000;
-
     static readonly TimeSpan PruneEvery = TimeSpan.FromMinutes(1);
     DateTimeOffset _nextPrune = DateTimeOffset.MinValue;
 
@@ -77,11 +74,8 @@ public sealed partial class QualityDeliverer(
         return due.Count;
     }
 
-    /// <summary>
-    /// Deletes the events delivered more than <see cref="QualityOptions.DeliveredRetentionHours"/> ago, in statements of
-    /// <see cref="PruneBatch"/> rows (short write transactions, so enqueues never wait long); returns how many.
-    /// </summary>
-    public async Task<long> PruneDeliveredAsync(CancellationToken ct)
+    /// <summary>Deletes the events delivered more than <see cref="QualityOptions.DeliveredRetentionHours"/> ago; returns how many.</summary>
+    public async Task<int> PruneDeliveredAsync(CancellationToken ct)
     {
         if (options.DeliveredRetentionHours == 0)
         {
@@ -89,15 +83,7 @@ public sealed partial class QualityDeliverer(
         }
 
         var before = (time.GetUtcNow() - TimeSpan.FromHours(options.DeliveredRetentionHours)).ToUnixTimeMilliseconds();
-        long total = 0;
-        int deleted;
-        do
-        {
-            deleted = await outbox.PruneDeliveredAsync(before, PruneBatch, ct);
-            total += deleted;
-        }
-        while (deleted == PruneBatch);
-
+        var total = await outbox.PruneDeliveredAsync(before, ct);
         if (total > 0)
         {
             LogPruned(total, options.DeliveredRetentionHours);
@@ -174,7 +160,7 @@ public sealed partial class QualityDeliverer(
     partial void LogDead(string eventId, string error);
 
     [LoggerMessage(EventId = 5205, EventName = "QUALITY_OUTBOX_PRUNED", Level = LogLevel.Information, Message = "Deleted {Count} quality events delivered more than {RetentionHours} h ago")]
-    partial void LogPruned(long count, int retentionHours);
+    partial void LogPruned(int count, int retentionHours);
 
     [LoggerMessage(EventId = 5204, EventName = "QUALITY_DELIVERER_ERROR", Level = LogLevel.Error, Message = "Quality deliverer loop error: {Error}")]
     partial void LogLoopError(string error);

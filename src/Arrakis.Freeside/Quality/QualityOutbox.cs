@@ -72,18 +72,13 @@ public sealed class QualityOutbox(Database database)
             new { eventId, nowMs }, cancellationToken: ct));
     }
 
-    /// <summary>Deletes up to <paramref name="limit"/> events delivered before <paramref name="deliveredBeforeMs"/>; returns how many.</summary>
-    public async Task<int> PruneDeliveredAsync(long deliveredBeforeMs, int limit, CancellationToken ct)
-    {
-        // Through the writer: on SQLite the batch queues with the ledger's writes instead of contending for the lock.
-        await using var writer = await database.OpenWriterAsync(ct);
-        return await writer.Connection.ExecAsync(
-            """
-            DELETE FROM quality_outbox WHERE event_id IN (
-                SELECT event_id FROM quality_outbox WHERE status = 'delivered' AND next_attempt_at < @deliveredBeforeMs LIMIT @limit)
-            """,
-            new { deliveredBeforeMs, limit });
-    }
+    /// <summary>Rows one prune statement deletes.</summary>
+    public const int PruneBatch = 1_000;
+
+    /// <summary>Deletes the events delivered before <paramref name="deliveredBeforeMs"/>, <see cref="PruneBatch"/> per statement; returns how many.</summary>
+    public Task<int> PruneDeliveredAsync(long deliveredBeforeMs, CancellationToken ct) =>
+        database.DeleteInBatchesAsync("quality_outbox", "event_id", "status = 'delivered' AND next_attempt_at < @deliveredBeforeMs",
+            new { deliveredBeforeMs }, PruneBatch, ct);
 
     public async Task RescheduleAsync(string eventId, long nextAttemptAtMs, string error, bool dead, CancellationToken ct)
     {

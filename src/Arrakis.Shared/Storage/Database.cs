@@ -117,6 +117,28 @@ public sealed class Database : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Deletes the rows of <paramref name="table"/> that match <paramref name="where"/>, at most <paramref name="batch"/>
+    /// per statement, each through the writer, until a statement deletes fewer; returns how many went. Each statement is
+    /// its own short write, so on SQLite the ledger's writes queue between them instead of behind one long delete.
+    /// <paramref name="key"/> names the rows: a column, or a column list such as <c>a, b</c>.
+    /// </summary>
+    public async Task<int> DeleteInBatchesAsync(string table, string key, string where, object args, int batch, CancellationToken ct = default)
+    {
+        var sql = $"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {where} LIMIT {batch})";
+        var total = 0;
+        int deleted;
+        do
+        {
+            await using var writer = await OpenWriterAsync(ct);
+            deleted = await writer.Connection.ExecAsync(sql, args);
+            total += deleted;
+        }
+        while (deleted == batch);
+
+        return total;
+    }
+
     /// <summary>Forgets the writer connection after a failure it may not have recovered from; the next writer opens a fresh one.</summary>
     internal void DropWriter(DbConnection connection)
     {
