@@ -103,13 +103,19 @@ public sealed class ReputationStore(Database database, ReputationOptions options
 
     async Task<StoredScore> UpdateScoreAsync(DbConnection connection, DbTransaction tx, string key, string model, ReputationMath math, double score, long nowMs, CancellationToken ct)
     {
-        await connection.ExecuteAsync(new CommandDefinition(
+        var created = await connection.ExecuteAsync(new CommandDefinition(
             """
             INSERT INTO reputation_scores (routing_key, model, alpha, beta, event_count, created_at, updated_at)
             VALUES (@key, @model, 0, 0, 0, @nowMs, @nowMs)
             ON CONFLICT (routing_key, model) DO NOTHING
             """,
             new { key, model, nowMs }, tx, cancellationToken: ct));
+        if (created == 1 && model == AgentModel)
+        {
+            // A new agent: counted in the same transaction, so the count is exact (see dixie.020_agent_count.sql).
+            await connection.ExecuteAsync(new CommandDefinition(
+                "UPDATE reputation_counters SET value = value + 1 WHERE name = 'agents'", transaction: tx, cancellationToken: ct));
+        }
         var row = await connection.QuerySingleAsync<ScoreRow>(new CommandDefinition(
             "SELECT model, alpha, beta, event_count, updated_at FROM reputation_scores WHERE routing_key = @key AND model = @model"
                 + (database.IsPostgres ? " FOR UPDATE" : ""),
@@ -131,11 +137,12 @@ public sealed class ReputationStore(Database database, ReputationOptions options
         return rows.Select(r => new StoredScore(r.model, ToEvidence(r))).ToList();
     }
 
+    /// <summary>The number of agents with a score: one row, kept by <see cref="RecordAsync"/> as agents are first scored.</summary>
     public async Task<long> AgentCountAsync(CancellationToken ct)
     {
         await using var connection = await database.OpenAsync(ct);
         return await connection.ExecuteScalarAsync<long>(new CommandDefinition(
-            "SELECT COUNT(*) FROM reputation_scores WHERE model = ''", cancellationToken: ct));
+            "SELECT value FROM reputation_counters WHERE name = 'agents'", cancellationToken: ct));
     }
 
     static BetaEvidence ToEvidence(ScoreRow r) => new(r.alpha, r.beta, r.event_count, r.updated_at);

@@ -94,4 +94,51 @@ public sealed class ReputationStoreTests
         var model = (await store.ScoresAsync("nft:store", ct)).Single(s => s.Model == "local-mini-a");
         Assert.Equal(12, model.Evidence.Alpha, 9); // the default model evidence window
     }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task The_agent_count_counts_each_new_agent_once_under_concurrent_events(string engine)
+    {
+        var (store, db) = await NewStoreAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+
+        // 12 agents, 4 events each (with and without a model), all at once: every agent's first events race to create it.
+        await Task.WhenAll(Enumerable.Range(0, 48).Select(i => Task.Run(
+            () => store.RecordAsync(Event("c-" + i, model: i % 2 == 0 ? "local-mini-a" : null, key: "nft:agent-" + (i % 12)), Now, Body, ct), ct)));
+        await store.RecordAsync(Event("c-again", key: "nft:agent-0"), Now, Body, ct);
+
+        Assert.Equal(12, await store.AgentCountAsync(ct));
+        await using var connection = await db.OpenAsync(ct);
+        Assert.Equal(12, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM reputation_scores WHERE model = ''"));
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task The_agent_count_starts_from_the_agents_scored_before_it_existed(string engine)
+    {
+        var db = new Database(TestStorage.Options(engine, "dixie"));
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        var migrations = Migrator.FromAssembly(typeof(ReputationStore).Assembly, db.Engine);
+        var counter = migrations.Single(m => m.Id == "dixie.020_agent_count");
+        await new Migrator(db).ApplyAsync(migrations.Where(m => string.CompareOrdinal(m.Id, counter.Id) < 0), ct);
+        var before = new ReputationStore(db, new ReputationOptions());
+        // Scored before the upgrade (the old store wrote no count): 3 agents, one of them with a model row too.
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            foreach (var (key, model) in new[] { ("nft:old-1", ""), ("nft:old-1", "local-mini-a"), ("nft:old-2", ""), ("nft:old-3", "") })
+            {
+                await connection.ExecuteAsync(
+                    "INSERT INTO reputation_scores (routing_key, model, alpha, beta, event_count, created_at, updated_at) VALUES (@key, @model, 1, 0, 1, @Now, @Now)",
+                    new { key, model, Now });
+            }
+        }
+
+        Assert.Equal(["dixie.020_agent_count"], await new Migrator(db).ApplyAsync(migrations, ct));
+        Assert.Equal(3, await before.AgentCountAsync(ct));
+        await before.RecordAsync(Event("n-1", key: "nft:old-2"), Now, Body, ct);
+        await before.RecordAsync(Event("n-2", key: "nft:new-1"), Now, Body, ct);
+        Assert.Equal(4, await before.AgentCountAsync(ct));
+    }
 }
