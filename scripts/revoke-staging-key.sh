@@ -33,7 +33,7 @@ FREESIDE_URL="${FREESIDE_URL:-http://localhost:3000}"
 FINN_URL="${FINN_URL:-http://localhost:3002}"
 DIXIE_URL="${DIXIE_URL:-http://localhost:3001}"
 PREFIX="${PREFIX:-arrakis-staging}"
-ECS_CLUSTER="${ECS_CLUSTER:-$PREFIX-cluster}"
+ECS_CLUSTER="${ECS_CLUSTER:-$PREFIX}"  # deploy/terraform names the cluster after the prefix
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "error: $1 needs a value" >&2; exit 1; }; }
@@ -55,8 +55,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$KID" ]] || { echo "error: --kid is required (see: $LOA keys list --service $SERVICE)" >&2; usage >&2; exit 1; }
 case "$SERVICE" in
-  freeside) JWKS_URL="${JWKS_URL:-$FREESIDE_URL/.well-known/jwks.json}"; DEPENDENTS=("$PREFIX-finn" "$PREFIX-dixie") ;;
-  finn)     JWKS_URL="${JWKS_URL:-$FINN_URL/.well-known/jwks.json}"; DEPENDENTS=("$PREFIX-dixie") ;;
+  freeside) JWKS_URL="${JWKS_URL:-$FREESIDE_URL/.well-known/jwks.json}"; DEPENDENTS=(finn dixie) ;;
+  finn)     JWKS_URL="${JWKS_URL:-$FINN_URL/.well-known/jwks.json}"; DEPENDENTS=(dixie) ;;
   *)        echo "error: --service must be freeside or finn" >&2; exit 1 ;;
 esac
 KEYS_ARGS=(--service "$SERVICE")

@@ -82,7 +82,7 @@ if $DRY_RUN; then
   3. curl -sf $JWKS_URL | jq '[.keys[].kid]'              # must list OLD and NEW (within 40 s)
   4. sleep $PROPAGATION                                    # every verifier refetches within 30 s
   5. curl -sf $JWKS_URL | jq -r '.keys[0].kid'            # must be NEW (the keyring promotes within 5 s)
-  6. aws logs filter-log-events --log-group-name ${LOG_GROUP:-/ecs/arrakis-staging/api} --filter-pattern JWT_VALIDATION_FAILED --start-time <rotation start ms>
+  6. aws logs filter-log-events --log-group-name ${LOG_GROUP:-/ecs/arrakis-staging/$SERVICE} --filter-pattern JWT_VALIDATION_FAILED --start-time <rotation start ms>
   7. $SCRIPT_DIR/staging-smoke.sh --freeside-url $FREESIDE_URL --dixie-url $DIXIE_URL --retries 3${SMOKE_KEY:+ --test-key $SMOKE_KEY}${COMMUNITY_ID:+ --community-id $COMMUNITY_ID}
 PLAN
   exit 0

@@ -5,19 +5,29 @@
 #
 # Order (freeside-launch-gate.md §1, §5): freeside (issues tokens, publishes the JWKS) → finn (verifies freeside's
 # tokens) → dixie (verifies finn's). With --parallel, finn and dixie roll together once freeside is stable.
-# Pipeline per service: docker build + push to ECR → register a task-definition revision with the new image →
-# update the ECS service → wait until stable. Before that: Terraform plan (drift = G-8) and the migration hard gate
-# (a one-shot `loa migrate` task). After it: a quick smoke, then the full gate GATE_RUNS times (default 3, G-7),
-# a READY / READY_DEGRADED / NOT_READY verdict and a G-1..G-9 report.
+# Pipeline, the same one .github/workflows/deploy-staging.yml runs (it calls this script), against the resources of
+# deploy/terraform:
+#   1. pre-flight: tools, the working tree at BRANCH and clean (images are tagged with its commit), AWS identity, the
+#      Terraform inputs;
+#   2. build and push the four images (freeside, finn, dixie and the loa CLI) to ECR as $PREFIX/<name>:IMAGE_TAG;
+#   3. Terraform (G-8): init, plan -detailed-exitcode with the new image tag (exit 2 applies the plan). This registers
+#      new task-definition revisions; it does not roll the services (they ignore task_definition);
+#   4. migration hard gate: run the one-shot $PREFIX-migrate task (`loa migrate`); anything but exit 0 stops here;
+#   5. roll freeside → finn → dixie onto their latest revisions and wait until each is stable;
+#   6. a quick smoke, then the full gate GATE_RUNS times (default 3, G-7), a READY / READY_DEGRADED / NOT_READY
+#      verdict and a G-1..G-9 report.
 #
-# --dry-run prints the whole plan (every command) and exits 0 without touching AWS or Docker.
+# --dry-run prints the whole plan (every command) and exits 0 without touching AWS, Docker or Terraform.
 #
 # Environment (defaults in brackets):
-#   AWS_REGION [us-east-1]  ENVIRONMENT [staging]  PREFIX [arrakis-$ENVIRONMENT]  ECS_CLUSTER [$PREFIX-cluster]
-#   ECR_REGISTRY [<account>.dkr.ecr.$AWS_REGION.amazonaws.com]  TF_DIR [deploy/terraform]  DOCKERFILE [deploy/docker/Dockerfile]
+#   AWS_REGION [us-east-1]  ENVIRONMENT [staging]  PREFIX [arrakis-$ENVIRONMENT]  CLUSTER [$PREFIX; then Terraform's cluster_name]
+#   ECR_REGISTRY [<account>.dkr.ecr.$AWS_REGION.amazonaws.com]  IMAGE_TAG [BRANCH's commit, 12 hex digits]
+#   TF_DIR [deploy/terraform]  TF_STATE_BUCKET (the S3 bucket of the Terraform state; required)
+#   TF_VAR_certificate_arn (the ALB's ACM certificate; required; Terraform reads every TF_VAR_*)
+#   DOCKERFILE [deploy/docker/Dockerfile]
 #   FREESIDE_URL [https://staging.api.arrakis.community]  DIXIE_URL [https://dixie.staging.arrakis.community]
 #   TEST_KEY, COMMUNITY_ID (keyed gate phases; COMMUNITY_ID also comes from --auto-seed)  GATE_RUNS [3]
-#   ARTIFACTS_DIR [artifacts/deploy]  DEPLOY_TIMEOUT_SECONDS [600]
+#   ARTIFACTS_DIR [artifacts/deploy]  DEPLOY_TIMEOUT_SECONDS [600]  SMOKE [scripts/staging-smoke.sh]
 # Exit: 0 READY, 2 READY_DEGRADED, 1 NOT_READY or BLOCKED (and on any deploy failure); 0 for --dry-run.
 set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +54,7 @@ done
 AWS_REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
 ENVIRONMENT="${ENVIRONMENT:-staging}"
 PREFIX="${PREFIX:-arrakis-$ENVIRONMENT}"
-ECS_CLUSTER="${ECS_CLUSTER:-$PREFIX-cluster}"
+CLUSTER="${CLUSTER:-$PREFIX}"
 TF_DIR="${TF_DIR:-deploy/terraform}"
 DOCKERFILE="${DOCKERFILE:-deploy/docker/Dockerfile}"
 FREESIDE_URL="${FREESIDE_URL:-https://staging.api.arrakis.community}"
@@ -52,16 +62,17 @@ DIXIE_URL="${DIXIE_URL:-https://dixie.staging.arrakis.community}"
 GATE_RUNS="${GATE_RUNS:-3}"
 ARTIFACTS_DIR="${ARTIFACTS_DIR:-$ROOT/artifacts/deploy}"
 DEPLOY_TIMEOUT_SECONDS="${DEPLOY_TIMEOUT_SECONDS:-600}"
-export AWS_REGION FREESIDE_URL DIXIE_URL ECS_CLUSTER
+SMOKE="${SMOKE:-$SCRIPT_DIR/staging-smoke.sh}"
+export AWS_REGION FREESIDE_URL DIXIE_URL
 
-# Service → ECS service name (freeside runs as the "api" service, §1).
-ecs_service() {
-  case "$1" in
-    freeside) echo "$PREFIX-api" ;;
-    finn)     echo "$PREFIX-finn" ;;
-    dixie)    echo "$PREFIX-dixie" ;;
-  esac
-}
+# The images: name, Dockerfile target, project, entry assembly, port, health path (deploy/docker/Dockerfile's build
+# arguments). Terraform's ECR repositories are $PREFIX/<name>, and its task definitions take the tag IMAGE_TAG.
+IMAGES=(
+  "freeside service src/Arrakis.Freeside.Host arrakis-freeside 3000 /health"
+  "finn service src/Arrakis.Finn.Host arrakis-finn 3002 /health"
+  "dixie service src/Arrakis.Dixie.Host arrakis-dixie 3001 /api/health"
+  "loa cli src/Arrakis.Cli loa 0 /"
+)
 
 # Runs a command, or prints it under --dry-run.
 run() {
@@ -80,7 +91,7 @@ echo "================================================================"
 echo "  Staging deploy — $PREFIX (branch $BRANCH)$($DRY_RUN && echo ' [DRY RUN]')"
 echo "================================================================"
 echo "  Region:   $AWS_REGION"
-echo "  Cluster:  $ECS_CLUSTER"
+echo "  Cluster:  $CLUSTER"
 echo "  Order:    freeside → finn → dixie$($PARALLEL && echo ' (finn and dixie in parallel)')"
 echo "  Freeside: $FREESIDE_URL"
 echo "  Dixie:    $DIXIE_URL"
@@ -97,13 +108,30 @@ for tool in git docker aws terraform jq dotnet; do
   fi
 done
 if git -C "$ROOT" rev-parse --verify --quiet "$BRANCH^{commit}" >/dev/null 2>&1; then
-  IMAGE_TAG="$(git -C "$ROOT" rev-parse --short=12 "$BRANCH^{commit}")"
-  echo "  ✓ branch $BRANCH at $IMAGE_TAG"
+  branch_commit="$(git -C "$ROOT" rev-parse "$BRANCH^{commit}")"
+  IMAGE_TAG="${IMAGE_TAG:-${branch_commit:0:12}}"
+  echo "  ✓ branch $BRANCH at ${branch_commit:0:12}"
+  # The images are built from this working tree and tagged with the branch's commit, so the two must agree.
+  if [[ "$(git -C "$ROOT" rev-parse HEAD)" != "$branch_commit" ]]; then
+    echo "  ✗ the working tree is at $(git -C "$ROOT" rev-parse --short=12 HEAD), not $BRANCH — git checkout $BRANCH"
+    missing=$((missing + 1))
+  elif ! git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null; then
+    echo "  ✗ the working tree has uncommitted changes — commit or stash them (the images carry the commit's tag)"
+    missing=$((missing + 1))
+  fi
 else
-  IMAGE_TAG="<sha-of-$BRANCH>"
+  IMAGE_TAG="${IMAGE_TAG:-<sha-of-$BRANCH>}"
   echo "  ✗ branch $BRANCH — not found locally (git fetch origin $BRANCH:$BRANCH)"
   missing=$((missing + 1))
 fi
+for input in TF_STATE_BUCKET TF_VAR_certificate_arn; do
+  if [[ -n "${!input:-}" ]]; then
+    echo "  ✓ $input"
+  else
+    echo "  ✗ $input — not set (deploy/terraform/README.md)"
+    missing=$((missing + 1))
+  fi
+done
 run aws sts get-caller-identity --query Account --output text
 if $DRY_RUN; then
   ECR_REGISTRY="${ECR_REGISTRY:-<account>.dkr.ecr.$AWS_REGION.amazonaws.com}"
@@ -117,53 +145,67 @@ else
 fi
 mkdir -p "$ARTIFACTS_DIR" 2>/dev/null || true
 
-# ---------------------------------------------------------------- 2. terraform
-section "2. Infrastructure (Terraform, G-8)"
-TF_PLAN_EXIT="not run"
-run terraform -chdir="$TF_DIR" init -input=false
+# ---------------------------------------------------------------- 2. images
+section "2. Build and push images ($IMAGE_TAG)"
 if $DRY_RUN; then
-  run terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode -var "environment=$ENVIRONMENT" -out=tfplan
-  echo "  [dry-run] (exit 0 = no drift; 2 = changes → terraform -chdir=$TF_DIR apply -input=false tfplan)"
+  echo "  [dry-run] aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin $ECR_REGISTRY"
 else
-  set +e
-  terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode -var "environment=$ENVIRONMENT" -out=tfplan
-  TF_PLAN_EXIT=$?
-  set -e
-  case "$TF_PLAN_EXIT" in
-    0) echo "  no drift" ;;
-    2) echo "  drift found: applying the plan"; run terraform -chdir="$TF_DIR" apply -input=false tfplan ;;
-    *) echo "terraform plan failed (exit $TF_PLAN_EXIT)" >&2; exit 1 ;;
-  esac
-fi
-
-# ---------------------------------------------------------------- 3. images
-section "3. Build and push images ($IMAGE_TAG)"
-run aws ecr get-login-password --region "$AWS_REGION" \| docker login --username AWS --password-stdin "$ECR_REGISTRY"
-if ! $DRY_RUN; then
+  echo "  \$ aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin $ECR_REGISTRY"
   aws ecr get-login-password --region "$AWS_REGION" | docker login --username AWS --password-stdin "$ECR_REGISTRY"
 fi
-for svc in freeside finn dixie; do
-  image="$ECR_REGISTRY/$PREFIX-$svc:$IMAGE_TAG"
-  run docker build --file "$DOCKERFILE" --build-arg "SERVICE=$svc" --tag "$image" "$ROOT"
+for spec in "${IMAGES[@]}"; do
+  read -r name target project app port health <<<"$spec"
+  image="$ECR_REGISTRY/$PREFIX/$name:$IMAGE_TAG"
+  run docker build --file "$ROOT/$DOCKERFILE" --target "$target" --build-arg "PROJECT=$project" --build-arg "APP=$app" \
+    --build-arg "PORT=$port" --build-arg "HEALTH_PATH=$health" --tag "$image" "$ROOT"
   run docker push "$image"
 done
 
-# ---------------------------------------------------------------- 4. migrations
-section "4. Migration hard gate (one-shot loa migrate)"
-network_of() { aws ecs describe-services --cluster "$ECS_CLUSTER" --services "$1" --query 'services[0].networkConfiguration' --output json; }
+# ---------------------------------------------------------------- 3. terraform
+section "3. Infrastructure (Terraform, G-8)"
+TF_PLAN_EXIT="not run"
+TF_VARS=(-var "environment=$ENVIRONMENT" -var "region=$AWS_REGION" -var "image_tag=$IMAGE_TAG")
+run terraform -chdir="$TF_DIR" init -input=false -backend-config="bucket=${TF_STATE_BUCKET:-<TF_STATE_BUCKET>}" -backend-config="region=$AWS_REGION"
 if $DRY_RUN; then
-  run aws ecs run-task --cluster "$ECS_CLUSTER" --launch-type FARGATE --task-definition "$PREFIX-api" \
-    --network-configuration "<networkConfiguration of $PREFIX-api>" \
-    --overrides '{"containerOverrides":[{"name":"freeside","command":["loa","migrate"]}]}'
-  run aws ecs wait tasks-stopped --cluster "$ECS_CLUSTER" --tasks "<task-arn>"
+  run terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode "${TF_VARS[@]}" -out=tfplan
+  echo "  [dry-run] (exit 0 = nothing to change; 2 = changes, at least the new image tag → terraform -chdir=$TF_DIR apply -input=false tfplan)"
+else
+  set +e
+  terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode "${TF_VARS[@]}" -out=tfplan
+  TF_PLAN_EXIT=$?
+  set -e
+  case "$TF_PLAN_EXIT" in
+    0) echo "  nothing to change" ;;
+    2) echo "  changes planned: applying the plan"; run terraform -chdir="$TF_DIR" apply -input=false tfplan ;;
+    *) echo "terraform plan failed (exit $TF_PLAN_EXIT)" >&2; exit 1 ;;
+  esac
+  CLUSTER="$(terraform -chdir="$TF_DIR" output -raw cluster_name)"
+fi
+
+# ---------------------------------------------------------------- 4. migrations
+section "4. Migration hard gate (one-shot $PREFIX-migrate task: loa migrate)"
+if $DRY_RUN; then
+  run terraform -chdir="$TF_DIR" output -raw migrate_task_definition
+  run terraform -chdir="$TF_DIR" output -json private_subnets
+  run terraform -chdir="$TF_DIR" output -raw services_security_group
+  run aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "<migrate_task_definition>" \
+    --network-configuration "awsvpcConfiguration={subnets=[<private_subnets>],securityGroups=[<services_security_group>],assignPublicIp=DISABLED}"
+  run aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "<task-arn>"
   echo "  [dry-run] the task's exit code must be 0 (aws ecs describe-tasks … containers[0].exitCode)"
 else
-  task_arn=$(aws ecs run-task --cluster "$ECS_CLUSTER" --launch-type FARGATE --task-definition "$PREFIX-api" \
-    --network-configuration "$(network_of "$PREFIX-api")" \
-    --overrides '{"containerOverrides":[{"name":"freeside","command":["loa","migrate"]}]}' \
-    --query 'tasks[0].taskArn' --output text)
-  aws ecs wait tasks-stopped --cluster "$ECS_CLUSTER" --tasks "$task_arn"
-  migrate_exit=$(aws ecs describe-tasks --cluster "$ECS_CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)
+  task_def="$(terraform -chdir="$TF_DIR" output -raw migrate_task_definition)"
+  subnets="$(terraform -chdir="$TF_DIR" output -json private_subnets | jq -r 'join(",")')"
+  security_group="$(terraform -chdir="$TF_DIR" output -raw services_security_group)"
+  task_arn="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$task_def" \
+    --network-configuration "awsvpcConfiguration={subnets=[$subnets],securityGroups=[$security_group],assignPublicIp=DISABLED}" \
+    --query 'tasks[0].taskArn' --output text)"
+  if [[ -z "$task_arn" || "$task_arn" == "None" ]]; then
+    echo "The migration task did not start; nothing was deployed" >&2
+    exit 1
+  fi
+  echo "  migration task: $task_arn"
+  aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"
+  migrate_exit="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)"
   if [[ "$migrate_exit" != "0" ]]; then
     echo "Migration task failed (exit $migrate_exit); nothing was deployed" >&2
     exit 1
@@ -172,33 +214,22 @@ else
 fi
 
 # ---------------------------------------------------------------- 5. deploy in order
+# Terraform registered each service's new revision in the family $PREFIX-<service>; update-service given the family
+# takes its latest revision.
 deploy_service() {
-  local svc="$1" service family image
-  service="$(ecs_service "$svc")"
-  family="$service"
-  image="$ECR_REGISTRY/$PREFIX-$svc:$IMAGE_TAG"
-  echo "  → $svc ($service)"
+  local svc="$1"
+  echo "  → $svc"
+  run aws ecs update-service --cluster "$CLUSTER" --service "$svc" --task-definition "$PREFIX-$svc" --force-new-deployment \
+    --query 'service.serviceName' --output text || return 1
   if $DRY_RUN; then
-    run aws ecs describe-task-definition --task-definition "$family" --query taskDefinition
-    echo "  [dry-run] jq: set containerDefinitions[0].image = $image, drop read-only fields"
-    run aws ecs register-task-definition --cli-input-json "file://<new $family task definition>"
-    run aws ecs update-service --cluster "$ECS_CLUSTER" --service "$service" --task-definition "<new $family revision>"
-    run timeout "$DEPLOY_TIMEOUT_SECONDS" aws ecs wait services-stable --cluster "$ECS_CLUSTER" --services "$service"
+    run timeout "$DEPLOY_TIMEOUT_SECONDS" aws ecs wait services-stable --cluster "$CLUSTER" --services "$svc"
     return 0
   fi
-  local tmp revision
-  tmp="$(mktemp)"
-  aws ecs describe-task-definition --task-definition "$family" --query taskDefinition --output json \
-    | jq --arg image "$image" '.containerDefinitions[0].image = $image
-        | del(.taskDefinitionArn, .revision, .status, .requiresAttributes, .compatibilities, .registeredAt, .registeredBy, .deregisteredAt)' >"$tmp"
-  revision=$(aws ecs register-task-definition --cli-input-json "file://$tmp" --query 'taskDefinition.taskDefinitionArn' --output text)
-  rm -f "$tmp"
-  run aws ecs update-service --cluster "$ECS_CLUSTER" --service "$service" --task-definition "$revision" --query 'service.serviceName' --output text
-  if ! timeout "$DEPLOY_TIMEOUT_SECONDS" aws ecs wait services-stable --cluster "$ECS_CLUSTER" --services "$service"; then
+  if ! timeout "$DEPLOY_TIMEOUT_SECONDS" aws ecs wait services-stable --cluster "$CLUSTER" --services "$svc"; then
     echo "  ✗ $svc did not stabilise within ${DEPLOY_TIMEOUT_SECONDS}s" >&2
     return 1
   fi
-  echo "  ✓ $svc stable on $revision"
+  echo "  ✓ $svc stable"
 }
 
 section "5. Deploy (freeside → finn → dixie)"
@@ -229,11 +260,11 @@ fi
 section "6. Quick smoke (health + JWKS, no key)"
 STATUS="PENDING"
 if $DRY_RUN; then
-  run "$SCRIPT_DIR/staging-smoke.sh" --freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3
+  run "$SMOKE" --freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3
 elif ! $DEPLOY_OK; then
   STATUS="BLOCKED"
   echo "  deploy failed: skipping the gate"
-elif ! "$SCRIPT_DIR/staging-smoke.sh" --freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3 >"$ARTIFACTS_DIR/quick-smoke.log"; then
+elif ! "$SMOKE" --freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3 >"$ARTIFACTS_DIR/quick-smoke.log"; then
   STATUS="BLOCKED"
   echo "  ✗ quick smoke failed (see $ARTIFACTS_DIR/quick-smoke.log)"
 else
@@ -247,7 +278,7 @@ GATE_ARGS=(--freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3 -
 [[ -n "${COMMUNITY_ID:-}" ]] && GATE_ARGS+=(--community-id "$COMMUNITY_ID")
 if $DRY_RUN; then
   for i in $(seq 1 "$GATE_RUNS"); do
-    echo "  [dry-run] $SCRIPT_DIR/staging-smoke.sh ${GATE_ARGS[*]} >$ARTIFACTS_DIR/gate-$i.log 2>$ARTIFACTS_DIR/gate-$i.json"
+    echo "  [dry-run] $SMOKE ${GATE_ARGS[*]} >$ARTIFACTS_DIR/gate-$i.log 2>$ARTIFACTS_DIR/gate-$i.json"
   done
   echo "  [dry-run] verdict from the JSON on stderr: exit_code 0 → READY, 2 → READY_DEGRADED, else NOT_READY"
 fi
@@ -258,7 +289,7 @@ if ! $DRY_RUN && [[ "$STATUS" != "BLOCKED" ]]; then
   for i in $(seq 1 "$GATE_RUNS"); do
     json="$ARTIFACTS_DIR/gate-$i.json"
     set +e
-    "$SCRIPT_DIR/staging-smoke.sh" "${GATE_ARGS[@]}" >"$ARTIFACTS_DIR/gate-$i.log" 2>"$json"
+    "$SMOKE" "${GATE_ARGS[@]}" >"$ARTIFACTS_DIR/gate-$i.log" 2>"$json"
     code=$?
     set -e
     if ! jq -e '.exit_code' "$json" >/dev/null 2>&1; then

@@ -21,13 +21,15 @@ internal static class SeedCommand
     public static Command Create()
     {
         var dryRun = new Option<bool>("--dry-run") { Description = "print the plan and the ids, change nothing" };
-        var ecs = new Option<bool>("--ecs-exec") { Description = "print the aws ecs execute-command that runs this seed inside the cluster" };
-        var cluster = new Option<string?>("--cluster") { Description = "ECS cluster (with --ecs-exec)" };
-        var service = new Option<string?>("--service") { Description = "ECS service (default: the first service in the cluster)" };
-        var container = new Option<string>("--container") { Description = "container name", DefaultValueFactory = _ => "api" };
+        var ecs = new Option<bool>("--ecs-exec")
+        {
+            Description = "print the aws ecs run-task that runs this seed inside the cluster, as a one-off task of the loa image (the <cluster>-migrate task definition, which holds the database secrets)",
+        };
+        var cluster = new Option<string?>("--cluster") { Description = "ECS cluster (with --ecs-exec); deploy/terraform names it after its prefix, e.g. arrakis-staging" };
+        var taskDefinition = new Option<string?>("--task-definition") { Description = "task definition of the loa image (default: <cluster>-migrate)" };
         var command = new Command("seed", "Upsert the staging checklist's test community, alias, agents and credit lot (re-runnable).")
         {
-            CliContext.DataDir, DbUrl, FreesideUrl, Key, dryRun, ecs, cluster, service, container,
+            CliContext.DataDir, DbUrl, FreesideUrl, Key, dryRun, ecs, cluster, taskDefinition,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -50,7 +52,7 @@ internal static class SeedCommand
                     return 2;
                 }
 
-                Console.WriteLine(EcsCommand(parse.GetValue(cluster)!, parse.GetValue(service), parse.GetValue(container)!));
+                Console.WriteLine(EcsCommand(parse.GetValue(cluster)!, parse.GetValue(taskDefinition)));
                 return 0;
             }
 
@@ -107,13 +109,18 @@ internal static class SeedCommand
         JwtCommand.Sign(key, "arrakis", CommunitiesSetup.AdminAudience, "operator", "enterprise", "cheap", ["cheap"], TimeSpan.FromMinutes(5), null,
             new Dictionary<string, object> { ["role"] = CommunitiesSetup.OperatorRole }, DateTimeOffset.UtcNow);
 
-    /// <summary>The exact command that runs <c>loa seed</c> in the service's first running task.</summary>
-    public static string EcsCommand(string cluster, string? service, string container)
+    /// <summary>
+    /// The exact command that runs <c>loa seed</c> in the cluster: a one-off task of the migration task definition, whose
+    /// container runs the loa image with the services' connection strings (deploy/terraform/ecs.tf), with its command
+    /// replaced by <c>seed</c>. The network comes from the Terraform outputs, as the deploy pipeline's migration does.
+    /// </summary>
+    public static string EcsCommand(string cluster, string? taskDefinition)
     {
-        var list = service is { Length: > 0 }
-            ? $"aws ecs list-tasks --cluster {cluster} --service-name {service} --desired-status RUNNING --query 'taskArns[0]' --output text"
-            : $"aws ecs list-tasks --cluster {cluster} --service-name \"$(aws ecs list-services --cluster {cluster} --query 'serviceArns[0]' --output text)\" --desired-status RUNNING --query 'taskArns[0]' --output text";
-        return $"aws ecs execute-command --cluster {cluster} --task \"$({list})\" --container {container} --interactive --command \"loa seed --db-url $DATABASE_URL\"";
+        const string Outputs = "terraform -chdir=deploy/terraform output";
+        return $"aws ecs run-task --cluster {cluster} --launch-type FARGATE --task-definition {taskDefinition ?? cluster + "-migrate"} "
+            + $"--network-configuration \"awsvpcConfiguration={{subnets=[$({Outputs} -json private_subnets | jq -r 'join(\",\")')],"
+            + $"securityGroups=[$({Outputs} -raw services_security_group)],assignPublicIp=DISABLED}}\" "
+            + """--overrides '{"containerOverrides":[{"name":"migrate","command":["seed"]}]}'""";
     }
 
     static async Task<Database> OpenAsync(ParseResult parse)

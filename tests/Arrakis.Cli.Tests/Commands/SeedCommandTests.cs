@@ -40,9 +40,15 @@ public sealed class SeedCommandTests
     [Fact]
     public void Ecs_exec_prints_the_exact_aws_command()
     {
-        var command = Arrakis.Cli.Commands.SeedCommand.EcsCommand("arrakis-staging", "freeside", "api");
-        Assert.StartsWith("aws ecs execute-command --cluster arrakis-staging --task \"$(aws ecs list-tasks --cluster arrakis-staging --service-name freeside", command);
-        Assert.EndsWith("--container api --interactive --command \"loa seed --db-url $DATABASE_URL\"", command);
+        // deploy/terraform: the cluster is named after the prefix, and the migration task runs the loa image in a container named migrate.
+        var command = Arrakis.Cli.Commands.SeedCommand.EcsCommand("arrakis-staging", null);
+        Assert.Equal(
+            "aws ecs run-task --cluster arrakis-staging --launch-type FARGATE --task-definition arrakis-staging-migrate --network-configuration "
+            + "\"awsvpcConfiguration={subnets=[$(terraform -chdir=deploy/terraform output -json private_subnets | jq -r 'join(\",\")')],"
+            + "securityGroups=[$(terraform -chdir=deploy/terraform output -raw services_security_group)],assignPublicIp=DISABLED}\" "
+            + "--overrides '{\"containerOverrides\":[{\"name\":\"migrate\",\"command\":[\"seed\"]}]}'",
+            command);
+        Assert.Contains("--task-definition arrakis-staging-migrate:12 ", Arrakis.Cli.Commands.SeedCommand.EcsCommand("arrakis-staging", "arrakis-staging-migrate:12"), StringComparison.Ordinal);
         var parsed = new Npgsql.NpgsqlConnectionStringBuilder(Arrakis.Cli.Commands.SeedCommand.ToNpgsql("postgres://u:p%20w@db:5433/arrakis"));
         Assert.Equal(("db", 5433, "u", "p w", "arrakis"), (parsed.Host, parsed.Port, parsed.Username, parsed.Password, parsed.Database));
     }

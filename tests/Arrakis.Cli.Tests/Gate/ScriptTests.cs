@@ -64,9 +64,9 @@ public sealed class ScriptTests
         var (exit, stdout, stderr) = await RunAsync("bash", ["scripts/staging-deploy-all.sh", "--dry-run", "--branch", "HEAD"]);
 
         Assert.True(exit == 0, stderr + stdout);
-        var freeside = stdout.IndexOf("--service arrakis-staging-api --task-definition", StringComparison.Ordinal);
-        var finn = stdout.IndexOf("--service arrakis-staging-finn --task-definition", StringComparison.Ordinal);
-        var dixie = stdout.IndexOf("--service arrakis-staging-dixie --task-definition", StringComparison.Ordinal);
+        var freeside = stdout.IndexOf("--service freeside --task-definition arrakis-staging-freeside", StringComparison.Ordinal);
+        var finn = stdout.IndexOf("--service finn --task-definition arrakis-staging-finn", StringComparison.Ordinal);
+        var dixie = stdout.IndexOf("--service dixie --task-definition arrakis-staging-dixie", StringComparison.Ordinal);
         Assert.True(freeside > 0 && finn > freeside && dixie > finn, "deploy order freeside → finn → dixie");
         Assert.Contains("[dry-run] terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode", stdout, StringComparison.Ordinal);
         Assert.Contains("[dry-run] aws ecs run-task", stdout, StringComparison.Ordinal);

@@ -1,0 +1,218 @@
+namespace Arrakis.Cli.Tests.Gate;
+
+/// <summary>
+/// scripts/staging-deploy-all.sh run for real, not dry: aws, docker and terraform are stand-ins on PATH that log each
+/// call and answer as the real CLIs would for the resources of deploy/terraform, and the gate is a stand-in that writes
+/// a gate results document. The script runs from a throwaway git repository, so its "working tree at the branch and
+/// clean" check sees a known state.
+/// </summary>
+public sealed class DeployScriptTests
+{
+    const string Registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+    // Answers as aws, docker and terraform do for the calls the pipeline makes; FAKE_* variables inject failures.
+    const string FakeCli = """
+        #!/usr/bin/env bash
+        name="$(basename "$0")"
+        echo "$name $*" >> "$SHIM_LOG"
+        case "$name $*" in
+          "aws sts get-caller-identity"*) echo 123456789012 ;;
+          "aws ecr get-login-password"*) echo not-a-password ;;
+          "docker login"*) cat > /dev/null ;;
+          "terraform "*" plan "*) exit "${FAKE_PLAN_EXIT:-2}" ;;
+          "terraform "*"output -raw cluster_name") echo arrakis-staging ;;
+          "terraform "*"output -raw migrate_task_definition") echo arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-migrate:7 ;;
+          "terraform "*"output -json private_subnets") echo '["subnet-a","subnet-b"]' ;;
+          "terraform "*"output -raw services_security_group") echo sg-services ;;
+          "aws ecs run-task"*) echo arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e ;;
+          "aws ecs describe-tasks"*) echo "${FAKE_MIGRATE_EXIT:-0}" ;;
+          "aws ecs update-service"*) echo updated ;;
+          "aws ecs wait services-stable"*"--services ${FAKE_UNSTABLE:-none}") exit 255 ;;
+          "aws cloudwatch list-dashboards"*) echo 4 ;;
+          "aws cloudwatch describe-alarms"*) echo 0 ;;
+        esac
+        exit 0
+        """;
+
+    // The gate: the quick smoke passes; with --json it writes a results document to stderr, as `loa gate --json` does.
+    const string FakeSmoke = """
+        #!/usr/bin/env bash
+        echo "smoke $*" >> "$SHIM_LOG"
+        case " $* " in
+          *" --json "*)
+            cat >&2 <<'JSON'
+        {"timestamp":"2026-11-27T00:00:00Z","p0":{"pass":7,"fail":0,"skip":0},"p1":{"pass":8,"fail":0,"skip":0},"exit_code":0,
+         "results":[{"priority":"P0","phase":"health","name":"freeside health","status":"PASS","elapsed_ms":12},
+                    {"priority":"P0","phase":"jwks","name":"JWKS","status":"PASS","elapsed_ms":8},
+                    {"priority":"P0","phase":"jwt-roundtrip","name":"JWT mint","status":"PASS","elapsed_ms":30},
+                    {"priority":"P0","phase":"invoke","name":"Agent invoke","status":"PASS","elapsed_ms":900},
+                    {"priority":"P0","phase":"budget","name":"Budget conservation","status":"PASS","elapsed_ms":20},
+                    {"priority":"P1","phase":"reputation","name":"Reputation query","status":"PASS","elapsed_ms":15},
+                    {"priority":"P1","phase":"autopoietic","name":"loop trace","status":"SKIP","elapsed_ms":0},
+                    {"priority":"P1","phase":"x402","name":"x402 402 response with payment headers","status":"PASS","elapsed_ms":9}]}
+        JSON
+            ;;
+        esac
+        exit 0
+        """;
+
+    sealed record Run(int Exit, string Stdout, string Stderr, IReadOnlyList<string> Calls, string Root, string Tag);
+
+    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null)
+    {
+        var dir = TestStorage.TempDir();
+        var root = Path.Combine(dir, "repo");
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(Path.Combine(root, "scripts"));
+        Directory.CreateDirectory(bin);
+        File.Copy(Path.Combine(ScriptTests.RepoRoot, "scripts", "staging-deploy-all.sh"), Path.Combine(root, "scripts", "staging-deploy-all.sh"));
+        await File.WriteAllTextAsync(Path.Combine(bin, "fake-cli"), FakeCli.Replace("\r\n", "\n") + "\n");
+        await File.WriteAllTextAsync(Path.Combine(bin, "fake-smoke"), FakeSmoke.Replace("\r\n", "\n") + "\n");
+        foreach (var tool in new[] { "aws", "docker", "terraform" })
+        {
+            File.CreateSymbolicLink(Path.Combine(bin, tool), Path.Combine(bin, "fake-cli"));
+        }
+
+        foreach (var step in new[]
+                 {
+                     $"chmod +x '{bin}/fake-cli' '{bin}/fake-smoke'",
+                     $"cd '{root}' && git init -q -b staging && git add -A && git -c user.name=t -c user.email=t@example.com commit -q -m deploy",
+                 })
+        {
+            var (code, _, err) = await ScriptTests.RunAsync("bash", ["-c", step]);
+            Assert.True(code == 0, err);
+        }
+
+        beforeRun?.Invoke(root);
+        var (_, tag, _) = await ScriptTests.RunAsync("bash", ["-c", $"cd '{root}' && git rev-parse --short=12 HEAD"]);
+        var log = Path.Combine(dir, "calls.log");
+        var env = new Dictionary<string, string>
+        {
+            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
+            ["SHIM_LOG"] = log,
+            ["SMOKE"] = Path.Combine(bin, "fake-smoke"),
+            ["TF_STATE_BUCKET"] = "arrakis-tf-state",
+            ["TF_VAR_certificate_arn"] = "arn:aws:acm:us-east-1:123456789012:certificate/test",
+            ["ARTIFACTS_DIR"] = Path.Combine(dir, "artifacts"),
+            ["AWS_REGION"] = "us-east-1",
+        };
+        foreach (var (k, v) in extraEnv ?? new Dictionary<string, string>())
+        {
+            env[k] = v;
+        }
+
+        var (exit, stdout, stderr) = await ScriptTests.RunAsync("bash", [Path.Combine(root, "scripts", "staging-deploy-all.sh"), .. args ?? []], env);
+        var calls = File.Exists(log) ? await File.ReadAllLinesAsync(log) : [];
+        return new Run(exit, stdout, stderr, calls, root, tag.Trim());
+    }
+
+    static int IndexOf(Run run, string call)
+    {
+        var index = run.Calls.ToList().FindIndex(c => c == call);
+        Assert.True(index >= 0, $"expected the call\n  {call}\nin\n  {string.Join("\n  ", run.Calls)}\n{run.Stdout}\n{run.Stderr}");
+        return index;
+    }
+
+    [Fact]
+    public async Task A_deploy_builds_the_four_images_applies_terraform_migrates_then_rolls_freeside_finn_dixie_and_runs_the_gate()
+    {
+        var run = await DeployAsync();
+
+        Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
+        Assert.Contains("Status: READY ", run.Stdout, StringComparison.Ordinal);
+        Assert.Matches("^[0-9a-f]{12}$", run.Tag);
+
+        // Images: Terraform's repositories are <prefix>/<name> and its task definitions take the tag var.image_tag.
+        var dockerfile = Path.Combine(run.Root, "deploy/docker/Dockerfile");
+        var built = new[]
+        {
+            ("freeside", "service", "src/Arrakis.Freeside.Host", "arrakis-freeside", "3000", "/health"),
+            ("finn", "service", "src/Arrakis.Finn.Host", "arrakis-finn", "3002", "/health"),
+            ("dixie", "service", "src/Arrakis.Dixie.Host", "arrakis-dixie", "3001", "/api/health"),
+            ("loa", "cli", "src/Arrakis.Cli", "loa", "0", "/"),
+        }.Select(i => IndexOf(run,
+            $"docker build --file {dockerfile} --target {i.Item2} --build-arg PROJECT={i.Item3} --build-arg APP={i.Item4} --build-arg PORT={i.Item5} " +
+            $"--build-arg HEALTH_PATH={i.Item6} --tag {Registry}/arrakis-staging/{i.Item1}:{run.Tag} {run.Root}")).ToList();
+        var pushed = new[] { "freeside", "finn", "dixie", "loa" }.Select(n => IndexOf(run, $"docker push {Registry}/arrakis-staging/{n}:{run.Tag}")).ToList();
+        var login = IndexOf(run, $"docker login --username AWS --password-stdin {Registry}");
+        Assert.Single(run.Calls, c => c.StartsWith("aws ecr ", StringComparison.Ordinal));
+        IndexOf(run, "aws ecr get-login-password --region us-east-1"); // piped into docker login: the two run at once
+
+        // Terraform with the state bucket and the new tag, the plan applied (exit 2 = changes).
+        var init = IndexOf(run, "terraform -chdir=deploy/terraform init -input=false -backend-config=bucket=arrakis-tf-state -backend-config=region=us-east-1");
+        var plan = IndexOf(run, $"terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode -var environment=staging -var region=us-east-1 -var image_tag={run.Tag} -out=tfplan");
+        var apply = IndexOf(run, "terraform -chdir=deploy/terraform apply -input=false tfplan");
+
+        // The migration task Terraform defines, in its subnets, and its exit code read back.
+        var migrate = IndexOf(run,
+            "aws ecs run-task --cluster arrakis-staging --launch-type FARGATE --task-definition arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-migrate:7 " +
+            "--network-configuration awsvpcConfiguration={subnets=[subnet-a,subnet-b],securityGroups=[sg-services],assignPublicIp=DISABLED} --query tasks[0].taskArn --output text");
+        var migrated = IndexOf(run, "aws ecs describe-tasks --cluster arrakis-staging --tasks arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e --query tasks[0].containers[0].exitCode --output text");
+
+        // Terraform's ECS services are named freeside, finn and dixie; their task-definition families <prefix>-<name>.
+        var rolled = new[] { "freeside", "finn", "dixie" }.Select(s => (
+            Update: IndexOf(run, $"aws ecs update-service --cluster arrakis-staging --service {s} --task-definition arrakis-staging-{s} --force-new-deployment --query service.serviceName --output text"),
+            Stable: IndexOf(run, $"aws ecs wait services-stable --cluster arrakis-staging --services {s}"))).ToList();
+
+        Assert.True(login < built.Min());
+        Assert.All(built.Zip(pushed), p => Assert.True(p.First < p.Second));
+        Assert.True(pushed.Max() < init && init < plan && plan < apply && apply < migrate && migrate < migrated);
+        Assert.True(migrated < rolled[0].Update);
+        Assert.True(rolled[0].Stable < rolled[1].Update && rolled[1].Stable < rolled[2].Update, "freeside → finn → dixie, each stable before the next");
+        var gateRuns = run.Calls.Where(c => c.StartsWith("smoke ", StringComparison.Ordinal) && c.Contains("--json", StringComparison.Ordinal)).ToList();
+        Assert.Equal(3, gateRuns.Count);
+        Assert.True(run.Calls.ToList().FindIndex(c => c.StartsWith("smoke ", StringComparison.Ordinal)) > rolled[2].Stable);
+        Assert.Contains("G-8 Migration          MET", run.Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_failed_migration_stops_the_deploy_before_any_service_rolls()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_MIGRATE_EXIT"] = "1" });
+
+        Assert.Equal(1, run.Exit);
+        Assert.Contains("Migration task failed (exit 1); nothing was deployed", run.Stderr, StringComparison.Ordinal);
+        Assert.Contains(run.Calls, c => c.StartsWith("aws ecs run-task", StringComparison.Ordinal));
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("smoke ", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Freeside_not_becoming_stable_leaves_finn_and_dixie_untouched()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_UNSTABLE"] = "freeside" });
+
+        Assert.Equal(1, run.Exit);
+        Assert.Contains("freeside did not stabilise", run.Stderr, StringComparison.Ordinal);
+        Assert.Single(run.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+        Assert.DoesNotContain(run.Calls, c => c.Contains("--service finn", StringComparison.Ordinal) || c.Contains("--service dixie", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_dixie_that_does_not_become_stable_makes_the_verdict_blocked_without_running_the_gate()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_UNSTABLE"] = "dixie" });
+
+        Assert.Equal(1, run.Exit);
+        Assert.Contains("Status: BLOCKED", run.Stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("smoke ", StringComparison.Ordinal));
+        Assert.Contains("G-8 Migration          NOT MET", run.Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Uncommitted_changes_or_missing_terraform_inputs_stop_the_deploy_before_anything_is_built()
+    {
+        var dirty = await DeployAsync(beforeRun: root => File.AppendAllText(Path.Combine(root, "scripts", "staging-deploy-all.sh"), "\n# edited\n"));
+        var noBucket = await DeployAsync(new Dictionary<string, string> { ["TF_STATE_BUCKET"] = "" });
+
+        Assert.Equal(1, dirty.Exit);
+        Assert.Contains("uncommitted changes", dirty.Stdout, StringComparison.Ordinal);
+        Assert.Equal(1, noBucket.Exit);
+        Assert.Contains("✗ TF_STATE_BUCKET — not set", noBucket.Stdout, StringComparison.Ordinal);
+        Assert.All(new[] { dirty, noBucket }, run =>
+        {
+            Assert.Contains("Pre-flight failed", run.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal) || c.StartsWith("terraform", StringComparison.Ordinal));
+        });
+    }
+}
