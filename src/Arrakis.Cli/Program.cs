@@ -11,5 +11,6 @@ var root = new RootCommand("loa: run, seed, gate and operate the Arrakis agent p
     BalanceCommand.Create(),
     SeedCommand.Create(),
     SeedCommand.CreateAudit(),
+    DeployCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

@@ -58,7 +58,7 @@ public sealed class DeployScriptTests
 
     sealed record Run(int Exit, string Stdout, string Stderr, IReadOnlyList<string> Calls, string Root, string Tag);
 
-    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null)
+    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null, bool viaLoa = false)
     {
         var dir = TestStorage.TempDir();
         var root = Path.Combine(dir, "repo");
@@ -101,7 +101,9 @@ public sealed class DeployScriptTests
             env[k] = v;
         }
 
-        var (exit, stdout, stderr) = await ScriptTests.RunAsync("bash", [Path.Combine(root, "scripts", "staging-deploy-all.sh"), .. args ?? []], env);
+        var (exit, stdout, stderr) = viaLoa
+            ? await LoaProcess.RunAsync(env, ["deploy", "--repo", root, .. args ?? []])
+            : await ScriptTests.RunAsync("bash", [Path.Combine(root, "scripts", "staging-deploy-all.sh"), .. args ?? []], env);
         var calls = File.Exists(log) ? await File.ReadAllLinesAsync(log) : [];
         return new Run(exit, stdout, stderr, calls, root, tag.Trim());
     }
@@ -214,5 +216,41 @@ public sealed class DeployScriptTests
             Assert.Contains("Pre-flight failed", run.Stderr, StringComparison.Ordinal);
             Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal) || c.StartsWith("terraform", StringComparison.Ordinal));
         });
+    }
+
+    [Fact]
+    public async Task Loa_deploy_runs_the_pipeline_of_the_checkout_and_passes_its_exit_code_on()
+    {
+        var ready = await DeployAsync(args: ["--parallel"], viaLoa: true);
+        var failed = await DeployAsync(new Dictionary<string, string> { ["FAKE_MIGRATE_EXIT"] = "3" }, viaLoa: true);
+
+        Assert.True(ready.Exit == 0, ready.Stdout + ready.Stderr);
+        Assert.Contains("Order:    freeside → finn → dixie (finn and dixie in parallel)", ready.Stdout, StringComparison.Ordinal);
+        Assert.Contains("Status: READY ", ready.Stdout, StringComparison.Ordinal);
+        Assert.Equal(3, ready.Calls.Count(c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal)));
+        Assert.Equal(1, failed.Exit);
+        Assert.Contains("Migration task failed (exit 3)", failed.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(failed.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Loa_deploy_outside_a_checkout_says_where_it_looked()
+    {
+        var empty = TestStorage.TempDir();
+
+        var (exit, _, stderr) = await LoaProcess.RunAsync("deploy", "--repo", empty, "--dry-run");
+
+        Assert.Equal(1, exit);
+        Assert.Contains($"there is no scripts/staging-deploy-all.sh in {empty}", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Loa_deploy_dry_run_from_this_repository_prints_the_plan()
+    {
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync("deploy", "--repo", ScriptTests.RepoRoot, "--dry-run", "--branch", "HEAD");
+
+        Assert.True(exit == 0, stderr + stdout);
+        Assert.Contains("[dry-run] aws ecs update-service --cluster arrakis-staging --service dixie --task-definition arrakis-staging-dixie", stdout, StringComparison.Ordinal);
+        Assert.Contains("Status: DRY_RUN", stdout, StringComparison.Ordinal);
     }
 }
