@@ -83,6 +83,33 @@ public sealed class TerraformStructureTests
     }
 
     [Fact]
+    public void The_names_the_deploy_pipeline_uses_are_the_ones_terraform_creates()
+    {
+        // scripts/staging-deploy-all.sh (its calls are pinned by DeployScriptTests in Arrakis.Cli.Tests) uses: cluster
+        // <prefix>, ECR repositories <prefix>/<name>, task-definition families <prefix>-<service>, the migration task
+        // <prefix>-migrate with a container named migrate, four outputs, and the Dockerfile's build arguments and targets.
+        Assert.Equal("arrakis-staging", DeployFiles.Resolve(Str(DeployFiles.Resource("aws_ecs_cluster", "main"), "name")));
+        var repository = Str(DeployFiles.Resource("aws_ecr_repository", "images"), "name");
+        Assert.Equal("arrakis-staging/freeside", DeployFiles.Resolve(repository.Replace("${each.key}", "freeside", StringComparison.Ordinal)));
+        var family = Str(DeployFiles.Resource("aws_ecs_task_definition", "service"), "family");
+        Assert.Equal("arrakis-staging-dixie", DeployFiles.Resolve(family.Replace("${each.key}", "dixie", StringComparison.Ordinal)));
+        var migrate = DeployFiles.Resource("aws_ecs_task_definition", "migrate");
+        Assert.Equal("arrakis-staging-migrate", DeployFiles.Resolve(Str(migrate, "family")));
+        Assert.Matches("name\\s*=\\s*\"migrate\"", migrate.GetProperty("container_definitions").GetString()!);
+        var outputs = DeployFiles.Hcl().GetProperty("outputs.tf").GetProperty("output");
+        foreach (var output in new[] { "cluster_name", "migrate_task_definition", "private_subnets", "services_security_group" })
+        {
+            Assert.True(outputs.TryGetProperty(output, out _), $"output {output} is missing");
+        }
+
+        var dockerfile = File.ReadAllText(Path.Combine(DeployFiles.Root, "deploy", "docker", "Dockerfile"));
+        foreach (var line in new[] { "ARG PROJECT", "ARG APP", "ARG PORT=", "ARG HEALTH_PATH=", " AS service", " AS cli" })
+        {
+            Assert.Contains(line, dockerfile, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public void The_alarms_carry_the_checklist_names_and_fire_within_60_seconds_where_required()
     {
         var alarms = DeployFiles.Resources("aws_cloudwatch_metric_alarm");
