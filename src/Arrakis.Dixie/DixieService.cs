@@ -22,6 +22,7 @@ public static class DixieService
         var app = builder.Build();
         app.UseServiceDefaults();
         app.MapHealth("/api/health", Name);
+        app.MapLiveness("/health/live", Name);
         app.MapIdentityApi();
         app.MapReputationApi();
         await app.InitializeStorageAsync(typeof(DixieService).Assembly);

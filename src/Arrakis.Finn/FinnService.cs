@@ -27,6 +27,7 @@ public static class FinnService
         var app = builder.Build();
         app.UseServiceDefaults();
         app.MapHealth("/health", Name);
+        app.MapLiveness("/health/live", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
         app.MapInferenceApi();

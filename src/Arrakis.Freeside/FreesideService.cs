@@ -43,6 +43,7 @@ public static class FreesideService
         app.UseServiceDefaults();
         app.Services.GetRequiredService<Payments.PaymentMetrics>(); // its counters exist from the first scrape
         app.MapHealth("/health", Name);
+        app.MapLiveness("/health/live", Name);
         app.MapJwksApi();
         app.MapIdentityApi();
         app.MapQualityApi();

@@ -129,35 +129,10 @@ internal static class SeedCommand
         if (parse.GetValue(DbUrl) is { Length: > 0 } url)
         {
             config = new ConfigurationBuilder().AddConfiguration(config)
-                .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = ToNpgsql(url) }).Build();
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = PostgresUrl.ToNpgsql(url) }).Build();
         }
 
         return await CliContext.OpenMigratedAsync(config, "freeside", typeof(Arrakis.Freeside.FreesideService).Assembly);
-    }
-
-    /// <summary>Accepts both Npgsql key=value strings and postgres:// URLs.</summary>
-    public static string ToNpgsql(string url)
-    {
-        if (!url.StartsWith("postgres://", StringComparison.OrdinalIgnoreCase) && !url.StartsWith("postgresql://", StringComparison.OrdinalIgnoreCase))
-        {
-            return url;
-        }
-
-        var uri = new Uri(url);
-        var user = uri.UserInfo.Split(':', 2);
-        var builder = new Npgsql.NpgsqlConnectionStringBuilder
-        {
-            Host = uri.Host,
-            Port = uri.Port > 0 ? uri.Port : 5432,
-            Database = uri.AbsolutePath.Trim('/'),
-            Username = Uri.UnescapeDataString(user[0]),
-        };
-        if (user.Length > 1)
-        {
-            builder.Password = Uri.UnescapeDataString(user[1]);
-        }
-
-        return builder.ConnectionString;
     }
 
     static void Print(IEnumerable<string> lines)

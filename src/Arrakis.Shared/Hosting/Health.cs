@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
+using StackExchange.Redis;
 
 namespace Arrakis.Shared.Hosting;
 
@@ -36,6 +37,29 @@ public sealed class DatabaseHealth(Database database) : IHealthContributor
         var ok = await database.PingAsync(timeout.Token);
         var data = new { engine = database.Engine.ToString().ToLowerInvariant(), latency_ms = sw.ElapsedMilliseconds };
         return ok ? new HealthCheckResult(HealthState.Healthy, null, data) : new HealthCheckResult(HealthState.Unhealthy, "database_unreachable", data);
+    }
+}
+
+/// <summary>Redis holds the JWT replay cache and the cache invalidation bus, so a Redis that does not answer is unhealthy.</summary>
+internal sealed class RedisHealth(IConnectionMultiplexer redis) : IHealthContributor
+{
+    // Below the multiplexer's own 5 s command timeout: while it is disconnected it queues the PING until then.
+    static readonly TimeSpan PingTimeout = TimeSpan.FromSeconds(2);
+
+    public string Name => "redis";
+
+    public async Task<HealthCheckResult> CheckAsync(CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            await redis.GetDatabase().PingAsync().WaitAsync(PingTimeout, ct);
+            return new HealthCheckResult(HealthState.Healthy, null, new { latency_ms = sw.ElapsedMilliseconds });
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            return new HealthCheckResult(HealthState.Unhealthy, "redis_unreachable", new { latency_ms = sw.ElapsedMilliseconds });
+        }
     }
 }
 
@@ -84,6 +108,22 @@ public static class HealthApi
 
             return Results.Json(body, statusCode: state == HealthState.Unhealthy ? 503 : 200);
         }).WithName(service + "-health").AllowAnonymous();
+        return app;
+    }
+
+    /// <summary>
+    /// Maps a liveness route for container and load-balancer checks: 200 while the process serves HTTP. It runs no
+    /// contributor, so an unreachable dependency (dixie's finn, the database) does not get every task replaced.
+    /// </summary>
+    public static IEndpointRouteBuilder MapLiveness(this IEndpointRouteBuilder app, string path, string service)
+    {
+        app.MapGet(path, () => Results.Json(new Dictionary<string, object?>
+        {
+            ["status"] = "alive",
+            ["service"] = service,
+            ["version"] = Version,
+            ["uptime_seconds"] = (long)(DateTimeOffset.UtcNow - Started).TotalSeconds,
+        })).WithName(service + "-liveness").AllowAnonymous();
         return app;
     }
 }

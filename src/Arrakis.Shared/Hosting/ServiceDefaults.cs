@@ -63,6 +63,7 @@ public static class ServiceDefaults
             });
             services.AddSingleton<IReplayCache, RedisReplayCache>();
             services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();
+            services.AddSingleton<IHealthContributor, RedisHealth>();
         }
         else
         {

@@ -9,7 +9,8 @@ public enum StorageEngine
 
 /// <summary>
 /// Storage settings for one service. <c>ConnectionStrings:{Service}</c> selects PostgreSQL (one schema per
-/// service); without it the service keeps a SQLite file under <c>LOA_DATA_DIR</c> (default <c>.loa/</c>).
+/// service, its Search Path or else the service's name), as an Npgsql key=value string or a <c>postgres://</c> URL
+/// (<see cref="PostgresUrl"/>); without it the service keeps a SQLite file under <c>LOA_DATA_DIR</c> (default <c>.loa/</c>).
 /// </summary>
 public sealed record StorageOptions(string Service, StorageEngine Engine, string ConnectionString, string? Schema)
 {
@@ -21,9 +22,19 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
 
     public static StorageOptions Resolve(IConfiguration configuration, string service)
     {
-        var pg = configuration.GetConnectionString(Capitalize(service));
+        var key = "ConnectionStrings:" + Capitalize(service);
+        var pg = configuration[key];
         if (!string.IsNullOrWhiteSpace(pg))
         {
+            try
+            {
+                pg = PostgresUrl.ToNpgsql(pg);
+            }
+            catch (FormatException ex)
+            {
+                throw new InvalidOperationException(key + ": " + ex.Message, ex);
+            }
+
             var builder = new Npgsql.NpgsqlConnectionStringBuilder(pg);
             var schema = string.IsNullOrWhiteSpace(builder.SearchPath) ? service.ToLowerInvariant() : builder.SearchPath;
             builder.SearchPath = schema;

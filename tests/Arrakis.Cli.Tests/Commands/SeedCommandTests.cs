@@ -49,7 +49,20 @@ public sealed class SeedCommandTests
             + "--overrides '{\"containerOverrides\":[{\"name\":\"migrate\",\"command\":[\"seed\"]}]}'",
             command);
         Assert.Contains("--task-definition arrakis-staging-migrate:12 ", Arrakis.Cli.Commands.SeedCommand.EcsCommand("arrakis-staging", "arrakis-staging-migrate:12"), StringComparison.Ordinal);
-        var parsed = new Npgsql.NpgsqlConnectionStringBuilder(Arrakis.Cli.Commands.SeedCommand.ToNpgsql("postgres://u:p%20w@db:5433/arrakis"));
-        Assert.Equal(("db", 5433, "u", "p w", "arrakis"), (parsed.Host, parsed.Port, parsed.Username, parsed.Password, parsed.Database));
+    }
+
+    [Fact]
+    public async Task Seed_takes_a_postgres_url_and_seeds_the_schema_it_names()
+    {
+        var pg = new Npgsql.NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
+        var schema = TestStorage.TrackSchema("t_seed_url_" + Guid.NewGuid().ToString("N")[..12]);
+        var user = Uri.EscapeDataString(pg.Username!) + (pg.Password is { } pw ? ":" + Uri.EscapeDataString(pw) : "");
+        var url = $"postgres://{user}@{pg.Host}:{pg.Port}/{Uri.EscapeDataString(pg.Database!)}?search_path={schema}";
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync("seed", "--db-url", url, "--data-dir", TestStorage.TempDir());
+        Assert.True(exit == 0, stderr);
+        Assert.Contains("CREDIT_LOT_ID=test-credit-lot-staging-001", stdout, StringComparison.Ordinal);
+        await using var c = new Npgsql.NpgsqlConnection(new Npgsql.NpgsqlConnectionStringBuilder(pg.ConnectionString) { SearchPath = schema }.ConnectionString);
+        Assert.Equal(30_000_000L, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT remaining_micro FROM credit_lots WHERE id = 'test-credit-lot-staging-001'"));
     }
 }

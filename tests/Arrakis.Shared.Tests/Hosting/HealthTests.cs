@@ -1,0 +1,127 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Arrakis.Dixie;
+using Arrakis.Freeside;
+using Arrakis.Shared.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Arrakis.Shared.Tests.Hosting;
+
+public sealed class HealthTests
+{
+    static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(30) };
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Every_service_answers_liveness_as_json_without_a_token_and_without_running_a_check()
+    {
+        var counting = new CountingHealth();
+        await using var platform = await Platform.StartAsync(configure: (_, b) => b.Services.AddSingleton<IHealthContributor>(counting));
+        foreach (var (service, url) in new[] { ("freeside", platform.FreesideUrl), ("finn", platform.FinnUrl), ("dixie", platform.DixieUrl) })
+        {
+            using var response = await Http.GetAsync(url + "/health/live", Ct);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+            var body = await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+            Assert.Equal(["status", "service", "version", "uptime_seconds"], body.EnumerateObject().Select(p => p.Name));
+            Assert.Equal("alive", body.GetProperty("status").GetString());
+            Assert.Equal(service, body.GetProperty("service").GetString());
+            Assert.Equal(HealthApi.Version, body.GetProperty("version").GetString());
+            Assert.True(body.GetProperty("uptime_seconds").GetInt64() >= 0);
+        }
+
+        Assert.Equal(0, counting.Calls);
+        using var health = await Http.GetAsync(platform.FreesideUrl + "/health", Ct);
+        Assert.Equal(1, counting.Calls); // the same contributor does run on the health route
+    }
+
+    [Fact]
+    public async Task Dixie_without_finn_is_unhealthy_but_alive()
+    {
+        var port = TestStorage.FreePort();
+        var settings = TestStorage.FreshConfig("sqlite", "dixie");
+        settings["urls"] = $"http://127.0.0.1:{port}";
+        settings["Services:FinnUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}";
+        await using var app = await StartAsync(DixieService.CreateAsync, settings);
+
+        using var health = await Http.GetAsync($"http://127.0.0.1:{port}/api/health", Ct);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        Assert.Equal("finn_unreachable", (await health.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("checks").GetProperty("finn").GetProperty("detail").GetString());
+
+        using var live = await Http.GetAsync($"http://127.0.0.1:{port}/health/live", Ct);
+        Assert.Equal(HttpStatusCode.OK, live.StatusCode);
+        var body = await live.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        Assert.Equal(("alive", "dixie"), (body.GetProperty("status").GetString(), body.GetProperty("service").GetString()));
+    }
+
+    [Fact]
+    public async Task Health_shows_redis_healthy_with_its_latency()
+    {
+        if (TestStorage.Redis is null)
+        {
+            Assert.Skip("Redis not configured (set ARRAKIS_TEST_REDIS)");
+        }
+
+        var (app, url) = await StartFreesideAsync(TestStorage.Redis);
+        await using var _ = app;
+
+        using var response = await Http.GetAsync(url + "/health", Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var redis = (await response.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("checks").GetProperty("redis");
+        Assert.Equal("healthy", redis.GetProperty("status").GetString());
+        Assert.True(redis.GetProperty("data").GetProperty("latency_ms").GetInt64() >= 0);
+    }
+
+    [Fact]
+    public async Task Health_is_503_within_the_ping_timeout_when_redis_cannot_be_reached()
+    {
+        var (app, url) = await StartFreesideAsync($"127.0.0.1:{TestStorage.FreePort()}");
+        await using var _ = app;
+
+        var sw = Stopwatch.StartNew();
+        using var response = await Http.GetAsync(url + "/health", Ct);
+        sw.Stop();
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        Assert.Equal(("unhealthy", "redis_unreachable"), (body.GetProperty("status").GetString(), body.GetProperty("error").GetString()));
+        var redis = body.GetProperty("checks").GetProperty("redis");
+        Assert.Equal(("unhealthy", "redis_unreachable"), (redis.GetProperty("status").GetString(), redis.GetProperty("detail").GetString()));
+        // The 2 s ping timeout, not the multiplexer's 5 s command timeout.
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"health took {sw.Elapsed}");
+    }
+
+    static async Task<(WebApplication App, string Url)> StartFreesideAsync(string redis)
+    {
+        var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
+        var settings = TestStorage.FreshConfig("sqlite", "freeside");
+        settings["urls"] = url;
+        settings["Redis:Configuration"] = redis;
+        return (await StartAsync(FreesideService.CreateAsync, settings), url);
+    }
+
+    static async Task<WebApplication> StartAsync(Func<string[], Action<WebApplicationBuilder>?, Task<WebApplication>> create, Dictionary<string, string?> settings)
+    {
+        var app = await create(settings.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray(), null);
+        await app.StartAsync(Ct);
+        return app;
+    }
+
+    sealed class CountingHealth : IHealthContributor
+    {
+        int _calls;
+
+        public int Calls => _calls;
+
+        public string Name => "counting";
+
+        public Task<HealthCheckResult> CheckAsync(CancellationToken ct)
+        {
+            Interlocked.Increment(ref _calls);
+            return Task.FromResult(new HealthCheckResult(HealthState.Healthy));
+        }
+    }
+}
