@@ -23,7 +23,9 @@
 #   AWS_REGION [us-east-1]  ENVIRONMENT [staging]  PREFIX [arrakis-$ENVIRONMENT]  CLUSTER [$PREFIX; then Terraform's cluster_name]
 #   ECR_REGISTRY [<account>.dkr.ecr.$AWS_REGION.amazonaws.com]  IMAGE_TAG [BRANCH's commit, 12 hex digits]
 #   TF_DIR [deploy/terraform]  TF_STATE_BUCKET (the S3 bucket of the Terraform state; required)
-#   TF_VAR_certificate_arn (the ALB's ACM certificate; required; Terraform reads every TF_VAR_*)
+#   TF_VAR_certificate_arn (the ALB's ACM certificate), TF_VAR_x402_pay_to (the address x402 payments go to) and
+#   TF_VAR_x402_rpc_url (a JSON-RPC endpoint of the payment chain): required; Terraform reads every TF_VAR_*.
+#   The ALB routes the host of DIXIE_URL to dixie (-var dixie_host).
 #   DOCKERFILE [deploy/docker/Dockerfile]
 #   FREESIDE_URL [https://staging.api.arrakis.community]  DIXIE_URL [https://dixie.staging.arrakis.community]
 #   TEST_KEY, COMMUNITY_ID (keyed gate phases; COMMUNITY_ID also comes from --auto-seed)  GATE_RUNS [3]
@@ -124,7 +126,7 @@ else
   echo "  ✗ branch $BRANCH — not found locally (git fetch origin $BRANCH:$BRANCH)"
   missing=$((missing + 1))
 fi
-for input in TF_STATE_BUCKET TF_VAR_certificate_arn; do
+for input in TF_STATE_BUCKET TF_VAR_certificate_arn TF_VAR_x402_pay_to TF_VAR_x402_rpc_url; do
   if [[ -n "${!input:-}" ]]; then
     echo "  ✓ $input"
   else
@@ -164,7 +166,8 @@ done
 # ---------------------------------------------------------------- 3. terraform
 section "3. Infrastructure (Terraform, G-8)"
 TF_PLAN_EXIT="not run"
-TF_VARS=(-var "environment=$ENVIRONMENT" -var "region=$AWS_REGION" -var "image_tag=$IMAGE_TAG")
+DIXIE_HOST="${DIXIE_URL#*://}"; DIXIE_HOST="${DIXIE_HOST%%/*}"; DIXIE_HOST="${DIXIE_HOST%%:*}"
+TF_VARS=(-var "environment=$ENVIRONMENT" -var "region=$AWS_REGION" -var "image_tag=$IMAGE_TAG" -var "dixie_host=$DIXIE_HOST")
 run terraform -chdir="$TF_DIR" init -input=false -backend-config="bucket=${TF_STATE_BUCKET:-<TF_STATE_BUCKET>}" -backend-config="region=$AWS_REGION"
 if $DRY_RUN; then
   run terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode "${TF_VARS[@]}" -out=tfplan

@@ -15,7 +15,7 @@ resource "aws_lb_target_group" "freeside" {
   vpc_id      = module.vpc.vpc_id
 
   health_check {
-    path                = "/health"
+    path                = "/health/live" # liveness: see local.health_paths in ecs.tf
     matcher             = "200"
     interval            = 15
     timeout             = 5
@@ -32,7 +32,7 @@ resource "aws_lb_target_group" "dixie" {
   vpc_id      = module.vpc.vpc_id
 
   health_check {
-    path                = "/api/health"
+    path                = "/health/live"
     matcher             = "200"
     interval            = 15
     timeout             = 5
@@ -66,6 +66,28 @@ resource "aws_lb_listener" "https" {
   default_action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.freeside.arn
+  }
+}
+
+# /metrics (Prometheus) is for scrapers inside the VPC, not the internet: the public listener answers it with a 404
+# before any host rule forwards it.
+resource "aws_lb_listener_rule" "metrics_internal" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 1
+
+  action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = "application/json"
+      status_code  = "404"
+      message_body = "{\"error\":\"NOT_FOUND\",\"message\":\"/metrics is served inside the VPC only.\"}"
+    }
+  }
+
+  condition {
+    path_pattern {
+      values = ["/metrics", "/metrics/*"]
+    }
   }
 }
 

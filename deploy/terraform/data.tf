@@ -59,7 +59,10 @@ resource "aws_elasticache_replication_group" "main" {
 # Secrets Manager: database URLs and the Redis configuration are written by Terraform; the keyring master keys are
 # created empty and filled once by the bootstrap in README.md, so they never enter the Terraform state.
 locals {
-  pool_sizes = { freeside = 30, dixie = 20, finn = 15 }
+  # Connections per replica. At the autoscaling maximum (6 freeside, 6 finn, 3 dixie) that is 6×10 + 6×5 + 3×5 = 105,
+  # within db.t3.small's max_connections with room for the migration task and psql. Freeside's ledger runs at most
+  # 4 calls per core at once (Ledger__MaxConcurrentWrites) and queues the rest in the process, so 10 is enough.
+  pool_sizes = { freeside = 10, dixie = 5, finn = 5 }
   # Services that sign tokens and keep a keyring (dixie only verifies).
   keyring_services = toset(["freeside", "finn"])
 }
@@ -79,6 +82,15 @@ resource "aws_secretsmanager_secret" "keyring_master_key" {
   for_each    = local.keyring_services
   name        = "${local.prefix}/${each.key}/keyring-master-key"
   description = "Base64 32-byte key that encrypts ${each.key}'s signing keys at rest (Keyring__MasterKey). Set by the bootstrap."
+}
+
+resource "aws_secretsmanager_secret" "x402_rpc_url" {
+  name = "${local.prefix}/freeside/x402-rpc-url"
+}
+
+resource "aws_secretsmanager_secret_version" "x402_rpc_url" {
+  secret_id     = aws_secretsmanager_secret.x402_rpc_url.id
+  secret_string = var.x402_rpc_url
 }
 
 resource "aws_secretsmanager_secret" "redis_configuration" {

@@ -13,11 +13,14 @@ resource "aws_cloudwatch_log_group" "service" {
 }
 
 locals {
-  # The real health routes: freeside MapHealth("/health"), finn MapHealth("/health"), dixie MapHealth("/api/health").
+  # What ECS and the ALB check: the liveness route every service maps (MapLiveness("/health/live")), which answers
+  # while the process serves HTTP. The full health routes (freeside and finn /health, dixie /api/health) also check
+  # the database, Redis and the other services; checked by ECS or the ALB, a finn outage would make ECS replace every
+  # dixie task. The launch gate, Prometheus and the dashboards read the full routes.
   health_paths = {
-    freeside = "/health"
-    finn     = "/health"
-    dixie    = "/api/health"
+    freeside = "/health/live"
+    finn     = "/health/live"
+    dixie    = "/health/live"
   }
 
   connection_string_names = {
@@ -45,13 +48,18 @@ resource "aws_ecs_task_definition" "service" {
     environment = concat(local.common_environment, [
       # ServiceEndpoints binds 127.0.0.1 unless ASPNETCORE_URLS (or Urls) is set.
       { name = "ASPNETCORE_URLS", value = "http://+:${each.value}" },
-    ])
+      ], each.key == "freeside" ? [
+      # x402: where payments go (the code's default is a development placeholder). The chain and asset keep the code's
+      # defaults, USDC on Base Sepolia; X402__RpcUrl (a secret, below) must be an endpoint of that chain.
+      { name = "X402__PayTo", value = var.x402_pay_to },
+    ] : [])
     secrets = concat(
       [
         { name = local.connection_string_names[each.key], valueFrom = aws_secretsmanager_secret.database_url[each.key].arn },
         { name = "Redis__Configuration", valueFrom = aws_secretsmanager_secret.redis_configuration.arn },
       ],
       contains(tolist(local.keyring_services), each.key) ? [{ name = "Keyring__MasterKey", valueFrom = aws_secretsmanager_secret.keyring_master_key[each.key].arn }] : [],
+      each.key == "freeside" ? [{ name = "X402__RpcUrl", valueFrom = aws_secretsmanager_secret.x402_rpc_url.arn }] : [],
     )
     healthCheck = {
       command     = ["CMD-SHELL", "curl -fsS http://127.0.0.1:${each.value}${local.health_paths[each.key]} || exit 1"]
@@ -98,6 +106,39 @@ resource "aws_ecs_task_definition" "migrate" {
         awslogs-group         = aws_cloudwatch_log_group.service["migrate"].name
         awslogs-region        = var.region
         awslogs-stream-prefix = "migrate"
+      }
+    }
+  }])
+}
+
+# One-off `loa keys` tasks for the services that sign (docs/runbooks/key-rotation.md, scripts/loa-ecs.sh): the loa
+# image with that service's connection string and keyring master key, in the services' subnets. The runbook's
+# commands replace `command`; the default only lists the keys.
+resource "aws_ecs_task_definition" "keys" {
+  for_each                 = local.keyring_services
+  family                   = "${local.prefix}-keys-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 256
+  memory                   = 512
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+
+  container_definitions = jsonencode([{
+    name      = "loa"
+    image     = local.images["loa"]
+    essential = true
+    command   = ["keys", "list", "--service", each.key]
+    secrets = [
+      { name = local.connection_string_names[each.key], valueFrom = aws_secretsmanager_secret.database_url[each.key].arn },
+      { name = "Keyring__MasterKey", valueFrom = aws_secretsmanager_secret.keyring_master_key[each.key].arn },
+    ]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service[each.key].name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "keys"
       }
     }
   }])

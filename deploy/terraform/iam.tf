@@ -25,6 +25,7 @@ data "aws_iam_policy_document" "read_secrets" {
       [for s in aws_secretsmanager_secret.database_url : s.arn],
       [for s in aws_secretsmanager_secret.keyring_master_key : s.arn],
       [aws_secretsmanager_secret.redis_configuration.arn],
+      [aws_secretsmanager_secret.x402_rpc_url.arn],
     )
   }
 }

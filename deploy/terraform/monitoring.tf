@@ -13,8 +13,8 @@ resource "aws_sns_topic_subscription" "email" {
 }
 
 locals {
-  app_metrics = "${local.prefix}/AppMetrics"
-  agent_ns    = "${local.prefix}/agent"
+  app_metrics   = "${local.prefix}/AppMetrics"
+  agent_ns      = "${local.prefix}/agent"
   alarm_actions = [aws_sns_topic.alerts.arn]
 }
 
@@ -441,14 +441,14 @@ resource "aws_cloudwatch_metric_alarm" "invoke_latency_p99" {
 
 locals {
   dashboard_vars = {
-    env           = var.environment
-    region        = var.region
-    cluster       = local.prefix
-    alb           = aws_lb.public.arn_suffix
-    tg_freeside   = aws_lb_target_group.freeside.arn_suffix
-    tg_dixie      = aws_lb_target_group.dixie.arn_suffix
-    db            = aws_db_instance.main.identifier
-    redis         = aws_elasticache_replication_group.main.id
+    env         = var.environment
+    region      = var.region
+    cluster     = local.prefix
+    alb         = aws_lb.public.arn_suffix
+    tg_freeside = aws_lb_target_group.freeside.arn_suffix
+    tg_dixie    = aws_lb_target_group.dixie.arn_suffix
+    db          = aws_db_instance.main.identifier
+    redis       = aws_elasticache_replication_group.main.id
   }
 }
 

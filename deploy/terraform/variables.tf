@@ -26,9 +26,24 @@ variable "certificate_arn" {
 }
 
 variable "dixie_host" {
-  description = "Host name routed to dixie by the public ALB (everything else goes to freeside)."
+  description = "Host name routed to dixie by the public ALB (everything else goes to freeside). The certificate must cover it, and its DNS record must point at the ALB (Terraform creates no DNS records). scripts/staging-deploy-all.sh passes the host of DIXIE_URL."
   type        = string
-  default     = "dixie.staging.arrakis.example"
+  default     = "dixie.staging.arrakis.community"
+}
+
+variable "x402_pay_to" {
+  description = "Address that receives x402 payments (X402__PayTo). No default: the code's fallback is a public development account whose private key is well known."
+  type        = string
+  validation {
+    condition     = can(regex("^0x[0-9a-fA-F]{40}$", var.x402_pay_to)) && lower(var.x402_pay_to) != "0xa0ee7a142d267c1f36714e4a8f75612f20a79720"
+    error_message = "x402_pay_to must be your own 0x-prefixed 20-byte address, not the development placeholder."
+  }
+}
+
+variable "x402_rpc_url" {
+  description = "JSON-RPC endpoint of the payment chain (X402__RpcUrl): freeside reads X-Payment-Proof receipts and checks already-settled authorizations there. Often carries an API key, so it is stored as a secret."
+  type        = string
+  sensitive   = true
 }
 
 variable "alert_email" {
@@ -38,8 +53,9 @@ variable "alert_email" {
 }
 
 variable "db_instance_class" {
-  type    = string
-  default = "db.t3.micro"
+  description = "RDS class. Its max_connections (about RAM / 9.5 MB) must hold every replica's pool at the autoscaling maximum (local.pool_sizes × local.sizes[*].max, 105 here): db.t3.micro has about 80 usable, db.t3.small about 200."
+  type        = string
+  default     = "db.t3.small"
 }
 
 variable "redis_node_type" {

@@ -2,6 +2,8 @@ using Arrakis.Shared.Contracts;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Arrakis.Freeside.Payments;
@@ -37,6 +39,30 @@ public static class PaymentsSetup
         });
         services.AddSingleton<SettlementRecovery>();
         services.AddHostedService(sp => sp.GetRequiredService<SettlementRecovery>());
+        services.AddHostedService<X402PlaceholderWarning>();
         return builder;
     }
+}
+
+/// <summary>
+/// Says at start-up, once, when x402 payments would go to the development placeholder (<see cref="X402Options.TestPayTo"/>,
+/// a public test account whose private key is well known): fine for <c>loa up</c>, wrong anywhere real money moves.
+/// </summary>
+public sealed partial class X402PlaceholderWarning(IOptions<X402Options> options, ILogger<X402PlaceholderWarning> logger) : IHostedService
+{
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (string.Equals(options.Value.PayTo, X402Options.TestPayTo, StringComparison.OrdinalIgnoreCase))
+        {
+            LogPlaceholder(logger, options.Value.PayTo);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    [LoggerMessage(EventId = 6101, EventName = "X402_PAYTO_PLACEHOLDER", Level = LogLevel.Warning,
+        Message = "x402 payments go to the development placeholder {PayTo}, a public test account; set X402__PayTo to your own address before accepting payments")]
+    static partial void LogPlaceholder(ILogger logger, string payTo);
 }

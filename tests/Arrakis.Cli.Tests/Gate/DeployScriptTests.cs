@@ -30,6 +30,7 @@ public sealed class DeployScriptTests
           "aws ecs wait services-stable"*"--services ${FAKE_UNSTABLE:-none}") exit 255 ;;
           "aws cloudwatch list-dashboards"*) echo 4 ;;
           "aws cloudwatch describe-alarms"*) echo 0 ;;
+          "aws logs get-log-events"*) printf 'kid-1\tactive\n' ;;
         esac
         exit 0
         """;
@@ -58,14 +59,11 @@ public sealed class DeployScriptTests
 
     sealed record Run(int Exit, string Stdout, string Stderr, IReadOnlyList<string> Calls, string Root, string Tag);
 
-    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null, bool viaLoa = false)
+    /// <summary>A bin directory with the stand-in aws, docker and terraform (and the gate), logging to calls.log beside it.</summary>
+    static async Task<(string Bin, string Log)> StandInsAsync(string dir)
     {
-        var dir = TestStorage.TempDir();
-        var root = Path.Combine(dir, "repo");
         var bin = Path.Combine(dir, "bin");
-        Directory.CreateDirectory(Path.Combine(root, "scripts"));
         Directory.CreateDirectory(bin);
-        File.Copy(Path.Combine(ScriptTests.RepoRoot, "scripts", "staging-deploy-all.sh"), Path.Combine(root, "scripts", "staging-deploy-all.sh"));
         await File.WriteAllTextAsync(Path.Combine(bin, "fake-cli"), FakeCli.Replace("\r\n", "\n") + "\n");
         await File.WriteAllTextAsync(Path.Combine(bin, "fake-smoke"), FakeSmoke.Replace("\r\n", "\n") + "\n");
         foreach (var tool in new[] { "aws", "docker", "terraform" })
@@ -73,19 +71,24 @@ public sealed class DeployScriptTests
             File.CreateSymbolicLink(Path.Combine(bin, tool), Path.Combine(bin, "fake-cli"));
         }
 
-        foreach (var step in new[]
-                 {
-                     $"chmod +x '{bin}/fake-cli' '{bin}/fake-smoke'",
-                     $"cd '{root}' && git init -q -b staging && git add -A && git -c user.name=t -c user.email=t@example.com commit -q -m deploy",
-                 })
-        {
-            var (code, _, err) = await ScriptTests.RunAsync("bash", ["-c", step]);
-            Assert.True(code == 0, err);
-        }
+        var (code, _, err) = await ScriptTests.RunAsync("bash", ["-c", $"chmod +x '{bin}/fake-cli' '{bin}/fake-smoke'"]);
+        Assert.True(code == 0, err);
+        return (bin, Path.Combine(dir, "calls.log"));
+    }
+
+    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null, bool viaLoa = false)
+    {
+        var dir = TestStorage.TempDir();
+        var root = Path.Combine(dir, "repo");
+        Directory.CreateDirectory(Path.Combine(root, "scripts"));
+        File.Copy(Path.Combine(ScriptTests.RepoRoot, "scripts", "staging-deploy-all.sh"), Path.Combine(root, "scripts", "staging-deploy-all.sh"));
+        var (bin, log) = await StandInsAsync(dir);
+        var (code, _, err) = await ScriptTests.RunAsync("bash", ["-c",
+            $"cd '{root}' && git init -q -b staging && git add -A && git -c user.name=t -c user.email=t@example.com commit -q -m deploy"]);
+        Assert.True(code == 0, err);
 
         beforeRun?.Invoke(root);
         var (_, tag, _) = await ScriptTests.RunAsync("bash", ["-c", $"cd '{root}' && git rev-parse --short=12 HEAD"]);
-        var log = Path.Combine(dir, "calls.log");
         var env = new Dictionary<string, string>
         {
             ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
@@ -93,6 +96,9 @@ public sealed class DeployScriptTests
             ["SMOKE"] = Path.Combine(bin, "fake-smoke"),
             ["TF_STATE_BUCKET"] = "arrakis-tf-state",
             ["TF_VAR_certificate_arn"] = "arn:aws:acm:us-east-1:123456789012:certificate/test",
+            ["TF_VAR_x402_pay_to"] = "0x1111111111111111111111111111111111111111",
+            ["TF_VAR_x402_rpc_url"] = "https://rpc.example/key",
+            ["DIXIE_URL"] = "https://reputation.example.org:8443/",
             ["ARTIFACTS_DIR"] = Path.Combine(dir, "artifacts"),
             ["AWS_REGION"] = "us-east-1",
         };
@@ -142,7 +148,7 @@ public sealed class DeployScriptTests
 
         // Terraform with the state bucket and the new tag, the plan applied (exit 2 = changes).
         var init = IndexOf(run, "terraform -chdir=deploy/terraform init -input=false -backend-config=bucket=arrakis-tf-state -backend-config=region=us-east-1");
-        var plan = IndexOf(run, $"terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode -var environment=staging -var region=us-east-1 -var image_tag={run.Tag} -out=tfplan");
+        var plan = IndexOf(run, $"terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode -var environment=staging -var region=us-east-1 -var image_tag={run.Tag} -var dixie_host=reputation.example.org -out=tfplan");
         var apply = IndexOf(run, "terraform -chdir=deploy/terraform apply -input=false tfplan");
 
         // The migration task Terraform defines, in its subnets, and its exit code read back.
@@ -205,12 +211,13 @@ public sealed class DeployScriptTests
     public async Task Uncommitted_changes_or_missing_terraform_inputs_stop_the_deploy_before_anything_is_built()
     {
         var dirty = await DeployAsync(beforeRun: root => File.AppendAllText(Path.Combine(root, "scripts", "staging-deploy-all.sh"), "\n# edited\n"));
-        var noBucket = await DeployAsync(new Dictionary<string, string> { ["TF_STATE_BUCKET"] = "" });
+        var noBucket = await DeployAsync(new Dictionary<string, string> { ["TF_STATE_BUCKET"] = "", ["TF_VAR_x402_pay_to"] = "" });
 
         Assert.Equal(1, dirty.Exit);
         Assert.Contains("uncommitted changes", dirty.Stdout, StringComparison.Ordinal);
         Assert.Equal(1, noBucket.Exit);
         Assert.Contains("✗ TF_STATE_BUCKET — not set", noBucket.Stdout, StringComparison.Ordinal);
+        Assert.Contains("✗ TF_VAR_x402_pay_to — not set", noBucket.Stdout, StringComparison.Ordinal);
         Assert.All(new[] { dirty, noBucket }, run =>
         {
             Assert.Contains("Pre-flight failed", run.Stderr, StringComparison.Ordinal);
@@ -252,5 +259,38 @@ public sealed class DeployScriptTests
         Assert.True(exit == 0, stderr + stdout);
         Assert.Contains("[dry-run] aws ecs update-service --cluster arrakis-staging --service dixie --task-definition arrakis-staging-dixie", stdout, StringComparison.Ordinal);
         Assert.Contains("Status: DRY_RUN", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Loa_keys_runs_in_the_cluster_as_a_one_off_task_and_returns_its_output_and_exit_code()
+    {
+        var dir = TestStorage.TempDir();
+        var (bin, log) = await StandInsAsync(dir);
+        var env = new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log };
+
+        // Through scripts/loa.sh with LOA set, as the rotation and revocation scripts call it.
+        var revoke = await ScriptTests.RunAsync("bash", ["scripts/loa.sh", "keys", "revoke", "--service", "finn", "kid-9"],
+            new Dictionary<string, string>(env) { ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa-ecs.sh") });
+        var failing = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "list", "--service", "freeside"],
+            new Dictionary<string, string>(env) { ["FAKE_MIGRATE_EXIT"] = "3" });
+        var local = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "list", "--service", "freeside", "--data-dir", ".loa"], env);
+        var notKeys = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "migrate"], env);
+
+        Assert.True(revoke.Exit == 0, revoke.Stderr + revoke.Stdout);
+        Assert.Equal("kid-1\nactive\n", revoke.Stdout);
+        var calls = await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken);
+        Assert.Contains(
+            "aws ecs run-task --cluster arrakis-staging --launch-type FARGATE --task-definition arrakis-staging-keys-finn " +
+            "--network-configuration awsvpcConfiguration={subnets=[subnet-a,subnet-b],securityGroups=[sg-services],assignPublicIp=DISABLED} " +
+            "--overrides {\"containerOverrides\":[{\"name\":\"loa\",\"command\":[\"keys\",\"revoke\",\"--service\",\"finn\",\"kid-9\"]}]} --query tasks[0].taskArn --output text",
+            calls);
+        Assert.Contains("aws ecs wait tasks-stopped --cluster arrakis-staging --tasks arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e", calls);
+        Assert.Contains("aws logs get-log-events --log-group-name /ecs/arrakis-staging/finn --log-stream-name keys/loa/0f1e --start-from-head --query events[].message --output text", calls);
+        Assert.Equal(3, failing.Exit);
+        Assert.Contains("--task-definition arrakis-staging-keys-freeside ", calls.Last(c => c.StartsWith("aws ecs run-task", StringComparison.Ordinal)), StringComparison.Ordinal);
+        Assert.Equal(2, local.Exit);
+        Assert.Contains("--data-dir names a local file", local.Stderr, StringComparison.Ordinal);
+        Assert.Equal(2, notKeys.Exit);
+        Assert.Contains("runs only 'loa keys", notKeys.Stderr, StringComparison.Ordinal);
     }
 }

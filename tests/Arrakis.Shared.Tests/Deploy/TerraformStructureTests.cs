@@ -110,6 +110,81 @@ public sealed class TerraformStructureTests
     }
 
     [Fact]
+    public void Settings_whose_code_defaults_are_for_development_are_set_for_aws()
+    {
+        // x402: the code's PayTo falls back to anvil dev account #9 (X402Options.TestPayTo, a public test key) and its
+        // RpcUrl to a local node. Freeside's task sets both, from a required variable and a secret.
+        var containers = DeployFiles.Resource("aws_ecs_task_definition", "service").GetProperty("container_definitions").GetString()!;
+        Assert.Matches("each\\.key == \"freeside\" \\? \\[[^\\]]*name = \"X402__PayTo\", value = var\\.x402_pay_to", containers);
+        Assert.Matches("each\\.key == \"freeside\" \\? \\[\\{ name = \"X402__RpcUrl\", valueFrom = aws_secretsmanager_secret\\.x402_rpc_url\\.arn", containers);
+        Assert.Null(DeployFiles.VariableDefault("x402_pay_to"));
+        Assert.Null(DeployFiles.VariableDefault("x402_rpc_url"));
+        var payTo = DeployFiles.Hcl().GetProperty("variables.tf").GetProperty("variable").GetProperty("x402_pay_to")[0];
+        Assert.Contains("0xa0ee7a142d267c1f36714e4a8f75612f20a79720", payTo.GetProperty("validation")[0].GetProperty("condition").GetString(), StringComparison.Ordinal);
+        var readable = DeployFiles.Hcl().GetProperty("iam.tf").GetProperty("data").GetProperty("aws_iam_policy_document").GetProperty("read_secrets")[0]
+            .GetProperty("statement")[0].GetProperty("resources").GetString()!;
+        Assert.Contains("aws_secretsmanager_secret.x402_rpc_url.arn", readable, StringComparison.Ordinal);
+
+        // The ALB sends dixie's host to dixie: the default host is the one the deploy pipeline's gate calls.
+        var script = File.ReadAllText(Path.Combine(DeployFiles.Root, "scripts", "staging-deploy-all.sh"));
+        var dixieUrl = Regex.Match(script, "DIXIE_URL=\"\\$\\{DIXIE_URL:-https://([^/}\"]+)\\}\"").Groups[1].Value;
+        Assert.Equal(dixieUrl, DeployFiles.VariableDefault("dixie_host"));
+        Assert.Contains("\"dixie_host=$DIXIE_HOST\"", script, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Each_keyring_has_a_one_off_loa_keys_task_with_its_own_secrets()
+    {
+        // scripts/loa-ecs.sh runs <prefix>-keys-<service> with the container "loa" and reads its log stream keys/loa/<task>.
+        var keys = DeployFiles.Resource("aws_ecs_task_definition", "keys");
+        Assert.Equal(["freeside", "finn"], ForEachKeys(keys));
+        Assert.Equal("arrakis-staging-keys-finn", DeployFiles.Resolve(Str(keys, "family").Replace("${each.key}", "finn", StringComparison.Ordinal)));
+        var container = keys.GetProperty("container_definitions").GetString()!;
+        Assert.Matches("name\\s*=\\s*\"loa\"", container);
+        Assert.Contains("local.images[\"loa\"]", container, StringComparison.Ordinal);
+        Assert.Contains("valueFrom = aws_secretsmanager_secret.database_url[each.key].arn", container, StringComparison.Ordinal);
+        Assert.Contains("valueFrom = aws_secretsmanager_secret.keyring_master_key[each.key].arn", container, StringComparison.Ordinal);
+        Assert.Matches("awslogs-group\\s*=\\s*aws_cloudwatch_log_group\\.service\\[each\\.key\\]\\.name", container);
+        Assert.Matches("awslogs-stream-prefix\\s*=\\s*\"keys\"", container);
+        var script = File.ReadAllText(Path.Combine(DeployFiles.Root, "scripts", "loa-ecs.sh"));
+        Assert.Contains("--task-definition \"$PREFIX-keys-$service\"", script, StringComparison.Ordinal);
+        Assert.Contains("keys/loa/", script, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_public_listener_does_not_serve_metrics()
+    {
+        var rule = DeployFiles.Resource("aws_lb_listener_rule", "metrics_internal");
+        Assert.True(rule.GetProperty("priority").GetInt32() < DeployFiles.Resource("aws_lb_listener_rule", "dixie_host").GetProperty("priority").GetInt32());
+        Assert.Equal(["/metrics", "/metrics/*"], rule.GetProperty("condition")[0].GetProperty("path_pattern")[0].GetProperty("values").EnumerateArray().Select(v => v.GetString()));
+        var response = rule.GetProperty("action")[0].GetProperty("fixed_response")[0];
+        Assert.Equal("404", response.GetProperty("status_code").GetString());
+        Assert.Equal("NOT_FOUND", JsonDocument.Parse(response.GetProperty("message_body").GetString()!).RootElement.GetProperty("error").GetString());
+    }
+
+    [Fact]
+    public void Every_replica_pool_fits_the_database_at_the_autoscaling_maximum()
+    {
+        // RDS PostgreSQL: max_connections = DBInstanceClassMemory / 9531392, and the instance keeps some memory for
+        // itself, so count 90 % of RAM and 3 connections reserved for superusers.
+        var ramGiB = new Dictionary<string, double>
+        {
+            ["db.t3.micro"] = 1, ["db.t3.small"] = 2, ["db.t3.medium"] = 4, ["db.t3.large"] = 8,
+            ["db.t4g.micro"] = 1, ["db.t4g.small"] = 2, ["db.t4g.medium"] = 4, ["db.t4g.large"] = 8,
+        };
+        var instance = DeployFiles.VariableDefault("db_instance_class")!;
+        Assert.True(ramGiB.ContainsKey(instance), $"add {instance} to this table");
+        var capacity = (int)(ramGiB[instance] * 0.9 * 1024 * 1024 * 1024 / 9531392) - 3;
+
+        var pools = DeployFiles.Locals()["pool_sizes"];
+        var sizes = DeployFiles.Locals()["sizes"];
+        var atMaximum = new[] { "freeside", "finn", "dixie" }.Sum(s => pools.GetProperty(s).GetInt32() * sizes.GetProperty(s).GetProperty("max").GetInt32());
+        const int OneOffTasks = 10; // the migration task's pool and an operator's psql
+        Assert.True(atMaximum + OneOffTasks <= capacity, $"{atMaximum} pooled connections at full scale + {OneOffTasks} > about {capacity} on {instance}");
+        Assert.Contains("Maximum Pool Size=${local.pool_sizes[each.key]}", Str(DeployFiles.Resource("aws_secretsmanager_secret_version", "database_url"), "secret_string"), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void The_alarms_carry_the_checklist_names_and_fire_within_60_seconds_where_required()
     {
         var alarms = DeployFiles.Resources("aws_cloudwatch_metric_alarm");

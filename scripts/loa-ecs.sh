@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs `loa keys …` inside AWS staging, as a one-off ECS task of the loa image (task definition <prefix>-keys-<service>,
+# which holds that service's connection string and keyring master key; deploy/terraform/ecs.tf), waits for it, prints
+# its output from CloudWatch Logs and exits with its exit code. Use it wherever scripts/loa.sh runs `loa keys`:
+#
+#   LOA=scripts/loa-ecs.sh scripts/revoke-staging-key.sh --service freeside --kid KID
+#   scripts/loa-ecs.sh keys list --service freeside
+#
+# Only `keys` commands run this way (the keyring is what a laptop cannot reach), and `keys import` needs a PEM file
+# inside the task, so import from a machine in the VPC instead. Needs aws, jq and the Terraform outputs
+# (private_subnets, services_security_group) of TF_DIR [deploy/terraform].
+# Env: PREFIX [arrakis-staging]  CLUSTER [$PREFIX]  AWS_REGION  TF_DIR
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="${PREFIX:-arrakis-staging}"
+CLUSTER="${CLUSTER:-$PREFIX}"
+TF_DIR="${TF_DIR:-$ROOT/deploy/terraform}"
+
+if [[ "${1:-}" != "keys" ]]; then
+  echo "loa-ecs.sh runs only 'loa keys …' in the cluster (got: ${1:-nothing}); run other commands with scripts/loa.sh" >&2
+  exit 2
+fi
+service=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ "${args[$i]}" == "--service" && $((i + 1)) -lt ${#args[@]} ]] && service="${args[$((i + 1))]}"
+  if [[ "${args[$i]}" == "--data-dir" || "${args[$i]}" == "--pem" ]]; then
+    echo "loa-ecs.sh: ${args[$i]} names a local file, which the task cannot see" >&2
+    exit 2
+  fi
+done
+case "$service" in
+  freeside|finn) ;;
+  *) echo "loa-ecs.sh: pass --service freeside or --service finn (the services with a keyring)" >&2; exit 2 ;;
+esac
+
+subnets="$(terraform -chdir="$TF_DIR" output -json private_subnets | jq -r 'join(",")')"
+security_group="$(terraform -chdir="$TF_DIR" output -raw services_security_group)"
+# One argument per line into a JSON array (jq's --args would read "--service" as its own option).
+overrides="$(printf '%s\n' "$@" | jq -R . | jq -cs '{containerOverrides: [{name: "loa", command: .}]}')"
+task_arn="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$PREFIX-keys-$service" \
+  --network-configuration "awsvpcConfiguration={subnets=[$subnets],securityGroups=[$security_group],assignPublicIp=DISABLED}" \
+  --overrides "$overrides" --query 'tasks[0].taskArn' --output text)"
+if [[ -z "$task_arn" || "$task_arn" == "None" ]]; then
+  echo "loa-ecs.sh: the task did not start" >&2
+  exit 1
+fi
+aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"
+# awslogs streams are <stream prefix>/<container>/<task id>.
+aws logs get-log-events --log-group-name "/ecs/$PREFIX/$service" --log-stream-name "keys/loa/${task_arn##*/}" \
+  --start-from-head --query 'events[].message' --output text | tr '\t' '\n'
+exit_code="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)"
+[[ "$exit_code" =~ ^[0-9]+$ ]] || { echo "loa-ecs.sh: the task stopped without an exit code ($exit_code)" >&2; exit 1; }
+exit "$exit_code"
