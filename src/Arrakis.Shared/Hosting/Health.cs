@@ -65,7 +65,9 @@ internal sealed class RedisHealth(IConnectionMultiplexer redis) : IHealthContrib
 
 public static class HealthApi
 {
-    static readonly DateTimeOffset Started = DateTimeOffset.UtcNow;
+    // The process's start, not this class's first use: a static initializer runs when a field is first read, which was
+    // the first health request, so uptime read 0 however long the service had been up.
+    static readonly DateTimeOffset Started = new(Process.GetCurrentProcess().StartTime.ToUniversalTime(), TimeSpan.Zero);
 
     public static string Version { get; } = typeof(HealthApi).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 

@@ -14,7 +14,17 @@ public sealed class UpCommandTests
     public async Task Loa_up_on_a_fresh_directory_brings_three_healthy_services_and_writes_a_usable_test_key()
     {
         var dataDir = Path.Combine(TestStorage.TempDir(), "fresh-never-created");
+        var sinceStart = System.Diagnostics.Stopwatch.StartNew();
         await using var up = await LoaProcess.Up.StartAsync(dataDir);
+
+        // Uptime counts from the process's start, not from the first health request.
+        await Task.Delay(TimeSpan.FromSeconds(2.5), TestContext.Current.CancellationToken);
+        var upFor = (long)sinceStart.Elapsed.TotalSeconds;
+        using (var first = await Http.GetAsync(up.FinnUrl + "/health/live", TestContext.Current.CancellationToken))
+        {
+            var uptime = (await first.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("uptime_seconds").GetInt64();
+            Assert.InRange(uptime, upFor - 1, upFor + 1);
+        }
 
         foreach (var url in new[] { up.FreesideUrl + "/health", up.DixieUrl + "/api/health", up.FinnUrl + "/health" })
         {
