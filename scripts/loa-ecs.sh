@@ -46,9 +46,14 @@ if [[ -z "$task_arn" || "$task_arn" == "None" ]]; then
   exit 1
 fi
 aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"
+exit_code="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)"
+if ! [[ "$exit_code" =~ ^[0-9]+$ ]]; then
+  # The container never ran (an image it could not pull, a secret it could not read): no log stream, but a reason.
+  reason="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].stoppedReason' --output text || true)"
+  echo "loa-ecs.sh: the task stopped without running loa: ${reason:-no reason given}" >&2
+  exit 1
+fi
 # awslogs streams are <stream prefix>/<container>/<task id>.
 aws logs get-log-events --log-group-name "/ecs/$PREFIX/$service" --log-stream-name "keys/loa/${task_arn##*/}" \
-  --start-from-head --query 'events[].message' --output text | tr '\t' '\n'
-exit_code="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)"
-[[ "$exit_code" =~ ^[0-9]+$ ]] || { echo "loa-ecs.sh: the task stopped without an exit code ($exit_code)" >&2; exit 1; }
+  --start-from-head --query 'events[].message' --output text | tr '\t' '\n' || echo "loa-ecs.sh: could not read the task's log" >&2
 exit "$exit_code"

@@ -117,8 +117,8 @@ if git -C "$ROOT" rev-parse --verify --quiet "$BRANCH^{commit}" >/dev/null 2>&1;
   if [[ "$(git -C "$ROOT" rev-parse HEAD)" != "$branch_commit" ]]; then
     echo "  ✗ the working tree is at $(git -C "$ROOT" rev-parse --short=12 HEAD), not $BRANCH — git checkout $BRANCH"
     missing=$((missing + 1))
-  elif ! git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null; then
-    echo "  ✗ the working tree has uncommitted changes — commit or stash them (the images carry the commit's tag)"
+  elif [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then
+    echo "  ✗ the working tree has uncommitted or untracked files — commit, stash or remove them (the images carry the commit's tag)"
     missing=$((missing + 1))
   fi
 else
@@ -158,6 +158,12 @@ fi
 for spec in "${IMAGES[@]}"; do
   read -r name target project app port health <<<"$spec"
   image="$ECR_REGISTRY/$PREFIX/$name:$IMAGE_TAG"
+  # The repositories' tags are immutable: a re-run for the same commit (after a failed migration or gate) reuses the
+  # images already pushed instead of failing to push a rebuilt one under the same tag.
+  if ! $DRY_RUN && aws ecr describe-images --repository-name "$PREFIX/$name" --image-ids "imageTag=$IMAGE_TAG" --region "$AWS_REGION" >/dev/null 2>&1; then
+    echo "  = $image is already in ECR"
+    continue
+  fi
   run docker build --file "$ROOT/$DOCKERFILE" --target "$target" --build-arg "PROJECT=$project" --build-arg "APP=$app" \
     --build-arg "PORT=$port" --build-arg "HEALTH_PATH=$health" --tag "$image" "$ROOT"
   run docker push "$image"

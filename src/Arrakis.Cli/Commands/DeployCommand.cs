@@ -20,8 +20,8 @@ internal static class DeployCommand
         var repo = new Option<DirectoryInfo?>("--repo") { Description = "the repository checkout (default: the current directory or the nearest one above it that has " + Script + ")" };
         var command = new Command("deploy",
             "Deploy staging on AWS with the checkout's pipeline (" + Script + "): pre-flight, images to ECR, terraform plan/apply, the loa migrate task as a hard gate, " +
-            "freeside → finn → dixie, the launch gate 3 times and the G-1..G-9 report. Needs git, docker, aws, terraform, jq, and TF_STATE_BUCKET and " +
-            "TF_VAR_certificate_arn (deploy/terraform/README.md). Exit 0 READY, 2 READY_DEGRADED, 1 otherwise; 0 for --dry-run.")
+            "freeside → finn → dixie, the launch gate 3 times and the G-1..G-9 report. Needs git, docker, aws, terraform, jq and dotnet, and TF_STATE_BUCKET, " +
+            "TF_VAR_certificate_arn, TF_VAR_x402_pay_to and TF_VAR_x402_rpc_url (deploy/terraform/README.md). Exit 0 READY, 2 READY_DEGRADED, 1 otherwise; 0 for --dry-run.")
         {
             dryRun, parallel, branch, repo,
         };

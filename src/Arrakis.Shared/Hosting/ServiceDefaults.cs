@@ -117,6 +117,8 @@ public static class ServiceDefaults
         }
     }
 
+    const string MetricsPath = "/metrics";
+
     public static WebApplication UseServiceDefaults(this WebApplication app)
     {
         app.Use(RequestMetrics.Middleware);
@@ -138,7 +140,22 @@ public static class ServiceDefaults
                     .ExecuteAsync(ctx.HttpContext);
             }
         });
-        app.MapPrometheusScrapingEndpoint("/metrics");
+        // The scrape route answers only its exact spelling. The public load balancer refuses "/metrics" for the internet
+        // (deploy/terraform/alb.tf), but its path match is case-sensitive and does not decode, while routing does both:
+        // "/METRICS" or "/%6Detrics" would otherwise reach the scrape from outside.
+        app.Use((context, next) =>
+        {
+            var raw = context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>()?.RawTarget ?? "";
+            var rawPath = raw.Split('?', 2)[0];
+            if (context.Request.Path.Value?.TrimEnd('/').Equals(MetricsPath, StringComparison.OrdinalIgnoreCase) == true && rawPath != MetricsPath)
+            {
+                context.Response.StatusCode = StatusCodes.Status404NotFound;
+                return Task.CompletedTask;
+            }
+
+            return next(context);
+        });
+        app.MapPrometheusScrapingEndpoint(MetricsPath);
         return app;
     }
 

@@ -18,6 +18,7 @@ public sealed class DeployScriptTests
         case "$name $*" in
           "aws sts get-caller-identity"*) echo 123456789012 ;;
           "aws ecr get-login-password"*) echo not-a-password ;;
+          "aws ecr describe-images"*) [[ -n "${FAKE_IMAGES_PUSHED:-}" ]] || exit 254 ;;
           "docker login"*) cat > /dev/null ;;
           "terraform "*" plan "*) exit "${FAKE_PLAN_EXIT:-2}" ;;
           "terraform "*"output -raw cluster_name") echo arrakis-staging ;;
@@ -143,7 +144,7 @@ public sealed class DeployScriptTests
             $"--build-arg HEALTH_PATH={i.Item6} --tag {Registry}/arrakis-staging/{i.Item1}:{run.Tag} {run.Root}")).ToList();
         var pushed = new[] { "freeside", "finn", "dixie", "loa" }.Select(n => IndexOf(run, $"docker push {Registry}/arrakis-staging/{n}:{run.Tag}")).ToList();
         var login = IndexOf(run, $"docker login --username AWS --password-stdin {Registry}");
-        Assert.Single(run.Calls, c => c.StartsWith("aws ecr ", StringComparison.Ordinal));
+        Assert.Single(run.Calls, c => c.StartsWith("aws ecr get-login-password", StringComparison.Ordinal));
         IndexOf(run, "aws ecr get-login-password --region us-east-1"); // piped into docker login: the two run at once
 
         // Terraform with the state bucket and the new tag, the plan applied (exit 2 = changes).
@@ -214,7 +215,7 @@ public sealed class DeployScriptTests
         var noBucket = await DeployAsync(new Dictionary<string, string> { ["TF_STATE_BUCKET"] = "", ["TF_VAR_x402_pay_to"] = "" });
 
         Assert.Equal(1, dirty.Exit);
-        Assert.Contains("uncommitted changes", dirty.Stdout, StringComparison.Ordinal);
+        Assert.Contains("uncommitted or untracked files", dirty.Stdout, StringComparison.Ordinal);
         Assert.Equal(1, noBucket.Exit);
         Assert.Contains("✗ TF_STATE_BUCKET — not set", noBucket.Stdout, StringComparison.Ordinal);
         Assert.Contains("✗ TF_VAR_x402_pay_to — not set", noBucket.Stdout, StringComparison.Ordinal);
@@ -292,5 +293,29 @@ public sealed class DeployScriptTests
         Assert.Contains("--data-dir names a local file", local.Stderr, StringComparison.Ordinal);
         Assert.Equal(2, notKeys.Exit);
         Assert.Contains("runs only 'loa keys", notKeys.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_rerun_for_the_same_commit_reuses_the_images_already_in_ecr()
+    {
+        // ECR tags are immutable: pushing a rebuilt image under the same tag would fail the re-run.
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_IMAGES_PUSHED"] = "1" });
+
+        Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
+        Assert.Equal(4, run.Calls.Count(c => c.StartsWith("aws ecr describe-images --repository-name arrakis-staging/", StringComparison.Ordinal)
+            && c.Contains($"--image-ids imageTag={run.Tag}", StringComparison.Ordinal)));
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal) || c.StartsWith("docker push", StringComparison.Ordinal));
+        Assert.Contains($"= {Registry}/arrakis-staging/loa:{run.Tag} is already in ECR", run.Stdout, StringComparison.Ordinal);
+        Assert.Contains(run.Calls, c => c.StartsWith("aws ecs update-service --cluster arrakis-staging --service dixie", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task An_untracked_file_in_the_working_tree_stops_the_deploy()
+    {
+        var run = await DeployAsync(beforeRun: root => File.WriteAllText(Path.Combine(root, "scripts", "stray.txt"), "not committed"));
+
+        Assert.Equal(1, run.Exit);
+        Assert.Contains("uncommitted or untracked files", run.Stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal));
     }
 }

@@ -40,6 +40,34 @@ public sealed class HealthTests
     }
 
     [Fact]
+    public async Task The_scrape_answers_only_its_exact_path_which_the_load_balancer_can_block()
+    {
+        await using var platform = await Platform.StartAsync();
+        var uri = new Uri(platform.FreesideUrl);
+
+        // An HTTP/1.1 request with the target exactly as written (HttpClient would decode "%6D" before sending).
+        async Task<string> StatusLineAsync(string target)
+        {
+            using var tcp = new System.Net.Sockets.TcpClient();
+            await tcp.ConnectAsync(uri.Host, uri.Port, Ct);
+            await using var stream = tcp.GetStream();
+            await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes($"GET {target} HTTP/1.1\r\nHost: {uri.Authority}\r\nConnection: close\r\n\r\n"), Ct);
+            using var reader = new StreamReader(stream);
+            return (await reader.ReadLineAsync(Ct))!;
+        }
+
+        Assert.Equal("HTTP/1.1 200 OK", await StatusLineAsync("/metrics"));
+        Assert.Equal("HTTP/1.1 200 OK", await StatusLineAsync("/metrics?name[]=x"));
+        foreach (var target in new[] { "/METRICS", "/Metrics", "/metrics/", "/%6Detrics", "/%6detrics" })
+        {
+            Assert.Equal("HTTP/1.1 404 Not Found", await StatusLineAsync(target));
+        }
+
+        using var problem = await Http.GetAsync(platform.FreesideUrl + "/METRICS", Ct);
+        Assert.Equal("NOT_FOUND", (await problem.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("error").GetString());
+    }
+
+    [Fact]
     public async Task Dixie_without_finn_is_unhealthy_but_alive()
     {
         var port = TestStorage.FreePort();
