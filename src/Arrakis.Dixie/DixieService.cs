@@ -2,6 +2,7 @@ using Arrakis.Dixie.Identity;
 using Arrakis.Dixie.Reputation;
 using Arrakis.Shared.Hosting;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Arrakis.Dixie;
 
@@ -26,6 +27,8 @@ public static class DixieService
         app.MapIdentityApi();
         app.MapReputationApi();
         await app.InitializeStorageAsync(typeof(DixieService).Assembly);
+        // Agents created by replicas that predate the kept count (during a rolling upgrade) were never counted.
+        await app.Services.GetRequiredService<ReputationStore>().RecountAgentsAsync(CancellationToken.None);
         return app;
     }
 }

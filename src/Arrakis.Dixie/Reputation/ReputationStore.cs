@@ -137,6 +137,29 @@ public sealed class ReputationStore(Database database, ReputationOptions options
         return rows.Select(r => new StoredScore(r.model, ToEvidence(r))).ToList();
     }
 
+    /// <summary>
+    /// Sets the kept agent count from the score rows, once at start-up: replicas of a build before the count (during a
+    /// rolling upgrade) create agents without counting them. The counter row is locked before the count is read, so an
+    /// agent another replica creates meanwhile is either in the count or adds itself after it.
+    /// </summary>
+    public async Task<long> RecountAgentsAsync(CancellationToken ct)
+    {
+        await using var connection = await database.OpenAsync(ct);
+        await using var tx = await Database.BeginWriteAsync(connection, ct);
+        if (database.IsPostgres)
+        {
+            await connection.ExecuteAsync(new CommandDefinition(
+                "SELECT value FROM reputation_counters WHERE name = 'agents' FOR UPDATE", transaction: tx, cancellationToken: ct));
+        }
+
+        var agents = await connection.ExecuteScalarAsync<long>(new CommandDefinition(
+            "SELECT COUNT(*) FROM reputation_scores WHERE model = ''", transaction: tx, cancellationToken: ct));
+        await connection.ExecuteAsync(new CommandDefinition(
+            "UPDATE reputation_counters SET value = @agents WHERE name = 'agents'", new { agents }, tx, cancellationToken: ct));
+        await tx.CommitAsync(ct);
+        return agents;
+    }
+
     /// <summary>The number of agents with a score: one row, kept by <see cref="RecordAsync"/> as agents are first scored.</summary>
     public async Task<long> AgentCountAsync(CancellationToken ct)
     {

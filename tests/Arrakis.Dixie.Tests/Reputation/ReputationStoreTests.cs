@@ -141,4 +141,27 @@ public sealed class ReputationStoreTests
         await before.RecordAsync(Event("n-2", key: "nft:new-1"), Now, Body, ct);
         Assert.Equal(4, await before.AgentCountAsync(ct));
     }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_recount_picks_up_agents_an_older_replica_created_without_counting(string engine)
+    {
+        var (store, db) = await NewStoreAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        await store.RecordAsync(Event("r-1", key: "nft:counted"), Now, Body, ct);
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            // What a replica of the build before the count does: the agent's row, no count.
+            await connection.ExecuteAsync(
+                "INSERT INTO reputation_scores (routing_key, model, alpha, beta, event_count, created_at, updated_at) VALUES ('nft:uncounted', '', 1, 0, 1, @Now, @Now)",
+                new { Now });
+        }
+
+        Assert.Equal(1, await store.AgentCountAsync(ct));
+        Assert.Equal(2, await store.RecountAgentsAsync(ct));
+        Assert.Equal(2, await store.AgentCountAsync(ct));
+        await store.RecordAsync(Event("r-2", key: "nft:after"), Now, Body, ct);
+        Assert.Equal(3, await store.AgentCountAsync(ct));
+    }
 }
