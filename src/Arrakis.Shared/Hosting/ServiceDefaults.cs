@@ -145,9 +145,8 @@ public static class ServiceDefaults
         // "/METRICS" or "/%6Detrics" would otherwise reach the scrape from outside.
         app.Use((context, next) =>
         {
-            var raw = context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>()?.RawTarget ?? "";
-            var rawPath = raw.Split('?', 2)[0];
-            if (context.Request.Path.Value?.TrimEnd('/').Equals(MetricsPath, StringComparison.OrdinalIgnoreCase) == true && rawPath != MetricsPath)
+            if (context.Request.Path.Value?.TrimEnd('/').Equals(MetricsPath, StringComparison.OrdinalIgnoreCase) == true
+                && (context.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpRequestFeature>()?.RawTarget ?? "").Split('?', 2)[0] != MetricsPath)
             {
                 context.Response.StatusCode = StatusCodes.Status404NotFound;
                 return Task.CompletedTask;
