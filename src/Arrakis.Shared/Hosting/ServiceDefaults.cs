@@ -15,7 +15,7 @@ using StackExchange.Redis;
 namespace Arrakis.Shared.Hosting;
 
 /// <summary>What every Arrakis service shares: JSON logs, storage, Redis or memory caches, token verification, metrics, problem details.</summary>
-public static class ServiceDefaults
+public static partial class ServiceDefaults
 {
     /// <summary>
     /// The options every service host starts from. Configuration is not reloaded on file changes: the default reload
@@ -53,14 +53,7 @@ public static class ServiceDefaults
         var redis = builder.Configuration["Redis:Configuration"];
         if (!string.IsNullOrWhiteSpace(redis))
         {
-            services.AddSingleton<IConnectionMultiplexer>(_ =>
-            {
-                // Keep retrying in the background instead of failing requests while Redis (re)connects.
-                var options = ConfigurationOptions.Parse(redis);
-                options.AbortOnConnectFail = false;
-                options.ConnectTimeout = Math.Max(options.ConnectTimeout, 10_000);
-                return ConnectionMultiplexer.Connect(options);
-            });
+            services.AddSingleton(sp => RedisConnection.Connect(redis, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Arrakis.Redis")));
             services.AddSingleton<IReplayCache, RedisReplayCache>();
             services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();
             services.AddSingleton<IHealthContributor, RedisHealth>();
@@ -158,8 +151,10 @@ public static class ServiceDefaults
         return app;
     }
 
-    sealed class UnexpectedErrorHandler(ILogger<UnexpectedErrorHandler> logger) : IExceptionHandler
+    sealed partial class UnexpectedErrorHandler(ILogger<UnexpectedErrorHandler> logger) : IExceptionHandler
     {
+        static readonly Dictionary<string, string> RetryLater = new() { ["Retry-After"] = "5" };
+
         public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
         {
             if (exception is BadHttpRequestException bad)
@@ -169,9 +164,38 @@ public static class ServiceDefaults
                 return true;
             }
 
+            if (UnavailableDependency(exception) is { } dependency)
+            {
+                // The caller did nothing wrong and may retry; the operator gets one warning per failed request with its cause.
+                LogDependencyUnavailable(logger, dependency, httpContext.Request.Path.ToString(), exception.GetType().Name, exception.Message);
+                await Http.Problems.Create(503, "SERVICE_UNAVAILABLE",
+                    $"The service's {dependency} is not reachable right now; retry shortly.",
+                    new Dictionary<string, object?> { ["dependency"] = dependency }, RetryLater).ExecuteAsync(httpContext);
+                return true;
+            }
+
             logger.LogError(exception, "Unhandled error on {Path}", httpContext.Request.Path.ToString());
             await Http.Problems.Create(500, "INTERNAL_ERROR", "An unexpected error occurred; it has been logged.").ExecuteAsync(httpContext);
             return true;
         }
+
+        /// <summary>
+        /// "database" or "redis" when the exception says that dependency could not be reached or refused work for now
+        /// (connection refused or lost, pool exhausted, server shutting down, too many connections, disk full, busy
+        /// past the timeout); null for everything else, which stays a 500: a constraint violation or a bad query is a bug.
+        /// </summary>
+        internal static string? UnavailableDependency(Exception exception) => exception switch
+        {
+            RedisConnectionException or RedisTimeoutException => "redis",
+            Npgsql.PostgresException pg => pg.SqlState[..2] is "08" or "53" or "57" ? "database" : null,
+            Npgsql.NpgsqlException => "database", // not from the server: connecting, the socket, the pool, a timeout
+            Microsoft.Data.Sqlite.SqliteException sqlite => sqlite.SqliteErrorCode is 5 or 6 or 10 or 13 or 14 ? "database" : null,
+            _ when exception.InnerException is { } inner => UnavailableDependency(inner),
+            _ => null,
+        };
+
+        [LoggerMessage(EventId = 1401, EventName = "DEPENDENCY_UNAVAILABLE", Level = LogLevel.Warning,
+            Message = "DEPENDENCY_UNAVAILABLE dependency={Dependency} path={Path} answered 503: {ExceptionType}: {Reason}")]
+        static partial void LogDependencyUnavailable(ILogger logger, string dependency, string path, string exceptionType, string reason);
     }
 }

@@ -7,6 +7,7 @@ using Arrakis.Freeside;
 using Arrakis.Shared.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace Arrakis.Shared.Tests.Hosting;
 
@@ -122,18 +123,111 @@ public sealed class HealthTests
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(4), $"health took {sw.Elapsed}");
     }
 
-    static async Task<(WebApplication App, string Url)> StartFreesideAsync(string redis)
+    [Fact]
+    public async Task Start_up_with_an_unreachable_redis_says_so_once_naming_the_endpoint_but_not_the_password()
+    {
+        var logs = new RecordingLoggerProvider();
+        var port = TestStorage.FreePort();
+        var (app, url) = await StartFreesideAsync($"127.0.0.1:{port},password=hunter2-secret", logs);
+        await using var _ = app;
+
+        var line = Assert.Single(logs.WithEvent("REDIS_UNREACHABLE"));
+        Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Warning, line.Level);
+        Assert.Contains($"127.0.0.1:{port}", line.Message, StringComparison.Ordinal);
+        Assert.Contains($"within {Caching.RedisConnection.DefaultConnectTimeoutMs} ms", line.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs.Entries, e => e.Message.Contains("hunter2", StringComparison.Ordinal));
+
+        // It started anyway, and says why it is unhealthy.
+        using var live = await Http.GetAsync(url + "/health/live", Ct);
+        Assert.Equal(HttpStatusCode.OK, live.StatusCode);
+    }
+
+    [Fact]
+    public async Task A_request_that_needs_an_unreachable_redis_gets_a_503_with_retry_after_not_a_500()
+    {
+        var logs = new RecordingLoggerProvider();
+        var (app, url) = await StartFreesideAsync($"127.0.0.1:{TestStorage.FreePort()}", logs);
+        await using var _ = app;
+        var token = app.Services.GetRequiredService<Arrakis.Shared.Tokens.TokenIssuer>().Mint(FreesideService.Issuer, FreesideService.Issuer,
+            new Dictionary<string, object> { ["tenant_id"] = "test-tenant", ["access_level"] = "free" }, TimeSpan.FromMinutes(5));
+        using var request = new HttpRequestMessage(HttpMethod.Post, url + "/api/agents/invoke")
+        {
+            Content = JsonContent.Create(new { prompt = "Say hi", model = "cheap" }),
+        };
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+
+        using var response = await Http.SendAsync(request, Ct);
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("5", response.Headers.RetryAfter?.ToString());
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        Assert.Equal(("SERVICE_UNAVAILABLE", "redis"), (body.GetProperty("error").GetString(), body.GetProperty("dependency").GetString()));
+        var line = Assert.Single(logs.WithEvent("DEPENDENCY_UNAVAILABLE"));
+        Assert.Contains("dependency=redis path=/api/agents/invoke", line.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs.Entries, e => e.Level == LogLevel.Error);
+    }
+
+    [Fact]
+    public async Task Losing_redis_and_getting_it_back_is_logged_once_each()
+    {
+        if (TestStorage.Redis is null)
+        {
+            Assert.Skip("Redis not configured (set ARRAKIS_TEST_REDIS)");
+        }
+
+        var redis = StackExchange.Redis.ConfigurationOptions.Parse(TestStorage.Redis).EndPoints.Single() switch
+        {
+            DnsEndPoint dns => (dns.Host, dns.Port),
+            IPEndPoint ip => (ip.Address.ToString(), ip.Port),
+            var other => throw new InvalidOperationException($"unexpected endpoint {other}"),
+        };
+        await using var proxy = new TcpProxy(redis.Item1, redis.Item2);
+        var logs = new RecordingLoggerProvider();
+        var (app, url) = await StartFreesideAsync($"127.0.0.1:{proxy.Port}", logs);
+        await using var _ = app;
+        Assert.Empty(logs.WithEvent("REDIS_UNREACHABLE"));
+
+        proxy.Cut();
+        await WaitForAsync(() => logs.WithEvent("REDIS_CONNECTION_LOST").Any());
+        using (var down = await Http.GetAsync(url + "/health", Ct))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, down.StatusCode);
+        }
+
+        proxy.Restore();
+        await WaitForAsync(() => logs.WithEvent("REDIS_CONNECTION_RESTORED").Any());
+        using (var up = await Http.GetAsync(url + "/health", Ct))
+        {
+            Assert.Equal(HttpStatusCode.OK, up.StatusCode);
+        }
+
+        Assert.Single(logs.WithEvent("REDIS_CONNECTION_LOST"));
+        Assert.Single(logs.WithEvent("REDIS_CONNECTION_RESTORED"));
+    }
+
+    static async Task WaitForAsync(Func<bool> condition)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(60), "timed out waiting for the log line");
+            await Task.Delay(100, Ct);
+        }
+    }
+
+    static async Task<(WebApplication App, string Url)> StartFreesideAsync(string redis, RecordingLoggerProvider? logs = null)
     {
         var url = $"http://127.0.0.1:{TestStorage.FreePort()}";
         var settings = TestStorage.FreshConfig("sqlite", "freeside");
         settings["urls"] = url;
         settings["Redis:Configuration"] = redis;
-        return (await StartAsync(FreesideService.CreateAsync, settings), url);
+        return (await StartAsync(FreesideService.CreateAsync, settings, logs is null ? null : b => b.Logging.AddProvider(logs)), url);
     }
 
-    static async Task<WebApplication> StartAsync(Func<string[], Action<WebApplicationBuilder>?, Task<WebApplication>> create, Dictionary<string, string?> settings)
+    static async Task<WebApplication> StartAsync(Func<string[], Action<WebApplicationBuilder>?, Task<WebApplication>> create, Dictionary<string, string?> settings,
+        Action<WebApplicationBuilder>? configure = null)
     {
-        var app = await create(settings.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray(), null);
+        var app = await create(settings.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray(), configure);
         await app.StartAsync(Ct);
         return app;
     }

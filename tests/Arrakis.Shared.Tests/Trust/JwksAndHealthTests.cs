@@ -118,6 +118,19 @@ public sealed class JwksAndHealthTests
             NpgsqlConnection.ClearAllPools();
             Assert.Equal("unhealthy", await StatusAsync(url, HttpStatusCode.ServiceUnavailable));
 
+            // A request that needs the database: 503 with the dependency named and Retry-After, not a 500.
+            var token = app.Services.GetRequiredService<Arrakis.Shared.Tokens.TokenIssuer>().Mint(FreesideService.Issuer, FreesideService.Issuer,
+                new Dictionary<string, object> { ["tenant_id"] = "test-tenant", ["access_level"] = "free" }, TimeSpan.FromMinutes(5));
+            using (var request = new HttpRequestMessage(HttpMethod.Get, $"http://127.0.0.1:{port}/api/v1/communities/test-community-staging-001/budget"))
+            {
+                request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+                using var refused = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+                Assert.Equal("5", refused.Headers.RetryAfter?.ToString());
+                var problem = await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+                Assert.Equal(("SERVICE_UNAVAILABLE", "database"), (problem.GetProperty("error").GetString(), problem.GetProperty("dependency").GetString()));
+            }
+
             proxy.Restore();
             var deadline = DateTime.UtcNow.AddSeconds(15);
             string status;
