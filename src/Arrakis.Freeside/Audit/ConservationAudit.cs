@@ -23,8 +23,12 @@ public sealed record ConservationReport(bool Passed, DateTimeOffset CheckedAt, I
 /// Proves C1–C5 (DESIGN §3) from the stored rows, recomputing every balance from the immutable transfers, lot entries,
 /// reservations and usage records. It never repairs anything: the ledger's own writes keep the invariants.
 /// </summary>
-public sealed partial class ConservationAudit(Database db, TimeProvider time, AuditMetrics metrics, ILogger<ConservationAudit> logger)
+public sealed partial class ConservationAudit(Database db, TimeProvider time, AuditMetrics metrics, ILogger<ConservationAudit> logger,
+    Idempotency.IdempotencyOptions? idempotency = null)
 {
+    // A key is free again once its stored response has passed retention, so two charges further apart are two requests.
+    readonly long _keyRetentionMs = (long)(idempotency ?? new Idempotency.IdempotencyOptions()).Retention.TotalMilliseconds;
+
     public async Task<ConservationReport> RunAsync(CancellationToken ct = default)
     {
         List<string> ids;
@@ -93,6 +97,12 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             "SELECT COUNT(*) FROM usage_records u WHERE u.community_id = @c AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.id = u.id AND r.status = 'posted' AND r.actual_micro = u.cost_micro)", p, tx);
         var resolvedWithoutTransfer = await c.ExecuteScalarAsync<long>(
             "SELECT COUNT(*) FROM reservations r WHERE r.community_id = @c AND r.status <> 'pending' AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.pending_id = 'r:' || r.id)", p, tx);
+        var keysChargedTwice = (await c.QueryAsync<(string Key, long Count)>(
+            """
+            SELECT idempotency_key AS Key, COUNT(*) AS Count FROM usage_records
+            WHERE community_id = @c AND idempotency_key IS NOT NULL
+            GROUP BY idempotency_key HAVING COUNT(*) > 1 AND MAX(created_at) - MIN(created_at) < @retention
+            """, new { c = communityId, retention = _keyRetentionMs }, tx)).ToList();
         await tx.CommitAsync(ct);
 
         var c1 = new List<string>();
@@ -198,6 +208,8 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
         {
             c4.Add($"{resolvedWithoutTransfer} resolved reservations without a resolving transfer");
         }
+
+        c4.AddRange(keysChargedTwice.Select(k => $"idempotency key '{k.Key}' charged {k.Count} times"));
 
         var c5 = new List<string>();
         foreach (var m in months)

@@ -29,7 +29,10 @@ public sealed class IdempotencyOptions
     [Range(typeof(TimeSpan), "1.00:00:00", "30.00:00:00", ErrorMessage = "Idempotency:Retention must be between 1 and 30 days, e.g. 1.00:00:00.")]
     public TimeSpan Retention { get; set; } = TimeSpan.FromHours(25);
 
-    /// <summary>An in-progress key older than this is considered crashed and may be taken over.</summary>
+    /// <summary>
+    /// An in-progress key not renewed for this long is considered crashed and may be taken over. A running call renews
+    /// its key every third of this (<see cref="Invoke.ReservationLease"/>), so only a freeside that died lets it lapse.
+    /// </summary>
     [Range(typeof(TimeSpan), "00:00:10", "01:00:00", ErrorMessage = "Idempotency:LeaseTimeout must be between 10 s and 1 h, e.g. 00:10:00.")]
     public TimeSpan LeaseTimeout { get; set; } = TimeSpan.FromMinutes(10);
 }
@@ -121,6 +124,21 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
         WHERE scope = @idemScope AND idem_key = @idemKey AND state = 'in_progress'
         """,
         new { idemScope = scope, idemKey = key, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
+
+    /// <summary>How long an in-progress key may go without <see cref="RenewAsync"/> before another request takes it over.</summary>
+    public TimeSpan LeaseTimeout => options.LeaseTimeout;
+
+    /// <summary>
+    /// Marks a started request as still running, so that no retry takes its key over while it works (C4: a key charges
+    /// at most once). False when the key is no longer in progress.
+    /// </summary>
+    public async Task<bool> RenewAsync(string scope, string key, CancellationToken ct = default)
+    {
+        await using var writer = await db.OpenWriterAsync(ct);
+        return await writer.Connection.ExecAsync(
+            "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'",
+            new { scope, key, now = time.GetUtcNow().ToUnixTimeMilliseconds() }) == 1;
+    }
 
     /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
     public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)

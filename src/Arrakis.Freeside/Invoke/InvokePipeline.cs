@@ -243,11 +243,35 @@ public sealed class InvokePipeline(
 
     FinnCall PreparedCall(Admitted a) => a.Prepared ?? finn.Prepare(FinnRequest(a), Caller(a));
 
-    /// <summary>Renews the call's reservation while finn works on it; dispose once finn has answered.</summary>
-    public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger);
+    /// <summary>Renews the call's reservation and idempotency key while finn works on it; dispose once finn has answered.</summary>
+    public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger,
+        () => idempotency.RenewAsync(a.CommunityId, a.IdempotencyKey), idempotency.LeaseTimeout);
 
-    /// <summary>Frees the idempotency key after a partial (charged) stream, so a retry runs again.</summary>
-    public Task AbandonKeyAsync(Admitted a) => idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, CancellationToken.None);
+    /// <summary>
+    /// Charges a stream that stopped early (the client left, or the upstream failed after some output) for what it
+    /// produced, and stores, in the same commit, the answer a retry with the same key replays: a key charges at most
+    /// once (C4), so the retry gets this problem (with the streamed content and the charge) instead of a second run.
+    /// </summary>
+    public async Task<long> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, string detail, string streamed, CancellationToken ct)
+    {
+        var charged = Charge(a, costMicro);
+        var problem = new System.Text.Json.Nodes.JsonObject
+        {
+            ["type"] = "https://arrakis.dev/errors/" + error.ToLowerInvariant().Replace('_', '-'),
+            ["title"] = string.Join(' ', error.Split('_').Select(w => w.Length == 0 ? w : w[0] + w[1..].ToLowerInvariant())),
+            ["status"] = status,
+            ["detail"] = detail,
+            ["error"] = error,
+            ["content"] = streamed,
+            ["usage"] = new System.Text.Json.Nodes.JsonObject { ["prompt_tokens"] = usage.PromptTokens, ["completion_tokens"] = usage.CompletionTokens },
+            ["cost_micro"] = charged,
+            ["cost_cents"] = charged / 10_000,
+            ["trace_id"] = a.TraceId,
+            ["idempotency_key"] = a.IdempotencyKey,
+        };
+        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, status, problem.ToJsonString(), "application/problem+json");
+        return await ChargeAsync(a, null, usage, costMicro, ct, stored);
+    }
 
     /// <summary>Releases the reservation and frees the idempotency key so the client may retry.</summary>
     public async Task FailAsync(Admitted a, UpstreamError error, CancellationToken ct)

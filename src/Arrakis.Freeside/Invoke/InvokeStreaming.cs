@@ -65,6 +65,7 @@ static class InvokeStreaming
         }, CancellationToken.None);
 
         long seq = 0;
+        var streamed = new StringBuilder();
         Usage? lastUsage = null;
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
@@ -83,6 +84,7 @@ static class InvokeStreaming
                                 goto Disconnected; // this delta never reached the client, so it is not charged
                             }
 
+                            streamed.Append(d.Value.Content);
                             lastUsage = d.Value.Usage ?? lastUsage;
                             break;
                         case FinnStreamEvent.Done x:
@@ -117,8 +119,9 @@ static class InvokeStreaming
         {
             if (partial > 0)
             {
-                await pipeline.ChargeAsync(a, null, lastUsage!, partial, CancellationToken.None);
-                await pipeline.AbandonKeyAsync(a);
+                await pipeline.ChargePartialAsync(a, lastUsage!, partial, failed.Status, failed.Error,
+                    $"{failed.Detail} The stream stopped after {lastUsage!.CompletionTokens} tokens, which were charged; a retry with this idempotency key replays this answer. Send a new key to run the request again.",
+                    streamed.ToString(), CancellationToken.None);
             }
             else
             {
@@ -131,14 +134,14 @@ static class InvokeStreaming
         }
 
         // The client went away: charge what finn generated for it up to that point, release the rest.
-        var charged = partial > 0 ? await pipeline.ChargeAsync(a, null, lastUsage!, partial, CancellationToken.None) : 0;
+        var charged = partial > 0
+            ? await pipeline.ChargePartialAsync(a, lastUsage!, partial, 409, "REQUEST_INCOMPLETE",
+                $"The first request with this idempotency key ended when the client disconnected after {lastUsage!.CompletionTokens} tokens, which were charged. A key charges at most once: send a new key to run the request again.",
+                streamed.ToString(), CancellationToken.None)
+            : 0;
         if (partial == 0)
         {
             await pipeline.FailAsync(a, new UpstreamError(499, "CLIENT_CLOSED", "The client disconnected before any output."), CancellationToken.None);
-        }
-        else
-        {
-            await pipeline.AbandonKeyAsync(a);
         }
 
         pipeline.Complete(a, 499, "client_disconnected", null, sw.Elapsed, charged);

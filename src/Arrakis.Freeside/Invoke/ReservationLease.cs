@@ -3,10 +3,12 @@ using Microsoft.Extensions.Logging;
 namespace Arrakis.Freeside.Invoke;
 
 /// <summary>
-/// Keeps the reservation of a call that is still running from expiring: renews it every third of the reservation TTL
-/// until disposed. A call longer than the TTL (a long stream, a slow model) is then still finalized at its metered cost
-/// instead of losing its hold to the reaper. If freeside dies, renewals stop and the reaper releases the hold within one
-/// TTL of the last renewal. A call shorter than a third of the TTL (nearly all of them) costs one timer and no write.
+/// Keeps a call that is still running from losing its hold: every third of the reservation TTL (or of the idempotency
+/// key's lease, when shorter) it renews the reservation, so the reaper does not expire it, and the call's idempotency key,
+/// so a retry with the same key gets 409 REQUEST_IN_PROGRESS instead of taking the key over and charging it a second
+/// time. A call longer than the TTL (a long stream, a slow model) is then still finalized at its metered cost. If
+/// freeside dies, renewals stop: the reaper releases the hold within one TTL, and the key can be taken over after its
+/// lease. A call shorter than a third of the period (nearly all of them) costs one timer and no write.
 /// </summary>
 public sealed partial class ReservationLease : IDisposable
 {
@@ -15,16 +17,20 @@ public sealed partial class ReservationLease : IDisposable
     readonly TimeSpan _ttl;
     readonly ILogger _logger;
     readonly ITimer _timer;
+    readonly Func<Task<bool>>? _renewKey;
     int _renewing;
     volatile bool _disposed;
 
-    public ReservationLease(Ledger.Ledger ledger, string reservationId, TimeSpan ttl, TimeProvider time, ILogger logger)
+    public ReservationLease(Ledger.Ledger ledger, string reservationId, TimeSpan ttl, TimeProvider time, ILogger logger,
+        Func<Task<bool>>? renewKey = null, TimeSpan? keyLease = null)
     {
         _ledger = ledger;
         _reservationId = reservationId;
         _ttl = ttl;
         _logger = logger;
-        _timer = time.CreateTimer(static state => ((ReservationLease)state!).Tick(), this, ttl / 3, ttl / 3);
+        _renewKey = renewKey;
+        var period = (keyLease is { } lease && lease < ttl ? lease : ttl) / 3;
+        _timer = time.CreateTimer(static state => ((ReservationLease)state!).Tick(), this, period, period);
     }
 
     void Tick()
@@ -46,6 +52,12 @@ public sealed partial class ReservationLease : IDisposable
                 LogLost(_logger, _reservationId);
                 _disposed = true;
                 _timer.Dispose();
+                return;
+            }
+
+            if (_renewKey is not null && !_disposed)
+            {
+                await _renewKey();
             }
         }
         catch (Exception ex)

@@ -373,9 +373,11 @@ public sealed class InvokeTests
     {
         await using var p = await StartSeededAsync(settings: new Dictionary<string, string?> { ["Providers:Local:TokenDelayMs"] = "40" });
         var before = await BudgetAsync(p);
+        // "at length": the local provider answers at length, so the answer (256 tokens, 40 ms apart) outlasts the client.
+        const string body = """{"prompt":"Write a story at length about dunes","model":"cheap","stream":true,"max_tokens":256,"idempotency_key":"leaves-mid-stream"}""";
 
         string traceId;
-        using (var response = await SendStreamAsync(p, """{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}"""))
+        using (var response = await SendStreamAsync(p, body))
         {
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken));
             traceId = (await ReadFramesAsync(reader, 3)).GetProperty("trace_id").GetString()!;
@@ -387,8 +389,54 @@ public sealed class InvokeTests
         var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
         Assert.Equal(usage.CostMicro, charged);
         Assert.Equal(Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens), charged);
-        Assert.InRange(usage.CompletionTokens, 3, 255); // at least the three deltas the client read, never the whole answer
+        Assert.InRange(usage.CompletionTokens, 3, 200); // at least the three deltas the client read, never the whole answer
         await AssertConservedAsync(p);
+
+        // A retry with the same key is not run (and charged) again: it replays how the first one ended (C4).
+        using var retry = await InvokeAsync(p, body, sse: true);
+        Assert.Equal(HttpStatusCode.Conflict, retry.StatusCode);
+        Assert.Equal("true", retry.Headers.GetValues("Idempotency-Replayed").Single());
+        var problem = await retry.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        Assert.Equal("REQUEST_INCOMPLETE", problem.GetProperty("error").GetString());
+        Assert.Equal(charged, problem.GetProperty("cost_micro").GetInt64());
+        Assert.Equal(usage.CompletionTokens, problem.GetProperty("usage").GetProperty("completion_tokens").GetInt64());
+        Assert.False(string.IsNullOrEmpty(problem.GetProperty("content").GetString()));
+        Assert.Equal(after.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+    }
+
+    /// <summary>
+    /// A retry with the key of a call that is still running gets 409 REQUEST_IN_PROGRESS however long the call runs: the
+    /// running call renews its key, so the retry cannot take it over as if freeside had died, and the key charges once.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_retry_while_a_call_outlives_the_key_lease_gets_409_and_the_key_charges_once(string engine)
+    {
+        await using var p = await StartSeededAsync(engine, new Dictionary<string, string?>
+        {
+            ["Providers:Local:LatencyMs"] = "13000",
+            ["Idempotency:LeaseTimeout"] = "00:00:10", // the shortest allowed; the call runs longer
+        });
+        const string body = """{"prompt":"Long running","model":"cheap","idempotency_key":"outlives-the-lease"}""";
+        var before = await BudgetAsync(p);
+
+        var first = InvokeAsync(p, body);
+        await Task.Delay(TimeSpan.FromSeconds(11.5), TestContext.Current.CancellationToken);
+        using (var retry = await InvokeAsync(p, body))
+        {
+            Assert.Equal(HttpStatusCode.Conflict, retry.StatusCode);
+            Assert.Equal("REQUEST_IN_PROGRESS", (await retry.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        }
+
+        using var done = await first;
+        Assert.Equal(HttpStatusCode.OK, done.StatusCode);
+        var cost = (await done.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("cost_micro").GetInt64();
+        await using (var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(TestContext.Current.CancellationToken))
+        {
+            Assert.Equal(1, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT COUNT(*) FROM usage_records WHERE idempotency_key = 'outlives-the-lease'"));
+        }
+
+        await AssertChargedAndNothingHeldAsync(p, before, cost);
     }
 
     /// <summary>

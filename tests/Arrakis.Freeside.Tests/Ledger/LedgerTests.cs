@@ -433,6 +433,34 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Audit_flags_an_idempotency_key_charged_twice_within_retention_but_not_a_key_reused_after_it(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 1_000_000);
+        await w.Ledger.ReserveAsync("c1", "r1", 50_000);
+        await w.Ledger.FinalizeAsync("r1", 40_000, new UsageRecord("agent-1", "cheap", "m1", 1, 2, "t1", "key-1"));
+        await w.AssertConservedAsync();
+
+        // A second charge for the same key an hour later (what a retry that took over a live key used to do).
+        w.Time.Advance(TimeSpan.FromHours(1));
+        await w.Ledger.ReserveAsync("c1", "r2", 50_000);
+        await w.Ledger.FinalizeAsync("r2", 30_000, new UsageRecord("agent-1", "cheap", "m1", 1, 2, "t2", "key-1"));
+        var c4 = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
+        Assert.False(c4.Passed);
+        Assert.Equal(["idempotency key 'key-1' charged 2 times"], c4.Violations);
+
+        // Past retention the key is free again: a third use two days later is a new request, not a second charge of the
+        // first, but the pair within retention stays flagged.
+        await w.ExecuteAsync("DELETE FROM usage_records WHERE id = 'r2'");
+        await w.ExecuteAsync("UPDATE usage_records SET idempotency_key = 'key-2' WHERE id = 'r1'");
+        await w.ExecuteAsync("INSERT INTO usage_records (id, community_id, month, cost_micro, idempotency_key, created_at) SELECT 'r2', community_id, month, 30000, 'key-2', created_at + @later FROM usage_records WHERE id = 'r1'",
+            new { later = (long)TimeSpan.FromDays(2).TotalMilliseconds });
+        var reused = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
+        Assert.True(reused.Passed, string.Join("; ", reused.Violations));
+    }
+
     [Fact]
     public async Task Audit_flags_a_row_corrupted_directly_in_the_database()
     {
