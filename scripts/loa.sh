@@ -4,8 +4,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -n "${LOA:-}" ]]; then
+  # $LOA runs without LOA in its environment, so a LOA that names this script (or a wrapper that calls it) comes back
+  # here once and runs the checkout's loa below, instead of exec-ing itself for ever.
+  cmd="$LOA"
+  unset LOA
   # shellcheck disable=SC2086
-  exec $LOA "$@"
+  exec $cmd "$@"
 fi
 dll="$(ls -t "$ROOT"/artifacts/bin/Arrakis.Cli/release/loa.dll "$ROOT"/artifacts/bin/Arrakis.Cli/debug/loa.dll 2>/dev/null | head -1 || true)"
 if [[ -n "$dll" ]]; then

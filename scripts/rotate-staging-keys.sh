@@ -16,11 +16,12 @@
 #
 # Where the keyring lives: --data-dir (SQLite, e.g. .loa for `loa up`) or ConnectionStrings__Freeside /
 # ConnectionStrings__Finn plus the master key (Keyring__MasterKey) in the environment for PostgreSQL in AWS.
-# Env: FREESIDE_URL [http://localhost:3000], FINN_URL [http://localhost:3002], DIXIE_URL [http://localhost:3001].
+# Env: FREESIDE_URL [http://localhost:3000], FINN_URL [http://localhost:3002], DIXIE_URL [http://localhost:3001],
+# LOA [scripts/loa.sh]: the loa that runs `loa keys` (e.g. scripts/loa-ecs.sh for the keyring in AWS).
 # Exit 0 when the rotation is verified; 1 when a step failed (the output says how to back out).
 set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-LOA="$SCRIPT_DIR/loa.sh"
+LOA="${LOA:-$SCRIPT_DIR/loa.sh}"
 
 SERVICE=freeside
 PROPAGATION=60
@@ -147,7 +148,8 @@ SMOKE_ARGS=(--freeside-url "$FREESIDE_URL" --dixie-url "$DIXIE_URL" --retries 3)
 [[ -n "$SMOKE_KEY" ]] && SMOKE_ARGS+=(--test-key "$SMOKE_KEY")
 [[ -n "$COMMUNITY_ID" ]] && SMOKE_ARGS+=(--community-id "$COMMUNITY_ID")
 set +e
-"$SCRIPT_DIR/staging-smoke.sh" "${SMOKE_ARGS[@]}"
+# The gate is an HTTP client of the deployment: it runs here, with the checkout's loa, whatever LOA runs loa keys with.
+env -u LOA "$SCRIPT_DIR/staging-smoke.sh" "${SMOKE_ARGS[@]}"
 smoke=$?
 set -e
 echo "== Rotation of $SERVICE: $OLD_KID → $NEW_KID in $(( $(date +%s) - START ))s; gate exit $smoke =="

@@ -4,7 +4,7 @@
 #   scripts/staging-smoke.sh [--test-key staging.pem] [--community-id test-community-staging-001]
 #                            [--freeside-url URL] [--dixie-url URL] [--retries N] [--auto-seed] [--chaos] [--json]
 #
-# Env: FREESIDE_URL, DIXIE_URL, ECS_CLUSTER, TEST_NFT_CONTRACT, TEST_NFT_TOKEN_ID, SEPOLIA_RPC_URL, STAGING_WALLET_KEY.
+# Env: FREESIDE_URL, DIXIE_URL, TEST_NFT_CONTRACT, TEST_NFT_TOKEN_ID, SEPOLIA_RPC_URL, STAGING_WALLET_KEY.
 # Exit 0 = PASS, 1 = a P0 check failed, 2 = only P1 failures. With --json the results document goes to stderr:
 #   scripts/staging-smoke.sh --test-key .loa/staging.pem --community-id test-community-staging-001 --chaos --json 2>smoke-results.json
 set -euo pipefail

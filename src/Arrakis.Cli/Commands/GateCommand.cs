@@ -12,7 +12,7 @@ internal static class GateCommand
     public static Command Create()
     {
         var env = GateSettings.FromEnvironment(Environment.GetEnvironmentVariable);
-        var testKey = new Option<string?>("--test-key") { Description = "ES256 P-256 PEM private key (PKCS#8) for the test JWTs, e.g. .loa/staging.pem", HelpName = "path" };
+        var testKey = new Option<string?>("--test-key") { Description = "ES256 P-256 PEM private key (PKCS#8 or SEC1) for the test JWTs, e.g. .loa/staging.pem", HelpName = "path" };
         var community = new Option<string?>("--community-id") { Description = "Community id for the budget checks (e.g. test-community-staging-001)", HelpName = "id" };
         var freeside = new Option<string>("--freeside-url") { Description = "Freeside base URL [env FREESIDE_URL]", HelpName = "url", DefaultValueFactory = _ => env.FreesideUrl };
         var dixie = new Option<string>("--dixie-url") { Description = "Dixie base URL [env DIXIE_URL]", HelpName = "url", DefaultValueFactory = _ => env.DixieUrl };
@@ -20,7 +20,7 @@ internal static class GateCommand
         var retries = new Option<int>("--retries") { Description = "Total attempts for the health and JWKS checks (2 s apart; a pass after a retry is tagged FLAKE)", HelpName = "n", DefaultValueFactory = _ => 1 };
         var autoSeed = new Option<bool>("--auto-seed") { Description = "Seed the test data first ('loa seed'); a failure only warns" };
         var chaos = new Option<bool>("--chaos") { Description = "Run the chaos scenarios after the budget phase (needs --test-key and --community-id)" };
-        var command = new Command("gate", "Run the staging launch gate (smoke phases P0-1..P1-8) against freeside and dixie. Env: FREESIDE_URL, DIXIE_URL, ECS_CLUSTER, TEST_NFT_CONTRACT, TEST_NFT_TOKEN_ID, SEPOLIA_RPC_URL, STAGING_WALLET_KEY.")
+        var command = new Command("gate", "Run the staging launch gate (smoke phases P0-1..P1-8) against freeside and dixie. Env: FREESIDE_URL, DIXIE_URL, TEST_NFT_CONTRACT, TEST_NFT_TOKEN_ID, SEPOLIA_RPC_URL, STAGING_WALLET_KEY.")
         {
             testKey, community, freeside, dixie, json, retries, autoSeed, chaos,
         };

@@ -38,11 +38,6 @@ internal sealed class CommandGateSeeder(Command? root) : IGateSeeder
             args.AddRange(["--key", key]);
         }
 
-        if (settings.EcsCluster is { } cluster && HasOption(seed, "--cluster"))
-        {
-            args.AddRange(["--cluster", cluster]);
-        }
-
         // The seed command may write straight to Console; capture both streams so --json keeps stderr clean.
         await ConsoleLock.WaitAsync(ct);
         var (stdout, stderr) = (Console.Out, Console.Error);

@@ -23,8 +23,6 @@ internal sealed record GateSettings
 
     public bool Json { get; init; }
 
-    public string? EcsCluster { get; init; }
-
     public string? TestNftContract { get; init; }
 
     public string? TestNftTokenId { get; init; }
@@ -37,7 +35,6 @@ internal sealed record GateSettings
     {
         FreesideUrl = NonEmpty(env("FREESIDE_URL")) ?? DefaultFreesideUrl,
         DixieUrl = NonEmpty(env("DIXIE_URL")) ?? DefaultDixieUrl,
-        EcsCluster = NonEmpty(env("ECS_CLUSTER")),
         TestNftContract = NonEmpty(env("TEST_NFT_CONTRACT")),
         TestNftTokenId = NonEmpty(env("TEST_NFT_TOKEN_ID")),
         SepoliaRpcUrl = NonEmpty(env("SEPOLIA_RPC_URL")),

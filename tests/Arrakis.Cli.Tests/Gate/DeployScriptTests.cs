@@ -295,6 +295,87 @@ public sealed class DeployScriptTests
         Assert.Contains("runs only 'loa keys", notKeys.Stderr, StringComparison.Ordinal);
     }
 
+    // A loa that answers `keys list`, `keys rotate` and `keys revoke` as the real one prints them, logging each call.
+    const string FakeLoa = """
+        #!/usr/bin/env bash
+        echo "loa $*" >> "$SHIM_LOG"
+        case "$*" in
+          "keys list"*) printf 'KID                STATUS\nkid-1              active\nkid-9              retired\n' ;;
+          "keys rotate"*) echo "ROTATED kid=kid-2 status=pending" ;;
+          "keys revoke"*) echo "REVOKED kid=kid-9 previous_status=retired" ;;
+        esac
+        exit 0
+        """;
+
+    /// <summary>Runs a script and fails the test, rather than blocking the run, when it does not finish in time.</summary>
+    static async Task<(int Exit, string Stdout, string Stderr)> RunWithinAsync(int seconds, string[] args, IDictionary<string, string> env)
+    {
+        try
+        {
+            return await ScriptTests.RunAsync("bash", args, env, timeoutSeconds: seconds);
+        }
+        catch (OperationCanceledException) when (!TestContext.Current.CancellationToken.IsCancellationRequested)
+        {
+            Assert.Fail($"{string.Join(' ', args)} did not finish within {seconds} s (killed)");
+            throw;
+        }
+    }
+
+    [Fact]
+    public async Task Rotation_and_revocation_scripts_run_the_loa_named_by_LOA()
+    {
+        // The runbook's AWS path: LOA=scripts/loa-ecs.sh. The scripts used to overwrite LOA with scripts/loa.sh, which
+        // then found LOA (exported, as the caller set it) naming itself and exec'd itself for ever.
+        var dir = TestStorage.TempDir();
+        var loa = Path.Combine(dir, "fake-loa");
+        var log = Path.Combine(dir, "calls.log");
+        var jwks = Path.Combine(dir, "jwks.json");
+        await File.WriteAllTextAsync(loa, FakeLoa.Replace("\r\n", "\n") + "\n", TestContext.Current.CancellationToken);
+        await File.WriteAllTextAsync(jwks, """{"keys":[{"kid":"kid-2"},{"kid":"kid-1"}]}""", TestContext.Current.CancellationToken);
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", loa])).Exit);
+        var env = new Dictionary<string, string> { ["LOA"] = loa, ["SHIM_LOG"] = log };
+
+        var rotate = await RunWithinAsync(30,
+            ["scripts/rotate-staging-keys.sh", "--data-dir", dir, "--jwks-url", "file://" + jwks, "--propagation-seconds", "0", "--skip-smoke"], env);
+        var revoke = await RunWithinAsync(30,
+            ["scripts/revoke-staging-key.sh", "--kid", "kid-9", "--data-dir", dir, "--jwks-url", "file://" + jwks, "--no-wait", "--skip-smoke"], env);
+
+        Assert.True(rotate.Exit == 0, rotate.Stdout + rotate.Stderr);
+        Assert.Contains("== Rotating the freeside signing key ==", rotate.Stdout, StringComparison.Ordinal);
+        Assert.Contains("✓ kid-2 active; kid-1 stays published as retired", rotate.Stdout, StringComparison.Ordinal);
+        Assert.True(revoke.Exit == 0, revoke.Stdout + revoke.Stderr);
+        Assert.Contains("REVOKED kid=kid-9 previous_status=retired", revoke.Stdout, StringComparison.Ordinal);
+        var keys = $"--service freeside --data-dir {dir}";
+        Assert.Equal(
+            new[] { $"loa keys list {keys}", $"loa keys rotate {keys} --propagation-seconds 0", $"loa keys list {keys}", $"loa keys list {keys}", $"loa keys revoke {keys} kid-9" },
+            await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
+    }
+
+    [Fact]
+    public async Task Loa_sh_with_LOA_naming_itself_runs_the_checkouts_loa_instead_of_itself_for_ever()
+    {
+        // A stand-in dotnet on PATH: scripts/loa.sh, past LOA, runs `dotnet <built loa.dll>` or `dotnet run`.
+        var dir = TestStorage.TempDir();
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        var log = Path.Combine(dir, "calls.log");
+        await File.WriteAllTextAsync(Path.Combine(bin, "dotnet"), "#!/usr/bin/env bash\necho \"dotnet $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet")])).Exit);
+        var env = new Dictionary<string, string>
+        {
+            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
+            ["SHIM_LOG"] = log,
+            ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa.sh"),
+        };
+
+        var run = await RunWithinAsync(30, ["scripts/loa.sh", "keys", "list", "--service", "finn"], env);
+
+        Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
+        var call = Assert.Single(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
+        Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
+        Assert.EndsWith(" keys list --service finn", call, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task A_rerun_for_the_same_commit_reuses_the_images_already_in_ecr()
     {

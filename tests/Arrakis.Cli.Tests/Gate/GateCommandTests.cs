@@ -42,7 +42,6 @@ public sealed class GateCommandTests
         {
             ["FREESIDE_URL"] = "https://f.example",
             ["DIXIE_URL"] = "https://d.example",
-            ["ECS_CLUSTER"] = "arrakis-staging-cluster",
             ["TEST_NFT_CONTRACT"] = "0xabc",
             ["TEST_NFT_TOKEN_ID"] = "7",
             ["SEPOLIA_RPC_URL"] = "https://rpc.example",
@@ -50,8 +49,8 @@ public sealed class GateCommandTests
         };
         var settings = GateSettings.FromEnvironment(name => env.GetValueOrDefault(name));
 
-        Assert.Equal(("https://f.example", "https://d.example", "arrakis-staging-cluster", "0xabc", "7", "https://rpc.example", "0x01"),
-            (settings.FreesideUrl, settings.DixieUrl, settings.EcsCluster, settings.TestNftContract, settings.TestNftTokenId, settings.SepoliaRpcUrl, settings.StagingWalletKey));
+        Assert.Equal(("https://f.example", "https://d.example", "0xabc", "7", "https://rpc.example", "0x01"),
+            (settings.FreesideUrl, settings.DixieUrl, settings.TestNftContract, settings.TestNftTokenId, settings.SepoliaRpcUrl, settings.StagingWalletKey));
         var defaults = GateSettings.FromEnvironment(_ => null);
         Assert.Equal(("http://localhost:3000", "http://localhost:3001", 1), (defaults.FreesideUrl, defaults.DixieUrl, defaults.Retries));
     }
