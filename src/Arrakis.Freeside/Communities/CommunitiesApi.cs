@@ -69,7 +69,13 @@ public static class CommunitiesApi
 
     static async Task<IResult> GrantAsync(string id, GrantRequest body, Ledger.Ledger ledger, CancellationToken ct)
     {
-        var amount = body.AmountMicro ?? (body.AmountCents is { } cents && cents <= LedgerIds.MaxAmountMicro / 10_000 ? cents * 10_000 : body.AmountCents is null ? null : -1);
+        if (body.AmountMicro is null && body.AmountCents is { } cents and (<= 0 or > LedgerIds.MaxAmountMicro / 10_000))
+        {
+            // Checked before converting: cents * 10_000 of a huge negative number wraps around to a positive grant.
+            return Problems.Invalid("amountCents", $"amountCents must be between 1 and {LedgerIds.MaxAmountMicro / 10_000}.");
+        }
+
+        var amount = body.AmountMicro ?? body.AmountCents * 10_000;
         if (amount is null || string.IsNullOrEmpty(body.LotId))
         {
             return Problems.Invalid("body", "lotId and amountMicro (or amountCents) are required.");

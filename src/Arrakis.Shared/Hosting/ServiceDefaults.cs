@@ -41,7 +41,12 @@ public static partial class ServiceDefaults
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails();
         services.AddExceptionHandler<UnexpectedErrorHandler>();
-        services.ConfigureHttpJsonOptions(o => o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never);
+        services.ConfigureHttpJsonOptions(o =>
+        {
+            o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never;
+            // The web defaults read numbers from strings ("monthlyBudgetCents":"100" set a budget); amounts are JSON numbers.
+            o.SerializerOptions.NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.Strict;
+        });
 
         var storage = StorageOptions.Resolve(builder.Configuration, service);
         services.AddSingleton(storage);
@@ -157,6 +162,12 @@ public static partial class ServiceDefaults
 
         public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
         {
+            if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge } tooLarge)
+            {
+                await Http.Problems.Create(413, "REQUEST_TOO_LARGE", tooLarge.Message).ExecuteAsync(httpContext);
+                return true;
+            }
+
             if (exception is BadHttpRequestException bad)
             {
                 var detail = bad.InnerException is JsonException json ? "The body is not valid JSON: " + json.Message : bad.Message;

@@ -138,9 +138,10 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         }
 
         var jwt = (JsonWebToken)validation.SecurityToken;
-        if (jwt.TryGetPayloadValue<long>("iat", out var iat) && DateTimeOffset.FromUnixTimeSeconds(iat) > now + ClockSkew)
+        // Compared as seconds: DateTimeOffset.FromUnixTimeSeconds throws past year 9999, and a signed token could say so.
+        if (jwt.TryGetPayloadValue<long>("iat", out var iat) && (iat < 0 || iat > (now + ClockSkew).ToUnixTimeSeconds()))
         {
-            return TokenVerification.Fail("token issued in the future");
+            return TokenVerification.Fail(iat < 0 ? "token iat is before 1970" : "token issued in the future");
         }
 
         if (jwt.ValidTo - (jwt.IssuedAt == DateTime.MinValue ? now.UtcDateTime : jwt.IssuedAt) > policy.MaxLifetime + ClockSkew)

@@ -96,10 +96,13 @@ public sealed class BudgetApiTests
             Assert.Equal(error, result.Body.GetProperty("error").GetString());
         }
 
-        foreach (var body in new object[] { new { lotId = "l1", amountMicro = -5 }, new { lotId = "l1", amountMicro = 0 }, new { lotId = "l1", amountMicro = long.MaxValue }, new { lotId = "bad id", amountMicro = 5 } })
+        foreach (var body in new object[] { new { lotId = "l1", amountMicro = -5 }, new { lotId = "l1", amountMicro = 0 }, new { lotId = "l1", amountMicro = long.MaxValue }, new { lotId = "bad id", amountMicro = 5 },
+            new { lotId = "l1", amountCents = -1 }, new { lotId = "l1", amountCents = 0 }, new { lotId = "l1", amountCents = long.MaxValue },
+            new { lotId = "l1", amountCents = -1_844_674_407_370_800 }, // × 10,000 wraps around to +1,551,616 unchecked
+            new { lotId = "l1", amountMicro = "7" } }) // amounts are JSON numbers, not strings
         {
             var grant = await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/c1/credits", Operator(p), body);
-            Assert.Equal(HttpStatusCode.BadRequest, grant.Status);
+            Assert.True(grant.Status == HttpStatusCode.BadRequest, $"{body}: {grant.Status} {grant.Body}");
         }
 
         Assert.Equal(HttpStatusCode.NotFound, (await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/nope/credits", Operator(p), new { lotId = "l2", amountMicro = 5 })).Status);

@@ -69,6 +69,33 @@ public sealed class HealthTests
     }
 
     [Fact]
+    public async Task A_body_over_the_size_limit_gets_a_413_problem_not_a_400()
+    {
+        await using var platform = await Platform.StartAsync();
+        var uri = new Uri(platform.FreesideUrl);
+        var token = platform.Freeside.Services.GetRequiredService<Arrakis.Shared.Tokens.TokenIssuer>().Mint(FreesideService.Issuer, FreesideService.Issuer,
+            new Dictionary<string, object> { ["tenant_id"] = "test-tenant", ["access_level"] = "free" }, TimeSpan.FromMinutes(5));
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(uri.Host, uri.Port, Ct);
+        await using var stream = tcp.GetStream();
+        // The declared length is over Kestrel's 30 MB limit, so reading the body fails at once; nothing more is sent.
+        await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(
+            $"POST /api/agents/invoke HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\nConnection: close\r\n\r\n{{\"prompt\":\""), Ct);
+        using var reader = new StreamReader(stream);
+        var head = new List<string>();
+        while (await reader.ReadLineAsync(Ct) is { Length: > 0 } line)
+        {
+            head.Add(line);
+        }
+
+        Assert.Equal("HTTP/1.1 413 Payload Too Large", head[0]);
+        Assert.Contains(head, h => h.StartsWith("Content-Type: application/problem+json", StringComparison.OrdinalIgnoreCase));
+        var body = await reader.ReadToEndAsync(Ct); // chunked: the JSON sits between chunk sizes
+        Assert.Contains("\"error\":\"REQUEST_TOO_LARGE\"", body, StringComparison.Ordinal);
+        Assert.Contains("\"status\":413", body, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Dixie_without_finn_is_unhealthy_but_alive()
     {
         var port = TestStorage.FreePort();

@@ -53,6 +53,24 @@ public sealed class TokenVerifierTests
 
     static string B64(string s) => Base64UrlEncoder.Encode(Encoding.UTF8.GetBytes(s));
 
+    /// <summary>A correctly signed ES256 token with exactly these claims (no defaults added).</summary>
+    string SignRaw(string payloadJson)
+    {
+        var signingInput = B64("""{"alg":"ES256","typ":"JWT","kid":"k1"}""") + "." + B64(payloadJson);
+        return signingInput + "." + Base64UrlEncoder.Encode(_ecdsa.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256));
+    }
+
+    [Theory]
+    [InlineData(99_999_999_999_999L, "token issued in the future")] // past year 9999: DateTimeOffset cannot hold it
+    [InlineData(-99_999_999_999_999L, "token iat is before 1970")]
+    [InlineData(-1L, "token iat is before 1970")]
+    public async Task A_signed_token_with_an_iat_out_of_range_is_rejected_not_thrown(long iat, string reason)
+    {
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        var token = SignRaw($$"""{"iss":"arrakis","aud":"loa-finn","tenant_id":"t","jti":"{{Guid.NewGuid():N}}","iat":{{iat}},"exp":{{now + 60}}}""");
+        await AssertRejectedAsync(token, reason);
+    }
+
     static string Segment(string token, int i) => token.Split('.')[i];
 
     static string Payload(string token) => Base64UrlEncoder.Decode(Segment(token, 1));
