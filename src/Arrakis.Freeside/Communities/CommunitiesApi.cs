@@ -143,6 +143,6 @@ public static class CommunitiesApi
         CommunityStatus.NotFound => Problems.Create(404, "NOT_FOUND", result.Detail ?? $"community '{id}' was not found."),
         CommunityStatus.BudgetBelowUsage => Problems.Create(409, "BUDGET_BELOW_USAGE", result.Detail!),
         CommunityStatus.AliasCycle => Problems.Create(409, "ALIAS_CYCLE", result.Detail!),
-        _ => Problems.Invalid("body", result.Detail ?? "The request is invalid."),
+        _ => Problems.Invalid(result.Field ?? "body", result.Detail ?? "The request is invalid."),
     };
 }

@@ -19,7 +19,7 @@ public enum CommunityStatus
     AliasCycle,
 }
 
-public sealed record CommunityResult(CommunityStatus Status, string? Detail = null);
+public sealed record CommunityResult(CommunityStatus Status, string? Detail = null, string? Field = null);
 
 /// <summary>Communities, tenant aliases and agents. Creating a community also opens its ledger accounts.</summary>
 public sealed class CommunityStore(Database db, TimeProvider time)
@@ -44,17 +44,17 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     {
         if (!LedgerIds.IsValid(id))
         {
-            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].", "id");
         }
 
         if (string.IsNullOrWhiteSpace(name) || name.Length > 200)
         {
-            return new(CommunityStatus.Invalid, "name must be 1-200 characters.");
+            return new(CommunityStatus.Invalid, "name must be 1-200 characters.", "name");
         }
 
         if (monthlyBudgetCents < 0 || monthlyBudgetCents > MaxBudgetCents)
         {
-            return new(CommunityStatus.Invalid, $"monthlyBudgetCents must be between 0 and {MaxBudgetCents}.");
+            return new(CommunityStatus.Invalid, $"monthlyBudgetCents must be between 0 and {MaxBudgetCents}.", "monthlyBudgetCents");
         }
 
         return await WriteAsync(async (c, tx) =>
@@ -88,12 +88,12 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     {
         if (!LedgerIds.IsValid(id))
         {
-            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].", "id");
         }
 
         if (monthlyBudgetCents < 0 || monthlyBudgetCents > MaxBudgetCents)
         {
-            return new(CommunityStatus.Invalid, $"monthlyBudgetCents must be between 0 and {MaxBudgetCents}.");
+            return new(CommunityStatus.Invalid, $"monthlyBudgetCents must be between 0 and {MaxBudgetCents}.", "monthlyBudgetCents");
         }
 
         return await WriteAsync(async (c, tx) =>

@@ -41,6 +41,8 @@ public static partial class ServiceDefaults
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails();
         services.AddExceptionHandler<UnexpectedErrorHandler>();
+        // A typed body that does not bind throws, so the error handler answers with the field and the reason instead of a bare 400.
+        services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         services.ConfigureHttpJsonOptions(o =>
         {
             o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never;
@@ -168,10 +170,21 @@ public static partial class ServiceDefaults
                 return true;
             }
 
+            if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status415UnsupportedMediaType } mediaType)
+            {
+                await Http.Problems.Create(415, "UNSUPPORTED_MEDIA_TYPE", mediaType.Message).ExecuteAsync(httpContext);
+                return true;
+            }
+
             if (exception is BadHttpRequestException bad)
             {
-                var detail = bad.InnerException is JsonException json ? "The body is not valid JSON: " + json.Message : bad.Message;
-                await Http.Problems.Invalid("body", detail).ExecuteAsync(httpContext);
+                // A typed body that does not bind: name the field when the JSON path says which ("$.monthlyBudgetCents").
+                var json = bad.InnerException as JsonException;
+                var field = json?.Path is { Length: > 2 } path && path.StartsWith("$.", StringComparison.Ordinal) ? path[2..] : "body";
+                var detail = json is null ? bad.Message
+                    : field == "body" ? "The body is not valid JSON: " + json.Message
+                    : $"'{field}' has the wrong type or an invalid value: {json.Message}";
+                await Http.Problems.Invalid(field, detail).ExecuteAsync(httpContext);
                 return true;
             }
 

@@ -88,12 +88,26 @@ public sealed class BudgetApiTests
             ("/api/v1/admin/communities/nope/budget", new { monthlyBudgetCents = 1 }, HttpStatusCode.NotFound, "NOT_FOUND"),
             ("/api/v1/admin/tenant-aliases/c1", new { communityId = "c1" }, HttpStatusCode.Conflict, "ALIAS_CYCLE"),
             ("/api/v1/admin/tenant-aliases/" + new string('k', 256), new { communityId = "c1" }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
+            ("/api/v1/admin/communities/c1/budget", new { monthlyBudgetCents = "100" }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
+            ("/api/v1/admin/communities/c1/budget", new { monthlyBudgetCents = 1.5 }, HttpStatusCode.BadRequest, "INVALID_REQUEST"),
         };
         foreach (var (path, body, status, error) in bad)
         {
             var result = await SendAsync(http, HttpMethod.Put, path, Operator(p), body);
             Assert.True(status == result.Status, $"{path}: {result.Status} {result.Body}");
             Assert.Equal(error, result.Body.GetProperty("error").GetString());
+            if (body.ToString()!.Contains("monthlyBudgetCents = ", StringComparison.Ordinal) && path.EndsWith("/budget", StringComparison.Ordinal) && status == HttpStatusCode.BadRequest)
+            {
+                Assert.True(result.Body.GetProperty("field").GetString() == "monthlyBudgetCents", $"{body}: {result.Body}"); // the field, not a bare 400
+            }
+        }
+
+        using (var plain = new HttpRequestMessage(HttpMethod.Put, "/api/v1/admin/communities/c1/budget") { Content = new StringContent("monthlyBudgetCents=5") })
+        {
+            plain.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
+            using var refused = await http.SendAsync(plain, TestContext.Current.CancellationToken);
+            Assert.Equal(HttpStatusCode.UnsupportedMediaType, refused.StatusCode);
+            Assert.Equal("UNSUPPORTED_MEDIA_TYPE", (await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
         }
 
         foreach (var body in new object[] { new { lotId = "l1", amountMicro = -5 }, new { lotId = "l1", amountMicro = 0 }, new { lotId = "l1", amountMicro = long.MaxValue }, new { lotId = "bad id", amountMicro = 5 },
