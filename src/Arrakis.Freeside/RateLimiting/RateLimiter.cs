@@ -104,13 +104,27 @@ public sealed class RateLimiter(IRateLimitCounter counter, RateLimitOptions opti
         Problems.Create(429, "RATE_LIMITED", $"Rate limit of {decision.Limit} requests per minute reached; retry in {Math.Ceiling(decision.RetryAfter.TotalSeconds)} s.",
             new Dictionary<string, object?> { ["policy"] = decision.Policy }, Headers(decision));
 
-    public static Dictionary<string, string> Headers(RateLimitDecision decision) => new()
+    /// <summary>
+    /// The <c>X-RateLimit-*</c> headers every answer carries (<c>Reset</c>: seconds until the window resets), and
+    /// <c>Retry-After</c> only on a refusal: on any other answer it would tell clients and proxies to wait.
+    /// </summary>
+    public static Dictionary<string, string> Headers(RateLimitDecision decision)
     {
-        ["Retry-After"] = Math.Max(1, (int)Math.Ceiling(decision.RetryAfter.TotalSeconds)).ToString(CultureInfo.InvariantCulture),
-        ["X-RateLimit-Limit"] = decision.Limit.ToString(CultureInfo.InvariantCulture),
-        ["X-RateLimit-Remaining"] = decision.Remaining.ToString(CultureInfo.InvariantCulture),
-        ["X-RateLimit-Policy"] = decision.Policy,
-    };
+        var reset = Math.Max(1, (int)Math.Ceiling(decision.RetryAfter.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
+        var headers = new Dictionary<string, string>
+        {
+            ["X-RateLimit-Limit"] = decision.Limit.ToString(CultureInfo.InvariantCulture),
+            ["X-RateLimit-Remaining"] = decision.Remaining.ToString(CultureInfo.InvariantCulture),
+            ["X-RateLimit-Reset"] = reset,
+            ["X-RateLimit-Policy"] = decision.Policy,
+        };
+        if (!decision.Allowed)
+        {
+            headers["Retry-After"] = reset;
+        }
+
+        return headers;
+    }
 }
 
 public static class RateLimitingSetup

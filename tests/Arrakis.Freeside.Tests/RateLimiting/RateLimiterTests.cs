@@ -33,12 +33,17 @@ public sealed class RateLimiterTests
         Assert.Equal("55", http.Response.Headers.RetryAfter.ToString());
         Assert.Equal("120", http.Response.Headers["X-RateLimit-Limit"].ToString());
         Assert.Equal("0", http.Response.Headers["X-RateLimit-Remaining"].ToString());
+        Assert.Equal("55", http.Response.Headers["X-RateLimit-Reset"].ToString());
         Assert.Contains("w=60", http.Response.Headers["X-RateLimit-Policy"].ToString());
         http.Response.Body.Position = 0;
         Assert.Contains("RATE_LIMITED", await new StreamReader(http.Response.Body).ReadToEndAsync(TestContext.Current.CancellationToken));
 
         time.Advance(TimeSpan.FromSeconds(55));
-        Assert.True((await limiter.CheckAsync(Tier.Free, "c1", "u1")).Allowed);
+        var allowed = await limiter.CheckAsync(Tier.Free, "c1", "u1");
+        Assert.True(allowed.Allowed);
+        var headers = RateLimiter.Headers(allowed);
+        Assert.False(headers.ContainsKey("Retry-After")); // an answer that was not refused tells no one to wait
+        Assert.Equal(("120", "119", "60"), (headers["X-RateLimit-Limit"], headers["X-RateLimit-Remaining"], headers["X-RateLimit-Reset"]));
         Assert.True((await limiter.CheckAsync(Tier.Free, "c2", "u9")).Allowed);
         _ = NullLogger.Instance;
     }
