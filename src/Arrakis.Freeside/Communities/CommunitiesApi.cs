@@ -100,6 +100,27 @@ public static class CommunitiesApi
             return Problems.Invalid("body", "reservationId and amountMicro are required.");
         }
 
+        if (!LedgerIds.IsValid(body.ReservationId))
+        {
+            return Problems.Invalid("reservationId", "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        foreach (var (field, value) in new[] { ("promptTokens", body.PromptTokens), ("completionTokens", body.CompletionTokens) })
+        {
+            if (value is < 0 or > 100_000_000)
+            {
+                return Problems.Invalid(field, $"{field} must be between 0 and 100000000.");
+            }
+        }
+
+        foreach (var (field, value) in new[] { ("agentId", body.AgentId), ("pool", body.Pool), ("model", body.Model), ("traceId", body.TraceId) })
+        {
+            if (value is not null && (value.Length is 0 or > 255 || value.Any(char.IsControl)))
+            {
+                return Problems.Invalid(field, $"{field} must be 1-255 printable characters.");
+            }
+        }
+
         var reserve = await ledger.ReserveAsync(id, body.ReservationId, amount, ct: ct);
         if (!reserve.Admitted)
         {

@@ -120,6 +120,18 @@ public sealed class BudgetApiTests
         }
 
         Assert.Equal(HttpStatusCode.NotFound, (await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/nope/credits", Operator(p), new { lotId = "l2", amountMicro = 5 })).Status);
+        foreach (var (body, field) in new (object, string)[]
+        {
+            (new { reservationId = "bad id!", amountMicro = 5 }, "reservationId"),
+            (new { reservationId = "s0", amountMicro = 5, promptTokens = -100 }, "promptTokens"),
+            (new { reservationId = "s0", amountMicro = 5, agentId = new string('a', 1_000_000) }, "agentId"),
+            (new { reservationId = "s0", amountMicro = 5, model = "m\u0000" }, "model"),
+        })
+        {
+            var refused = await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/c1/spend", Operator(p), body);
+            Assert.True(refused.Status == HttpStatusCode.BadRequest && refused.Body.GetProperty("field").GetString() == field, $"{field}: {refused.Status} {refused.Body}");
+        }
+
         var spend = await SendAsync(http, HttpMethod.Post, "/api/v1/admin/communities/c1/spend", Operator(p), new { reservationId = "s1", amountMicro = 5 });
         Assert.Equal(HttpStatusCode.PaymentRequired, spend.Status);
         Assert.Equal("BUDGET_EXCEEDED", spend.Body.GetProperty("error").GetString());
