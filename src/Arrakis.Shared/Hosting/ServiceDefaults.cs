@@ -48,6 +48,8 @@ public static partial class ServiceDefaults
             o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never;
             // The web defaults read numbers from strings ("monthlyBudgetCents":"100" set a budget); amounts are JSON numbers.
             o.SerializerOptions.NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.Strict;
+            // Enums by name ("tier":"free", "status":"granted"), as tokens and request bodies spell them, not as ordinals.
+            o.SerializerOptions.Converters.Add(new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower));
         });
 
         var storage = StorageOptions.Resolve(builder.Configuration, service);

@@ -79,7 +79,9 @@ public sealed class BudgetApiTests
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
         Assert.Equal(HttpStatusCode.Forbidden, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p, "viewer"), new { name = "C", monthlyBudgetCents = 1 })).Status);
         Assert.Equal(HttpStatusCode.Unauthorized, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", User(p, "t"), new { name = "C", monthlyBudgetCents = 1 })).Status);
-        Assert.Equal(HttpStatusCode.OK, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p), new { name = "C", monthlyBudgetCents = 100 })).Status);
+        var upserted = await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p), new { name = "C", monthlyBudgetCents = 100 });
+        Assert.Equal(HttpStatusCode.OK, upserted.Status);
+        Assert.Equal("free", upserted.Body.GetProperty("tier").GetString()); // by name, as tokens spell it, not an ordinal
 
         var bad = new (string Path, object Body, HttpStatusCode Status, string Error)[]
         {
