@@ -30,13 +30,9 @@ public static class CommunitiesSetup
     public static TBuilder RequireOperator<TBuilder>(this TBuilder builder)
         where TBuilder : IEndpointConventionBuilder
     {
-        builder.RequireToken(OperatorPolicy);
-        return builder.AddEndpointFilter(async (context, next) =>
-        {
-            var token = context.HttpContext.VerifiedToken();
-            return token.TryGetPayloadValue<string>("role", out var role) && role == OperatorRole
-                ? await next(context)
-                : Problems.Forbidden("This route needs an operator token (claim role=operator).");
-        });
+        return builder.RequireToken(OperatorPolicy, token =>
+            token.TryGetPayloadValue<string>("role", out var role) && role == OperatorRole
+                ? null
+                : Problems.Forbidden("This route needs an operator token (claim role=operator)."));
     }
 }

@@ -156,6 +156,8 @@ public static partial class ServiceDefaults
 
             return next(context);
         });
+        // Bearer tokens are checked after routing and before a route binds its parameters (TokenEndpoints.RequireToken).
+        app.Use(TokenEndpoints.VerifyTokensAsync);
         app.MapPrometheusScrapingEndpoint(MetricsPath);
         return app;
     }

@@ -79,6 +79,9 @@ public sealed class BudgetApiTests
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
         Assert.Equal(HttpStatusCode.Forbidden, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p, "viewer"), new { name = "C", monthlyBudgetCents = 1 })).Status);
         Assert.Equal(HttpStatusCode.Unauthorized, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", User(p, "t"), new { name = "C", monthlyBudgetCents = 1 })).Status);
+        // The token and the role are checked before the body binds: a caller without them learns nothing about the body.
+        Assert.Equal(HttpStatusCode.Unauthorized, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1/budget", "garbage", new { monthlyBudgetCents = "x" })).Status);
+        Assert.Equal(HttpStatusCode.Forbidden, (await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1/budget", Operator(p, "viewer"), new { monthlyBudgetCents = "x" })).Status);
         var upserted = await SendAsync(http, HttpMethod.Put, "/api/v1/admin/communities/c1", Operator(p), new { name = "C", monthlyBudgetCents = 100 });
         Assert.Equal(HttpStatusCode.OK, upserted.Status);
         Assert.Equal("free", upserted.Body.GetProperty("tier").GetString()); // by name, as tokens spell it, not an ordinal
