@@ -71,10 +71,13 @@ public static class HealthApi
 
     public static string Version { get; } = typeof(HealthApi).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
+    /// <summary>Health routes answer HEAD too (monitors probe with it); Kestrel sends a HEAD answer's headers only.</summary>
+    public static readonly string[] GetOrHead = [HttpMethods.Get, HttpMethods.Head];
+
     /// <summary>Maps a JSON health route: 200 healthy/degraded, 503 unhealthy, always with a JSON body.</summary>
     public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, string path, string service)
     {
-        app.MapGet(path, async (HttpContext http, CancellationToken ct) =>
+        app.MapMethods(path, GetOrHead, async (HttpContext http, CancellationToken ct) =>
         {
             var contributors = http.RequestServices.GetServices<IHealthContributor>().ToList();
             var results = await Task.WhenAll(contributors.Select(async c =>
@@ -119,7 +122,7 @@ public static class HealthApi
     /// </summary>
     public static IEndpointRouteBuilder MapLiveness(this IEndpointRouteBuilder app, string path, string service)
     {
-        app.MapGet(path, () => Results.Json(new Dictionary<string, object?>
+        app.MapMethods(path, GetOrHead, () => Results.Json(new Dictionary<string, object?>
         {
             ["status"] = "alive",
             ["service"] = service,

@@ -29,7 +29,7 @@ public static class JwksApi
 
     public static IEndpointRouteBuilder MapJwksApi(this IEndpointRouteBuilder app)
     {
-        app.MapGet("/.well-known/jwks.json", (HttpContext http, Keyring keyring) =>
+        app.MapMethods("/.well-known/jwks.json", Hosting.HealthApi.GetOrHead, (HttpContext http, Keyring keyring) =>
         {
             var body = JsonSerializer.SerializeToUtf8Bytes(Document(keyring.Current));
             var etag = Etag(body);

@@ -38,6 +38,15 @@ public sealed class HealthTests
         Assert.Equal(0, counting.Calls);
         using var health = await Http.GetAsync(platform.FreesideUrl + "/health", Ct);
         Assert.Equal(1, counting.Calls); // the same contributor does run on the health route
+
+        // Monitors probe with HEAD: the same status and headers as GET, and no body.
+        foreach (var path in new[] { "/health/live", "/health", "/.well-known/jwks.json" })
+        {
+            using var head = await Http.SendAsync(new HttpRequestMessage(HttpMethod.Head, platform.FreesideUrl + path), Ct);
+            Assert.True(head.StatusCode == HttpStatusCode.OK, $"HEAD {path}: {head.StatusCode}");
+            Assert.Equal("application/json", head.Content.Headers.ContentType?.MediaType);
+            Assert.Empty(await head.Content.ReadAsByteArrayAsync(Ct));
+        }
     }
 
     [Fact]
