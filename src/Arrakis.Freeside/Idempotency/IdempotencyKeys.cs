@@ -17,18 +17,32 @@ public enum IdempotencyKeySource
 
 public sealed record IdempotencyKey(string Value, IdempotencyKeySource Source);
 
-/// <summary>Resolves the idempotency key of a request: header, then body <c>idempotencyKey</c>, then <c>idempotency_key</c>.</summary>
+/// <summary>Resolves the idempotency key of a request from the header or the body (<c>idempotencyKey</c> or <c>idempotency_key</c>).</summary>
 public static class IdempotencyKeys
 {
     public const string Header = "X-Idempotency-Key";
     public const int MaxLength = 255;
 
-    /// <summary>Returns the key, or a 400 problem when the supplied key is empty or longer than 255 characters.</summary>
+    /// <summary>
+    /// Returns the key, or a 400 problem when a supplied key is empty, longer than 255 characters, not a string, or given
+    /// in more than one place (header, <c>idempotencyKey</c>, <c>idempotency_key</c>, or the header twice) with different
+    /// values: which one the client meant cannot be known, and picking one could charge a retry again.
+    /// </summary>
     public static (IdempotencyKey? Key, IResult? Problem) Resolve(HttpRequest request, JsonElement? body)
     {
+        IdempotencyKey? found = null;
         if (request.Headers.TryGetValue(Header, out var header) && header.Count > 0)
         {
-            return Check(header.ToString(), IdempotencyKeySource.Header);
+            foreach (var value in header)
+            {
+                var (key, problem) = Agree(found, value ?? "", IdempotencyKeySource.Header);
+                if (problem is not null)
+                {
+                    return (null, problem);
+                }
+
+                found = key;
+            }
         }
 
         if (body is { ValueKind: JsonValueKind.Object } b)
@@ -37,15 +51,46 @@ public static class IdempotencyKeys
             {
                 if (b.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null)
                 {
-                    return value.ValueKind == JsonValueKind.String
-                        ? Check(value.GetString()!, source)
-                        : (null, Problems.Invalid(name, name + " must be a string."));
+                    if (value.ValueKind != JsonValueKind.String)
+                    {
+                        return (null, Problems.Invalid(name, name + " must be a string."));
+                    }
+
+                    var (key, problem) = Agree(found, value.GetString()!, source);
+                    if (problem is not null)
+                    {
+                        return (null, problem);
+                    }
+
+                    found = key;
                 }
             }
         }
 
-        return (new IdempotencyKey("gen-" + Guid.NewGuid().ToString("N"), IdempotencyKeySource.Generated), null);
+        return (found ?? new IdempotencyKey("gen-" + Guid.NewGuid().ToString("N"), IdempotencyKeySource.Generated), null);
     }
+
+    static (IdempotencyKey?, IResult?) Agree(IdempotencyKey? found, string value, IdempotencyKeySource source)
+    {
+        var (key, problem) = Check(value, source);
+        if (problem is not null || found is null)
+        {
+            return (key, problem);
+        }
+
+        return found.Value == key!.Value
+            ? (found, null)
+            : (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY",
+                $"The idempotency key is given twice with different values ({FieldOf(found.Source)} and {FieldOf(source)}); send one key.",
+                new Dictionary<string, object?> { ["field"] = FieldOf(source) }));
+    }
+
+    static string FieldOf(IdempotencyKeySource source) => source switch
+    {
+        IdempotencyKeySource.Header => Header,
+        IdempotencyKeySource.BodyCamel => "idempotencyKey",
+        _ => "idempotency_key",
+    };
 
     /// <summary>A stable hash of the method, path and raw body bytes: the same request hashes the same.</summary>
     public static string Hash(string method, string path, ReadOnlySpan<byte> body)
@@ -59,7 +104,7 @@ public static class IdempotencyKeys
     static (IdempotencyKey?, IResult?) Check(string value, IdempotencyKeySource source) =>
         value.Length == 0 || value.Length > MaxLength
             ? (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY", $"The idempotency key must be 1-{MaxLength} characters (got {value.Length}).",
-                new Dictionary<string, object?> { ["field"] = source == IdempotencyKeySource.Header ? Header : source == IdempotencyKeySource.BodyCamel ? "idempotencyKey" : "idempotency_key" }))
+                new Dictionary<string, object?> { ["field"] = FieldOf(source) }))
             : (new IdempotencyKey(value, source), null);
 
     /// <summary>The 409 answers of a key that cannot start (DESIGN §3).</summary>

@@ -59,9 +59,9 @@ public sealed class IdempotencyTests
     }
 
     [Fact]
-    public void Key_resolver_prefers_header_then_camel_then_snake_and_limits_length()
+    public void Key_resolver_reads_header_or_body_refuses_two_different_keys_and_limits_length()
     {
-        static (IdempotencyKey?, IResult?) Resolve(string? header, string json)
+        static (IdempotencyKey?, IResult?) Resolve(string[]? header, string json)
         {
             var http = new DefaultHttpContext();
             if (header is not null)
@@ -72,13 +72,31 @@ public sealed class IdempotencyTests
             return IdempotencyKeys.Resolve(http.Request, JsonDocument.Parse(json).RootElement);
         }
 
-        Assert.Equal(new IdempotencyKey("h", IdempotencyKeySource.Header), Resolve("h", """{"idempotencyKey":"c","idempotency_key":"s"}""").Item1);
-        Assert.Equal(new IdempotencyKey("c", IdempotencyKeySource.BodyCamel), Resolve(null, """{"idempotencyKey":"c","idempotency_key":"s"}""").Item1);
+        Assert.Equal(new IdempotencyKey("h", IdempotencyKeySource.Header), Resolve(["h"], "{}").Item1);
+        Assert.Equal(new IdempotencyKey("c", IdempotencyKeySource.BodyCamel), Resolve(null, """{"idempotencyKey":"c"}""").Item1);
+        Assert.Equal(new IdempotencyKey("k", IdempotencyKeySource.Header), Resolve(["k", "k"], """{"idempotencyKey":"k","idempotency_key":"k"}""").Item1);
+
+        // Two different keys: which one the client meant is unknown, so neither is used (a retry could be charged again).
+        foreach (var (header, json, field) in new (string[]?, string, string)[]
+        {
+            (["h"], """{"idempotencyKey":"c"}""", "idempotencyKey"),
+            (null, """{"idempotencyKey":"c","idempotency_key":"s"}""", "idempotency_key"),
+            (["a", "b"], "{}", IdempotencyKeys.Header),
+        })
+        {
+            var (key, problem) = Resolve(header, json);
+            Assert.Null(key);
+            var refused = Assert.IsType<Microsoft.AspNetCore.Http.HttpResults.ProblemHttpResult>(problem);
+            Assert.Equal(400, refused.StatusCode);
+            Assert.Equal("INVALID_IDEMPOTENCY_KEY", refused.ProblemDetails.Extensions["error"]);
+            Assert.Equal(field, refused.ProblemDetails.Extensions["field"]);
+        }
+
         Assert.Equal(new IdempotencyKey("chaos-smoke-dup-001", IdempotencyKeySource.BodySnake), Resolve(null, """{"idempotency_key":"chaos-smoke-dup-001"}""").Item1);
         Assert.Equal(IdempotencyKeySource.Generated, Resolve(null, "{}").Item1!.Source);
-        Assert.Null(Resolve(new string('x', 256), "{}").Item1);
-        Assert.NotNull(Resolve(new string('x', 256), "{}").Item2);
+        Assert.Null(Resolve([new string('x', 256)], "{}").Item1);
+        Assert.NotNull(Resolve([new string('x', 256)], "{}").Item2);
         Assert.NotNull(Resolve(null, """{"idempotency_key":"" }""").Item2);
-        Assert.NotNull(Resolve(new string('x', 255), "{}").Item1);
+        Assert.NotNull(Resolve([new string('x', 255)], "{}").Item1);
     }
 }
