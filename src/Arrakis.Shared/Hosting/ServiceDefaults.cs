@@ -138,8 +138,14 @@ public static partial class ServiceDefaults
                     415 => "UNSUPPORTED_MEDIA_TYPE",
                     _ => "HTTP_" + status,
                 };
-                await Http.Problems.Create(status, error, status == 404 ? "No route matches " + ctx.HttpContext.Request.Path + "." : "The request could not be served.")
-                    .ExecuteAsync(ctx.HttpContext);
+                var request = ctx.HttpContext.Request;
+                var detail = status switch
+                {
+                    404 => "No route matches " + request.Path + ".",
+                    405 => $"{request.Method} is not allowed on {request.Path}; it takes {response.Headers.Allow}.",
+                    _ => "The request could not be served.",
+                };
+                await Http.Problems.Create(status, error, detail).ExecuteAsync(ctx.HttpContext);
             }
         });
         // The scrape route answers only its exact spelling. The public load balancer refuses "/metrics" for the internet

@@ -78,6 +78,18 @@ public sealed class HealthTests
     }
 
     [Fact]
+    public async Task A_wrong_method_gets_a_405_problem_that_names_the_allowed_one()
+    {
+        await using var platform = await Platform.StartAsync();
+        using var response = await Http.GetAsync(platform.FreesideUrl + "/api/agents/invoke", Ct);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, response.StatusCode);
+        Assert.Equal(["POST"], response.Content.Headers.Allow);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        Assert.Equal("METHOD_NOT_ALLOWED", body.GetProperty("error").GetString());
+        Assert.Equal("GET is not allowed on /api/agents/invoke; it takes POST.", body.GetProperty("detail").GetString());
+    }
+
+    [Fact]
     public async Task A_body_over_the_size_limit_gets_a_413_problem_not_a_400()
     {
         await using var platform = await Platform.StartAsync();
