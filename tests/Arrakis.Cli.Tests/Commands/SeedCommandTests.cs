@@ -66,3 +66,31 @@ public sealed class SeedCommandTests
         Assert.Equal(30_000_000L, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT remaining_micro FROM credit_lots WHERE id = 'test-credit-lot-staging-001'"));
     }
 }
+
+public sealed class LoaProgramTests
+{
+    [Theory]
+    [InlineData("seed")]
+    [InlineData("audit")]
+    public async Task An_unreachable_database_is_one_line_and_exit_1_not_a_stack_trace(string command)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var port = TestStorage.FreePort(); // nothing listens there
+        var exit = await LoaProgram.RunAsync([command, "--db-url", $"Host=127.0.0.1;Port={port};Username=postgres;Timeout=3"], output, error,
+            TestContext.Current.CancellationToken);
+        Assert.Equal(1, exit);
+        var lines = error.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, error.ToString());
+        Assert.StartsWith($"loa: database error: Failed to connect to 127.0.0.1:{port}", lines[0]);
+        Assert.DoesNotContain(" at ", error.ToString());
+    }
+
+    [Fact]
+    public void Only_failures_of_the_surroundings_are_shortened()
+    {
+        Assert.Equal("HTTP request failed: Connection refused (x:1)", LoaProgram.Describe(new HttpRequestException("Connection refused (x:1)")));
+        Assert.Equal("cannot read k: denied", LoaProgram.Describe(new AggregateException(new IOException("cannot read k", new IOException("denied")))));
+        Assert.Null(LoaProgram.Describe(new InvalidOperationException("a bug"))); // a defect of loa keeps its stack trace
+    }
+}

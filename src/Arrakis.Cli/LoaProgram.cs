@@ -1,0 +1,72 @@
+using System.CommandLine;
+using System.Data.Common;
+using System.Net.Sockets;
+using Arrakis.Cli.Commands;
+
+namespace Arrakis.Cli;
+
+/// <summary>The loa command line: its commands, and what an operator sees when one fails on its surroundings.</summary>
+internal static class LoaProgram
+{
+    public static RootCommand Root() => new("loa: run, seed, gate and operate the Arrakis agent platform (freeside, finn, dixie).")
+    {
+        UpCommand.Create(),
+        MigrateCommand.Create(),
+        KeysCommand.Create(),
+        JwtCommand.Create(),
+        GateCommand.Create(),
+        BalanceCommand.Create(),
+        SeedCommand.Create(),
+        SeedCommand.CreateAudit(),
+        DeployCommand.Create(),
+    };
+
+    /// <summary>
+    /// Runs one command. A failure of the command's surroundings (a database or service it cannot reach, a file it cannot
+    /// read) prints one line naming it and exits 1, instead of an unhandled exception's stack trace; any other exception
+    /// is a defect of loa and keeps its stack trace.
+    /// </summary>
+    public static async Task<int> RunAsync(string[] args, TextWriter? output = null, TextWriter? error = null, CancellationToken ct = default)
+    {
+        var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
+        if (output is not null)
+        {
+            configuration.Output = output;
+        }
+
+        error ??= Console.Error;
+        configuration.Error = error;
+        try
+        {
+            return await Root().Parse(args).InvokeAsync(configuration, ct);
+        }
+        catch (Exception ex) when (Describe(ex) is { } message)
+        {
+            await error.WriteLineAsync($"loa: {message}");
+            return ex is OperationCanceledException ? 130 : 1;
+        }
+    }
+
+    /// <summary>A one-line account of an environmental failure, or null for anything else.</summary>
+    internal static string? Describe(Exception ex)
+    {
+        if (ex is AggregateException { InnerExceptions.Count: 1 } aggregate)
+        {
+            return Describe(aggregate.InnerException!);
+        }
+
+        static string Chain(Exception e) =>
+            e.InnerException is { } inner && !e.Message.Contains(inner.Message, StringComparison.Ordinal) ? $"{e.Message}: {Chain(inner)}" : e.Message;
+
+        return ex switch
+        {
+            OperationCanceledException => "cancelled.",
+            DbException db => "database error: " + Chain(db),
+            HttpRequestException http => "HTTP request failed: " + Chain(http),
+            SocketException socket => "network error: " + socket.Message,
+            TimeoutException timeout => "timed out: " + Chain(timeout),
+            UnauthorizedAccessException or IOException => Chain(ex),
+            _ => null,
+        };
+    }
+}
