@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Http;
@@ -82,8 +83,8 @@ public static partial class QualityApi
 
     public static IEndpointRouteBuilder MapQualityApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost("/api/agents/quality", async (HttpContext http, Database database, IInvocationLookup lookup, QualitySignal signal,
-            QualityMetrics metrics, TimeProvider time) =>
+        app.MapPost("/api/agents/quality", async (HttpContext http, Database database, IInvocationLookup lookup, CommunityStore communities,
+            QualitySignal signal, QualityMetrics metrics, TimeProvider time) =>
         {
             JsonDocument doc;
             try
@@ -154,9 +155,15 @@ public static partial class QualityApi
                 }
 
                 var ct = http.RequestAborted;
-                var served = traceId is not null
-                    ? await lookup.FindByTraceAsync(traceId, ct) ?? await lookup.LatestForAgentAsync(routingKey, ct)
-                    : await lookup.LatestForAgentAsync(routingKey, ct);
+                // The model and pool come from the caller's own community's invocations only: a trace id of another
+                // community is neither used nor revealed (its pool and model would otherwise come back in the answer).
+                // A token whose tenant has no community still rates the agent, without a model.
+                var tenant = http.VerifiedToken().TryGetPayloadValue<string>("tenant_id", out var t) ? t : null;
+                var community = string.IsNullOrEmpty(tenant) ? null : await communities.FindForTenantAsync(tenant, ct);
+                var served = community is null ? null
+                    : traceId is not null
+                        ? await lookup.FindByTraceAsync(community.Id, traceId, ct) ?? await lookup.LatestForAgentAsync(community.Id, routingKey, ct)
+                        : await lookup.LatestForAgentAsync(community.Id, routingKey, ct);
                 var now = time.GetUtcNow().ToUnixTimeMilliseconds();
                 var eventId = "qe_" + Guid.CreateVersion7().ToString("N");
                 var payload = JsonSerializer.Serialize(new Dictionary<string, object?>

@@ -639,7 +639,7 @@ public sealed class InvokeTests
         var waited = System.Diagnostics.Stopwatch.StartNew();
         while (true)
         {
-            if (await store.FindByTraceAsync(traceId, TestContext.Current.CancellationToken) is { } usage)
+            if (await store.FindByTraceAsync(traceId, ct: TestContext.Current.CancellationToken) is { } usage)
             {
                 return usage;
             }

@@ -14,16 +14,16 @@ namespace Arrakis.Freeside.Tests.Quality;
 
 public sealed class QualityApiTests
 {
-    static string UserToken(Platform p) =>
-        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object> { ["sub"] = "user-1" });
+    static string UserToken(Platform p, string tenant = "test-tenant") =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object> { ["sub"] = "user-1", ["tenant_id"] = tenant });
 
-    static async Task<HttpResponseMessage> PostQualityAsync(Platform p, object body, bool auth = true)
+    static async Task<HttpResponseMessage> PostQualityAsync(Platform p, object body, bool auth = true, string tenant = "test-tenant")
     {
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
         using var request = new HttpRequestMessage(HttpMethod.Post, "api/agents/quality") { Content = JsonContent.Create(body) };
         if (auth)
         {
-            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p, tenant));
         }
 
         return await http.SendAsync(request, TestContext.Current.CancellationToken);
@@ -93,6 +93,7 @@ public sealed class QualityApiTests
                 b.Services.AddSingleton<IInvocationLookup>(lookup);
             }
         });
+        await Arrakis.Freeside.Seeding.Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken); // test-tenant's community
 
         using (var r = await PostQualityAsync(p, new { routingKey = "nft:m", quality = "bad", source = "t", trace_id = "tr-1" }))
         {
@@ -111,6 +112,44 @@ public sealed class QualityApiTests
         Assert.Equal(1.0 / 3, q["models"]!["local-mini-b"]!["score"]!.GetValue<double>(), 5);
         Assert.Equal(2.0 / 3, q["models"]!["local-mini-a"]!["score"]!.GetValue<double>(), 5);
         Assert.Equal(["tr-1"], lookup.TracesAsked);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task The_model_is_looked_up_among_the_callers_own_community_only(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        var ct = TestContext.Current.CancellationToken;
+        await Arrakis.Freeside.Seeding.Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(ct); // test-tenant's community
+        var communities = p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Communities.CommunityStore>();
+        await communities.UpsertAsync("other-community", "Other", Arrakis.Shared.Contracts.Tier.Free, 10_000, ct);
+        await communities.SetAliasAsync("other-tenant", "other-community", ct);
+
+        // test-tenant's community invokes the agent; its trace id and model are its own business.
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        using var invoke = new HttpRequestMessage(HttpMethod.Post, "api/agents/invoke")
+        {
+            Content = JsonContent.Create(new { prompt = "Say hi", model = "cheap", agent = "nft:shared" }),
+        };
+        invoke.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        using var invoked = await http.SendAsync(invoke, ct);
+        Assert.Equal(HttpStatusCode.OK, invoked.StatusCode);
+        var answer = (await invoked.Content.ReadFromJsonAsync<JsonObject>(ct))!;
+        var trace = answer["trace_id"]!.GetValue<string>();
+        var model = answer["model"]!.GetValue<string>();
+
+        foreach (var body in new object[] { new { routingKey = "nft:shared", quality = "bad", source = "t", trace_id = trace }, new { routingKey = "nft:shared", quality = "bad", source = "t" } })
+        {
+            using var stranger = await PostQualityAsync(p, body, tenant: "other-tenant"); // another community
+            Assert.Equal(HttpStatusCode.Accepted, stranger.StatusCode);
+            var seen = (await stranger.Content.ReadFromJsonAsync<JsonObject>(ct))!;
+            Assert.Null(seen["model"]);
+            Assert.Null(seen["pool"]);
+        }
+
+        using var own = await PostQualityAsync(p, new { routingKey = "nft:shared", quality = "good", source = "t", trace_id = trace });
+        Assert.Equal(HttpStatusCode.Accepted, own.StatusCode);
+        Assert.Equal(model, (await own.Content.ReadFromJsonAsync<JsonObject>(ct))!["model"]!.GetValue<string>());
     }
 
     [Fact]
@@ -313,13 +352,13 @@ public sealed class QualityApiTests
 
         public ConcurrentQueue<string> TracesAsked { get; } = new();
 
-        public Task<InvocationModel?> FindByTraceAsync(string traceId, CancellationToken ct)
+        public Task<InvocationModel?> FindByTraceAsync(string communityId, string traceId, CancellationToken ct)
         {
             TracesAsked.Enqueue(traceId);
             return Task.FromResult(ByTrace.TryGetValue(traceId, out var m) ? m : null);
         }
 
-        public Task<InvocationModel?> LatestForAgentAsync(string routingKey, CancellationToken ct) =>
+        public Task<InvocationModel?> LatestForAgentAsync(string communityId, string routingKey, CancellationToken ct) =>
             Task.FromResult(Latest.TryGetValue(routingKey, out var m) ? m : null);
     }
 }
