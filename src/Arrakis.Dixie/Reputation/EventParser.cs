@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Http;
 using Microsoft.AspNetCore.Http;
 
@@ -15,7 +16,7 @@ public static partial class EventParser
 {
     static readonly HashSet<string> Known = ["event_id", "routing_key", "score", "quality", "source", "model", "pool", "trace_id", "timestamp"];
 
-    [GeneratedRegex("^[A-Za-z0-9._:-]{1,128}$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex(@"^[A-Za-z0-9._:-]{1,128}\z", RegexOptions.CultureInvariant)]
     private static partial Regex IdPattern();
 
     public static (ReputationEvent? Event, IResult? Problem) Parse(JsonElement root)
@@ -23,6 +24,11 @@ public static partial class EventParser
         if (root.ValueKind != JsonValueKind.Object)
         {
             return Fail("body", "The body must be a JSON object.");
+        }
+
+        if (JsonText.Check(root) is { } text)
+        {
+            return Fail(text.Field, text.Detail);
         }
 
         foreach (var p in root.EnumerateObject())
@@ -40,7 +46,7 @@ public static partial class EventParser
 
         if (!TryString(root, "routing_key", required: true, RoutingKey.MaxLength, out var key, out problem) || !RoutingKey.IsValid(key))
         {
-            return (null, problem ?? Problems.Invalid("routing_key", "routing_key must be nft:<id> or nft:<contract>:<token>."));
+            return (null, problem ?? Problems.Invalid("routing_key", "routing_key must be " + RoutingKey.Shape + "."));
         }
 
         var hasScore = root.TryGetProperty("score", out var scoreEl) && scoreEl.ValueKind != JsonValueKind.Null;

@@ -3,6 +3,7 @@ using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Text.Json;
 using Arrakis.Dixie.Identity;
+using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Http;
 using Arrakis.Shared.Tokens;
@@ -186,7 +187,7 @@ public static class ReputationApi
             var key = http.Request.Query["routingKey"].ToString();
             if (!RoutingKey.IsValid(key))
             {
-                return Problems.Invalid("routingKey", "routingKey must be nft:<id> or nft:<contract>:<token> (letters, digits, '_' and '-').");
+                return Problems.Invalid("routingKey", "routingKey must be " + RoutingKey.Shape + ".");
             }
 
             var body = await service.QueryAsync(key);
@@ -200,7 +201,7 @@ public static class ReputationApi
             var key = http.Request.Query["routingKey"].ToString();
             if (!RoutingKey.IsValid(key))
             {
-                return Problems.Invalid("routingKey", "routingKey must be nft:<id> or nft:<contract>:<token> (letters, digits, '_' and '-').");
+                return Problems.Invalid("routingKey", "routingKey must be " + RoutingKey.Shape + ".");
             }
 
             var body = await service.ModelsAsync(key);

@@ -1,5 +1,3 @@
-using System.Text.RegularExpressions;
-
 namespace Arrakis.Dixie.Reputation;
 
 /// <summary>Configuration section <c>Reputation</c>.</summary>
@@ -43,15 +41,4 @@ public sealed class ReputationOptions
     public ReputationMath AgentMath() => new(TimeSpan.FromDays(HalfLifeDays), AgentEvidenceWindow > 0 ? AgentEvidenceWindow : null);
 
     public ReputationMath ModelMath() => new(TimeSpan.FromDays(HalfLifeDays), ModelEvidenceWindow > 0 ? ModelEvidenceWindow : null);
-}
-
-/// <summary>Agent routing keys: <c>nft:&lt;id&gt;</c> or <c>nft:&lt;contract&gt;:&lt;token&gt;</c>.</summary>
-public static partial class RoutingKey
-{
-    public const int MaxLength = 200;
-
-    [GeneratedRegex("^nft:[A-Za-z0-9_-]{1,128}(:[A-Za-z0-9_-]{1,128})?$", RegexOptions.CultureInvariant)]
-    private static partial Regex Pattern();
-
-    public static bool IsValid(string? key) => key is { Length: > 0 and <= MaxLength } && Pattern().IsMatch(key);
 }

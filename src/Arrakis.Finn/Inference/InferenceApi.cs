@@ -50,7 +50,14 @@ public static class InferenceApi
         FinnInvokeRequest? request;
         try
         {
-            request = JsonSerializer.Deserialize<FinnInvokeRequest>(body);
+            // Text first: the deserializer would skip a bad string in an unknown field and blame the converter for the rest.
+            using var doc = JsonDocument.Parse(body);
+            if (JsonText.Check(doc.RootElement) is { } text)
+            {
+                return Problems.Invalid(text.Field, text.Detail);
+            }
+
+            request = doc.Deserialize<FinnInvokeRequest>();
         }
         catch (JsonException ex)
         {

@@ -41,6 +41,11 @@ public static partial class RoutingApi
             try
             {
                 using var doc = await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted);
+                if (JsonText.Check(doc.RootElement) is { } text)
+                {
+                    return Problems.Invalid(text.Field, text.Detail);
+                }
+
                 if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("mode", out var m) && m.ValueKind == JsonValueKind.String)
                 {
                     requested = m.GetString();

@@ -247,14 +247,14 @@ public sealed class CommunityStore(Database db, TimeProvider time)
             return new(CommunityStatus.Invalid, "id and communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
         }
 
-        if (!System.Text.RegularExpressions.Regex.IsMatch(agent.NftContract, "^0x[0-9a-fA-F]{40}$"))
+        if (!System.Text.RegularExpressions.Regex.IsMatch(agent.NftContract, @"^0x[0-9a-fA-F]{40}\z"))
         {
-            return new(CommunityStatus.Invalid, "nftContract must be a 0x-prefixed 20-byte hex address.");
+            return new(CommunityStatus.Invalid, "nftContract must be a 0x-prefixed 20-byte hex address.", "nftContract");
         }
 
-        if (!System.Text.RegularExpressions.Regex.IsMatch(agent.NftTokenId, "^[0-9]{1,78}$"))
+        if (!System.Text.RegularExpressions.Regex.IsMatch(agent.NftTokenId, @"^[0-9]{1,78}\z"))
         {
-            return new(CommunityStatus.Invalid, "nftTokenId must be a decimal token id.");
+            return new(CommunityStatus.Invalid, "nftTokenId must be a decimal token id.", "nftTokenId");
         }
 
         return await WriteAsync(async (c, tx) =>

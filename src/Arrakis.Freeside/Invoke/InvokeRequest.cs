@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Arrakis.Shared.Contracts;
+using Arrakis.Shared.Http;
 
 namespace Arrakis.Freeside.Invoke;
 
@@ -35,6 +36,11 @@ public static class InvokeRequestParser
         if (root.ValueKind != JsonValueKind.Object)
         {
             return (null, new InvokeRequestError("body", "The body must be a JSON object such as {\"prompt\":\"Hi\",\"model\":\"cheap\"}."));
+        }
+
+        if (JsonText.Check(root) is { } text)
+        {
+            return (null, new InvokeRequestError(text.Field, text.Detail));
         }
 
         var messages = new List<ChatMessage>();
@@ -81,14 +87,14 @@ public static class InvokeRequestParser
         }
 
         if (!OptionalString(root, "model", 64, out var pool, out var error)
-            || !OptionalString(root, "agent", 200, out var agent, out error))
+            || !OptionalString(root, "agent", RoutingKey.MaxLength, out var agent, out error))
         {
             return (null, error);
         }
 
-        if (agent is not null && !agent.StartsWith("nft:", StringComparison.Ordinal))
+        if (agent is not null && !RoutingKey.IsValid(agent))
         {
-            return (null, new InvokeRequestError("agent", "agent must be a routing key such as nft:<id> or nft:<contract>:<token>."));
+            return (null, new InvokeRequestError("agent", "agent must be a routing key: " + RoutingKey.Shape + "."));
         }
 
         var stream = false;

@@ -51,14 +51,34 @@ public static class Eip3009TypedData
         PrimaryType = "TransferWithAuthorization",
     };
 
-    /// <summary>Recovers the signer address of <paramref name="signature"/> over the authorization; null when it cannot be recovered.</summary>
+    /// <summary>secp256k1's order n, halved: USDC's ECRecover refuses an s above it (the malleable twin of a signature).</summary>
+    static readonly BigInteger HalfOrder = BigInteger.Parse("7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0", NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+
+    /// <summary>
+    /// Recovers the signer address of <paramref name="signature"/> (0x r ‖ s ‖ v) over the authorization; null when it cannot
+    /// be recovered or the token contract would refuse it: v other than 27/28, s zero or in the upper half of the order.
+    /// Any failure inside Nethereum or BouncyCastle (r out of range, no point on the curve) is an invalid signature too:
+    /// they throw plain <see cref="Exception"/> among others, and none of it may become a 500.
+    /// </summary>
     public static string? Recover(X402Options o, Eip3009Authorization authorization, string signature)
     {
         try
         {
+            var bytes = signature.HexToByteArray();
+            if (bytes.Length != 65 || bytes[64] is not (27 or 28))
+            {
+                return null;
+            }
+
+            var s = new BigInteger(bytes.AsSpan(32, 32), isUnsigned: true, isBigEndian: true);
+            if (s.IsZero || s > HalfOrder)
+            {
+                return null;
+            }
+
             return new Eip712TypedDataSigner().RecoverFromSignatureV4(TransferWithAuthorization.From3009(authorization), For(o), signature);
         }
-        catch (Exception ex) when (ex is ArgumentException or FormatException or InvalidOperationException or OverflowException or IndexOutOfRangeException)
+        catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             return null;
         }

@@ -23,7 +23,7 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
 {
     static readonly string TransferTopic = "0x" + Sha3Keccack.Current.CalculateHash("Transfer(address,address,uint256)");
 
-    [GeneratedRegex("^0x[0-9a-fA-F]{64}$")]
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{64}\z")]
     private static partial Regex TxHash();
 
     public async Task<IResult> HandleAsync(string proof, PaymentChallenge challenge, JsonWebToken? token, CancellationToken ct)

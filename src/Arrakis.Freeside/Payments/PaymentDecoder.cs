@@ -1,8 +1,11 @@
+using System.Globalization;
+using System.Numerics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Arrakis.Shared.Http;
 
 namespace Arrakis.Freeside.Payments;
 
@@ -12,19 +15,19 @@ public sealed record PaymentRejection(int Status, string Code, string Detail);
 /// <summary>Strict decoding of <c>PAYMENT-SIGNATURE</c> (v2) and <c>X-PAYMENT</c> (v1): malformed input is a 400 with the spec's code.</summary>
 public static partial class PaymentDecoder
 {
-    [GeneratedRegex("^0x[0-9a-fA-F]{40}$")]
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{40}\z")]
     private static partial Regex Address();
 
-    [GeneratedRegex("^0x[0-9a-fA-F]{64}$")]
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{64}\z")]
     private static partial Regex Bytes32();
 
-    [GeneratedRegex("^0x[0-9a-fA-F]{130}$")]
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{130}\z")]
     private static partial Regex Signature65();
 
-    [GeneratedRegex("^[0-9]{1,78}$")]
+    [GeneratedRegex(@"^[0-9]{1,78}\z")]
     private static partial Regex Uint();
 
-    [GeneratedRegex("^[A-Za-z0-9+/]*={0,2}$")]
+    [GeneratedRegex(@"^[A-Za-z0-9+/]*={0,2}\z")]
     private static partial Regex Base64();
 
     public static (DecodedPayment? Payment, PaymentRejection? Error) Decode(string header, int expectedVersion)
@@ -48,15 +51,22 @@ public static partial class PaymentDecoder
         JsonObject root;
         try
         {
-            var text = new UTF8Encoding(false, true).GetString(bytes);
-            if (JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowTrailingCommas = false }) is not JsonObject obj)
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = false });
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
             {
                 return Bad(X402Errors.InvalidPayload, "The payment payload must be a JSON object.");
             }
 
-            root = obj;
+            // Before any field is read: a lone surrogate or bad UTF-8 throws when read, and a repeated key makes the
+            // signed fields ambiguous (and throws when JsonNode builds its dictionary).
+            if (JsonText.Check(doc.RootElement) is { } text)
+            {
+                return Bad(X402Errors.InvalidPayload, "The payment payload is not valid: " + text.Detail);
+            }
+
+            root = JsonObject.Create(doc.RootElement.Clone())!;
         }
-        catch (Exception ex) when (ex is JsonException or DecoderFallbackException)
+        catch (JsonException)
         {
             return Bad(X402Errors.InvalidPayload, "The payment payload is not valid UTF-8 JSON.");
         }
@@ -107,10 +117,25 @@ public static partial class PaymentDecoder
             return Bad(X402Errors.InvalidPayload, "payload.signature must be a 65-byte 0x hex string.");
         }
 
-        if (!Address().IsMatch(a.From) || !Address().IsMatch(a.To) || !Uint().IsMatch(a.Value) || !Uint().IsMatch(a.ValidAfter)
-            || !Uint().IsMatch(a.ValidBefore) || !Bytes32().IsMatch(a.Nonce))
+        foreach (var (field, address) in new[] { ("from", a.From), ("to", a.To) })
         {
-            return Bad(X402Errors.InvalidPayload, "authorization needs from/to addresses, decimal value/validAfter/validBefore and a 32-byte nonce.");
+            if (!Address().IsMatch(address))
+            {
+                return Bad(X402Errors.InvalidPayload, $"payload.authorization.{field} must be a 0x-prefixed 20-byte hex address.");
+            }
+        }
+
+        foreach (var (field, number) in new[] { ("value", a.Value), ("validAfter", a.ValidAfter), ("validBefore", a.ValidBefore) })
+        {
+            if (!IsUint256(number))
+            {
+                return Bad(X402Errors.InvalidPayload, $"payload.authorization.{field} must be a uint256 in decimal digits (0 <= {field} < 2^256).");
+            }
+        }
+
+        if (!Bytes32().IsMatch(a.Nonce))
+        {
+            return Bad(X402Errors.InvalidPayload, "payload.authorization.nonce must be a 0x-prefixed 32-byte hex string.");
         }
 
         string? identifier = null;
@@ -127,6 +152,12 @@ public static partial class PaymentDecoder
             $"{signature.ToLowerInvariant()}|{a.From.ToLowerInvariant()}|{a.To.ToLowerInvariant()}|{a.Value}|{a.ValidAfter}|{a.ValidBefore}|{a.Nonce.ToLowerInvariant()}|{network}|{asset?.ToLowerInvariant()}")));
         return (new DecodedPayment(v, scheme, network, asset, payTo, signature, a, identifier, root, hash), null);
     }
+
+    static readonly BigInteger Uint256Limit = BigInteger.One << 256;
+
+    /// <summary>EIP-3009's uint256 fields: decimal digits only (no sign, space or exponent), below 2^256.</summary>
+    static bool IsUint256(string text) =>
+        Uint().IsMatch(text) && BigInteger.Parse(text, NumberStyles.None, CultureInfo.InvariantCulture) < Uint256Limit;
 
     static string? Str(JsonObject obj, string name) =>
         obj[name] is JsonValue value && value.TryGetValue<string>(out var s) ? s : null;

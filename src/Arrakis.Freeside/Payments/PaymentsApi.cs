@@ -24,15 +24,31 @@ public static class PaymentsApi
     static async Task<IResult> InvokeAsync(HttpContext http, PaymentQuote quote, PaymentRequirementsBuilder requirements, PaymentFlow flow, LegacyProof legacy,
         TokenVerifier verifier, TokenPolicies policies, CancellationToken ct)
     {
-        JsonObject body;
+        JsonDocument doc;
         try
         {
-            body = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: ct) as JsonObject
-                ?? throw new JsonException("not an object");
+            doc = await JsonDocument.ParseAsync(http.Request.Body, cancellationToken: ct);
         }
         catch (JsonException)
         {
-            return Problems.Invalid("body", "The body must be a JSON invoke request {prompt|messages, model?, max_tokens?}.");
+            return NotAnInvokeRequest();
+        }
+
+        JsonObject body;
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                return NotAnInvokeRequest();
+            }
+
+            // Checked before the 402 and before any payment is read, so a bad body never claims (and spends) an authorization.
+            if (JsonText.Check(doc.RootElement) is { } text)
+            {
+                return Problems.Invalid(text.Field, text.Detail);
+            }
+
+            body = JsonObject.Create(doc.RootElement.Clone())!;
         }
 
         var (amount, error) = quote.WorstCase(body);
@@ -80,4 +96,7 @@ public static class PaymentsApi
 
         return PaymentRequirementsBuilder.ToResult(challenge, X402Errors.PaymentRequired, "Payment is required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (v1).");
     }
+
+    static IResult NotAnInvokeRequest() =>
+        Problems.Invalid("body", "The body must be a JSON invoke request {prompt|messages, model?, max_tokens?}.");
 }

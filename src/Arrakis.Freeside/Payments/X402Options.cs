@@ -96,10 +96,10 @@ public sealed partial class X402Options : IValidatableObject
     [Range(1, 10_000_000)]
     public long SettlementLookbackBlocks { get; set; } = 43_200;
 
-    [GeneratedRegex("^0x[0-9a-fA-F]{40}$")]
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{40}\z")]
     private static partial Regex AddressPattern();
 
-    [GeneratedRegex("^(0x)?[0-9a-fA-F]{64}$")]
+    [GeneratedRegex(@"^(0x)?[0-9a-fA-F]{64}\z")]
     private static partial Regex KeyPattern();
 
     public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)

@@ -1,8 +1,8 @@
 using System.Diagnostics.Metrics;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
+using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Http;
 using Arrakis.Shared.Storage;
@@ -73,11 +73,8 @@ public sealed class QualityMetrics
     public Counter<long> Dead { get; }
 }
 
-public static partial class QualityApi
+public static class QualityApi
 {
-    [GeneratedRegex("^nft:[A-Za-z0-9_-]{1,128}(:[A-Za-z0-9_-]{1,128})?$", RegexOptions.CultureInvariant)]
-    private static partial Regex RoutingKeyPattern();
-
     static readonly string[] Labels = ["bad", "poor", "fair", "good", "excellent"];
     static readonly HashSet<string> Known = ["routingKey", "routing_key", "quality", "source", "trace_id", "traceId"];
 
@@ -104,6 +101,11 @@ public static partial class QualityApi
                     return Problems.Invalid("body", "The body must be a JSON object.");
                 }
 
+                if (JsonText.Check(root) is { } text)
+                {
+                    return Problems.Invalid(text.Field, text.Detail);
+                }
+
                 foreach (var p in root.EnumerateObject())
                 {
                     if (!Known.Contains(p.Name))
@@ -118,9 +120,9 @@ public static partial class QualityApi
                 }
 
                 var routingKey = Str(root, "routingKey") ?? Str(root, "routing_key");
-                if (routingKey is null || routingKey.Length > 200 || !RoutingKeyPattern().IsMatch(routingKey))
+                if (!RoutingKey.IsValid(routingKey))
                 {
-                    return Problems.Invalid("routingKey", "routingKey is required: nft:<id> or nft:<contract>:<token>.");
+                    return Problems.Invalid("routingKey", "routingKey is required: " + RoutingKey.Shape + ".");
                 }
 
                 object quality;

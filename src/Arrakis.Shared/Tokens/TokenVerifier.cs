@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Arrakis.Shared.Caching;
 using Arrakis.Shared.Hosting;
+using Arrakis.Shared.Http;
 using Microsoft.Extensions.Logging;
 using Microsoft.IdentityModel.JsonWebTokens;
 using Microsoft.IdentityModel.Tokens;
@@ -80,6 +81,12 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         if (header.ValueKind != JsonValueKind.Object || payload.ValueKind != JsonValueKind.Object)
         {
             return TokenVerification.Fail("malformed token: header and payload must be JSON objects");
+        }
+
+        // Reading a string that holds invalid UTF-8 or a lone surrogate throws: refuse such a token before any claim is read.
+        if (JsonText.FindInvalid(header) is not null || JsonText.FindInvalid(payload) is not null)
+        {
+            return TokenVerification.Fail("malformed token: header or payload is not valid UTF-8 text");
         }
 
         var alg = header.TryGetProperty("alg", out var a) && a.ValueKind == JsonValueKind.String ? a.GetString() : null;

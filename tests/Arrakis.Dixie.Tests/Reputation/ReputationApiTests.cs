@@ -193,6 +193,59 @@ public sealed class ReputationApiTests
         Assert.Equal(1, m1["sample_count"]!.GetValue<long>());
     }
 
+    /// <summary>
+    /// Text PostgreSQL cannot store (a lone surrogate, invalid UTF-8) and repeated names are 400 naming the field; both
+    /// kinds of text used to throw (500). A key with a trailing newline, which <c>$</c> let through, is refused by the
+    /// query routes too.
+    /// </summary>
+    [Fact]
+    public async Task Invalid_text_repeated_names_and_newline_keys_are_400_naming_the_field()
+    {
+        await using var p = await Platform.StartAsync();
+        var ct = TestContext.Current.CancellationToken;
+        var now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        string Event(string extra) => $$"""{"event_id":"t-1","routing_key":"nft:t","score":0.5,"source":"test","timestamp":{{now}}{{extra}}}""";
+        var cases = new (string Field, byte[] Body)[]
+        {
+            ("source", Encoding.UTF8.GetBytes(Event("").Replace("\"test\"", "\"te\\ud800st\"", StringComparison.Ordinal))),
+            ("model", Encoding.UTF8.GetBytes(Event(",\"model\":\"\\udc00\""))),
+            ("trace_id", [.. Encoding.UTF8.GetBytes(Event(",\"trace_id\":\"tr")[..^1]), 0xfe, .. "\"}"u8]),
+            ("body", [.. Encoding.UTF8.GetBytes(Event(",\"")[..^1]), 0xc3, .. "\":1}"u8]),
+            ("score", Encoding.UTF8.GetBytes(Event(",\"score\":0.9"))),
+            ("routing_key", Encoding.UTF8.GetBytes(Event("").Replace("\"nft:t\"", "\"nft:t\\n\"", StringComparison.Ordinal))),
+        };
+        using var http = Client(p);
+        var wrong = new List<string>();
+        foreach (var (field, body) in cases)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "api/reputation/events")
+            {
+                Content = new ByteArrayContent(body) { Headers = { ContentType = new MediaTypeHeaderValue("application/json") } },
+            };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", ServiceToken(p));
+            using var r = await http.SendAsync(request, ct);
+            if (ProblemBodies.Mismatch(r.StatusCode, await r.Content.ReadAsStringAsync(ct), field) is { } miss)
+            {
+                wrong.Add(miss);
+            }
+        }
+
+        foreach (var route in new[] { "query", "models" })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, $"api/reputation/{route}?routingKey=" + Uri.EscapeDataString("nft:t\n"));
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
+                p.Finn.Services.GetRequiredService<TokenIssuer>().Mint("loa-finn", "loa-dixie", new Dictionary<string, object> { ["sub"] = "finn" }));
+            using var r = await http.SendAsync(request, ct);
+            if (ProblemBodies.Mismatch(r.StatusCode, await r.Content.ReadAsStringAsync(ct), "routingKey") is { } miss)
+            {
+                wrong.Add(route + " " + miss);
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+        Assert.Equal(0, (await QueryAsync(p, "nft:t"))["sample_count"]!.GetValue<long>());
+    }
+
     [Fact]
     public async Task Health_reports_reputation_and_metrics_count_events()
     {

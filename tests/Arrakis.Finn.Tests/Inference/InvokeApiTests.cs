@@ -17,7 +17,11 @@ public sealed class InvokeApiTests
     internal static string Body(string prompt, string pool = "cheap", int maxTokens = 256, bool stream = false) =>
         JsonSerializer.Serialize(new FinnInvokeRequest([new ChatMessage("user", prompt)], pool, maxTokens, "nft:7", stream, "trace-" + Guid.NewGuid().ToString("N")[..8]));
 
-    internal static async Task<HttpResponseMessage> PostAsync(Platform platform, string body, string tier = "free", string[]? allowed = null,
+    internal static Task<HttpResponseMessage> PostAsync(Platform platform, string body, string tier = "free", string[]? allowed = null,
+        string? reqHash = "auto", string audience = "loa-finn", bool sse = false) =>
+        PostAsync(platform, Encoding.UTF8.GetBytes(body), tier, allowed, reqHash, audience, sse);
+
+    internal static async Task<HttpResponseMessage> PostAsync(Platform platform, byte[] body, string tier = "free", string[]? allowed = null,
         string? reqHash = "auto", string audience = "loa-finn", bool sse = false)
     {
         var claims = new Dictionary<string, object>
@@ -30,14 +34,14 @@ public sealed class InvokeApiTests
         };
         if (reqHash is not null)
         {
-            claims["req_hash"] = reqHash == "auto" ? FinnContract.RequestHash(Encoding.UTF8.GetBytes(body)) : reqHash;
+            claims["req_hash"] = reqHash == "auto" ? FinnContract.RequestHash(body) : reqHash;
         }
 
         var token = platform.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", audience, claims);
         using var client = new HttpClient { BaseAddress = new Uri(platform.FinnUrl + "/") };
         using var request = new HttpRequestMessage(HttpMethod.Post, FinnContract.InvokePath)
         {
-            Content = new ByteArrayContent(Encoding.UTF8.GetBytes(body)) { Headers = { ContentType = new MediaTypeHeaderValue("application/json") } },
+            Content = new ByteArrayContent(body) { Headers = { ContentType = new MediaTypeHeaderValue("application/json") } },
         };
         request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
         if (sse)
@@ -198,6 +202,36 @@ public sealed class InvokeApiTests
             Assert.Equal("INVALID_REQUEST", problem.GetProperty("error").GetString());
             Assert.Equal(field, problem.GetProperty("field").GetString());
         }
+    }
+
+    /// <summary>
+    /// Text that cannot be kept (a lone surrogate, invalid UTF-8) or a repeated name is 400 naming the field, also in a
+    /// field the deserializer would skip. Before, the skipped ones were accepted (200) and the rest blamed the converter.
+    /// </summary>
+    [Fact]
+    public async Task Invalid_text_and_repeated_names_are_400_naming_the_field()
+    {
+        await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:Mode"] = "disabled" });
+        const string Good = """{"messages":[{"role":"user","content":"x"}],"pool":"cheap","max_tokens":10,"stream":false,"trace_id":"t"}""";
+        var cases = new (string Field, byte[] Body)[]
+        {
+            ("messages[0].content", Encoding.UTF8.GetBytes(Good.Replace("\"x\"", "\"x\\ud800\"", StringComparison.Ordinal))),
+            ("extra", Encoding.UTF8.GetBytes(Good[..^1] + ",\"extra\":\"\\udc00\"}")),
+            ("body", [.. Encoding.UTF8.GetBytes(Good[..^1] + ",\"e"), 0xff, .. "\":1}"u8]),
+            ("trace_id", [.. Encoding.UTF8.GetBytes(Good[..^2]), 0xc3, .. "\"}"u8]),
+            ("pool", Encoding.UTF8.GetBytes(Good.Replace("\"pool\":\"cheap\"", "\"pool\":\"cheap\",\"pool\":\"architect\"", StringComparison.Ordinal))),
+        };
+        var wrong = new List<string>();
+        foreach (var (field, body) in cases)
+        {
+            using var r = await PostAsync(platform, body);
+            if (ProblemBodies.Mismatch(r.StatusCode, await r.Content.ReadAsStringAsync(Ct), field) is { } miss)
+            {
+                wrong.Add(miss);
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
     }
 
     [Fact]

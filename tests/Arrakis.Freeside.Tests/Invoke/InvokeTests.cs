@@ -310,6 +310,47 @@ public sealed class InvokeTests
         Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
     }
 
+    /// <summary>
+    /// Text the database and the JSON writers cannot keep (a lone surrogate, invalid UTF-8), a repeated name and an agent
+    /// key with a trailing newline: each is 400 naming its field, before anything is reserved.
+    /// </summary>
+    [Fact]
+    public async Task Invalid_text_repeated_names_and_bad_agent_keys_get_400_naming_the_field_and_charge_nothing()
+    {
+        await using var p = await StartSeededAsync();
+        var before = await BudgetAsync(p);
+        var cases = new (string Field, byte[] Body)[]
+        {
+            ("prompt", Encoding.UTF8.GetBytes("""{"prompt":"hi \ud800","model":"cheap"}""")),
+            ("messages[1].content", Encoding.UTF8.GetBytes("""{"messages":[{"role":"system","content":"ok"},{"role":"user","content":"\udc00"}]}""")),
+            ("prompt", [.. "{\"prompt\":\"hi "u8, 0xff, 0xfe, .. "\"}"u8]),
+            ("body", [.. "{\"prompt\":\"hi\",\""u8, 0xc3, .. "\":1}"u8]),
+            ("prompt", Encoding.UTF8.GetBytes("""{"prompt":"hi","prompt":"there"}""")),
+            ("agent", Encoding.UTF8.GetBytes("""{"prompt":"hi","agent":"nft:1\n"}""")),
+            ("agent", Encoding.UTF8.GetBytes("""{"prompt":"hi","agent":"nft:a.b"}""")),
+        };
+        var wrong = new List<string>();
+        foreach (var (field, body) in cases)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+            {
+                Content = new ByteArrayContent(body) { Headers = { ContentType = new MediaTypeHeaderValue("application/json") } },
+            };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+            using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+            if (ProblemBodies.Mismatch(response.StatusCode, await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken), field) is { } miss)
+            {
+                wrong.Add(miss);
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+    }
+
     [Fact]
     public async Task When_every_model_fails_the_caller_gets_502_and_the_reservation_is_released()
     {

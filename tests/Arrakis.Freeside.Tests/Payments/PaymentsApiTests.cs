@@ -78,7 +78,8 @@ public sealed class PaymentsApiTests
         var data = new TheoryData<string, string>();
         foreach (var engine in TestStorage.Engines())
         {
-            foreach (var c in new[] { "signer", "to", "value", "network", "asset", "expired", "not-yet-valid", "tampered", "base64", "json", "v1-network" })
+            foreach (var c in new[] { "signer", "to", "value", "network", "asset", "expired", "not-yet-valid", "tampered", "base64", "json", "v1-network",
+                "repeated-key", "lone-surrogate", "value-newline", "uint256-overflow", "bad-v" })
             {
                 data.Add(engine.Data, c);
             }
@@ -155,6 +156,34 @@ public sealed class PaymentsApiTests
                 header = "%%%not-base64%%%";
                 expected = (400, X402Errors.InvalidPayload);
                 break;
+            case "repeated-key":
+                var signed = PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(o, a, key)).ToJsonString();
+                header = Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(signed.Replace(
+                    $"\"value\":\"{a.Value}\"", $"\"value\":\"{a.Value}\",\"value\":\"{amount * 10}\"", StringComparison.Ordinal)));
+                expected = (400, X402Errors.InvalidPayload);
+                break;
+            case "lone-surrogate":
+                var text = PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(o, a, key)).ToJsonString();
+                header = Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(text.Replace("\"scheme\":\"exact\"", "\"scheme\":\"exact\\ud800\"", StringComparison.Ordinal)));
+                expected = (400, X402Errors.InvalidPayload);
+                break;
+            case "value-newline":
+                var newline = PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(o, a, key));
+                newline["payload"]!["authorization"]!["value"] = a.Value + "\n";
+                header = PaymentSigning.Header(newline);
+                expected = (400, X402Errors.InvalidPayload);
+                break;
+            case "uint256-overflow":
+                var overflow = PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(o, a, key));
+                overflow["payload"]!["authorization"]!["validBefore"] = System.Numerics.BigInteger.Pow(2, 256).ToString();
+                header = PaymentSigning.Header(overflow);
+                expected = (400, X402Errors.InvalidPayload);
+                break;
+            case "bad-v":
+                var sig = PaymentSigning.Sign(o, a, key);
+                header = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, sig[..^2] + "ff"));
+                expected = (402, X402Errors.InvalidSignature);
+                break;
             default:
                 header = Convert.ToBase64String("{\"x402Version\":2,\"accepted\":"u8.ToArray());
                 expected = (400, X402Errors.InvalidPayload);
@@ -173,6 +202,66 @@ public sealed class PaymentsApiTests
         Assert.Equal(0, await host.Store.CountAsync(PaymentStates.Settled, ct));
         Assert.Equal(0, await host.Store.CountAsync(PaymentStates.Settling, ct));
         Assert.Empty(host.Sink.Lots);
+    }
+
+    /// <summary>
+    /// Text that cannot be kept or a repeated name in the invoke body is 400 naming the field before the 402, so no
+    /// payment is read, claimed or settled. The lone surrogate and the repeat threw (500); invalid UTF-8 became U+FFFD.
+    /// </summary>
+    [Fact]
+    public async Task Invalid_text_or_a_repeated_name_in_the_body_is_400_before_any_payment_is_read()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var host = await PaymentHost.StartAsync("sqlite", Settings());
+        var (required, _) = await host.ChallengeAsync(Body, ct);
+        var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, 1_000_000, 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+        var header = PaymentSigning.Header(PaymentSigning.V2Payload(required["accepts"]![0]!.AsObject(), a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
+        var cases = new (string Field, byte[] Body)[]
+        {
+            ("prompt", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay \ud800","model":"cheap"}""")),
+            ("prompt", [.. "{\"prompt\":\"pay "u8, 0xff, .. "\",\"model\":\"cheap\"}"u8]),
+            ("model", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay","model":"cheap","model":"architect"}""")),
+        };
+        var wrong = new List<string>();
+        foreach (var (field, bytes) in cases)
+        {
+            foreach (var paid in new[] { false, true })
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
+                {
+                    Content = new ByteArrayContent(bytes) { Headers = { ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json") } },
+                };
+                if (paid)
+                {
+                    request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, header);
+                }
+
+                using var response = await host.Http.SendAsync(request, ct);
+                if (ProblemBodies.Mismatch(response.StatusCode, await response.Content.ReadAsStringAsync(ct), field) is { } miss)
+                {
+                    wrong.Add($"paid={paid} {miss}");
+                }
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+
+        Assert.Equal(0, host.Invocation.Calls);
+        foreach (var state in new[] { PaymentStates.Verified, PaymentStates.Settling, PaymentStates.Settled, PaymentStates.Failed })
+        {
+            Assert.Equal(0, await host.Store.CountAsync(state, ct));
+        }
+
+        // The authorization was never claimed: with a good body it is (the closed RPC port then refuses to pre-verify it).
+        using var good = await host.PostAsync(Body, new Dictionary<string, string> { [X402Headers.PaymentSignature] = header }, ct: ct);
+        Assert.NotEqual(400, (int)good.StatusCode);
+        long rows = 0;
+        foreach (var state in new[] { PaymentStates.Verified, PaymentStates.Settling, PaymentStates.Settled, PaymentStates.Failed })
+        {
+            rows += await host.Store.CountAsync(state, ct);
+        }
+
+        Assert.Equal(1, rows);
     }
 
     [Theory]

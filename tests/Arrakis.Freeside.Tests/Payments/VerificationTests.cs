@@ -204,4 +204,146 @@ public sealed class VerificationTests
         var payload = PaymentSigning.V2Payload(Accepted(), a, PaymentSigning.Sign(Options, a, PaymentSigning.PayerKey), id);
         Assert.Equal(X402Errors.InvalidPayload, PaymentDecoder.Decode(PaymentSigning.Header(payload), 2).Error!.Code);
     }
+
+    static string SignedPayloadJson(Eip3009Authorization? authorization = null)
+    {
+        var a = authorization ?? Good();
+        return PaymentSigning.V2Payload(Accepted(), a, PaymentSigning.Sign(Options, a, PaymentSigning.PayerKey)).ToJsonString();
+    }
+
+    static PaymentRejection? DecodeText(string json) => PaymentDecoder.Decode(Convert.ToBase64String(Encoding.UTF8.GetBytes(json)), 2).Error;
+
+    /// <summary>A repeated key makes the signed fields ambiguous (which value did the payer sign?); it used to throw (500).</summary>
+    [Theory]
+    [InlineData("\"value\":\"10000\"", "\"value\":\"10000\",\"value\":\"1\"", "payload.authorization.value")]
+    [InlineData("\"x402Version\":2", "\"x402Version\":2,\"x402Version\":2", "x402Version")]
+    [InlineData("\"scheme\":\"exact\"", "\"scheme\":\"exact\",\"scheme\":\"exact\"", "accepted.scheme")]
+    public void A_repeated_key_in_the_payload_is_invalid_payload(string find, string replace, string field)
+    {
+        var json = SignedPayloadJson();
+        Assert.Contains(find, json, StringComparison.Ordinal);
+        var error = DecodeText(json.Replace(find, replace, StringComparison.Ordinal));
+        Assert.Equal((400, X402Errors.InvalidPayload), (error!.Status, error.Code));
+        Assert.Contains(field, error.Detail, StringComparison.Ordinal);
+    }
+
+    /// <summary>Lone surrogates (escaped) in read and unread fields; reading one used to throw (500).</summary>
+    [Theory]
+    [InlineData("\"scheme\":\"exact\"", "\"scheme\":\"exact\\ud800\"", "accepted.scheme")]
+    [InlineData("\"name\":\"USDC\"", "\"name\":\"USDC\\udc00\"", "accepted.extra.name")]
+    [InlineData("\"x402Version\":2", "\"x402Version\":2,\"note\":\"\\ud800\"", "note")]
+    public void Text_with_a_lone_surrogate_in_the_payload_is_invalid_payload(string find, string replace, string field)
+    {
+        var json = SignedPayloadJson();
+        Assert.Contains(find, json, StringComparison.Ordinal);
+        var error = DecodeText(json.Replace(find, replace, StringComparison.Ordinal));
+        Assert.Equal((400, X402Errors.InvalidPayload), (error!.Status, error.Code));
+        Assert.Contains(field, error.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Invalid_utf8_in_the_payload_is_invalid_payload()
+    {
+        var bytes = Encoding.UTF8.GetBytes(SignedPayloadJson().Replace("\"USDC\"", "\"USD#\"", StringComparison.Ordinal));
+        bytes[Array.IndexOf(bytes, (byte)'#')] = 0xff;
+        var error = PaymentDecoder.Decode(Convert.ToBase64String(bytes), 2).Error;
+        Assert.Equal((400, X402Errors.InvalidPayload), (error!.Status, error.Code));
+    }
+
+    const string TwoTo256 = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
+
+    /// <summary>uint256 fields: decimal digits only, below 2^256. "10000\n" passed the old <c>$</c> pattern, and
+    /// BigInteger.Parse reads it as 10000.</summary>
+    [Theory]
+    [InlineData("value", "10000\n")]
+    [InlineData("value", TwoTo256)]
+    [InlineData("value", "999999999999999999999999999999999999999999999999999999999999999999999999999999")]
+    [InlineData("value", "+10000")]
+    [InlineData("value", "1e4")]
+    [InlineData("value", "")]
+    [InlineData("validAfter", "0\n")]
+    [InlineData("validAfter", TwoTo256)]
+    [InlineData("validBefore", TwoTo256)]
+    [InlineData("validBefore", "1900000060\n")]
+    public void A_uint256_field_that_is_not_plain_digits_below_2_to_the_256_is_invalid_payload(string field, string value)
+    {
+        var payload = PaymentSigning.V2Payload(Accepted(), Good(), PaymentSigning.Sign(Options, Good(), PaymentSigning.PayerKey));
+        payload["payload"]!["authorization"]![field] = value;
+        var error = PaymentDecoder.Decode(PaymentSigning.Header(payload), 2).Error;
+        Assert.Equal((400, X402Errors.InvalidPayload), (error!.Status, error.Code));
+        Assert.Contains("payload.authorization." + field, error.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_largest_uint256_decodes_and_then_fails_verification_not_decoding()
+    {
+        var max = (System.Numerics.BigInteger.Pow(2, 256) - 1).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var payload = PaymentSigning.V2Payload(Accepted(), Good(), PaymentSigning.Sign(Options, Good(), PaymentSigning.PayerKey));
+        payload["payload"]!["authorization"]!["validBefore"] = max;
+        Assert.Equal(X402Errors.InvalidSignature, Check(payload));
+    }
+
+    [Theory]
+    [InlineData("from", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8\n")]
+    [InlineData("to", "0x70997970C51812dc3A010C7d01b50e0d17dc79C8\n")]
+    [InlineData("nonce", "0x0000000000000000000000000000000000000000000000000000000000000001\n")]
+    public void A_hex_field_with_a_trailing_newline_is_invalid_payload(string field, string value)
+    {
+        var payload = PaymentSigning.V2Payload(Accepted(), Good(), PaymentSigning.Sign(Options, Good(), PaymentSigning.PayerKey));
+        payload["payload"]!["authorization"]![field] = value;
+        Assert.Equal(X402Errors.InvalidPayload, PaymentDecoder.Decode(PaymentSigning.Header(payload), 2).Error!.Code);
+        payload["payload"]!["signature"] = PaymentSigning.Sign(Options, Good(), PaymentSigning.PayerKey) + "\n";
+        payload["payload"]!["authorization"]![field] = value.TrimEnd('\n');
+        Assert.Equal(X402Errors.InvalidPayload, PaymentDecoder.Decode(PaymentSigning.Header(payload), 2).Error!.Code);
+    }
+
+    /// <summary>
+    /// A v byte other than 27/28 (USDC's ecrecover refuses 0/1 too), or r/s that are no curve scalar: a signature refusal,
+    /// never an exception.
+    /// </summary>
+    [Theory]
+    [InlineData("v", "00")]
+    [InlineData("v", "01")]
+    [InlineData("v", "02")]
+    [InlineData("v", "1d")]
+    [InlineData("v", "25")]
+    [InlineData("v", "ff")]
+    [InlineData("r", "00")]
+    [InlineData("r", "ff")]
+    [InlineData("s", "00")]
+    [InlineData("s", "ff")]
+    public void A_signature_that_cannot_be_recovered_is_invalid_signature(string part, string fill)
+    {
+        var a = Good();
+        var signature = PaymentSigning.Sign(Options, a, PaymentSigning.PayerKey); // 0x + r(64) + s(64) + v(2)
+        var bad = part switch
+        {
+            "v" => signature[..^2] + fill,
+            "r" => "0x" + string.Concat(Enumerable.Repeat(fill, 32)) + signature[66..],
+            _ => signature[..66] + string.Concat(Enumerable.Repeat(fill, 32)) + signature[^2..],
+        };
+        Assert.Equal(132, bad.Length);
+        var recovered = Eip3009TypedData.Recover(Options, a, bad);
+        Assert.False(recovered is not null && AuthorizationVerifier.Same(recovered, a.From));
+        Assert.Equal(X402Errors.InvalidSignature, Check(PaymentSigning.V2Payload(Accepted(), a, bad)));
+    }
+
+    /// <summary>
+    /// The same signature with s replaced by n - s (and v flipped) still recovers to the payer, but USDC's ecrecover refuses
+    /// an s in the upper half of the order, so settlement would fail after the call ran: it is refused up front.
+    /// </summary>
+    [Fact]
+    public void A_high_s_twin_of_a_good_signature_is_invalid_signature()
+    {
+        var a = Good();
+        var signature = PaymentSigning.Sign(Options, a, PaymentSigning.PayerKey);
+        var n = System.Numerics.BigInteger.Parse("0FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141", System.Globalization.NumberStyles.HexNumber,
+            System.Globalization.CultureInfo.InvariantCulture);
+        var s = System.Numerics.BigInteger.Parse("0" + signature[66..130], System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture);
+        var highS = Convert.ToHexStringLower((n - s).ToByteArray(isUnsigned: true, isBigEndian: true)).PadLeft(64, '0');
+        var v = signature[^2..] == "1b" ? "1c" : "1b";
+        var twin = signature[..66] + highS + v;
+        Assert.Null(Check(PaymentSigning.V2Payload(Accepted(), a, signature)));
+        Assert.Equal(X402Errors.InvalidSignature, Check(PaymentSigning.V2Payload(Accepted(), a, twin)));
+    }
 }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Text;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Quality;
 using Arrakis.Shared.Storage;
@@ -179,6 +180,48 @@ public sealed class QualityApiTests
             var problem = (await r.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
             Assert.Equal(field, problem["field"]!.GetValue<string>());
         }
+    }
+
+    /// <summary>
+    /// A key with a trailing newline (which <c>$</c> let through), text that cannot be stored and a repeated name: 400
+    /// naming the field, and nothing reaches the outbox.
+    /// </summary>
+    [Fact]
+    public async Task Bad_keys_invalid_text_and_repeated_names_are_400_and_nothing_is_queued()
+    {
+        await using var p = await Platform.StartAsync();
+        var ct = TestContext.Current.CancellationToken;
+        var cases = new (string Field, byte[] Body)[]
+        {
+            ("routingKey", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1\n","quality":"good","source":"t"}""")),
+            ("routingKey", Encoding.UTF8.GetBytes("""{"routingKey":"nft:0xabc:7\n","quality":"good","source":"t"}""")),
+            ("routing_key", Encoding.UTF8.GetBytes("""{"routing_key":"nft:\ud800","quality":"good","source":"t"}""")),
+            ("source", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","source":"judge \udc00"}""")),
+            ("trace_id", [.. "{\"routingKey\":\"nft:1\",\"quality\":\"good\",\"source\":\"t\",\"trace_id\":\"tr-"u8, 0xff, .. "\"}"u8]),
+            ("body", [.. "{\"routingKey\":\"nft:1\",\"quality\":\"good\",\"source\":\"t\",\"x"u8, 0xc3, .. "\":1}"u8]),
+            ("quality", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","quality":"bad","source":"t"}""")),
+        };
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        var wrong = new List<string>();
+        foreach (var (field, body) in cases)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "api/agents/quality")
+            {
+                Content = new ByteArrayContent(body) { Headers = { ContentType = new MediaTypeHeaderValue("application/json") } },
+            };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+            using var r = await http.SendAsync(request, ct);
+            if (ProblemBodies.Mismatch(r.StatusCode, await r.Content.ReadAsStringAsync(ct), field) is { } miss)
+            {
+                wrong.Add(miss);
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        await using var connection = await db.OpenAsync(ct);
+        Assert.Equal(0, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox"));
     }
 
     /// <summary>dixie unreachable: events wait in the outbox, then arrive exactly once; a redelivery is harmless.</summary>

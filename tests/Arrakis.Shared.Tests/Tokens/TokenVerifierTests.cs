@@ -190,6 +190,48 @@ public sealed class TokenVerifierTests
     [InlineData("", "missing bearer token")]
     public Task Malformed_tokens_are_rejected(string token, string reason) => AssertRejectedAsync(token, reason);
 
+    /// <summary>A correctly signed ES256 token over exactly these header and payload bytes, which need not be valid UTF-8.</summary>
+    string SignBytes(byte[] header, byte[] payload)
+    {
+        var signingInput = Base64UrlEncoder.Encode(header) + "." + Base64UrlEncoder.Encode(payload);
+        return signingInput + "." + Base64UrlEncoder.Encode(_ecdsa.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256));
+    }
+
+    static byte[] Utf8(string s) => Encoding.UTF8.GetBytes(s);
+
+    static byte[] WithByte(string json, string marker, byte bad)
+    {
+        var at = json.IndexOf(marker, StringComparison.Ordinal);
+        return [.. Utf8(json[..at]), bad, .. Utf8(json[(at + marker.Length)..])];
+    }
+
+    /// <summary>Header or payload text that System.Text.Json parses but cannot read: each used to throw (a 500) instead of a 401.</summary>
+    [Theory]
+    [InlineData("header-bad-utf8")]
+    [InlineData("header-lone-surrogate")]
+    [InlineData("header-bad-utf8-name")]
+    [InlineData("payload-bad-utf8-iss")]
+    [InlineData("payload-lone-surrogate-iss")]
+    [InlineData("payload-lone-surrogate-claim")]
+    [InlineData("payload-bad-utf8-claim")]
+    public Task A_token_whose_json_is_not_valid_text_is_rejected_not_thrown(string kind)
+    {
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        const string Header = """{"alg":"ES256","typ":"JWT","kid":"k1"}""";
+        var payload = $$"""{"iss":"arrakis","aud":"loa-finn","tenant_id":"t","jti":"{{Guid.NewGuid():N}}","iat":{{now}},"exp":{{now + 60}}}""";
+        var token = kind switch
+        {
+            "header-bad-utf8" => SignBytes(WithByte(Header, "JWT", 0xff), Utf8(payload)),
+            "header-lone-surrogate" => SignBytes(Utf8(Header.Replace("ES256", "ES256\\ud800", StringComparison.Ordinal)), Utf8(payload)),
+            "header-bad-utf8-name" => SignBytes(WithByte(Header, "typ", 0xc3), Utf8(payload)),
+            "payload-bad-utf8-iss" => SignBytes(Utf8(Header), WithByte(payload, "arrakis", 0xfe)),
+            "payload-lone-surrogate-iss" => SignBytes(Utf8(Header), Utf8(payload.Replace("\"arrakis\"", "\"\\udc00\"", StringComparison.Ordinal))),
+            "payload-lone-surrogate-claim" => SignBytes(Utf8(Header), Utf8(payload.Replace("\"t\"", "\"t\\ud800\"", StringComparison.Ordinal))),
+            _ => SignBytes(Utf8(Header), WithByte(payload.Replace("\"t\"", "\"tXX\"", StringComparison.Ordinal), "XX", 0x80)),
+        };
+        return AssertRejectedAsync(token, "malformed token");
+    }
+
     [Fact]
     public Task A_lifetime_longer_than_the_policy_allows_is_rejected() =>
         AssertRejectedAsync(Mint(lifetime: TimeSpan.FromHours(2)), "lifetime exceeds");
