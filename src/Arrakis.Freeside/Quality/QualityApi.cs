@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using System.Text.Json;
 using Arrakis.Freeside.Communities;
 using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.RateLimiting;
 using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Http;
@@ -81,7 +82,7 @@ public static class QualityApi
     public static IEndpointRouteBuilder MapQualityApi(this IEndpointRouteBuilder app)
     {
         app.MapPost("/api/agents/quality", async (HttpContext http, Database database, IInvocationLookup lookup, CommunityStore communities,
-            QualitySignal signal, QualityMetrics metrics, TimeProvider time) =>
+            RateLimiter rateLimiter, QualitySignal signal, QualityMetrics metrics, TimeProvider time) =>
         {
             JsonDocument doc;
             try
@@ -162,6 +163,22 @@ public static class QualityApi
                 // A token whose tenant has no community still rates the agent, without a model.
                 var tenant = http.VerifiedToken().TryGetPayloadValue<string>("tenant_id", out var t) ? t : null;
                 var community = string.IsNullOrEmpty(tenant) ? null : await communities.FindForTenantAsync(tenant, ct);
+
+                // Quality events have their own per-minute limits, the invoke route's numbers for the community's tier
+                // (free for a tenant without one), so a flood of ratings neither fills the outbox nor eats invoke capacity.
+                var subject = http.VerifiedToken().Subject;
+                var limit = await rateLimiter.CheckAsync(community?.Tier ?? Tier.Free, community?.Id ?? "tenant:" + (tenant ?? ""),
+                    string.IsNullOrEmpty(subject) ? null : subject, "q:", ct);
+                foreach (var (name, value) in RateLimiter.Headers(limit))
+                {
+                    http.Response.Headers[name] = value;
+                }
+
+                if (!limit.Allowed)
+                {
+                    return RateLimiter.Problem(limit);
+                }
+
                 var served = community is null ? null
                     : traceId is not null
                         ? await lookup.FindByTraceAsync(community.Id, traceId, ct) ?? await lookup.LatestForAgentAsync(community.Id, routingKey, ct)

@@ -78,20 +78,28 @@ public sealed class RateLimiter(IRateLimitCounter counter, RateLimitOptions opti
 {
     static readonly TimeSpan Window = TimeSpan.FromMinutes(1);
 
-    public async Task<RateLimitDecision> CheckAsync(Tier tier, string communityId, string? userId, CancellationToken ct = default)
+    /// <summary>
+    /// Counts one request against the community's and the user's limits of <paramref name="tier"/> for this minute.
+    /// <paramref name="bucket"/> keeps a route's count apart from the invoke route's (quality events have their own).
+    /// </summary>
+    public Task<RateLimitDecision> CheckAsync(Tier tier, string communityId, string? userId, CancellationToken ct = default) =>
+        CheckAsync(tier, communityId, userId, "", ct);
+
+    /// <inheritdoc cref="CheckAsync(Tier, string, string?, CancellationToken)"/>
+    public async Task<RateLimitDecision> CheckAsync(Tier tier, string communityId, string? userId, string bucket, CancellationToken ct)
     {
         var limits = options.For(tier);
         var now = time.GetUtcNow();
         var window = now.ToUnixTimeMilliseconds() / (long)Window.TotalMilliseconds;
         var retry = TimeSpan.FromMilliseconds((window + 1) * (long)Window.TotalMilliseconds - now.ToUnixTimeMilliseconds());
-        var community = await counter.HitAsync($"c:{communityId}:{window}", Window, ct);
+        var community = await counter.HitAsync($"{bucket}c:{communityId}:{window}", Window, ct);
         var decision = Decide(community, limits.CommunityPerMinute, retry, $"{limits.CommunityPerMinute};w=60;scope=community");
         if (!decision.Allowed || string.IsNullOrEmpty(userId))
         {
             return decision;
         }
 
-        var user = await counter.HitAsync($"u:{communityId}:{userId}:{window}", Window, ct);
+        var user = await counter.HitAsync($"{bucket}u:{communityId}:{userId}:{window}", Window, ct);
         var perUser = Decide(user, limits.UserPerMinute, retry, $"{limits.UserPerMinute};w=60;scope=user");
         return !perUser.Allowed || perUser.Remaining < decision.Remaining ? perUser : decision;
     }

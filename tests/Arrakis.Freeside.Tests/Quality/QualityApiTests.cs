@@ -154,6 +154,42 @@ public sealed class QualityApiTests
     }
 
     [Fact]
+    public async Task Quality_events_have_their_own_rate_limit()
+    {
+        await using var p = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["RateLimits:Free:UserPerMinute"] = "3" });
+        var ct = TestContext.Current.CancellationToken;
+        await Arrakis.Freeside.Seeding.Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(ct);
+        var statuses = new List<HttpStatusCode>();
+        HttpResponseMessage? last = null;
+        for (var i = 0; i < 4; i++)
+        {
+            last?.Dispose();
+            last = await PostQualityAsync(p, new { routingKey = "nft:rl", quality = "good", source = "t" });
+            statuses.Add(last.StatusCode);
+        }
+
+        // The minute may roll over between the posts; then the count starts again and no 429 comes.
+        if (statuses[^1] == HttpStatusCode.Accepted)
+        {
+            last!.Dispose();
+            last = await PostQualityAsync(p, new { routingKey = "nft:rl", quality = "good", source = "t" });
+            statuses.Add(last.StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.TooManyRequests, statuses[^1]);
+        Assert.Equal("RATE_LIMITED", (await last!.Content.ReadFromJsonAsync<JsonObject>(ct))!["error"]!.GetValue<string>());
+        Assert.True(last.Headers.Contains("Retry-After"));
+        last.Dispose();
+
+        // Ratings do not use up the invoke route's allowance.
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        using var invoke = new HttpRequestMessage(HttpMethod.Post, "api/agents/invoke") { Content = JsonContent.Create(new { prompt = "Say hi", model = "cheap" }) };
+        invoke.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        using var invoked = await http.SendAsync(invoke, ct);
+        Assert.Equal(HttpStatusCode.OK, invoked.StatusCode);
+    }
+
+    [Fact]
     public async Task Bad_requests_name_the_field_and_a_user_token_is_required()
     {
         await using var p = await Platform.StartAsync();
