@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Arrakis.Freeside.Invoke;
 using Arrakis.Shared.Contracts;
 using Microsoft.Extensions.Options;
 
@@ -7,15 +8,20 @@ namespace Arrakis.Freeside.Payments;
 /// <summary>The worst-case cost of an invoke body in micro-USD: input upper bound plus the output cap at the pool's list price.</summary>
 public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> options)
 {
-    public (long AmountMicro, string? Error) WorstCase(JsonObject body)
+    public (long AmountMicro, InvokeRequestError? Error) WorstCase(JsonObject body)
     {
         var o = options.Value;
         var model = body["model"] is JsonValue m && m.TryGetValue<string>(out var s) ? s : null;
-        var pool = model is not null && catalog.Pools.TryGetValue(model, out var named) ? named
-            : catalog.Pools.TryGetValue(o.DefaultPool, out var fallback) ? fallback : null;
+        if (model is not null && !catalog.Pools.ContainsKey(model))
+        {
+            // Pricing an unknown pool as the default one would quote a call that then fails as INVALID_REQUEST.
+            return (0, new InvokeRequestError("model", $"model names an unknown pool '{model}'. Pools: {string.Join(", ", catalog.Pools.Keys)}."));
+        }
+
+        var pool = catalog.Pools.TryGetValue(model ?? o.DefaultPool, out var found) ? found : null;
         if (pool is null)
         {
-            return (0, $"No pool prices '{model ?? o.DefaultPool}'.");
+            return (0, new InvokeRequestError("model", $"No pool prices '{model ?? o.DefaultPool}'."));
         }
 
         var messages = new List<ChatMessage>();
@@ -25,7 +31,7 @@ public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> opti
             {
                 if (item is not JsonObject msg || msg["content"] is not JsonValue c || !c.TryGetValue<string>(out var content))
                 {
-                    return (0, "messages[] entries need string role and content.");
+                    return (0, new InvokeRequestError("messages", "messages[] entries need string role and content."));
                 }
 
                 messages.Add(new ChatMessage(msg["role"] is JsonValue r && r.TryGetValue<string>(out var role) ? role : "user", content));
@@ -37,7 +43,7 @@ public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> opti
         }
         else
         {
-            return (0, "The body needs prompt or messages.");
+            return (0, new InvokeRequestError("prompt", "The body needs prompt or messages."));
         }
 
         var maxTokens = pool.DefaultMaxTokens;
@@ -45,7 +51,7 @@ public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> opti
         {
             if (!mt.TryGetValue<int>(out maxTokens) || maxTokens < 1 || maxTokens > pool.MaxTokensLimit)
             {
-                return (0, $"max_tokens must be 1..{pool.MaxTokensLimit}.");
+                return (0, new InvokeRequestError("max_tokens", $"max_tokens must be 1..{pool.MaxTokensLimit}."));
             }
         }
 

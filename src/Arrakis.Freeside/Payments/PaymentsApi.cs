@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Identity;
+using Arrakis.Freeside.Invoke;
 using Arrakis.Shared.Http;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -51,10 +52,17 @@ public static class PaymentsApi
             body = JsonObject.Create(doc.RootElement.Clone())!;
         }
 
+        // The whole invoke request is checked before the 402 and before any payment is read, as the paid call will check
+        // it: a payer must not be asked for (or spend) an authorization on a request that cannot run.
+        if (InvokeRequestParser.Parse(System.Text.Encoding.UTF8.GetBytes(body.ToJsonString())).Error is { } invalid)
+        {
+            return Problems.Invalid(invalid.Field, invalid.Detail);
+        }
+
         var (amount, error) = quote.WorstCase(body);
         if (error is not null)
         {
-            return Problems.Invalid("body", error);
+            return Problems.Invalid(error.Field, error.Detail);
         }
 
         var challenge = requirements.Build(amount, $"{http.Request.Scheme}://{http.Request.Host}{http.Request.Path}");

@@ -221,6 +221,11 @@ public sealed class PaymentsApiTests
             ("prompt", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay \ud800","model":"cheap"}""")),
             ("prompt", [.. "{\"prompt\":\"pay "u8, 0xff, .. "\",\"model\":\"cheap\"}"u8]),
             ("model", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay","model":"cheap","model":"architect"}""")),
+
+            // Requests the paid call would refuse: refused before the 402 (an unknown pool was priced as the default one).
+            ("model", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay","model":"nope"}""")),
+            ("agent", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay","model":"cheap","agent":"nft:a.b"}""")),
+            ("stream", System.Text.Encoding.UTF8.GetBytes("""{"prompt":"pay","model":"cheap","stream":"yes"}""")),
         };
         var wrong = new List<string>();
         foreach (var (field, bytes) in cases)
