@@ -15,6 +15,9 @@ public static class IdentitySetup
     public const string FinnClient = "finn";
     public const string DixieClient = "dixie";
 
+    /// <summary>How long freeside waits for one finn call (the finn HTTP client's timeout); x402 recovery waits longer than a paid call can take.</summary>
+    public static readonly TimeSpan FinnTimeout = TimeSpan.FromSeconds(60);
+
     public static WebApplicationBuilder AddIdentity(this WebApplicationBuilder builder)
     {
         builder.Services.AddTokenPolicy(UserPolicy, sp => new TokenPolicy(
@@ -25,7 +28,7 @@ public static class IdentitySetup
         builder.Services.AddHttpClient(FinnClient, (sp, c) =>
         {
             c.BaseAddress = new Uri(ServiceEndpoints.FinnUrl(sp.GetRequiredService<IConfiguration>()) + "/");
-            c.Timeout = TimeSpan.FromSeconds(60);
+            c.Timeout = FinnTimeout;
         });
         builder.Services.AddHttpClient(DixieClient, (sp, c) =>
         {

@@ -85,14 +85,14 @@ public sealed class PaymentFlow(
         var request = RequestFor(row, payment.Authorization, payment.Signature);
         if (await settler.PreVerifyAsync(request, ct) is { } refused)
         {
-            await FailAsync(row, refused.Code, refused.Status, ErrorBody(refused.Code, refused.Detail), ct);
-            return refused.Status == 402 ? PaymentRequirementsBuilder.ToResult(challenge, refused.Code, refused.Detail) : Problems.Create(refused.Status, refused.Code, refused.Detail);
+            return await FailAsync(row, refused.Code, refused.Status, ErrorBody(refused.Code, refused.Detail), ct,
+                live: refused.Status == 402 ? PaymentRequirementsBuilder.ToResult(challenge, refused.Code, refused.Detail) : Problems.Create(refused.Status, refused.Code, refused.Detail));
         }
 
         if (requestServices.GetService<IPaidInvocation>() is not { } invocation)
         {
-            await FailAsync(row, "invoke_unavailable", 503, ErrorBody("invoke_unavailable", "The paid invoke pipeline is not wired."), ct);
-            return Problems.Create(503, "X402_INVOKE_UNAVAILABLE", "The paid invoke pipeline is not available; nothing was settled.");
+            const string unavailable = "X402_INVOKE_UNAVAILABLE", detail = "The paid invoke pipeline is not available; nothing was settled.";
+            return await FailAsync(row, "invoke_unavailable", 503, ErrorBody(unavailable, detail), ct, live: Problems.Create(503, unavailable, detail));
         }
 
         PaidInvocationResult result;
@@ -108,15 +108,22 @@ public sealed class PaymentFlow(
 
         if (!result.Success)
         {
-            // Never settle when the paid call fails: the payer keeps the funds (the authorization simply expires).
+            // Never settle when the paid call fails: the payer keeps the funds (the authorization simply expires). The
+            // stored answer is the one sent, so a replay gets the same error status.
             var failure = result.Body ?? ErrorBody(X402Errors.InvokeFailed, "The paid invoke failed; nothing was settled.");
-            await FailAsync(row, X402Errors.InvokeFailed, result.StatusCode, failure, ct);
-            return Json(result.StatusCode >= 400 ? result.StatusCode : 502, failure, null);
+            return await FailAsync(row, X402Errors.InvokeFailed, result.StatusCode >= 400 ? result.StatusCode : 502, failure, ct);
         }
 
         var cost = Math.Clamp(result.CostMicro, 0, row.ValueMicro);
         var invokeBody = result.Body?.ToJsonString();
-        await store.MarkSettlingAsync(row.Id, cost, invokeBody, ct);
+        if (!await store.MarkSettlingAsync(row.Id, cost, invokeBody, ct))
+        {
+            // Recovery (or another worker) already finished this row while the invoke ran: it is not ours to settle.
+            var current = await store.GetAsync(row.Id, ct);
+            PaymentLog.SettlementSkipped(logger, row.Id, current?.State ?? "missing");
+            return StoredResult(current);
+        }
+
         row.State = PaymentStates.Settling;
         row.CostMicro = cost;
         row.InvokeBody = invokeBody;
@@ -132,16 +139,25 @@ public sealed class PaymentFlow(
             return await FinishAsync(row, outcome.Transaction!, ct);
         }
 
-        if (outcome.ErrorReason == X402Errors.SettlementPending)
+        switch (outcome.ErrorReason)
         {
-            return Problems.Create(503, X402Errors.SettlementPending, "Settlement was submitted but is not confirmed yet; retry the same payment to get the result.",
-                new Dictionary<string, object?> { ["paymentId"] = row.Id, ["transaction"] = outcome.Transaction });
+            case X402Errors.SettlementPending:
+                return Problems.Create(503, X402Errors.SettlementPending, "Settlement was submitted but is not confirmed yet; retry the same payment to get the result.",
+                    new Dictionary<string, object?> { ["paymentId"] = row.Id, ["transaction"] = outcome.Transaction });
+            case X402Errors.PaymentNotSettling:
+                // Recovery or another worker owns the row now; its stored answer is the payment's answer.
+                PaymentLog.SettlementNotRecorded(logger, row.Id, outcome.Transaction ?? "", outcome.ErrorReason);
+                return await StoredAsync(row.Id, ct);
+            case X402Errors.TransactionClaimed:
+                // One transaction, one credit note: the payment that holds it keeps it, this one fails without credit.
+                PaymentLog.SettlementNotRecorded(logger, row.Id, outcome.Transaction ?? "", outcome.ErrorReason);
+                var claimed = ErrorBody(X402Errors.TransactionClaimed, "The settlement transaction already belongs to another payment; no credit note was issued.");
+                return await FailAsync(row, X402Errors.TransactionClaimed, 409, claimed, ct);
         }
 
         var reason = outcome.ErrorReason ?? X402Errors.UnexpectedSettleError;
         var body = ErrorBody(reason, "Settlement failed; the paid response is withheld and no credit note was issued.");
-        await FailAsync(row, reason, 402, body, ct);
-        return Json(402, body, SettlementHeader(row, success: false, transaction: "", reason));
+        return await FailAsync(row, reason, 402, body, ct, header: SettlementHeader(row, success: false, transaction: "", reason));
     }
 
     /// <summary>settling → settled with exactly one credit note; replays the stored result if another worker finished first.</summary>
@@ -180,14 +196,14 @@ public sealed class PaymentFlow(
         catch (Exception ex) when (Arrakis.Shared.Storage.Database.IsUniqueViolation(ex))
         {
             // Another payment row already owns this transaction hash: one credit note per transaction.
-            var dup = ErrorBody(X402Errors.DuplicateSettlement, "This transaction already produced a credit note.");
-            await FailAsync(row, X402Errors.DuplicateSettlement, 409, dup, ct);
-            return Json(409, dup, null);
+            PaymentLog.SettlementNotRecorded(logger, row.Id, transaction, X402Errors.TransactionClaimed);
+            var dup = ErrorBody(X402Errors.TransactionClaimed, "This transaction already produced a credit note.");
+            return await FailAsync(row, X402Errors.TransactionClaimed, 409, dup, ct);
         }
 
         if (!settled)
         {
-            return await store.GetAsync(row.Id, ct) is { } current ? Replay(current) : Problems.Create(500, X402Errors.InvalidTransactionState, "The payment vanished.");
+            return await StoredAsync(row.Id, ct);
         }
 
         row.State = PaymentStates.Settled;
@@ -307,13 +323,38 @@ public sealed class PaymentFlow(
         return new SettlementRequest(row.Id, payload, JsonNode.Parse(row.RequirementJson)!.AsObject(), authorization, signature, row.TxHash, row.RawTx);
     }
 
-    async Task FailAsync(PaymentRow row, string reason, int status, JsonNode body, CancellationToken ct)
+    /// <summary>The answer a payment's row holds now: its stored response once finished, 409 while another worker has it.</summary>
+    public async Task<IResult> StoredAsync(string paymentId, CancellationToken ct) => StoredResult(await store.GetAsync(paymentId, ct));
+
+    IResult StoredResult(PaymentRow? row) => row switch
     {
-        if (await store.MarkFailedAsync(row.Id, reason, status, body.ToJsonString(), ct))
+        { State: PaymentStates.Settled or PaymentStates.Failed } done => Replay(done),
+        { } busy => Problems.Create(409, X402Errors.DuplicateSettlement, "This payment is being settled by another worker; retry for the stored result.",
+            new Dictionary<string, object?> { ["paymentId"] = busy.Id, ["state"] = busy.State }),
+        null => Problems.Create(500, X402Errors.InvalidTransactionState, "The payment vanished."),
+    };
+
+    /// <summary>
+    /// Fails the row with the answer it will replay (<paramref name="status"/>, <paramref name="body"/>) and answers with it
+    /// (or <paramref name="live"/>). When the row had already moved on (recovery or another worker finished it), nothing
+    /// is overwritten and the answer is what that row holds.
+    /// </summary>
+    async Task<IResult> FailAsync(PaymentRow row, string reason, int status, JsonNode body, CancellationToken ct, IResult? live = null,
+        KeyValuePair<string, string>? header = null)
+    {
+        var json = body.ToJsonString();
+        if (!await store.MarkFailedAsync(row.Id, reason, status, json, ct))
         {
-            metrics.Failed(reason);
-            PaymentLog.PaymentFailed(logger, row.Id, reason);
+            return await StoredAsync(row.Id, ct);
         }
+
+        row.State = PaymentStates.Failed;
+        row.Error = reason;
+        row.ResponseStatus = status;
+        row.ResponseJson = json;
+        metrics.Failed(reason);
+        PaymentLog.PaymentFailed(logger, row.Id, reason);
+        return live ?? Json(status, body, header);
     }
 
     static JsonObject ErrorBody(string code, string detail) => new() { ["error"] = code, ["detail"] = detail };

@@ -57,4 +57,13 @@ internal static partial class PaymentLog
 
     [LoggerMessage(EventId = 6007, EventName = "CreditNoteUngranted", Level = LogLevel.Warning, Message = "x402 credit note {CreditNoteId} not granted yet: {Reason}")]
     public static partial void CreditNoteUngranted(ILogger logger, string creditNoteId, string reason);
+
+    [LoggerMessage(EventId = 6008, EventName = "SettlementSkipped", Level = LogLevel.Warning, Message = "x402 payment {PaymentId} was already {State} when its paid invoke returned; not settled")]
+    public static partial void SettlementSkipped(ILogger logger, string paymentId, string state);
+
+    [LoggerMessage(EventId = 6009, EventName = "SettlementNotRecorded", Level = LogLevel.Warning, Message = "x402 payment {PaymentId} could not take settlement transaction {Transaction}: {Reason}")]
+    public static partial void SettlementNotRecorded(ILogger logger, string paymentId, string transaction, string reason);
+
+    [LoggerMessage(EventId = 6010, EventName = "PaymentRecoveryFailed", Level = LogLevel.Warning, Message = "x402 recovery of payment {PaymentId} in {State} failed; the pass goes on")]
+    public static partial void RecoveryFailed(ILogger logger, Exception exception, string paymentId, string state);
 }

@@ -12,6 +12,19 @@ public static class PaymentStates
     public const string Failed = "failed";
 }
 
+/// <summary>What recording a settlement transaction on a payment did.</summary>
+public enum RecordOutcome
+{
+    /// <summary>The transaction is now the payment's; the settlement may go ahead.</summary>
+    Recorded,
+
+    /// <summary>Another payment already holds this transaction hash: it must not be credited twice.</summary>
+    TransactionClaimed,
+
+    /// <summary>The payment is no longer <c>settling</c> (recovery or another worker finished it): this worker does not own it.</summary>
+    NotSettling,
+}
+
 public sealed class PaymentRow
 {
     public string Id { get; set; } = "";
@@ -97,9 +110,23 @@ public sealed class PaymentStore(Database db, TimeProvider time)
     public Task<bool> MarkSettlingAsync(string id, long costMicro, string? invokeBody, CancellationToken ct) =>
         UpdateAsync("state = 'settling', cost_micro = @costMicro, invoke_body = @invokeBody", "state = 'verified'", new { id, costMicro, invokeBody }, ct);
 
-    /// <summary>Records the signed settlement transaction before it is broadcast, so recovery can find it after a crash.</summary>
-    public Task<bool> RecordTransactionAsync(string id, string txHash, string? rawTx, CancellationToken ct) =>
-        UpdateAsync("tx_hash = @txHash, raw_tx = @rawTx", "state = 'settling'", new { id, txHash, rawTx }, ct);
+    /// <summary>
+    /// Records the settlement transaction (before it is broadcast, when the settler signs it), so recovery can find it
+    /// after a crash. Only a <c>settling</c> row takes it, and a transaction hash belongs to at most one payment.
+    /// </summary>
+    public async Task<RecordOutcome> RecordTransactionAsync(string id, string txHash, string? rawTx, CancellationToken ct)
+    {
+        try
+        {
+            return await UpdateAsync("tx_hash = @txHash, raw_tx = @rawTx", "state = 'settling'", new { id, txHash, rawTx }, ct)
+                ? RecordOutcome.Recorded
+                : RecordOutcome.NotSettling;
+        }
+        catch (Exception ex) when (Database.IsUniqueViolation(ex))
+        {
+            return RecordOutcome.TransactionClaimed;
+        }
+    }
 
     public Task<bool> MarkSettledAsync(string id, string txHash, string? creditNoteId, string? lotId, long creditMicro, int responseStatus, string responseJson, CancellationToken ct) =>
         UpdateAsync("state = 'settled', tx_hash = @txHash, credit_note_id = @creditNoteId, credit_lot_id = @lotId, credit_micro = @creditMicro, response_status = @responseStatus, response_json = @responseJson",
@@ -108,6 +135,13 @@ public sealed class PaymentStore(Database db, TimeProvider time)
     public Task<bool> MarkFailedAsync(string id, string error, int responseStatus, string responseJson, CancellationToken ct) =>
         UpdateAsync("state = 'failed', error = @error, response_status = @responseStatus, response_json = @responseJson",
             "state IN ('verified', 'settling')", new { id, error, responseStatus, responseJson }, ct);
+
+    /// <summary>
+    /// Recovery takes a stale <c>verified</c> or <c>settling</c> row only if nobody touched it since it was listed, and
+    /// touching it keeps every other recovery pass (on any replica) off it for another <c>RecoveryAfterSeconds</c>.
+    /// </summary>
+    public Task<bool> TakeForRecoveryAsync(PaymentRow row, CancellationToken ct) =>
+        UpdateAsync("state = state", "state = @state AND updated_at = @seen", new { id = row.Id, state = row.State, seen = row.UpdatedAt }, ct);
 
     public Task<bool> MarkCreditGrantedAsync(string id, CancellationToken ct) =>
         UpdateAsync("credit_granted = 1", "credit_granted = 0", new { id }, ct);

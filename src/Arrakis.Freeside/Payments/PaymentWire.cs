@@ -44,6 +44,15 @@ public static class X402Errors
     public const string InsufficientFunds = "insufficient_funds";
     public const string ProofInvalid = "invalid_payment_proof";
     public const string ProofPending = "payment_proof_unconfirmed";
+
+    /// <summary>The proof's transaction is an EIP-3009 settlement: that money is counted on the x402 path, never as a proof.</summary>
+    public const string ProofIsSettlement = "payment_proof_is_x402_settlement";
+
+    /// <summary>The settlement transaction already belongs to another payment: one transaction, one credit note.</summary>
+    public const string TransactionClaimed = "transaction_already_claimed";
+
+    /// <summary>A settler's answer when the payment was no longer <c>settling</c>: another worker or recovery owns it (never sent to clients).</summary>
+    public const string PaymentNotSettling = "payment_not_settling";
 }
 
 /// <summary>The EIP-3009 authorization of an <c>exact</c> EVM payload. All fields are strings on the wire.</summary>

@@ -35,7 +35,7 @@ public static class PaymentsSetup
         services.AddHttpClient(FacilitatorSettler.ClientName, (sp, c) =>
         {
             c.BaseAddress = new Uri(sp.GetRequiredService<IOptions<X402Options>>().Value.FacilitatorUrl.TrimEnd('/') + "/");
-            c.Timeout = TimeSpan.FromSeconds(60);
+            c.Timeout = TimeSpan.FromSeconds(sp.GetRequiredService<IOptions<X402Options>>().Value.FacilitatorTimeoutSeconds);
         });
         services.AddSingleton<SettlementRecovery>();
         services.AddHostedService(sp => sp.GetRequiredService<SettlementRecovery>());

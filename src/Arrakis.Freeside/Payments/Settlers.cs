@@ -17,7 +17,12 @@ namespace Arrakis.Freeside.Payments;
 public sealed record SettlementRequest(string PaymentId, JsonObject PaymentPayload, JsonObject Requirement, Eip3009Authorization Authorization, string Signature, string? KnownTxHash, string? RawTx);
 
 /// <summary>A settlement attempt's outcome. <see cref="Transaction"/> is the on-chain tx hash on success.</summary>
-public sealed record SettlementOutcome(bool Success, string? Transaction, string? ErrorReason);
+public sealed record SettlementOutcome(bool Success, string? Transaction, string? ErrorReason)
+{
+    /// <summary>The payment did not take the transaction (<see cref="RecordOutcome"/> other than Recorded): never a success.</summary>
+    public static SettlementOutcome NotRecorded(RecordOutcome record, string transaction) =>
+        new(false, transaction, record == RecordOutcome.TransactionClaimed ? X402Errors.TransactionClaimed : X402Errors.PaymentNotSettling);
+}
 
 /// <summary>Turns a verified EIP-3009 authorization into an on-chain transfer.</summary>
 public interface IPaymentSettler
@@ -25,8 +30,12 @@ public interface IPaymentSettler
     /// <summary>Checks with the chain or facilitator before the paid call runs (balance, nonce state); null when it may proceed.</summary>
     Task<PaymentRejection?> PreVerifyAsync(SettlementRequest request, CancellationToken ct);
 
-    /// <summary>Settles. <paramref name="onSigned"/> persists a tx hash (and raw tx) before broadcast, when the settler knows it.</summary>
-    Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct);
+    /// <summary>
+    /// Settles. <paramref name="onSigned"/> records a tx hash (and raw tx) on the payment, before broadcast when the settler
+    /// signs it itself; unless it answers <see cref="RecordOutcome.Recorded"/> the settlement is not the payment's
+    /// (see <see cref="SettlementOutcome.NotRecorded"/>), and a settler that has not broadcast yet must not broadcast.
+    /// </summary>
+    Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task<RecordOutcome>> onSigned, CancellationToken ct);
 }
 
 /// <summary>Settler (a): an x402 facilitator over HTTP, spec v2 §7 (<c>/verify</c>, <c>/settle</c>, <c>/supported</c>).</summary>
@@ -47,14 +56,14 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             : new PaymentRejection(402, body["invalidReason"]?.GetValue<string>() ?? X402Errors.UnexpectedVerifyError, "The facilitator rejected the payment.");
     }
 
-    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct)
+    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task<RecordOutcome>> onSigned, CancellationToken ct)
     {
         var (ok, body) = await PostAsync("settle", request, ct);
         var tx = body?["transaction"]?.GetValue<string>();
         if (ok && body?["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
         {
-            await onSigned(tx, null);
-            return new SettlementOutcome(true, tx, null);
+            var record = await onSigned(tx, null);
+            return record == RecordOutcome.Recorded ? new SettlementOutcome(true, tx, null) : SettlementOutcome.NotRecorded(record, tx);
         }
 
         // Refused or unanswered: if this authorization already moved the funds (a settle that landed before a crash or a
@@ -62,8 +71,8 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
         if (await FindOnChainAsync(request, ct) is { } landed)
         {
             logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
-            await onSigned(landed, null);
-            return new SettlementOutcome(true, landed, null);
+            var record = await onSigned(landed, null);
+            return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
         }
 
         return new SettlementOutcome(false, null, (ok ? body?["errorReason"]?.GetValue<string>() : null) ?? X402Errors.UnexpectedSettleError);
@@ -118,7 +127,7 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             var node = await response.Content.ReadFromJsonAsync<JsonNode>(ct);
             return (response.IsSuccessStatusCode, node as JsonObject);
         }
-        catch (Exception ex) when (ex is HttpRequestException or JsonException or TaskCanceledException or NotSupportedException)
+        catch (Exception ex) when (ex is HttpRequestException or JsonException or TaskCanceledException or NotSupportedException && !ct.IsCancellationRequested)
         {
             logger.LogWarning(ex, "x402 facilitator /{Path} failed", path);
             return (false, null);
@@ -197,7 +206,7 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
         }
     }
 
-    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task> onSigned, CancellationToken ct)
+    public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task<RecordOutcome>> onSigned, CancellationToken ct)
     {
         var o = options.Value;
         var web3 = Connect();
@@ -221,7 +230,12 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
                 }
 
                 txHash = "0x" + Sha3Keccack.Current.CalculateHashFromHex(raw);
-                await onSigned(txHash, raw);
+                if (await onSigned(txHash, raw) is not RecordOutcome.Recorded and var record)
+                {
+                    // Not this payment's to settle (or the hash is another payment's): the transaction is never broadcast.
+                    return SettlementOutcome.NotRecorded(record, txHash);
+                }
+
                 try
                 {
                     await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());

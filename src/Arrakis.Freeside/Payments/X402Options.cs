@@ -1,5 +1,6 @@
 using System.ComponentModel.DataAnnotations;
 using System.Text.RegularExpressions;
+using Arrakis.Freeside.Identity;
 
 namespace Arrakis.Freeside.Payments;
 
@@ -61,6 +62,10 @@ public sealed partial class X402Options : IValidatableObject
 
     public string FacilitatorUrl { get; set; } = "https://x402.org/facilitator";
 
+    /// <summary>Timeout of each facilitator HTTP call (<c>/verify</c>, <c>/settle</c>, <c>/supported</c>), in seconds.</summary>
+    [Range(1, 600)]
+    public int FacilitatorTimeoutSeconds { get; set; } = 60;
+
     /// <summary>JSON-RPC endpoint for direct settlement and the legacy proof path.</summary>
     public string RpcUrl { get; set; } = "http://127.0.0.1:8545";
 
@@ -81,9 +86,19 @@ public sealed partial class X402Options : IValidatableObject
     /// <summary>Send the v2 <c>PAYMENT-REQUIRED</c> header. Off only to exercise the v1 body path with v2-capable clients.</summary>
     public bool AdvertiseV2 { get; set; } = true;
 
-    /// <summary>Rows untouched this long in <c>verified</c> (failed: the invoke never finished) or <c>settling</c> (settlement resumed) are recovered.</summary>
+    /// <summary>
+    /// Rows untouched this long in <c>verified</c> (failed: the invoke never finished) or <c>settling</c> (settlement resumed)
+    /// are recovered. It must outlast a live paid request, at least <see cref="MinimumRecoveryAfterSeconds"/>, so recovery
+    /// never takes a row a request still handles.
+    /// </summary>
     [Range(1, 86400)]
-    public int RecoveryAfterSeconds { get; set; } = 120;
+    public int RecoveryAfterSeconds { get; set; } = 300;
+
+    /// <summary>Slack on top of the facilitator and finn timeouts before recovery may take a row.</summary>
+    public static readonly TimeSpan RecoveryMargin = TimeSpan.FromSeconds(30);
+
+    /// <summary>The longest a live paid request holds a row untouched: the facilitator's /verify, then the finn call, plus a margin.</summary>
+    public int MinimumRecoveryAfterSeconds => FacilitatorTimeoutSeconds + (int)Math.Ceiling(IdentitySetup.FinnTimeout.TotalSeconds) + (int)RecoveryMargin.TotalSeconds;
 
     [Range(1, 3600)]
     public int RecoveryIntervalSeconds { get; set; } = 30;
@@ -137,6 +152,15 @@ public sealed partial class X402Options : IValidatableObject
         if (!Uri.TryCreate(RpcUrl, UriKind.Absolute, out _))
         {
             yield return new ValidationResult("X402:RpcUrl must be an absolute URL.", [nameof(RpcUrl)]);
+        }
+
+        if (RecoveryAfterSeconds < MinimumRecoveryAfterSeconds)
+        {
+            yield return new ValidationResult(
+                $"X402:RecoveryAfterSeconds ({RecoveryAfterSeconds}) must be at least X402:FacilitatorTimeoutSeconds ({FacilitatorTimeoutSeconds}) + the finn call timeout " +
+                $"({IdentitySetup.FinnTimeout.TotalSeconds:0}) + {RecoveryMargin.TotalSeconds:0} = {MinimumRecoveryAfterSeconds} seconds, so recovery never takes a payment a live " +
+                "request still handles: raise X402:RecoveryAfterSeconds or lower X402:FacilitatorTimeoutSeconds.",
+                [nameof(RecoveryAfterSeconds)]);
         }
     }
 }

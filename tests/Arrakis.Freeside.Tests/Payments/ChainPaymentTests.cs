@@ -75,7 +75,7 @@ public sealed class ChainPaymentTests
         }
     }
 
-    static async Task<(string Header, Eip3009Authorization Authorization, long Amount)> SignAsync(Rig rig, JsonObject body, CancellationToken ct,
+    internal static async Task<(string Header, Eip3009Authorization Authorization, long Amount)> SignAsync(Rig rig, JsonObject body, CancellationToken ct,
         long extra = 0, string? nonce = null, string? paymentIdentifier = null)
     {
         var (required, _) = await rig.Host.ChallengeAsync(body, ct);
@@ -86,9 +86,9 @@ public sealed class ChainPaymentTests
         return (header, a, amount);
     }
 
-    static Dictionary<string, string> V2(string header) => new() { ["PAYMENT-SIGNATURE"] = header };
+    internal static Dictionary<string, string> V2(string header) => new() { ["PAYMENT-SIGNATURE"] = header };
 
-    static async Task<JsonObject> JsonAsync(HttpResponseMessage response, CancellationToken ct) =>
+    internal static async Task<JsonObject> JsonAsync(HttpResponseMessage response, CancellationToken ct) =>
         JsonNode.Parse(await response.Content.ReadAsStringAsync(ct))!.AsObject();
 
     public static TheoryData<string, string> EnginesAndSettlers()

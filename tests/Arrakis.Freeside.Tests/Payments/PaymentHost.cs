@@ -2,7 +2,9 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Payments;
+using Arrakis.Shared.Storage;
 using Arrakis.Shared.Tokens;
+using Dapper;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
@@ -61,6 +63,17 @@ internal sealed class PaymentHost : IAsyncDisposable
         });
         await app.StartAsync();
         return new PaymentHost(app, url, invocation, sink);
+    }
+
+    public SettlementRecovery Recovery => App.Services.GetRequiredService<SettlementRecovery>();
+
+    /// <summary>Moves a payment's timestamps back by <paramref name="by"/>, as if it had been left that long: recovery tests age rows instead of waiting.</summary>
+    public async Task AgeAsync(string paymentId, TimeSpan by, CancellationToken ct)
+    {
+        await using var connection = await App.Services.GetRequiredService<Database>().OpenAsync(ct);
+        var aged = await connection.ExecuteAsync(new CommandDefinition("UPDATE x402_payments SET created_at = created_at - @ms, updated_at = updated_at - @ms WHERE id = @paymentId",
+            new { ms = (long)by.TotalMilliseconds, paymentId }, cancellationToken: ct));
+        Assert.Equal(1, aged);
     }
 
     public string UserToken(string communityId) =>

@@ -9,7 +9,10 @@ public sealed class RecoveryAndProofTests
 {
     static readonly JsonObject Body = new() { ["prompt"] = "x402 payment test", ["model"] = "cheap" };
 
-    static async Task<PaymentRow> CrashedRowAsync(ChainPaymentTests.Rig rig, string state, CancellationToken ct)
+    /// <summary>Older than any X402:RecoveryAfterSeconds the tests run with, so recovery takes the row.</summary>
+    internal static readonly TimeSpan Stale = TimeSpan.FromHours(1);
+
+    internal static async Task<PaymentRow> CrashedRowAsync(ChainPaymentTests.Rig rig, string state, CancellationToken ct)
     {
         var (required, _) = await rig.Host.ChallengeAsync(Body, ct);
         var accepted = required["accepts"]![0]!.AsObject();
@@ -48,10 +51,11 @@ public sealed class RecoveryAndProofTests
     public async Task Recovery_settles_a_row_left_in_settling_and_fails_a_stale_verified_one(string engine)
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, new Dictionary<string, string?> { ["X402:RecoveryAfterSeconds"] = "1" });
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
         var settling = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
         var verified = await CrashedRowAsync(rig, PaymentStates.Verified, ct);
-        await Task.Delay(1_500, ct);
+        await rig.Host.AgeAsync(settling.Id, Stale, ct);
+        await rig.Host.AgeAsync(verified.Id, Stale, ct);
 
         var touched = await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
         Assert.True(touched >= 2);
@@ -79,22 +83,13 @@ public sealed class RecoveryAndProofTests
     public async Task Recovery_finds_a_facilitator_settlement_that_landed_before_the_crash_and_issues_one_credit_note(string engine)
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:RecoveryAfterSeconds"] = "1" });
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct);
         var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
 
         // What the facilitator did before the crash: it settled this very payload on chain.
-        using var http = new HttpClient { BaseAddress = new Uri(rig.Host.Options.FacilitatorUrl.TrimEnd('/') + "/") };
-        using var settle = await http.PostAsync("settle", System.Net.Http.Json.JsonContent.Create(new JsonObject
-        {
-            ["x402Version"] = 2,
-            ["paymentPayload"] = JsonNode.Parse(row.PayloadJson),
-            ["paymentRequirements"] = JsonNode.Parse(row.RequirementJson),
-        }), ct);
-        var landed = JsonNode.Parse(await settle.Content.ReadAsStringAsync(ct))!;
-        Assert.True(landed["success"]?.GetValue<bool>() == true, landed.ToJsonString());
-        var tx = landed["transaction"]!.GetValue<string>();
+        var tx = await SettleThroughFacilitatorAsync(rig, row, ct);
         Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
-        await Task.Delay(1_500, ct);
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
 
         await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
 
@@ -107,6 +102,146 @@ public sealed class RecoveryAndProofTests
 
         await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
         Assert.Single(rig.Host.Sink.Lots);
+    }
+
+    /// <summary>Settles a crashed row's payload through the rig's facilitator behind freeside's back; returns the transaction.</summary>
+    static async Task<string> SettleThroughFacilitatorAsync(ChainPaymentTests.Rig rig, PaymentRow row, CancellationToken ct)
+    {
+        using var http = new HttpClient { BaseAddress = new Uri(rig.Host.Options.FacilitatorUrl.TrimEnd('/') + "/") };
+        using var settle = await http.PostAsync("settle", System.Net.Http.Json.JsonContent.Create(new JsonObject
+        {
+            ["x402Version"] = 2,
+            ["paymentPayload"] = JsonNode.Parse(row.PayloadJson),
+            ["paymentRequirements"] = JsonNode.Parse(row.RequirementJson),
+        }), ct);
+        var landed = JsonNode.Parse(await settle.Content.ReadAsStringAsync(ct))!;
+        Assert.True(landed["success"]?.GetValue<bool>() == true, landed.ToJsonString());
+        return landed["transaction"]!.GetValue<string>();
+    }
+
+    /// <summary>
+    /// The facilitator settled, freeside crashed, and meanwhile another payment row took that transaction hash (as the old
+    /// legacy proof path let anyone do with an x402 settlement): recovery fails the payment with its own code instead of
+    /// throwing on every pass, and no second credit note is issued for the transaction.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_fails_a_settlement_whose_transaction_another_payment_claimed_and_credits_nothing(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct);
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var tx = await SettleThroughFacilitatorAsync(rig, row, ct);
+        var (inserted, _) = await rig.Host.Store.ClaimAsync(new PaymentRow
+        {
+            Id = "pay_claimed_" + Guid.NewGuid().ToString("N")[..8],
+            Kind = "proof",
+            X402Version = 1,
+            Network = row.Network,
+            Asset = row.Asset,
+            Payer = row.Payer,
+            Nonce = tx,
+            PayloadHash = tx,
+            AmountRequiredMicro = row.AmountRequiredMicro,
+            ValueMicro = row.ValueMicro,
+            CommunityId = "community-other",
+            State = PaymentStates.Settled,
+            TxHash = tx,
+        }, ct);
+        Assert.True(inserted);
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var failed = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.Equal((PaymentStates.Failed, X402Errors.TransactionClaimed, 409L), (failed.State, failed.Error, failed.ResponseStatus));
+        Assert.Equal(X402Errors.TransactionClaimed, JsonNode.Parse(failed.ResponseJson!)!["error"]!.GetValue<string>());
+        Assert.Null(failed.CreditNoteId);
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+
+        // Terminal: later passes leave it alone.
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+        Assert.Equal(PaymentStates.Failed, (await rig.Host.Store.GetAsync(row.Id, ct))!.State);
+        Assert.Empty(rig.Host.Sink.Lots);
+    }
+
+    /// <summary>
+    /// A worker still holding a row it no longer owns (recovery or another worker already finished it as failed) must not
+    /// put the payer's authorization on chain: the row stays failed, nothing moves, no credit note.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_worker_that_lost_its_row_never_broadcasts_the_settlement(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        row.State = PaymentStates.Settling;
+        row.CostMicro = 300;
+        Assert.True(await rig.Host.Store.MarkFailedAsync(row.Id, "abandoned", 502, """{"error":"abandoned","detail":"taken by recovery"}""", ct));
+
+        var flow = rig.Host.App.Services.GetRequiredService<PaymentFlow>();
+        var result = await flow.SettleAndFinishAsync(row, flow.RequestFor(row), ct);
+
+        var (status, body) = await ExecuteAsync(rig.Host, result);
+        Assert.Equal((502, "abandoned"), (status, body["error"]!.GetValue<string>()));
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.False(await rig.Chain.AuthorizationUsedAsync(row.Payer, row.Nonce));
+        var stored = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.Equal((PaymentStates.Failed, (string?)null), (stored.State, stored.TxHash));
+        Assert.Empty(rig.Host.Sink.Lots);
+    }
+
+    /// <summary>One stuck row that throws (here, a payload that cannot be read) must not stop the pass from recovering the rest.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task One_row_recovery_cannot_handle_does_not_stop_the_others(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        // No chain: the RPC points at a closed port, and neither row needs it.
+        await using var host = await PaymentHost.StartAsync(engine, new Dictionary<string, string?>
+        {
+            ["X402:Settler"] = "Direct",
+            ["X402:RelayerKey"] = PaymentSigning.RelayerKey,
+            ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
+        });
+        PaymentRow Row(string id) => new()
+        {
+            Id = id,
+            X402Version = 2,
+            Network = "eip155:84532",
+            Asset = X402Options.BaseSepoliaUsdc.ToLowerInvariant(),
+            Payer = PaymentSigning.AddressOf(PaymentSigning.PayerKey).ToLowerInvariant(),
+            Nonce = PaymentSigning.RandomNonce(),
+            PayloadHash = id,
+            AmountRequiredMicro = 1_000,
+            ValueMicro = 1_000,
+            CommunityId = "community-crash",
+            State = PaymentStates.Verified,
+        };
+        var broken = Row("pay_broken_" + Guid.NewGuid().ToString("N")[..8]);
+        var abandoned = Row("pay_abandoned_" + Guid.NewGuid().ToString("N")[..8]);
+        Assert.True((await host.Store.ClaimAsync(broken, ct)).Inserted);
+        Assert.True(await host.Store.MarkSettlingAsync(broken.Id, 300, """{"content":"answer"}""", ct));
+        Assert.True((await host.Store.ClaimAsync(abandoned, ct)).Inserted);
+        await host.AgeAsync(broken.Id, Stale * 2, ct); // the oldest, so the pass meets it first
+        await host.AgeAsync(abandoned.Id, Stale, ct);
+
+        await host.Recovery.RecoverOnceAsync(ct);
+
+        Assert.Equal(PaymentStates.Failed, (await host.Store.GetAsync(abandoned.Id, ct))!.State);
+        Assert.Equal(PaymentStates.Settling, (await host.Store.GetAsync(broken.Id, ct))!.State);
+        Assert.Empty(host.Sink.Lots);
+    }
+
+    internal static async Task<(int Status, JsonObject Body)> ExecuteAsync(PaymentHost host, Microsoft.AspNetCore.Http.IResult result)
+    {
+        var http = new Microsoft.AspNetCore.Http.DefaultHttpContext { RequestServices = host.App.Services };
+        using var stream = new MemoryStream();
+        http.Response.Body = stream;
+        await result.ExecuteAsync(http);
+        return (http.Response.StatusCode, JsonNode.Parse(stream.ToArray())!.AsObject());
     }
 
     [Theory]

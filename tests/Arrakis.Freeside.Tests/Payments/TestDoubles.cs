@@ -5,8 +5,9 @@ using Arrakis.Freeside.Payments;
 namespace Arrakis.Freeside.Tests.Payments;
 
 /// <summary>
-/// TEST DOUBLE of our own invoke pipeline, used only by payment-flow tests: returns a fixed metered cost, and fails
-/// like a provider error when the prompt contains "provider-error".
+/// TEST DOUBLE of our own invoke pipeline, used only by payment-flow tests: returns a fixed metered cost, fails like a
+/// provider error when the prompt contains "provider-error", and reports a failure without an error status when it
+/// contains "soft-failure". <see cref="During"/> runs while the invoke is "in flight" (to race it with recovery).
 /// </summary>
 internal sealed class FixedCostInvocation(long costMicro) : IPaidInvocation
 {
@@ -14,20 +15,32 @@ internal sealed class FixedCostInvocation(long costMicro) : IPaidInvocation
 
     public int Calls => _calls;
 
-    public Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
+    public Func<PaidInvocationRequest, CancellationToken, Task>? During { get; set; }
+
+    public async Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
     {
         Interlocked.Increment(ref _calls);
+        if (During is { } during)
+        {
+            await during(request, ct);
+        }
+
         var prompt = request.Body["prompt"]?.GetValue<string>() ?? "";
         if (prompt.Contains("provider-error", StringComparison.Ordinal))
         {
-            return Task.FromResult(new PaidInvocationResult(false, 502, 0, new JsonObject { ["error"] = "PROVIDER_ERROR", ["detail"] = "upstream 500" }));
+            return new PaidInvocationResult(false, 502, 0, new JsonObject { ["error"] = "PROVIDER_ERROR", ["detail"] = "upstream 500" });
         }
 
-        return Task.FromResult(new PaidInvocationResult(true, 200, costMicro, new JsonObject
+        if (prompt.Contains("soft-failure", StringComparison.Ordinal))
+        {
+            return new PaidInvocationResult(false, 200, 0, new JsonObject { ["error"] = "PROVIDER_ERROR", ["detail"] = "failed without an error status" });
+        }
+
+        return new PaidInvocationResult(true, 200, costMicro, new JsonObject
         {
             ["content"] = "paid answer to: " + prompt,
             ["cost_micro"] = costMicro,
-        }));
+        });
     }
 }
 

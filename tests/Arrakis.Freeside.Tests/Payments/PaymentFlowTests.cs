@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using Arrakis.Freeside.Payments;
+
+namespace Arrakis.Freeside.Tests.Payments;
+
+/// <summary>Who may settle a payment, and what a failed payment leaves behind: a consistent row, its stored answer, no credit.</summary>
+public sealed class PaymentFlowTests
+{
+    static readonly JsonObject Body = new() { ["prompt"] = "x402 payment test", ["model"] = "cheap" };
+
+    /// <summary>
+    /// The paid invoke outlived X402:RecoveryAfterSeconds and recovery failed the row as abandoned meanwhile: the request
+    /// that comes back must not settle (the row is no longer its own), and answers with what the row says.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_payment_recovery_took_during_the_invoke_is_never_settled(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (header, a, _) = await ChainPaymentTests.SignAsync(rig, Body, ct);
+        rig.Host.Invocation.During = async (request, token) =>
+        {
+            await rig.Host.AgeAsync(request.PaymentId, RecoveryAndProofTests.Stale, token);
+            await rig.Host.Recovery.RecoverOnceAsync(token);
+        };
+
+        using var response = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), rig.Host.UserToken("community-race"), ct);
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        Assert.True((502, "abandoned") == ((int)response.StatusCode, body["error"]?.GetValue<string>()), body.ToJsonString());
+        Assert.False(response.Headers.Contains("PAYMENT-RESPONSE"));
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.False(await rig.Chain.AuthorizationUsedAsync(a.From, a.Nonce));
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(1, await rig.Host.Store.CountAsync(PaymentStates.Failed, ct));
+        Assert.Equal(0, await rig.Host.Store.CountAsync(PaymentStates.Settled, ct));
+
+        // The same payment again replays that answer.
+        rig.Host.Invocation.During = null;
+        using var again = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+        Assert.Equal((502, body.ToJsonString()), ((int)again.StatusCode, (await ChainPaymentTests.JsonAsync(again, ct)).ToJsonString()));
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Equal(1, rig.Host.Invocation.Calls);
+    }
+
+    /// <summary>An invoke that fails without an error status is answered 502, and the stored answer a replay gets is that same 502.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_failed_invoke_is_answered_the_same_live_and_on_replay(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var failing = new JsonObject { ["prompt"] = "please soft-failure", ["model"] = "cheap" };
+        var (header, _, _) = await ChainPaymentTests.SignAsync(rig, failing, ct);
+
+        using var first = await rig.Host.PostAsync(failing, ChainPaymentTests.V2(header), ct: ct);
+        var firstBody = await first.Content.ReadAsStringAsync(ct);
+        Assert.Equal(502, (int)first.StatusCode);
+        using var replay = await rig.Host.PostAsync(failing, ChainPaymentTests.V2(header), ct: ct);
+        Assert.Equal((502, firstBody), ((int)replay.StatusCode, await replay.Content.ReadAsStringAsync(ct)));
+        Assert.Equal(1, rig.Host.Invocation.Calls);
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Empty(rig.Host.Sink.Lots);
+    }
+
+    /// <summary>A facilitator that accepts the connection and never answers costs X402:FacilitatorTimeoutSeconds, not a minute.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_silent_facilitator_times_out_after_X402_FacilitatorTimeoutSeconds(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var silent = new TcpListener(IPAddress.Loopback, 0); // connections queue in the backlog and are never answered
+        silent.Start();
+        await using var host = await PaymentHost.StartAsync(engine, new Dictionary<string, string?>
+        {
+            ["X402:Settler"] = "Facilitator",
+            ["X402:FacilitatorUrl"] = $"http://127.0.0.1:{((IPEndPoint)silent.LocalEndpoint).Port}",
+            ["X402:FacilitatorTimeoutSeconds"] = "2",
+            ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
+        });
+        var (required, _) = await host.ChallengeAsync(Body, ct);
+        var accepted = required["accepts"]![0]!.AsObject();
+        var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0,
+            DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 120);
+        var header = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
+
+        using var bounded = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        bounded.CancelAfter(TimeSpan.FromSeconds(30));
+        var clock = Stopwatch.StartNew();
+        using var response = await host.PostAsync(Body, ChainPaymentTests.V2(header), ct: bounded.Token);
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        Assert.Equal((502, X402Errors.UnexpectedVerifyError), ((int)response.StatusCode, body["error"]!.GetValue<string>()));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
+        Assert.Equal(0, host.Invocation.Calls);
+        Assert.Equal(1, await host.Store.CountAsync(PaymentStates.Failed, ct));
+    }
+}
