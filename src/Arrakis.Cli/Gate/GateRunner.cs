@@ -778,7 +778,15 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
 
         // Stricter than the original, which passed any non-empty answer "accepted (no credit note)": a payment that
         // freeside does not answer with 200 and a credit note was not credited, so the step fails.
-        var paid = await http.PostJsonAsync(url, X402Body, _tokens!.Mint(), timings.X402PaidTimeout, ct, new Dictionary<string, string> { ["X-Payment-Proof"] = tx });
+        // The proof carries the payer's signature of the transaction hash (freeside requires it by default: a mined hash
+        // is public, and without it whoever presents it first is credited). A server that does not ask for it ignores it.
+        var proofHeaders = new Dictionary<string, string>
+        {
+            ["X-Payment-Proof"] = tx,
+            [Arrakis.Freeside.Payments.X402Headers.XPaymentProofSignature] = new Nethereum.Signer.EthereumMessageSigner().EncodeUTF8AndSign(
+                Arrakis.Freeside.Payments.LegacyProof.Message(tx), new Nethereum.Signer.EthECKey(wallet)),
+        };
+        var paid = await http.PostJsonAsync(url, X402Body, _tokens!.Mint(), timings.X402PaidTimeout, ct, proofHeaders);
         var elapsed = watch.ElapsedMilliseconds;
         if (paid.Status == 0 || paid.TimedOut || paid.Body.Length == 0)
         {

@@ -98,7 +98,32 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
             : Refuse(X402Errors.ProofInvalid, $"The proof must be a plain {o.AssetName} transfer(payTo, amount) sent by the payer.");
     }
 
-    public async Task<IResult> HandleAsync(string proof, PaymentChallenge challenge, JsonWebToken? token, CancellationToken ct)
+    /// <summary>What the payer signs (EIP-191 <c>personal_sign</c>) to present its own transaction as a proof.</summary>
+    public static string Message(string txHash) => "arrakis x402 payment proof " + txHash.Trim().ToLowerInvariant();
+
+    /// <summary>The account that signed <see cref="Message"/> for <paramref name="txHash"/>, or null when the signature is malformed.</summary>
+    public static string? Signer(string txHash, string signature)
+    {
+        signature = signature.Trim();
+        if (!ProofSignature().IsMatch(signature))
+        {
+            return null;
+        }
+
+        try
+        {
+            return new Nethereum.Signer.EthereumMessageSigner().EncodeUTF8AndEcRecover(Message(txHash), signature);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            return null;
+        }
+    }
+
+    [GeneratedRegex(@"^0x[0-9a-fA-F]{130}\z")]
+    private static partial Regex ProofSignature();
+
+    public async Task<IResult> HandleAsync(string proof, string? signature, PaymentChallenge challenge, JsonWebToken? token, CancellationToken ct)
     {
         var o = options.Value;
         proof = proof.Trim();
@@ -108,9 +133,28 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
         }
 
         var tx = proof.ToLowerInvariant();
+        string? signer = null;
+        if (!string.IsNullOrWhiteSpace(signature))
+        {
+            signer = Signer(tx, signature);
+            if (signer is null)
+            {
+                return Reject(challenge, X402Errors.ProofNotSignedByPayer,
+                    $"{X402Headers.XPaymentProofSignature} must be a 65-byte 0x-hex EIP-191 signature of '{Message(tx)}' by the payer.");
+            }
+        }
+        else if (o.LegacyProofRequiresPayerSignature)
+        {
+            return Reject(challenge, X402Errors.ProofSignatureRequired,
+                $"Send {X402Headers.XPaymentProofSignature}: the payer's EIP-191 (personal_sign) signature of '{Message(tx)}'. A transaction hash alone does not show who presents it.");
+        }
+
         if (await store.FindByTxAsync(tx, ct) is { } known)
         {
-            return Known(known);
+            // A proof's stored answer (with its credit note) is replayed only to its payer.
+            return signer is not null && known.Kind == "proof" && !AuthorizationVerifier.Same(signer, known.Payer)
+                ? Reject(challenge, X402Errors.ProofNotSignedByPayer, "The signature is not the payer's: the transaction was sent by another account.")
+                : Known(known);
         }
 
         var web3 = new Web3(o.RpcUrl);
@@ -156,6 +200,11 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
         }
 
         var (payer, paid) = (check.Payer!, check.Paid);
+        if (signer is not null && !AuthorizationVerifier.Same(signer, payer))
+        {
+            return Reject(challenge, X402Errors.ProofNotSignedByPayer, "The signature is not the payer's: the transaction was sent by another account.");
+        }
+
         if (paid < challenge.AmountMicro || paid > long.MaxValue)
         {
             return Reject(challenge, X402Errors.ValueMismatch, $"The transaction pays {paid}, below the required {challenge.AmountMicro}.");

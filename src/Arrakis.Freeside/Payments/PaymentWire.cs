@@ -15,6 +15,9 @@ public static class X402Headers
     public const string XPaymentRequired = "X-Payment-Required";
     public const string XPrice = "X-Price";
     public const string XPaymentProof = "X-Payment-Proof";
+
+    /// <summary>The payer's EIP-191 signature of <see cref="LegacyProof.Message"/>: proves the presenter is the payer.</summary>
+    public const string XPaymentProofSignature = "X-Payment-Proof-Signature";
 }
 
 /// <summary>The spec's error codes (x402 v2 §9) plus our terminal duplicate codes.</summary>
@@ -47,6 +50,12 @@ public static class X402Errors
 
     /// <summary>The proof's transaction is an EIP-3009 settlement: that money is counted on the x402 path, never as a proof.</summary>
     public const string ProofIsSettlement = "payment_proof_is_x402_settlement";
+
+    /// <summary>A legacy proof came without the payer's signature, which this deployment requires.</summary>
+    public const string ProofSignatureRequired = "payment_proof_signature_required";
+
+    /// <summary>The proof's signature is malformed, or it was not made by the account that sent the transaction.</summary>
+    public const string ProofNotSignedByPayer = "payment_proof_not_signed_by_payer";
 
     /// <summary>The settlement transaction already belongs to another payment: one transaction, one credit note.</summary>
     public const string TransactionClaimed = "transaction_already_claimed";

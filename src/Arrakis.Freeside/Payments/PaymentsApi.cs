@@ -99,7 +99,7 @@ public static class PaymentsApi
 
         if (headers[X402Headers.XPaymentProof].ToString() is { Length: > 0 } proof)
         {
-            return await legacy.HandleAsync(proof, challenge, token, ct);
+            return await legacy.HandleAsync(proof, headers[X402Headers.XPaymentProofSignature].ToString(), challenge, token, ct);
         }
 
         return PaymentRequirementsBuilder.ToResult(challenge, X402Errors.PaymentRequired, "Payment is required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (v1).");

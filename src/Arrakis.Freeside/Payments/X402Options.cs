@@ -77,6 +77,14 @@ public sealed partial class X402Options : IValidatableObject
     public int Confirmations { get; set; } = 1;
 
     /// <summary>
+    /// Require <c>X-Payment-Proof-Signature</c> on a legacy proof: the payer's EIP-191 (<c>personal_sign</c>) signature of
+    /// <c>arrakis x402 payment proof &lt;tx hash&gt;</c>. A transaction hash is public once mined, so without it anyone who
+    /// sees the payment on chain can present it first and have its credit note issued to their own community. On by
+    /// default; turn it off only where the presenter is trusted (a test chain, a client that cannot sign).
+    /// </summary>
+    public bool LegacyProofRequiresPayerSignature { get; set; } = true;
+
+    /// <summary>
     /// Micro-USD credited per wei of a plain native-value transfer on the legacy proof path (the launch gate's
     /// <c>cast send --value</c>). 0 (the default) refuses native transfers; set it only on test chains.
     /// </summary>

@@ -109,7 +109,7 @@ public sealed class LegacyProofTests
 
         var lotsBefore = rig.Host.Sink.Lots.Count;
         Assert.Equal(settledByX402, lotsBefore);
-        using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+        using var response = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, thirdParty), rig.Host.UserToken("community-proof"), ct);
         var body = await ChainPaymentTests.JsonAsync(response, ct);
         Assert.True(expected == ((int)response.StatusCode, body["error"]?.GetValue<string>() ?? ""), body.ToJsonString());
         Assert.Null(body["creditNote"]);
@@ -130,7 +130,7 @@ public sealed class LegacyProofTests
         await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
         var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount + 7 });
 
-        using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+        using var response = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, rig.PayerKey), rig.Host.UserToken("community-proof"), ct);
         var body = await ChainPaymentTests.JsonAsync(response, ct);
         Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
         Assert.Equal(rig.Payer, body["creditNote"]!["payer"]!.GetValue<string>(), ignoreCase: true);
@@ -197,5 +197,61 @@ public sealed class LegacyProofTests
         var check = LegacyProof.Check(O, Payer, to, kind == "native disabled" ? 5_000 : 0, input, logs);
         Assert.Equal(code, check.Code);
         Assert.Null(check.Payer);
+    }
+    /// <summary>
+    /// A mined transaction hash is public: without the payer's signature, whoever presents it first would have its credit
+    /// note issued to their own community. The old path credited an unsigned proof from anyone.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Only_the_payer_can_present_its_transaction(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
+        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+        var thief = PaymentSigning.FreshKey();
+
+        async Task<(int Status, JsonObject Body)> PresentAsync(Dictionary<string, string> headers, string community)
+        {
+            using var response = await rig.Host.PostAsync(Body, headers, rig.Host.UserToken(community), ct);
+            return ((int)response.StatusCode, await ChainPaymentTests.JsonAsync(response, ct));
+        }
+
+        var unsigned = await PresentAsync(new Dictionary<string, string> { [X402Headers.XPaymentProof] = tx }, "community-thief");
+        Assert.True((402, X402Errors.ProofSignatureRequired) == (unsigned.Status, unsigned.Body["error"]!.GetValue<string>()), unsigned.Body.ToJsonString());
+        var signedByThief = await PresentAsync(PaymentSigning.ProofHeaders(tx, thief), "community-thief");
+        Assert.True((402, X402Errors.ProofNotSignedByPayer) == (signedByThief.Status, signedByThief.Body["error"]!.GetValue<string>()), signedByThief.Body.ToJsonString());
+        var garbled = await PresentAsync(new Dictionary<string, string> { [X402Headers.XPaymentProof] = tx, [X402Headers.XPaymentProofSignature] = "0x1234" }, "community-thief");
+        Assert.Equal((402, X402Errors.ProofNotSignedByPayer), (garbled.Status, garbled.Body["error"]!.GetValue<string>()));
+        Assert.Empty(rig.Host.Sink.Lots);
+
+        var payer = await PresentAsync(PaymentSigning.ProofHeaders(tx, rig.PayerKey), "community-payer");
+        Assert.True(200 == payer.Status, payer.Body.ToJsonString());
+        Assert.Equal("community-payer", Assert.Single(rig.Host.Sink.Lots).Value.CommunityId);
+
+        // The stored answer, with its credit note, is replayed to the payer only.
+        var replayToThief = await PresentAsync(PaymentSigning.ProofHeaders(tx, thief), "community-thief");
+        Assert.Equal((402, X402Errors.ProofNotSignedByPayer), (replayToThief.Status, replayToThief.Body["error"]!.GetValue<string>()));
+        Assert.Null(replayToThief.Body["creditNote"]);
+        var replayToPayer = await PresentAsync(PaymentSigning.ProofHeaders(tx, rig.PayerKey), "community-payer");
+        Assert.Equal(200, replayToPayer.Status);
+        Assert.Single(rig.Host.Sink.Lots);
+    }
+
+    [Fact]
+    public async Task A_deployment_can_accept_unsigned_proofs()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync("sqlite", "Direct", ct, new Dictionary<string, string?> { ["X402:LegacyProofRequiresPayerSignature"] = "false" });
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
+        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+        using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { [X402Headers.XPaymentProof] = tx }, rig.Host.UserToken("community-proof"), ct);
+        Assert.Equal(200, (int)response.StatusCode);
+        Assert.Single(rig.Host.Sink.Lots);
     }
 }

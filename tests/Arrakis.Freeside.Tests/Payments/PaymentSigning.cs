@@ -22,6 +22,13 @@ internal static class PaymentSigning
 
     public static string AddressOf(string key) => new EthECKey(key).GetPublicAddress();
 
+    /// <summary>The legacy proof headers: the transaction hash and <paramref name="key"/>'s EIP-191 signature of it.</summary>
+    public static Dictionary<string, string> ProofHeaders(string tx, string key) => new()
+    {
+        [X402Headers.XPaymentProof] = tx,
+        [X402Headers.XPaymentProofSignature] = new EthereumMessageSigner().EncodeUTF8AndSign(LegacyProof.Message(tx), new EthECKey(key)),
+    };
+
     public static string FreshKey() => EthECKey.GenerateKey().GetPrivateKey();
 
     public static string RandomNonce() => "0x" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));

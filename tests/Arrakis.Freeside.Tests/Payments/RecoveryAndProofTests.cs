@@ -256,7 +256,7 @@ public sealed class RecoveryAndProofTests
 
         var responses = await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
         {
-            using var r = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+            using var r = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, AnvilChain.FunderKey), rig.Host.UserToken("community-proof"), ct);
             return ((int)r.StatusCode, JsonNode.Parse(await r.Content.ReadAsStringAsync(ct))!.AsObject());
         }));
         Assert.All(responses, r => Assert.True(r.Item1 == 200 || (r.Item1 == 409 && r.Item2["error"]!.GetValue<string>() == X402Errors.DuplicateSettlement), r.Item2.ToJsonString()));
@@ -267,7 +267,7 @@ public sealed class RecoveryAndProofTests
         Assert.Equal(tx, notes[0]["transaction"]!.GetValue<string>());
         Assert.Single(rig.Host.Sink.Lots);
 
-        using var later = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-proof"), ct);
+        using var later = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, AnvilChain.FunderKey), rig.Host.UserToken("community-proof"), ct);
         Assert.Equal(200, (int)later.StatusCode);
         Assert.Single(rig.Host.Sink.Lots);
         Assert.Equal(0, rig.Host.Invocation.Calls);
@@ -283,17 +283,17 @@ public sealed class RecoveryAndProofTests
         var amount = long.Parse(v1["amount"]!.GetValue<string>());
 
         var tooLittle = await rig.Chain.TransferUsdcAsync(rig.PayTo, amount - 1);
-        using var r1 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tooLittle }, ct: ct);
+        using var r1 = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tooLittle, AnvilChain.FunderKey), ct: ct);
         Assert.Equal((402, X402Errors.ValueMismatch), ((int)r1.StatusCode, JsonNode.Parse(await r1.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
 
         // Native value is refused unless X402:NativeMicroPerWei is configured.
         var native = await rig.Chain.SendNativeAsync(rig.PayTo, amount);
-        using var r2 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = native }, ct: ct);
+        using var r2 = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(native, AnvilChain.FunderKey), ct: ct);
         Assert.Equal((402, X402Errors.RecipientMismatch), ((int)r2.StatusCode, JsonNode.Parse(await r2.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
 
-        using var r3 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = "0x1234" }, ct: ct);
+        using var r3 = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders("0x1234", AnvilChain.FunderKey), ct: ct);
         Assert.Equal(400, (int)r3.StatusCode);
-        using var r4 = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = "0x" + new string('a', 64) }, ct: ct);
+        using var r4 = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders("0x" + new string('a', 64), AnvilChain.FunderKey), ct: ct);
         Assert.Equal((402, X402Errors.ProofPending), ((int)r4.StatusCode, JsonNode.Parse(await r4.Content.ReadAsStringAsync(ct))!["error"]!.GetValue<string>()));
         Assert.Empty(rig.Host.Sink.Lots);
     }
@@ -306,7 +306,7 @@ public sealed class RecoveryAndProofTests
         var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
         var amount = long.Parse(v1["amount"]!.GetValue<string>());
         var tx = await rig.Chain.SendNativeAsync(v1["paymentAddress"]!.GetValue<string>(), amount);
-        using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { ["X-Payment-Proof"] = tx }, rig.Host.UserToken("community-gate"), ct);
+        using var response = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, AnvilChain.FunderKey), rig.Host.UserToken("community-gate"), ct);
         var body = JsonNode.Parse(await response.Content.ReadAsStringAsync(ct))!.AsObject();
         Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
         Assert.Equal(amount, body["creditNote"]!["amountMicro"]!.GetValue<long>());
