@@ -40,6 +40,28 @@ public sealed class CommunityStore(Database db, TimeProvider time)
 
     public const long MaxBudgetCents = LedgerIds.MaxAmountMicro / 10_000;
 
+    /// <summary>
+    /// A display name: 1-200 characters, not all blank, with no control characters (PostgreSQL's text cannot hold a NUL,
+    /// and a newline or escape would end up in logs and dashboards) and no lone UTF-16 surrogate.
+    /// </summary>
+    static bool IsName(string? name)
+    {
+        if (string.IsNullOrWhiteSpace(name) || name.Length > 200)
+        {
+            return false;
+        }
+
+        for (var i = 0; i < name.Length; i++)
+        {
+            if (char.IsControl(name[i]) || (char.IsSurrogate(name[i]) && !char.IsSurrogatePair(name, i++)))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
     public async Task<CommunityResult> UpsertAsync(string id, string name, Tier tier, long monthlyBudgetCents, CancellationToken ct = default)
     {
         if (!LedgerIds.IsValid(id))
@@ -47,9 +69,9 @@ public sealed class CommunityStore(Database db, TimeProvider time)
             return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].", "id");
         }
 
-        if (string.IsNullOrWhiteSpace(name) || name.Length > 200)
+        if (!IsName(name))
         {
-            return new(CommunityStatus.Invalid, "name must be 1-200 characters.", "name");
+            return new(CommunityStatus.Invalid, "name must be 1-200 printable characters.", "name");
         }
 
         if (monthlyBudgetCents < 0 || monthlyBudgetCents > MaxBudgetCents)
@@ -245,6 +267,11 @@ public sealed class CommunityStore(Database db, TimeProvider time)
         if (!LedgerIds.IsValid(agent.Id) || !LedgerIds.IsValid(agent.CommunityId))
         {
             return new(CommunityStatus.Invalid, "id and communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
+        }
+
+        if (!IsName(agent.Name))
+        {
+            return new(CommunityStatus.Invalid, "name must be 1-200 printable characters.", "name");
         }
 
         if (!System.Text.RegularExpressions.Regex.IsMatch(agent.NftContract, @"^0x[0-9a-fA-F]{40}\z"))

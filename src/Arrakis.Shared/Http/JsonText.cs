@@ -34,7 +34,7 @@ public static class JsonText
     {
         if (FindInvalid(root) is { } invalid)
         {
-            return new JsonTextError(invalid, $"{invalid} is not valid text: it holds invalid UTF-8 or a lone UTF-16 surrogate (such as \\ud800).");
+            return new JsonTextError(invalid, $"{invalid} is not valid text: it holds invalid UTF-8, a lone UTF-16 surrogate (such as \\ud800) or a NUL (\\u0000).");
         }
 
         return UniqueNames(root, out var duplicate)
@@ -137,8 +137,9 @@ public static class JsonText
             : "['" + name.Replace("'", "\\'", StringComparison.Ordinal) + "']";
 
     /// <summary>
-    /// Raw (still escaped) JSON string bytes are text when they are valid UTF-8 and every <c>\u</c> escape of a surrogate
-    /// is half of a high-low pair. The document was parsed, so every escape is well formed.
+    /// Raw (still escaped) JSON string bytes are text when they are valid UTF-8, every <c>\u</c> escape of a surrogate
+    /// is half of a high-low pair, and none is <c>\u0000</c> (PostgreSQL's text cannot hold a NUL; a raw NUL byte is not
+    /// valid JSON). The document was parsed, so every escape is well formed.
     /// </summary>
     static bool IsText(ReadOnlySpan<byte> raw)
     {
@@ -158,7 +159,7 @@ public static class JsonText
             {
                 var unit = Hex4(raw.Slice(i + 2, 4));
                 i += 6;
-                if (char.IsLowSurrogate(unit))
+                if (unit == '\0' || char.IsLowSurrogate(unit))
                 {
                     return false;
                 }

@@ -27,4 +27,31 @@ public sealed class AgentValidationTests
         Assert.Contains(field, refused.Detail, StringComparison.Ordinal);
         Assert.Equal(CommunityStatus.Updated, (await store.UpsertAgentAsync(new Agent("agent-1", "Agent", "c1", Contract, "42", 0), ct)).Status);
     }
+    /// <summary>
+    /// A NUL in a name reached PostgreSQL, which refuses it (500); a newline or a 10,000-character agent name was stored.
+    /// Both names are now 1-200 printable characters, and the row is unchanged.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Community_and_agent_names_are_printable_text(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var db = new Database(TestStorage.Options(engine, "freeside"));
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine).Concat(Migrator.FromAssembly(typeof(FreesideService).Assembly, db.Engine)), ct);
+        var store = new CommunityStore(db, TimeProvider.System);
+        Assert.Equal(CommunityStatus.Created, (await store.UpsertAsync("c1", "One", Tier.Free, 100, ct)).Status);
+        Assert.Equal(CommunityStatus.Updated, (await store.UpsertAgentAsync(new Agent("agent-1", "Agent", "c1", Contract, "42", 0), ct)).Status);
+
+        foreach (var name in new[] { "a\0b", "two\nlines", "\ud800", new string('n', 201), " " })
+        {
+            var community = await store.UpsertAsync("c1", name, Tier.Free, 100, ct);
+            Assert.Equal((CommunityStatus.Invalid, "name"), (community.Status, community.Field));
+            var agent = await store.UpsertAgentAsync(new Agent("agent-1", name, "c1", Contract, "42", 0), ct);
+            Assert.Equal((CommunityStatus.Invalid, "name"), (agent.Status, agent.Field));
+        }
+
+        Assert.Equal("One", (await store.FindAsync("c1", ct))!.Name);
+        Assert.Equal("Agent", (await store.FindAgentAsync("agent-1", ct))!.Name);
+        Assert.Equal(CommunityStatus.Updated, (await store.UpsertAgentAsync(new Agent("agent-1", "Ägent 😀", "c1", Contract, "42", 0), ct)).Status);
+    }
 }

@@ -33,6 +33,7 @@ public sealed class JsonTextTests
 
     [Theory]
     [InlineData("""{"prompt":"x\ud800y"}""", "prompt")]
+    [InlineData("""{"prompt":"a\u0000b"}""", "prompt")]
     [InlineData("""{"prompt":"\udc00"}""", "prompt")]
     [InlineData("""{"prompt":"\udc00\ud800"}""", "prompt")]
     [InlineData("""{"prompt":"\ud800\u0041"}""", "prompt")]
