@@ -276,7 +276,14 @@ public sealed class PaymentFlow(
     {
         var status = (int)(row.ResponseStatus ?? 500);
         var body = row.ResponseJson is { } j ? JsonNode.Parse(j) : ErrorBody(X402Errors.InvalidTransactionState, "No stored response.");
-        var header = row.State == PaymentStates.Settled ? SettlementHeader(row, true, row.TxHash ?? "", null) : null;
+        var header = row.State switch
+        {
+            PaymentStates.Settled => SettlementHeader(row, true, row.TxHash ?? "", null),
+            // A settlement that failed (the row had reached settling, so it has a cost, and was answered 402) was
+            // answered with a failure header; the replay gets the same one.
+            PaymentStates.Failed when row.CostMicro is not null && row.ResponseStatus == 402 => SettlementHeader(row, false, "", row.Error),
+            _ => null,
+        };
         return Json(status, body, header);
     }
 

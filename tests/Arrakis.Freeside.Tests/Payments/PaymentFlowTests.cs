@@ -66,6 +66,40 @@ public sealed class PaymentFlowTests
         Assert.Empty(rig.Host.Sink.Lots);
     }
 
+    /// <summary>
+    /// Settlement fails after the paid call ran (the facilitator is gone by then): the 402 carries PAYMENT-RESPONSE with
+    /// success false and the reason, and a replay of the same payment gets that header too, not just the stored body.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_failed_settlement_replays_with_its_settlement_header(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct);
+        var (header, _, _) = await ChainPaymentTests.SignAsync(rig, Body, ct);
+        rig.Host.Invocation.During = (_, _) =>
+        {
+            NodeTool.Kill(rig.Facilitator!);
+            return Task.CompletedTask;
+        };
+
+        using var first = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+        var firstBody = await first.Content.ReadAsStringAsync(ct);
+        Assert.True(402 == (int)first.StatusCode, firstBody);
+        var live = X402Codec.DecodeNode(first.Headers.GetValues("PAYMENT-RESPONSE").Single())!.AsObject();
+        Assert.False(live["success"]!.GetValue<bool>());
+        Assert.Equal(X402Errors.UnexpectedSettleError, live["errorReason"]!.GetValue<string>());
+
+        rig.Host.Invocation.During = null;
+        using var replay = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+        Assert.Equal((402, firstBody), ((int)replay.StatusCode, await replay.Content.ReadAsStringAsync(ct)));
+        Assert.True(replay.Headers.TryGetValues("PAYMENT-RESPONSE", out var values), "the replay has no PAYMENT-RESPONSE header");
+        Assert.Equal(live.ToJsonString(), X402Codec.DecodeNode(values.Single())!.ToJsonString());
+        Assert.Equal(1, rig.Host.Invocation.Calls);
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Empty(rig.Host.Sink.Lots);
+    }
+
     /// <summary>A facilitator that accepts the connection and never answers costs X402:FacilitatorTimeoutSeconds, not a minute.</summary>
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
