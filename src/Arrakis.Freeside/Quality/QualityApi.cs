@@ -120,6 +120,11 @@ public static class QualityApi
                     return Problems.Invalid(wrong!, $"{wrong} must be a string.");
                 }
 
+                if ((Disagree(root, "routingKey", "routing_key") ?? Disagree(root, "trace_id", "traceId")) is { } twice)
+                {
+                    return Problems.Invalid(twice, $"{twice} is given twice, under both of its spellings, with different values; send it once.");
+                }
+
                 var routingKey = Str(root, "routingKey") ?? Str(root, "routing_key");
                 if (!RoutingKey.IsValid(routingKey))
                 {
@@ -222,6 +227,10 @@ public static class QualityApi
 
     static string? Str(JsonElement root, string name) =>
         root.TryGetProperty(name, out var el) && el.ValueKind == JsonValueKind.String && el.GetString() is { Length: > 0 } s ? s : null;
+
+    /// <summary>The field's name when both spellings carry a value and the values differ; null when they agree.</summary>
+    static string? Disagree(JsonElement root, string name, string alias) =>
+        Str(root, name) is { } a && Str(root, alias) is { } b && !string.Equals(a, b, StringComparison.Ordinal) ? name : null;
 
     static bool HasWrongType(JsonElement root, out string? field)
     {
