@@ -22,21 +22,28 @@ public sealed class ReputationOptions
 
     public void Validate()
     {
-        if (!(HalfLifeDays > 0) || double.IsInfinity(HalfLifeDays))
+        // TimeSpan.FromDays overflows past ~10.6 million days; a century is already far past any useful half-life.
+        if (!(HalfLifeDays is > 0 and <= MaxHalfLifeDays))
         {
-            throw new InvalidOperationException("Reputation:HalfLifeDays must be a positive number of days.");
+            throw new InvalidOperationException($"Reputation:HalfLifeDays must be a positive number of days, at most {MaxHalfLifeDays}.");
         }
 
-        if (ModelEvidenceWindow < 0 || AgentEvidenceWindow < 0 || (ModelEvidenceWindow is > 0 and < 1) || (AgentEvidenceWindow is > 0 and < 1))
+        if (!IsWindow(ModelEvidenceWindow) || !IsWindow(AgentEvidenceWindow))
         {
             throw new InvalidOperationException("Reputation:ModelEvidenceWindow and AgentEvidenceWindow must be 0 (off) or at least 1.");
         }
 
-        if (CacheSeconds is < 0 or > 9)
+        if (!(CacheSeconds is >= 0 and <= 9))
         {
             throw new InvalidOperationException("Reputation:CacheSeconds must be within 0..9 (the launch gate re-reads after 10 s).");
         }
     }
+
+    /// <summary>The largest half-life accepted: a century.</summary>
+    public const double MaxHalfLifeDays = 36_500;
+
+    // 0 (off) or a finite count of at least 1; NaN fails every comparison, so it is refused here too.
+    static bool IsWindow(double window) => window == 0 || (window >= 1 && double.IsFinite(window));
 
     public ReputationMath AgentMath() => new(TimeSpan.FromDays(HalfLifeDays), AgentEvidenceWindow > 0 ? AgentEvidenceWindow : null);
 
