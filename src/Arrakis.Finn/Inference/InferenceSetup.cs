@@ -95,6 +95,14 @@ public static class InferenceSetup
                 }
             }
 
+            // Breakers, health and reputation are kept per model id, so a second entry could never be a fallback:
+            // it is a copy-paste slip (often a vendor model listed twice under one id), caught here instead of later.
+            if (pool.Models.GroupBy(m => m.Id, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            {
+                throw new OptionsValidationException(PoolCatalog.Section, typeof(PoolCatalog),
+                    [$"Pool '{id}' lists model '{twice.Key}' {twice.Count()} times; each model id may appear once in a pool (give each entry its own Id and set VendorModel)."]);
+            }
+
             if (pool.DefaultMaxTokens < 1 || pool.MaxTokensLimit < pool.DefaultMaxTokens)
             {
                 throw new OptionsValidationException(PoolCatalog.Section, typeof(PoolCatalog), [$"Pool '{id}' needs 1 <= DefaultMaxTokens <= MaxTokensLimit."]);

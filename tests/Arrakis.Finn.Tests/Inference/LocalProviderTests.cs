@@ -248,6 +248,36 @@ public sealed class PoolConfigurationTests
         }).Build();
         Assert.Throws<OptionsValidationException>(() => InferenceSetup.LoadCatalog(configuration));
     }
+
+    /// <summary>
+    /// A model id listed twice in one pool fails at start-up naming the pool and the id; the same id in two pools, or
+    /// two ids differing only in case, is allowed.
+    /// </summary>
+    [Fact]
+    public void A_model_listed_twice_in_one_pool_fails_at_start_up()
+    {
+        var twice = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "gpt-4o-mini",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "openai",
+            ["Pools:Pools:cheap:Models:1:Id"] = "local-mini-a",
+            ["Pools:Pools:cheap:Models:2:Id"] = "gpt-4o-mini",
+            ["Pools:Pools:cheap:Models:2:Provider"] = "openai",
+            ["Pools:Pools:cheap:Models:2:VendorModel"] = "gpt-4o-mini-2024-07-18",
+        }).Build();
+        var error = Assert.Throws<OptionsValidationException>(() => InferenceSetup.LoadCatalog(twice));
+        Assert.Contains("Pool 'cheap' lists model 'gpt-4o-mini' 2 times", error.Message, StringComparison.Ordinal);
+
+        var apart = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Pools:Pools:cheap:Models:0:Id"] = "local-mini-a",
+            ["Pools:Pools:cheap:Models:1:Id"] = "Local-Mini-A",
+            ["Pools:Pools:fast-code:Models:0:Id"] = "local-mini-a",
+        }).Build();
+        var catalog = InferenceSetup.LoadCatalog(apart);
+        Assert.Equal(["local-mini-a", "Local-Mini-A"], catalog.Pools["cheap"].Models.Select(m => m.Id));
+        Assert.Equal(["local-mini-a"], catalog.Pools["fast-code"].Models.Select(m => m.Id));
+    }
 }
 
 public sealed class RoutingTests
