@@ -509,6 +509,20 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
 
     static string Score(JsonElement body, string fallback) => GateJson.Alt(body, "score", "reputation") is { } s ? GateJson.Render(s) : fallback;
 
+    /// <summary><c>.sample_count</c> when it is a whole number, else null.</summary>
+    static long? SampleCount(JsonElement body) =>
+        GateJson.Alt(body, "sample_count") is { ValueKind: JsonValueKind.Number } n && n.TryGetInt64(out var count) ? count : null;
+
+    /// <summary>
+    /// Quality events were recorded when sample_count grew. A score that moved proves nothing on its own: it decays with
+    /// time. Only a reputation service that does not report sample_count at all (the reference dixie answers just
+    /// <c>{"score":…}</c>) is judged by its score, as the reference gate does.
+    /// </summary>
+    static bool Recorded(string baseline, string updated, long? before, long? after) =>
+        before is null && after is null ? updated != baseline : after is { } a && a > (before ?? 0);
+
+    static string Render(long? sampleCount) => sampleCount?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "?";
+
     async Task ReputationAsync(CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
@@ -589,7 +603,8 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
         }
 
         var baseline = Score(baselineJson, "0");
-        report.Line($"    Baseline score: {baseline}");
+        var baselineSamples = SampleCount(baselineJson);
+        report.Line($"    Baseline score: {baseline} (sample_count: {Render(baselineSamples)})");
 
         report.Line("  Step 2: Invoking agent 3x to generate usage signals...");
         var models = new List<string>();
@@ -642,7 +657,8 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
         }
 
         var updated = Score(updatedJson, "0");
-        report.Line($"    Updated score: {updated} (was: {baseline})");
+        var updatedSamples = SampleCount(updatedJson);
+        report.Line($"    Updated score: {updated} (was: {baseline}), sample_count: {Render(baselineSamples)}→{Render(updatedSamples)}");
 
         report.Line("  Step 6: Invoking agent again — checking for routing change...");
         var (postModel, postProblem) = await InvokeForModelAsync(ct);
@@ -654,16 +670,16 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
 
         var firstModel = models[0];
         report.Line($"    Post-quality model: {postModel} (pre-quality: {firstModel})");
-        var scoreChanged = updated != baseline;
         var routingChanged = postModel != firstModel && postModel != "unknown";
-        if (scoreChanged || routingChanged)
+        // The reference's rule: the loop shows in the reputation or in routing (a model that is not the first one's).
+        if (Recorded(baseline, updated, baselineSamples, updatedSamples) || routingChanged)
         {
             var detail = $"score: {baseline}→{updated}" + (routingChanged ? $", routing: {firstModel}→{postModel}" : "");
             report.Pass("P1", "autopoietic", $"{Name} ({detail})", watch.ElapsedMilliseconds);
             return;
         }
 
-        report.Line($"    Score unchanged — waiting additional {timings.AutopoieticExtraWait.TotalSeconds:0.#}s...");
+        report.Line($"    No new samples recorded — waiting additional {timings.AutopoieticExtraWait.TotalSeconds:0.#}s...");
         await timings.Delay(timings.AutopoieticExtraWait, ct);
         var (finalBody, finalProblem) = await QueryReputationAsync(routingKey, ct);
         if (finalBody is not { } finalJson)
@@ -675,7 +691,7 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
         }
 
         var final = Score(finalJson, "0");
-        if (final != baseline)
+        if (Recorded(baseline, final, baselineSamples, SampleCount(finalJson)))
         {
             report.Pass("P1", "autopoietic", $"{Name} (score: {baseline}→{final}, slow propagation)", watch.ElapsedMilliseconds);
         }

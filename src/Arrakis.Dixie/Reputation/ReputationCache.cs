@@ -6,7 +6,8 @@ namespace Arrakis.Dixie.Reputation;
 /// <summary>
 /// Short-TTL cache of query answers per routing key. Every write publishes the key on the invalidation bus (Redis
 /// pub/sub across replicas when configured), and each replica drops its entry. A generation counter stops a read
-/// that raced a write from re-inserting the stale answer.
+/// that raced a write from re-inserting the stale answer. Expired entries are swept at most once per TTL, so keys that
+/// are asked once and never again do not pile up.
 /// </summary>
 public sealed class ReputationCache
 {
@@ -17,6 +18,7 @@ public sealed class ReputationCache
     readonly TimeProvider _time;
     readonly TimeSpan _ttl;
     long _generation;
+    long _nextSweepMs;
 
     sealed record Entry(object Value, long ExpiresAtMs);
 
@@ -33,6 +35,7 @@ public sealed class ReputationCache
     {
         var key = kind + "|" + routingKey;
         var now = _time.GetUtcNow().ToUnixTimeMilliseconds();
+        SweepExpired(now);
         if (_ttl > TimeSpan.Zero && _entries.TryGetValue(key, out var hit) && hit.ExpiresAtMs > now && hit.Value is T value)
         {
             return value;
@@ -51,6 +54,29 @@ public sealed class ReputationCache
         }
 
         return loaded;
+    }
+
+    /// <summary>Entries held, live or expired and not yet swept.</summary>
+    internal int Count => _entries.Count;
+
+    /// <summary>Drops expired entries; one caller per TTL wins the sweep, the rest return at once.</summary>
+    void SweepExpired(long now)
+    {
+        var due = Interlocked.Read(ref _nextSweepMs);
+        if (_ttl <= TimeSpan.Zero || now < due
+            || Interlocked.CompareExchange(ref _nextSweepMs, now + (long)_ttl.TotalMilliseconds, due) != due)
+        {
+            return;
+        }
+
+        foreach (var entry in _entries)
+        {
+            if (entry.Value.ExpiresAtMs <= now)
+            {
+                // Removes only this entry: a fresh answer stored for the key since we read it stays.
+                _entries.TryRemove(entry);
+            }
+        }
     }
 
     /// <summary>Drops the key here at once, then tells the other replicas.</summary>

@@ -32,21 +32,59 @@ public sealed class DixieReputationSource(IHttpClientFactory clients, TokenIssue
 
         await using var stream = await response.Content.ReadAsStreamAsync(ct);
         using var doc = await JsonDocument.ParseAsync(stream, cancellationToken: ct);
-        var result = new Dictionary<string, ModelReputation>(StringComparer.Ordinal);
-        if (doc.RootElement.TryGetProperty("models", out var models) && models.ValueKind == JsonValueKind.Object)
+        // A malformed answer throws JsonException, which the router treats like an unreachable dixie.
+        if (doc.RootElement.ValueKind != JsonValueKind.Object
+            || !doc.RootElement.TryGetProperty("models", out var models) || models.ValueKind != JsonValueKind.Object)
         {
-            foreach (var m in models.EnumerateObject())
-            {
-                var v = m.Value;
-                double? score = v.TryGetProperty("score", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetDouble() : null;
-                var alpha = v.TryGetProperty("alpha", out var a) && a.ValueKind == JsonValueKind.Number ? a.GetDouble() : 1;
-                var beta = v.TryGetProperty("beta", out var b) && b.ValueKind == JsonValueKind.Number ? b.GetDouble() : 1;
-                var n = v.TryGetProperty("sample_count", out var c) && c.ValueKind == JsonValueKind.Number ? c.GetInt64() : 0;
-                result[m.Name] = new ModelReputation(score, Math.Max(alpha, 1e-3), Math.Max(beta, 1e-3), n);
-            }
+            throw new JsonException("dixie's models answer is not an object with a 'models' object.");
+        }
+
+        var result = new Dictionary<string, ModelReputation>(StringComparer.Ordinal);
+        foreach (var m in models.EnumerateObject())
+        {
+            result[m.Name] = ParseModel(m.Value) ?? throw new JsonException($"dixie's models answer has a malformed entry for '{m.Name}'.");
         }
 
         return result;
+    }
+
+    /// <summary>One model's entry, or null when a field is present but not what dixie writes; absent fields take the prior.</summary>
+    static ModelReputation? ParseModel(JsonElement v)
+    {
+        if (v.ValueKind != JsonValueKind.Object
+            || !TryNumber(v, "score", out var score)
+            || !TryNumber(v, "alpha", out var alpha)
+            || !TryNumber(v, "beta", out var beta))
+        {
+            return null;
+        }
+
+        long n = 0;
+        if (v.TryGetProperty("sample_count", out var c) && c.ValueKind != JsonValueKind.Null
+            && !(c.ValueKind == JsonValueKind.Number && c.TryGetInt64(out n) && n >= 0))
+        {
+            return null;
+        }
+
+        return new ModelReputation(score, Math.Max(alpha ?? 1, 1e-3), Math.Max(beta ?? 1, 1e-3), n);
+    }
+
+    /// <summary>A finite number, or null when the field is absent or null; false for anything else.</summary>
+    static bool TryNumber(JsonElement obj, string name, out double? value)
+    {
+        value = null;
+        if (!obj.TryGetProperty(name, out var e) || e.ValueKind == JsonValueKind.Null)
+        {
+            return true;
+        }
+
+        if (e.ValueKind == JsonValueKind.Number && e.TryGetDouble(out var d) && double.IsFinite(d))
+        {
+            value = d;
+            return true;
+        }
+
+        return false;
     }
 }
 

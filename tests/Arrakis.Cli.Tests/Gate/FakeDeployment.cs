@@ -41,6 +41,12 @@ internal sealed record FakeBehaviour
     public bool X402NoCreditNote { get; init; }
 
     public long MonthlyBudgetCents { get; init; } = 10_000;
+
+    /// <summary>Quality events are answered 202 but never recorded: sample_count stays put and the score only decays with time.</summary>
+    public bool QualityEventsLost { get; init; }
+
+    /// <summary>The reputation answer is <c>{"score":…}</c> alone, like the reference dixie's (no sample_count).</summary>
+    public bool ScoreOnly { get; init; }
 }
 
 /// <summary>
@@ -59,6 +65,7 @@ internal sealed class FakeDeployment : IAsyncDisposable
     int _healthCalls;
     int _budgetReads;
     int _qualityEvents;
+    int _reputationQueries;
 
     FakeDeployment(WebApplication app, FakeBehaviour behaviour, ECDsa key, string url)
     {
@@ -218,14 +225,33 @@ internal sealed class FakeDeployment : IAsyncDisposable
                 return;
             }
 
-            Interlocked.Increment(ref _qualityEvents);
+            if (!_behaviour.QualityEventsLost)
+            {
+                Interlocked.Increment(ref _qualityEvents);
+            }
+
             context.Response.StatusCode = 202;
             await context.Response.WriteAsJsonAsync(new { event_id = Guid.NewGuid().ToString() });
         });
 
-        app.MapGet("/api/reputation/query", (string routingKey) => _qualityEvents == 0
-            ? Results.Json(new { score = (double?)null, routingKey })
-            : Results.Json(new { score = 0.5 + (0.1 * _qualityEvents), routingKey }));
+        app.MapGet("/api/reputation/query", (string routingKey) =>
+        {
+            var queries = Interlocked.Increment(ref _reputationQueries);
+            if (_behaviour.QualityEventsLost)
+            {
+                // Three old events, fading a little more on every read.
+                return Results.Json(new { score = Math.Round(0.8 - (0.01 * queries), 2), sample_count = 3, routingKey });
+            }
+
+            if (_behaviour.ScoreOnly)
+            {
+                return Results.Json(new { score = _qualityEvents == 0 ? (double?)null : 0.5 + (0.1 * _qualityEvents) });
+            }
+
+            return _qualityEvents == 0
+                ? Results.Json(new { score = (double?)null, sample_count = 0, routingKey })
+                : Results.Json(new { score = 0.5 + (0.1 * _qualityEvents), sample_count = _qualityEvents, routingKey });
+        });
 
         app.MapPost("/api/v1/x402/invoke", async context =>
         {

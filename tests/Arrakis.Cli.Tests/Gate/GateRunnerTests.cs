@@ -207,6 +207,39 @@ public sealed class GateRunnerTests
         AssertExit(run, 0);
     }
 
+    /// <summary>
+    /// Scores decay with time on their own, so a score that moved is no proof the quality events were recorded; P1-7
+    /// needs sample_count to grow. Here the events are accepted and lost, and the score only fades between reads.
+    /// </summary>
+    [Fact]
+    public async Task A_score_that_only_decayed_is_not_a_change_after_quality_events()
+    {
+        await using var harness = await GateHarness.StartAsync(new FakeBehaviour { QualityEventsLost = true });
+        var run = await harness.RunAsync(harness.Settings());
+
+        var loop = run.Single("autopoietic");
+        Assert.True(loop.Status == "SKIP", loop.ConsoleLine);
+        AssertRecord(run, "P1", "autopoietic", "Autopoietic loop trace", "SKIP", "",
+            "quality events accepted (3) but score unchanged after 30s — reputation threshold not met");
+        Assert.Equal(3, harness.Fake.Requests.Count(r => r.Path == "/api/agents/quality"));
+        Assert.Equal(4, harness.Fake.Requests.Count(r => r.Path == "/api/reputation/query?routingKey=nft:test")); // P1-5, baseline, 10 s, 30 s
+        AssertExit(run, 0);
+    }
+
+    /// <summary>A reputation service that reports no sample_count (the reference dixie's answer) is judged by its score.</summary>
+    [Fact]
+    public async Task Without_sample_count_a_changed_score_is_the_change()
+    {
+        await using var harness = await GateHarness.StartAsync(new FakeBehaviour { ScoreOnly = true });
+        var run = await harness.RunAsync(harness.Settings());
+
+        var loop = run.Single("autopoietic");
+        Assert.True(loop.Status == "PASS", loop.ConsoleLine);
+        Assert.StartsWith("Autopoietic loop trace (score: 0→0.8", loop.Name, StringComparison.Ordinal);
+        Assert.Contains("    Updated score: 0.8 (was: 0), sample_count: ?→?", run.ConsoleLines);
+        AssertExit(run, 0);
+    }
+
     [Fact]
     public async Task Slow_health_that_passes_on_retry_is_tagged_FLAKE()
     {

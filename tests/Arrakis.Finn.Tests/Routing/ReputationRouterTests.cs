@@ -8,6 +8,9 @@ using System.Text.Json.Nodes;
 using Arrakis.Finn.Routing;
 using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -115,6 +118,50 @@ public sealed class ReputationRouterTests
                 Assert.Equal(B, d.Info.Chosen);
                 Assert.True(sw.ElapsedMilliseconds < 250, $"fallback took {sw.ElapsedMilliseconds} ms against {(url == silentUrl ? "a silent" : "a closed")} port, attempt {i}");
             }
+        }
+    }
+
+    /// <summary>
+    /// A dixie answer with a field that is not what dixie writes (here mostly sample_count: a string, a fraction, a number
+    /// past long, a negative count) is treated like an unreachable dixie instead of escaping the router as an exception.
+    /// </summary>
+    [Fact]
+    public async Task A_malformed_dixie_answer_falls_back_to_the_deterministic_choice()
+    {
+        await using var dixie = await LoopbackDixie.StartAsync();
+        // A generous budget, so a fallback here is the malformed answer's doing and not a slow machine's.
+        await using var p = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:ReputationBudgetMs"] = "3000" });
+        p.Finn.Services.GetRequiredService<IConfiguration>()["Services:DixieUrl"] = dixie.Url;
+        var router = p.Finn.Services.GetRequiredService<IModelRouter>();
+        var ct = TestContext.Current.CancellationToken;
+        RoutingCandidate[] candidates = [new("cheap", A, false), new("cheap", B, true), new("cheap", "local-mini-c", true)];
+        static string Answer(string model) => """{"routing_key":"nft:bad","models":{"local-mini-c":""" + model + "}}";
+
+        // The same loopback dixie with a well-formed answer is read and routed on.
+        dixie.Answer = Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":4,"effective_samples":4}""");
+        var sound = await router.ChooseAsync(new RoutingRequest("nft:bad", candidates, "t"), ct);
+        Assert.Contains(sound.Info.Reason, new[] { "thompson_sampling", "exploration" });
+        Assert.Equal(0.25, sound.Info.Scores["local-mini-c"]);
+
+        string[] malformed =
+        [
+            Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":"4"}"""),
+            Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":2.5}"""),
+            Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":1e30}"""),
+            Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":99999999999999999999}"""),
+            Answer("""{"score":0.25,"alpha":1.5,"beta":3.5,"sample_count":-1}"""),
+            Answer("""{"score":0.25,"alpha":"1.5","beta":3.5,"sample_count":4}"""),
+            Answer("""{"score":0.25,"alpha":1.5,"beta":1e400,"sample_count":4}"""),
+            Answer("""{"score":"high","alpha":1.5,"beta":3.5,"sample_count":4}"""),
+            Answer("""[0.25, 1.5, 3.5, 4]"""),
+            """{"routing_key":"nft:bad","models":[]}""",
+        ];
+        foreach (var body in malformed)
+        {
+            dixie.Answer = body;
+            var d = await router.ChooseAsync(new RoutingRequest("nft:bad", candidates, "t"), ct);
+            Assert.True(("reputation_unavailable", B) == (d.Info.Reason, d.Chosen.Model), $"{body}: {d.Info.Reason} {d.Chosen.Model}");
+            Assert.All(d.Info.Scores.Values, s => Assert.Null(s));
         }
     }
 
@@ -250,6 +297,32 @@ public sealed class ReputationRouterTests
         {
             var mean = Enumerable.Range(0, 40_000).Select(_ => BetaSampler.Sample(rng, a, b)).Average();
             Assert.Equal(a / (a + b), mean, 2);
+        }
+    }
+
+    /// <summary>A stand-in dixie on a loopback port that answers the models route with whatever <see cref="Answer"/> holds.</summary>
+    sealed class LoopbackDixie(WebApplication app) : IAsyncDisposable
+    {
+        public string Answer { get; set; } = "{}";
+
+        public string Url => app.Urls.First();
+
+        public static async Task<LoopbackDixie> StartAsync()
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            builder.Logging.ClearProviders();
+            var app = builder.Build();
+            var dixie = new LoopbackDixie(app);
+            app.MapGet("/api/reputation/models", () => Results.Text(dixie.Answer, "application/json"));
+            await app.StartAsync();
+            return dixie;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
         }
     }
 
