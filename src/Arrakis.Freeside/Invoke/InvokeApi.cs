@@ -64,11 +64,26 @@ public static class InvokeApi
             return;
         }
 
-        FinnInvokeResult? result;
-        UpstreamError? error;
+        FinnInvokeResult? result = null;
+        UpstreamError? error = null;
+        var clientLeft = false;
         using (pipeline.Hold(admitted))
         {
-            (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
+            try
+            {
+                (result, error) = await pipeline.CallFinnAsync(admitted, http.RequestAborted);
+            }
+            catch (OperationCanceledException) when (http.RequestAborted.IsCancellationRequested)
+            {
+                clientLeft = true;
+            }
+        }
+
+        if (clientLeft)
+        {
+            await pipeline.ClientLeftAsync(admitted);
+            pipeline.Complete(admitted, 499, "client_disconnected", null, sw.Elapsed);
+            return;
         }
 
         if (error is not null)
@@ -79,7 +94,15 @@ public static class InvokeApi
             return;
         }
 
-        var body = await pipeline.SettleAsync(admitted, result!, CancellationToken.None);
+        var settled = await pipeline.SettleAsync(admitted, result!, CancellationToken.None);
+        if (settled.Body is not { } body)
+        {
+            var (status, problem) = InvokeResponses.FinalizeFailed(settled);
+            await problem.ExecuteAsync(http);
+            pipeline.Complete(admitted, status, "finalize_failed", result, sw.Elapsed, settled.ChargedMicro);
+            return;
+        }
+
         http.Response.Headers["Idempotency-Key"] = admitted.IdempotencyKey;
         await JsonBody.WriteAsync(http.Response, 200, body); // with its length: the client has it before the log line below
         pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed);
@@ -111,6 +134,26 @@ public sealed record InvokeResponse(
 static class InvokeResponses
 {
     public static IResult Upstream(UpstreamError e) => Shared.Http.Problems.Create(e.Status, e.Error, e.Detail);
+
+    public const string FinalizeFailedDetail = "The call's charge could not be recorded, so nothing was charged; retry with the same idempotency key.";
+
+    /// <summary>
+    /// The finalize's write failed and its reservation was released (see <see cref="InvokePipeline.ChargeAsync"/>): 503
+    /// SERVICE_UNAVAILABLE with Retry-After when the database was unreachable, as every route answers an outage, else
+    /// 500 INTERNAL_ERROR.
+    /// </summary>
+    public static (int Status, string Error, string Detail, string? Dependency) FinalizeFailure(Settlement s) => s.Dependency is { } dependency
+        ? (503, "SERVICE_UNAVAILABLE", $"The service's {dependency} is not reachable right now. {FinalizeFailedDetail}", dependency)
+        : (500, "INTERNAL_ERROR", FinalizeFailedDetail, null);
+
+    public static (int Status, IResult Problem) FinalizeFailed(Settlement s)
+    {
+        var (status, error, detail, dependency) = FinalizeFailure(s);
+        return dependency is null
+            ? (status, Shared.Http.Problems.Create(status, error, detail))
+            : (status, Shared.Http.Problems.Create(status, error, detail, new Dictionary<string, object?> { ["dependency"] = dependency },
+                new Dictionary<string, string> { ["Retry-After"] = "5" }));
+    }
 
     public static async Task WriteReplayAsync(HttpContext http, StoredResponse stored, bool stream)
     {

@@ -38,6 +38,22 @@ public sealed record Admitted(
 
 public sealed record Admission(Admitted? Admitted, IResult? Rejection);
 
+public enum SettlementStatus
+{
+    /// <summary>The finalize ran: the charge posted (or the reservation had already been resolved).</summary>
+    Charged,
+
+    /// <summary>The finalize's write failed; the reservation was released instead and nothing was charged.</summary>
+    FinalizeFailed,
+}
+
+/// <summary>
+/// How a finalize ended, what it charged, and (for a full answer) the body stored for replay. For a failed write,
+/// <paramref name="Dependency"/> names the unreachable dependency ("database") when that was the cause: the caller may
+/// retry, so it is answered 503 rather than 500.
+/// </summary>
+public sealed record Settlement(SettlementStatus Status, long ChargedMicro, byte[]? Body = null, string? Dependency = null);
+
 /// <summary>
 /// The invoke flow: rate limit → idempotency → pool access by tier → reserve the worst case → finn → finalize at the
 /// metered cost (release on failure) → store the response for replay. HTTP only frames what this returns.
@@ -252,7 +268,7 @@ public sealed class InvokePipeline(
     /// produced, and stores, in the same commit, the answer a retry with the same key replays: a key charges at most
     /// once (C4), so the retry gets this problem (with the streamed content and the charge) instead of a second run.
     /// </summary>
-    public async Task<long> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, string detail, string streamed, CancellationToken ct)
+    public async Task<Settlement> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, string detail, string streamed, CancellationToken ct)
     {
         var charged = Charge(a, costMicro);
         var problem = new System.Text.Json.Nodes.JsonObject
@@ -277,35 +293,87 @@ public sealed class InvokePipeline(
     public async Task FailAsync(Admitted a, UpstreamError error, CancellationToken ct)
     {
         logger.UpstreamFailed(error.Error, error.Detail, a.TraceId, a.CommunityId);
+        await ReleaseAsync(a, ct);
+    }
+
+    /// <summary>
+    /// The client left before anything was metered for it (a JSON call meters nothing until finn answers): releases the
+    /// reservation and frees the key now, rather than after the reaper's TTL and the key's lease, so a retry runs.
+    /// </summary>
+    public Task ClientLeftAsync(Admitted a) => ReleaseAsync(a, CancellationToken.None);
+
+    async Task ReleaseAsync(Admitted a, CancellationToken ct)
+    {
         await ledger.ReleaseAsync(a.ReservationId, ct);
         await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, ct);
     }
 
     /// <summary>Finalizes at the metered cost (never above the reservation) and stores the response for replay.</summary>
-    public async Task<byte[]> SettleAsync(Admitted a, FinnInvokeResult result, CancellationToken ct)
+    public async Task<Settlement> SettleAsync(Admitted a, FinnInvokeResult result, CancellationToken ct)
     {
         var charged = Charge(a, result.CostMicro);
         var body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, charged, a), InvokeResponse.Json);
         // The response is stored for replay in the same commit as the charge: one write, and never one without the other.
         var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json");
-        await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct, stored);
-        return body;
+        var settled = await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct, stored);
+        return settled.Status == SettlementStatus.Charged ? settled with { Body = body } : settled;
     }
 
     static long Charge(Admitted a, long costMicro) => Math.Clamp(costMicro, 0, a.ReservedMicro);
 
-    /// <summary>Posts <paramref name="costMicro"/> (capped at the reservation) with its usage record; returns what was charged.</summary>
-    public async Task<long> ChargeAsync(Admitted a, string? model, Usage usage, long costMicro, CancellationToken ct, LedgerSideWrite? alongside = null)
+    /// <summary>
+    /// Posts <paramref name="costMicro"/> (capped at the reservation) with its usage record. When the write fails, the
+    /// reservation is released instead (<see cref="ReleaseAfterFailedFinalizeAsync"/>) and nothing is charged.
+    /// </summary>
+    public async Task<Settlement> ChargeAsync(Admitted a, string? model, Usage usage, long costMicro, CancellationToken ct, LedgerSideWrite? alongside = null)
     {
         var charged = Charge(a, costMicro);
-        var finalized = await ledger.FinalizeAsync(a.ReservationId, charged, new UsageRecord(
-            a.Request.Agent, a.Pool.Id, model, usage.PromptTokens, usage.CompletionTokens, a.TraceId, a.IdempotencyKey), alongside, ct);
-        if (finalized.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
+        FinalizeResult finalized;
+        try
         {
-            logger.FinalizeFailed(a.ReservationId, finalized.Status.ToString(), a.TraceId);
+            finalized = await ledger.FinalizeAsync(a.ReservationId, charged, new UsageRecord(
+                a.Request.Agent, a.Pool.Id, model, usage.PromptTokens, usage.CompletionTokens, a.TraceId, a.IdempotencyKey), alongside, ct);
+        }
+        catch (Exception ex)
+        {
+            await ReleaseAfterFailedFinalizeAsync(a, ex);
+            return new Settlement(SettlementStatus.FinalizeFailed, 0, Dependency: Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex));
         }
 
-        return charged;
+        if (finalized.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
+        {
+            logger.FinalizeFailed(a.ReservationId, finalized.Status.ToString(), a.TraceId, null);
+        }
+
+        return new Settlement(SettlementStatus.Charged, charged);
+    }
+
+    /// <summary>
+    /// The finalize is one transaction, so a write that failed posted nothing (nor stored the answer): release the hold
+    /// now instead of leaving it to the reaper, and free the key so a retry runs. Should the commit have landed after
+    /// all, the release finds the reservation resolved (C4) and the key complete, and both are no-ops. A release that
+    /// fails as well is left to the reaper, within one TTL.
+    /// </summary>
+    async Task ReleaseAfterFailedFinalizeAsync(Admitted a, Exception error)
+    {
+        logger.FinalizeFailed(a.ReservationId, InvokeLog.WriteFailed, a.TraceId, error); // released below: nothing is charged
+        try
+        {
+            await ledger.ReleaseAsync(a.ReservationId, CancellationToken.None);
+        }
+        catch (Exception ex)
+        {
+            logger.ReleaseAfterFailedFinalizeFailed("reservation", a.ReservationId, a.TraceId, ex);
+        }
+
+        try
+        {
+            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, CancellationToken.None);
+        }
+        catch (Exception ex)
+        {
+            logger.ReleaseAfterFailedFinalizeFailed("idempotency key", a.IdempotencyKey, a.TraceId, ex);
+        }
     }
 
     /// <summary>Cost of what a stream produced before it stopped, from finn's running usage.</summary>

@@ -9,7 +9,8 @@ namespace Arrakis.Freeside.Invoke;
 /// <summary>
 /// SSE on the invoke path: <c>event: delta</c> frames with content, one <c>event: done</c> frame with the full result and
 /// usage (or <c>event: error</c>), and a <c>: keepalive</c> comment every 15 s. A client that leaves mid-stream is charged
-/// exactly what was streamed to it: the running usage of the last delta it was sent.
+/// exactly what was streamed to it: the running usage of the last delta it was sent. A stream that ends before any content
+/// reached the client charges nothing, whatever finn had sent before (a keepalive starts its answer too).
 /// </summary>
 static class InvokeStreaming
 {
@@ -66,6 +67,7 @@ static class InvokeStreaming
 
         long seq = 0;
         var streamed = new StringBuilder();
+        var delivered = false; // a content delta reached the client: only then is there output to charge
         Usage? lastUsage = null;
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
@@ -86,6 +88,7 @@ static class InvokeStreaming
 
                             streamed.Append(d.Value.Content);
                             lastUsage = d.Value.Usage ?? lastUsage;
+                            delivered |= !string.IsNullOrEmpty(d.Value.Content);
                             break;
                         case FinnStreamEvent.Done x:
                             done = x.Result;
@@ -108,20 +111,34 @@ static class InvokeStreaming
 
         if (done is not null)
         {
-            var body = await pipeline.SettleAsync(a, done, CancellationToken.None);
-            await WriteAsync(Frame("done", Encoding.UTF8.GetString(body), raw: true, id: seq));
-            pipeline.Complete(a, 200, "ok", done, sw.Elapsed);
+            var settled = await pipeline.SettleAsync(a, done, CancellationToken.None);
+            if (settled.Body is { } body)
+            {
+                await WriteAsync(Frame("done", Encoding.UTF8.GetString(body), raw: true, id: seq));
+                pipeline.Complete(a, 200, "ok", done, sw.Elapsed);
+                return;
+            }
+
+            await WriteAsync(FinalizeFailedFrame(settled, seq));
+            pipeline.Complete(a, InvokeResponses.FinalizeFailure(settled).Status, "finalize_failed", done, sw.Elapsed, settled.ChargedMicro);
             return;
         }
 
-        var partial = InvokePipeline.PartialCost(a.Pool, lastUsage);
+        // finn's error frame may carry usage (the prompt, at least) even when nothing reached the client: that is not charged.
+        var partial = delivered ? InvokePipeline.PartialCost(a.Pool, lastUsage) : 0;
         if (failed is not null && !aborted.IsCancellationRequested)
         {
             if (partial > 0)
             {
-                await pipeline.ChargePartialAsync(a, lastUsage!, partial, failed.Status, failed.Error,
+                var settled = await pipeline.ChargePartialAsync(a, lastUsage!, partial, failed.Status, failed.Error,
                     $"{failed.Detail} The stream stopped after {lastUsage!.CompletionTokens} tokens, which were charged; a retry with this idempotency key replays this answer. Send a new key to run the request again.",
                     streamed.ToString(), CancellationToken.None);
+                if (settled.Status == SettlementStatus.FinalizeFailed)
+                {
+                    await WriteAsync(FinalizeFailedFrame(settled, seq));
+                    pipeline.Complete(a, InvokeResponses.FinalizeFailure(settled).Status, "finalize_failed", null, sw.Elapsed, settled.ChargedMicro);
+                    return;
+                }
             }
             else
             {
@@ -134,16 +151,24 @@ static class InvokeStreaming
         }
 
         // The client went away: charge what finn generated for it up to that point, release the rest.
-        var charged = partial > 0
-            ? await pipeline.ChargePartialAsync(a, lastUsage!, partial, 409, "REQUEST_INCOMPLETE",
-                $"The first request with this idempotency key ended when the client disconnected after {lastUsage!.CompletionTokens} tokens, which were charged. A key charges at most once: send a new key to run the request again.",
-                streamed.ToString(), CancellationToken.None)
-            : 0;
-        if (partial == 0)
+        var charged = 0L;
+        if (partial > 0)
         {
-            await pipeline.FailAsync(a, new UpstreamError(499, "CLIENT_CLOSED", "The client disconnected before any output."), CancellationToken.None);
+            charged = (await pipeline.ChargePartialAsync(a, lastUsage!, partial, 409, "REQUEST_INCOMPLETE",
+                $"The first request with this idempotency key ended when the client disconnected after {lastUsage!.CompletionTokens} tokens, which were charged. A key charges at most once: send a new key to run the request again.",
+                streamed.ToString(), CancellationToken.None)).ChargedMicro;
+        }
+        else
+        {
+            await pipeline.ClientLeftAsync(a);
         }
 
         pipeline.Complete(a, 499, "client_disconnected", null, sw.Elapsed, charged);
+    }
+
+    static string FinalizeFailedFrame(Settlement settled, long seq)
+    {
+        var (status, error, detail, _) = InvokeResponses.FinalizeFailure(settled);
+        return Frame("error", new { type = "error", error, detail, status }, id: seq);
     }
 }

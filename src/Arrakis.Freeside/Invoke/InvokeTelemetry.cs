@@ -15,9 +15,19 @@ static partial class InvokeLog
         Message = "Invoke failed upstream: {Error} {Detail} trace={TraceId} community={CommunityId}")]
     public static partial void UpstreamFailed(this ILogger logger, string error, string detail, string traceId, string communityId);
 
+    /// <summary>
+    /// The finalize did not post: an outcome of the ledger's (the reservation was no longer pending), or
+    /// <see cref="WriteFailed"/> with the exception when its write failed and the reservation was released instead.
+    /// </summary>
     [LoggerMessage(EventId = 4003, EventName = "INVOKE_FINALIZE_FAILED", Level = LogLevel.Error,
         Message = "Finalize of reservation {ReservationId} returned {Outcome} trace={TraceId}")]
-    public static partial void FinalizeFailed(this ILogger logger, string reservationId, string outcome, string traceId);
+    public static partial void FinalizeFailed(this ILogger logger, string reservationId, string outcome, string traceId, Exception? exception);
+
+    public const string WriteFailed = "WriteFailed";
+
+    [LoggerMessage(EventId = 4004, EventName = "INVOKE_RELEASE_FAILED", Level = LogLevel.Error,
+        Message = "Releasing the {What} {Id} after a failed finalize failed too; the reaper or the key's lease frees it trace={TraceId}")]
+    public static partial void ReleaseAfterFailedFinalizeFailed(this ILogger logger, string what, string id, string traceId, Exception exception);
 }
 
 /// <summary>Invoke metrics under the names the dashboards read (meter <c>Arrakis.Agent</c>).</summary>

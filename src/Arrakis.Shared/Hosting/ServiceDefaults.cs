@@ -168,6 +168,12 @@ public static partial class ServiceDefaults
         return app;
     }
 
+    /// <summary>
+    /// "database" or "redis" when the exception means that dependency is unreachable or refusing work for now (the
+    /// request may be retried: 503), null for anything else (a defect: 500). The rule the error handler answers by.
+    /// </summary>
+    public static string? UnavailableDependencyOf(Exception exception) => UnexpectedErrorHandler.UnavailableDependency(exception);
+
     sealed partial class UnexpectedErrorHandler(ILogger<UnexpectedErrorHandler> logger) : IExceptionHandler
     {
         static readonly Dictionary<string, string> RetryLater = new() { ["Retry-After"] = "5" };

@@ -8,6 +8,7 @@ using Arrakis.Freeside.Seeding;
 using Arrakis.Shared.Storage;
 using Arrakis.Shared.Tokens;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 
 namespace Arrakis.Freeside.Tests.Invoke;
 
@@ -17,9 +18,15 @@ public sealed class InvokeTests
     const string Community = "test-community-staging-001";
     static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(60) };
 
-    static async Task<Platform> StartSeededAsync(string engine = "sqlite", IDictionary<string, string?>? settings = null)
+    static async Task<Platform> StartSeededAsync(string engine = "sqlite", IDictionary<string, string?>? settings = null, RecordingLoggerProvider? logs = null)
     {
-        var platform = await Platform.StartAsync(engine, settings);
+        var platform = await Platform.StartAsync(engine, settings, logs is null ? null : (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+            }
+        });
         await Seeder.For(platform.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
         return platform;
     }
@@ -36,7 +43,7 @@ public sealed class InvokeTests
         }, TimeSpan.FromMinutes(5));
 
     static async Task<HttpResponseMessage> InvokeAsync(Platform p, string body, bool sse = false, string? idempotencyHeader = null,
-        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead, CancellationToken? ct = null)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
         {
@@ -53,7 +60,7 @@ public sealed class InvokeTests
             request.Headers.Add("X-Idempotency-Key", idempotencyHeader);
         }
 
-        return await Http.SendAsync(request, completion, TestContext.Current.CancellationToken);
+        return await Http.SendAsync(request, completion, ct ?? TestContext.Current.CancellationToken);
     }
 
     static async Task<JsonElement> BudgetAsync(Platform p)
@@ -593,6 +600,205 @@ public sealed class InvokeTests
         Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
         Assert.Equal(0, await PendingReservationsAsync(p));
         await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
+    /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
+    /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_client_that_leaves_a_json_invoke_is_charged_nothing_its_key_is_free_again_and_it_logs_499(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        var settings = RaisedRateLimits();
+        settings["Providers:Local:LatencyMs"] = "2000";
+        await using var p = await StartSeededAsync(engine, settings, logs);
+        var before = await BudgetAsync(p);
+        const string body = """{"prompt":"Say hi","model":"cheap","idempotency_key":"leaves-json-call"}""";
+
+        using (var leave = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken))
+        {
+            var call = InvokeAsync(p, body, ct: leave.Token);
+            await WaitForPendingReservationAsync(p); // finn is still in its 2 s latency
+            await leave.CancelAsync(); // the client goes away mid-call
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+        }
+
+        var line = await WaitForLogAsync(logs, "INVOKE_COMPLETE");
+        Assert.Equal(499, line.Properties["Status"]);
+        Assert.Equal("client_disconnected", line.Properties["Outcome"]);
+        Assert.Equal(0L, line.Properties["CostMicro"]);
+        Assert.Equal(false, line.Properties["Stream"]);
+        Assert.IsType<long>(line.Properties["DurationMs"]);
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        Assert.Equal(0, await CountKeysAsync(p, "leaves-json-call"));
+
+        // The retry runs (no 409 REQUEST_IN_PROGRESS from a claim left behind) and is charged once.
+        using var retry = await InvokeAsync(p, body);
+        Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
+        Assert.False(retry.Headers.Contains("Idempotency-Replayed"));
+        var cost = (await retry.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("cost_micro").GetInt64();
+        await AssertChargedAndNothingHeldAsync(p, before, cost);
+    }
+
+    /// <summary>
+    /// finn sends its <c>: keepalive</c> comment (its response has started) and then fails before any token: freeside
+    /// forwarded no content to the client, so nothing is charged even though finn's error frame carries the prompt's
+    /// usage, and the key is free for a retry.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_stream_that_fails_before_any_delta_charges_nothing_even_after_finns_keepalive(string engine)
+    {
+        var finnAnswers = new System.Collections.Concurrent.ConcurrentQueue<string?>();
+        var settings = RaisedRateLimits();
+        settings["Providers:Local:FailureRate"] = "1"; // fails before its first token (FailAfterTokens 0)
+        settings["Providers:Local:LatencyMs"] = "3000"; // well after finn's first keepalive
+        settings["Inference:KeepAliveSeconds"] = "1";
+        settings["Inference:MaxAttempts"] = "1";
+        await using var p = await Platform.StartAsync(engine, settings, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Services.AddHttpClient(Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new ContentTypeHandler(finnAnswers));
+            }
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        var before = await BudgetAsync(p);
+
+        using var response = await SendStreamAsync(p, """{"prompt":"Say hi","model":"cheap","stream":true,"idempotency_key":"fails-before-output"}""");
+        var frames = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+
+        // finn had started its SSE answer (only its keepalive can have started it: no token was generated) before it failed.
+        Assert.Equal("text/event-stream", Assert.Single(finnAnswers));
+        Assert.Contains("event: error", frames, StringComparison.Ordinal);
+        Assert.DoesNotContain("event: delta", frames, StringComparison.Ordinal);
+        Assert.DoesNotContain("event: done", frames, StringComparison.Ordinal);
+        var traceId = JsonDocument.Parse(frames.Split('\n').First(l => l.StartsWith("data:", StringComparison.Ordinal))[5..]).RootElement.GetProperty("trace_id").GetString()!;
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        Assert.Null(await p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.UsageStore>().FindByTraceAsync(traceId, ct: TestContext.Current.CancellationToken));
+        Assert.Equal(0, await CountKeysAsync(p, "fails-before-output")); // nothing charged, so the key is free for a retry
+        await AssertConservedAsync(p);
+    }
+
+    sealed class ContentTypeHandler(System.Collections.Concurrent.ConcurrentQueue<string?> seen) : DelegatingHandler
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            var response = await base.SendAsync(request, cancellationToken);
+            seen.Enqueue(response.Content.Headers.ContentType?.MediaType);
+            return response;
+        }
+    }
+
+    /// <summary>
+    /// finn answers but the finalize's write fails in the database (it rolls back whole): the hold is released on the
+    /// spot, the failure is logged as INVOKE_FINALIZE_FAILED, the client gets 500 INTERNAL_ERROR and nothing is charged,
+    /// and the key is free: once the database writes again, a retry runs and is charged once.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_json_invoke_whose_finalize_fails_answers_500_and_leaves_nothing_reserved(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(engine, RaisedRateLimits(), logs);
+        var ledger = p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>();
+        var before = await BudgetAsync(p);
+        const string body = """{"prompt":"Say hi","model":"cheap","idempotency_key":"finalize-fails-json"}""";
+
+        ledger.FaultPoint = "finalize.after-claim";
+        using (var response = await InvokeAsync(p, body))
+        {
+            Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+            Assert.Equal("INTERNAL_ERROR", (await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        }
+
+        ledger.FaultPoint = null;
+        var failed = Assert.Single(logs.WithEvent("INVOKE_FINALIZE_FAILED"));
+        Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Error, failed.Level);
+        var complete = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"));
+        Assert.Equal((500, 0L), ((int)complete.Properties["Status"]!, (long)complete.Properties["CostMicro"]!));
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        Assert.Equal(0, await CountKeysAsync(p, "finalize-fails-json"));
+        await AssertConservedAsync(p);
+
+        using var retry = await InvokeAsync(p, body);
+        Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
+        var cost = (await retry.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("cost_micro").GetInt64();
+        await AssertChargedAndNothingHeldAsync(p, before, cost);
+    }
+
+    /// <summary>The same failure at the end of a stream: the SSE ends with an INTERNAL_ERROR error frame, not a done frame.</summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_stream_whose_finalize_fails_ends_with_an_internal_error_frame_and_leaves_nothing_reserved(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(engine, RaisedRateLimits(), logs);
+        var before = await BudgetAsync(p);
+
+        p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>().FaultPoint = "finalize.after-claim";
+        using var response = await SendStreamAsync(p, """{"prompt":"Say hi","model":"cheap","stream":true,"idempotency_key":"finalize-fails-stream"}""");
+        var frames = (await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>().FaultPoint = null;
+
+        Assert.Contains(frames, f => f.Contains("event: delta", StringComparison.Ordinal));
+        Assert.DoesNotContain(frames, f => f.Contains("event: done", StringComparison.Ordinal));
+        var last = frames[^1];
+        Assert.Contains("event: error", last, StringComparison.Ordinal);
+        var error = JsonDocument.Parse(last[(last.IndexOf("data:", StringComparison.Ordinal) + 5)..]).RootElement;
+        Assert.Equal("INTERNAL_ERROR", error.GetProperty("error").GetString());
+        Assert.Equal(500, error.GetProperty("status").GetInt32());
+
+        Assert.Single(logs.WithEvent("INVOKE_FINALIZE_FAILED"));
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        Assert.Equal(0, await CountKeysAsync(p, "finalize-fails-stream"));
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>PostgreSQL runs share one Redis, where the free tier's per-minute limits count every parallel test's invokes.</summary>
+    static Dictionary<string, string?> RaisedRateLimits() => new()
+    {
+        ["RateLimits:Free:CommunityPerMinute"] = "1000",
+        ["RateLimits:Free:UserPerMinute"] = "1000",
+    };
+
+    static async Task<long> CountKeysAsync(Platform p, string key)
+    {
+        await using var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(TestContext.Current.CancellationToken);
+        return await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = @key", new { key });
+    }
+
+    static async Task<RecordedLog> WaitForLogAsync(RecordingLoggerProvider logs, string eventName)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            if (logs.WithEvent(eventName).FirstOrDefault() is { } line)
+            {
+                return line;
+            }
+
+            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(15), $"freeside never logged {eventName}");
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
     }
 
     static Dictionary<string, string?> ReaperSettings() => new()
