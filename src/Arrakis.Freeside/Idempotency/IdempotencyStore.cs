@@ -125,6 +125,21 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
         """,
         new { idemScope = scope, idemKey = key, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
 
+    /// <summary>
+    /// Rewrites the stored answer of a completed key: for a call whose finalize found its reservation already resolved,
+    /// so that the stored answer, stored with the charge it expected, says what was charged.
+    /// </summary>
+    public async Task ReplaceAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
+    {
+        await using var writer = await db.OpenWriterAsync(ct);
+        await writer.Connection.ExecAsync(
+            """
+            UPDATE idempotency_keys SET response_status = @status, response_body = @body, content_type = @contentType, updated_at = @now
+            WHERE scope = @scope AND idem_key = @key AND state = 'complete'
+            """,
+            new { scope, key, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
+    }
+
     /// <summary>How long an in-progress key may go without <see cref="RenewAsync"/> before another request takes it over.</summary>
     public TimeSpan LeaseTimeout => options.LeaseTimeout;
 

@@ -105,7 +105,7 @@ public static class InvokeApi
 
         http.Response.Headers["Idempotency-Key"] = admitted.IdempotencyKey;
         await JsonBody.WriteAsync(http.Response, 200, body); // with its length: the client has it before the log line below
-        pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed);
+        pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed, settled.ChargedMicro);
     }
 }
 

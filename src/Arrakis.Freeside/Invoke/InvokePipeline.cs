@@ -45,6 +45,12 @@ public enum SettlementStatus
 
     /// <summary>The finalize's write failed; the reservation was released instead and nothing was charged.</summary>
     FinalizeFailed,
+
+    /// <summary>
+    /// The reservation was no longer pending when the finalize came (the reaper had expired it, or it was released), so
+    /// nothing was charged; the answer stands and says so (cost 0).
+    /// </summary>
+    NotPosted,
 }
 
 /// <summary>
@@ -270,8 +276,7 @@ public sealed class InvokePipeline(
     /// </summary>
     public async Task<Settlement> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, string detail, string streamed, CancellationToken ct)
     {
-        var charged = Charge(a, costMicro);
-        var problem = new System.Text.Json.Nodes.JsonObject
+        string Problem(long charged) => new System.Text.Json.Nodes.JsonObject
         {
             ["type"] = "https://arrakis.dev/errors/" + error.ToLowerInvariant().Replace('_', '-'),
             ["title"] = string.Join(' ', error.Split('_').Select(w => w.Length == 0 ? w : w[0] + w[1..].ToLowerInvariant())),
@@ -284,9 +289,17 @@ public sealed class InvokePipeline(
             ["cost_cents"] = charged / 10_000,
             ["trace_id"] = a.TraceId,
             ["idempotency_key"] = a.IdempotencyKey,
-        };
-        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, status, problem.ToJsonString(), "application/problem+json");
-        return await ChargeAsync(a, null, usage, costMicro, ct, stored);
+        }.ToJsonString();
+
+        const string problemType = "application/problem+json";
+        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, status, Problem(Charge(a, costMicro)), problemType);
+        var settled = await ChargeAsync(a, null, usage, costMicro, ct, stored);
+        if (settled.Status == SettlementStatus.NotPosted)
+        {
+            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, status, Problem(0), problemType, CancellationToken.None);
+        }
+
+        return settled;
     }
 
     /// <summary>Releases the reservation and frees the idempotency key so the client may retry.</summary>
@@ -316,7 +329,14 @@ public sealed class InvokePipeline(
         // The response is stored for replay in the same commit as the charge: one write, and never one without the other.
         var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json");
         var settled = await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct, stored);
-        return settled.Status == SettlementStatus.Charged ? settled with { Body = body } : settled;
+        if (settled.Status == SettlementStatus.NotPosted)
+        {
+            // The answer was stored with the charge it expected; it and its replays must say what was charged: nothing.
+            body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, 0, a), InvokeResponse.Json);
+            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json", CancellationToken.None);
+        }
+
+        return settled.Status == SettlementStatus.FinalizeFailed ? settled : settled with { Body = body };
     }
 
     static long Charge(Admitted a, long costMicro) => Math.Clamp(costMicro, 0, a.ReservedMicro);
@@ -342,7 +362,10 @@ public sealed class InvokePipeline(
 
         if (finalized.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
         {
+            // Most often the reaper expired the hold while the call ran (renewals failed for a whole TTL): the budget
+            // no longer holds it, so nothing may be posted now (C1), and nothing was.
             logger.FinalizeFailed(a.ReservationId, finalized.Status.ToString(), a.TraceId, null);
+            return new Settlement(SettlementStatus.NotPosted, 0);
         }
 
         return new Settlement(SettlementStatus.Charged, charged);

@@ -115,7 +115,7 @@ static class InvokeStreaming
             if (settled.Body is { } body)
             {
                 await WriteAsync(Frame("done", Encoding.UTF8.GetString(body), raw: true, id: seq));
-                pipeline.Complete(a, 200, "ok", done, sw.Elapsed);
+                pipeline.Complete(a, 200, "ok", done, sw.Elapsed, settled.ChargedMicro);
                 return;
             }
 
@@ -128,6 +128,7 @@ static class InvokeStreaming
         var partial = delivered ? InvokePipeline.PartialCost(a.Pool, lastUsage) : 0;
         if (failed is not null && !aborted.IsCancellationRequested)
         {
+            var chargedBeforeFailure = 0L;
             if (partial > 0)
             {
                 var settled = await pipeline.ChargePartialAsync(a, lastUsage!, partial, failed.Status, failed.Error,
@@ -139,6 +140,8 @@ static class InvokeStreaming
                     pipeline.Complete(a, InvokeResponses.FinalizeFailure(settled).Status, "finalize_failed", null, sw.Elapsed, settled.ChargedMicro);
                     return;
                 }
+
+                chargedBeforeFailure = settled.ChargedMicro;
             }
             else
             {
@@ -146,7 +149,7 @@ static class InvokeStreaming
             }
 
             await WriteAsync(Frame("error", new { type = "error", error = failed.Error, detail = failed.Detail, status = failed.Status }, id: seq));
-            pipeline.Complete(a, failed.Status, "upstream_failed", null, sw.Elapsed, partial);
+            pipeline.Complete(a, failed.Status, "upstream_failed", null, sw.Elapsed, chargedBeforeFailure);
             return;
         }
 

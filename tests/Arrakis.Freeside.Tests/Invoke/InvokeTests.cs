@@ -648,6 +648,60 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// The reaper expired the call's hold while finn worked (its renewals had failed for a whole TTL), so the finalize
+    /// finds nothing to post and, under C1, may not charge. The answer still reaches the client, but it, its stored
+    /// replay and the INVOKE_COMPLETE line say what was charged: nothing. Before, all three claimed the metered cost.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_call_whose_hold_the_reaper_expired_reports_and_replays_cost_zero(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        var settings = RaisedRateLimits();
+        settings["Providers:Local:LatencyMs"] = "2000";
+        await using var p = await StartSeededAsync(engine, settings, logs);
+        var ct = TestContext.Current.CancellationToken;
+        var before = await BudgetAsync(p);
+        const string body = """{"prompt":"Say hi","model":"cheap","idempotency_key":"hold-expired"}""";
+
+        var call = InvokeAsync(p, body);
+        await WaitForPendingReservationAsync(p);
+        await using (var writer = await p.Freeside.Services.GetRequiredService<Database>().OpenWriterAsync(ct))
+        {
+            await Dapper.SqlMapper.ExecuteAsync(writer.Connection, "UPDATE reservations SET expires_at = 0 WHERE status = 'pending'");
+        }
+
+        Assert.Equal(1, await p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>().ExpireDueAsync(ct: ct));
+
+        using var response = await call;
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var answer = await response.Content.ReadFromJsonAsync<JsonElement>(ct);
+        Assert.NotEmpty(answer.GetProperty("content").GetString()!);
+        Assert.Equal(0, answer.GetProperty("cost_micro").GetInt64());
+        Assert.Equal(0, answer.GetProperty("cost_cents").GetInt64());
+
+        var finalize = await WaitForLogAsync(logs, "INVOKE_FINALIZE_FAILED");
+        Assert.Equal("Expired", finalize.Properties["Outcome"]);
+        var line = await WaitForLogAsync(logs, "INVOKE_COMPLETE");
+        Assert.Equal(200, line.Properties["Status"]);
+        Assert.Equal(0L, line.Properties["CostMicro"]);
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Null(await p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.UsageStore>().FindByTraceAsync(answer.GetProperty("trace_id").GetString()!, ct: ct));
+
+        // The replay says the same as the live answer.
+        using var replay = await InvokeAsync(p, body);
+        Assert.Equal(HttpStatusCode.OK, replay.StatusCode);
+        Assert.True(replay.Headers.Contains("Idempotency-Replayed"));
+        var replayed = await replay.Content.ReadFromJsonAsync<JsonElement>(ct);
+        Assert.Equal(0, replayed.GetProperty("cost_micro").GetInt64());
+        Assert.Equal(answer.GetProperty("content").GetString(), replayed.GetProperty("content").GetString());
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
     /// finn sends its <c>: keepalive</c> comment (its response has started) and then fails before any token: freeside
     /// forwarded no content to the client, so nothing is charged even though finn's error frame carries the prompt's
     /// usage, and the key is free for a retry.
