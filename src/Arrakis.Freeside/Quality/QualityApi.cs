@@ -1,6 +1,9 @@
 using System.Diagnostics.Metrics;
+using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
 using Arrakis.Freeside.Communities;
+using Arrakis.Freeside.Idempotency;
 using Arrakis.Freeside.Identity;
 using Arrakis.Freeside.RateLimiting;
 using Arrakis.Shared.Contracts;
@@ -77,7 +80,7 @@ public sealed class QualityMetrics
 public static class QualityApi
 {
     static readonly string[] Labels = ["bad", "poor", "fair", "good", "excellent"];
-    static readonly HashSet<string> Known = ["routingKey", "routing_key", "quality", "source", "trace_id", "traceId"];
+    static readonly HashSet<string> Known = ["routingKey", "routing_key", "quality", "source", "trace_id", "traceId", "idempotency_key", "idempotencyKey"];
 
     public static IEndpointRouteBuilder MapQualityApi(this IEndpointRouteBuilder app)
     {
@@ -111,7 +114,7 @@ public static class QualityApi
                 {
                     if (!Known.Contains(p.Name))
                     {
-                        return Problems.Invalid(p.Name, $"Unknown field '{p.Name}'. Allowed: routingKey, quality, source, trace_id.");
+                        return Problems.Invalid(p.Name, $"Unknown field '{p.Name}'. Allowed: routingKey, quality, source, trace_id, idempotency_key.");
                     }
                 }
 
@@ -162,6 +165,14 @@ public static class QualityApi
                     return Problems.Invalid("trace_id", "trace_id must be 1-128 printable characters.");
                 }
 
+                // An idempotency key (X-Idempotency-Key, idempotency_key or idempotencyKey) makes a retry safe: the event id
+                // derives from it, so the same rating sent again is queued once and answered with the same event.
+                var (idempotency, keyProblem) = IdempotencyKeys.Resolve(http.Request, root);
+                if (keyProblem is not null)
+                {
+                    return keyProblem;
+                }
+
                 var ct = http.RequestAborted;
                 // The model and pool come from the caller's own community's invocations only: a trace id of another
                 // community is neither used nor revealed (its pool and model would otherwise come back in the answer).
@@ -189,7 +200,9 @@ public static class QualityApi
                         ? await lookup.FindByTraceAsync(community.Id, traceId, ct) ?? await lookup.LatestForAgentAsync(community.Id, routingKey, ct)
                         : await lookup.LatestForAgentAsync(community.Id, routingKey, ct);
                 var now = time.GetUtcNow().ToUnixTimeMilliseconds();
-                var eventId = "qe_" + Guid.CreateVersion7().ToString("N");
+                var eventId = idempotency!.Source == IdempotencyKeySource.Generated
+                    ? "qe_" + Guid.CreateVersion7().ToString("N")
+                    : KeyedEventId(community?.Id ?? $"tenant:{tenant}|sub:{subject}", idempotency.Value);
                 var payload = JsonSerializer.Serialize(new Dictionary<string, object?>
                 {
                     ["event_id"] = eventId,
@@ -203,27 +216,53 @@ public static class QualityApi
                 });
                 var sub = http.VerifiedToken().Subject;
 
+                string? earlier = null;
                 await using (var connection = await database.OpenAsync(ct))
                 {
                     await using var tx = await Database.BeginWriteAsync(connection, ct);
-                    await QualityOutbox.EnqueueAsync(connection, tx, eventId, routingKey, payload, string.IsNullOrEmpty(sub) ? null : sub, now, ct);
+                    if (!await QualityOutbox.EnqueueAsync(connection, tx, eventId, routingKey, payload, string.IsNullOrEmpty(sub) ? null : sub, now, ct))
+                    {
+                        earlier = await QualityOutbox.PayloadAsync(connection, tx, eventId, ct);
+                    }
+
                     await tx.CommitAsync(ct);
+                }
+
+                if (earlier is not null)
+                {
+                    // The same key again: the same rating is answered as it was the first time; another rating is refused.
+                    using var first = JsonDocument.Parse(earlier);
+                    var e = first.RootElement;
+                    if (Str(e, "routing_key") != routingKey || Str(e, "source") != source || Str(e, "trace_id") != traceId
+                        || e.GetProperty("score").GetRawText() != JsonSerializer.Serialize(quality))
+                    {
+                        return Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{idempotency.Value}' was already used for a different quality event.");
+                    }
+
+                    http.Response.Headers["Idempotency-Replayed"] = "true";
+                    return Accepted(eventId, routingKey, Str(e, "model"), Str(e, "pool"));
                 }
 
                 metrics.Queued.Add(1);
                 signal.Notify();
-                return Results.Json(new Dictionary<string, object?>
-                {
-                    ["event_id"] = eventId,
-                    ["status"] = "queued",
-                    ["routing_key"] = routingKey,
-                    ["model"] = served?.Model,
-                    ["pool"] = served?.Pool,
-                }, statusCode: 202);
+                return Accepted(eventId, routingKey, served?.Model, served?.Pool);
             }
         }).RequireToken(IdentitySetup.UserPolicy);
         return app;
     }
+
+    static IResult Accepted(string eventId, string routingKey, string? model, string? pool) => Results.Json(new Dictionary<string, object?>
+    {
+        ["event_id"] = eventId,
+        ["status"] = "queued",
+        ["routing_key"] = routingKey,
+        ["model"] = model,
+        ["pool"] = pool,
+    }, statusCode: 202);
+
+    /// <summary>The event id of a keyed rating: the same key in the same scope (community, else tenant and user) gives the same id.</summary>
+    static string KeyedEventId(string scope, string key) =>
+        "qe_k" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(scope + "\n" + key)))[..32];
 
     static string? Str(JsonElement root, string name) =>
         root.TryGetProperty(name, out var el) && el.ValueKind == JsonValueKind.String && el.GetString() is { Length: > 0 } s ? s : null;

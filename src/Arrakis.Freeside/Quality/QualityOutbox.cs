@@ -46,13 +46,20 @@ public sealed record OutboxRow(string event_id, string routing_key, string paylo
 /// <summary>The quality outbox table: enqueue in the caller's transaction, then claim, mark delivered or reschedule.</summary>
 public sealed class QualityOutbox(Database database)
 {
-    public static Task EnqueueAsync(DbConnection connection, DbTransaction tx, string eventId, string routingKey, string payload, string? submittedBy, long nowMs, CancellationToken ct) =>
-        connection.ExecuteAsync(new CommandDefinition(
+    /// <summary>Queues the event; false when an event with this id is already there (an idempotent retry), which is left as it is.</summary>
+    public static async Task<bool> EnqueueAsync(DbConnection connection, DbTransaction tx, string eventId, string routingKey, string payload, string? submittedBy, long nowMs, CancellationToken ct) =>
+        await connection.ExecuteAsync(new CommandDefinition(
             """
             INSERT INTO quality_outbox (event_id, routing_key, payload, submitted_by, status, attempts, created_at, next_attempt_at)
             VALUES (@eventId, @routingKey, @payload, @submittedBy, 'pending', 0, @nowMs, @nowMs)
+            ON CONFLICT (event_id) DO NOTHING
             """,
-            new { eventId, routingKey, payload, submittedBy, nowMs }, tx, cancellationToken: ct));
+            new { eventId, routingKey, payload, submittedBy, nowMs }, tx, cancellationToken: ct)) == 1;
+
+    /// <summary>The payload queued under <paramref name="eventId"/>, or null when there is none (or it was pruned).</summary>
+    public static Task<string?> PayloadAsync(DbConnection connection, DbTransaction tx, string eventId, CancellationToken ct) =>
+        connection.QuerySingleOrDefaultAsync<string?>(new CommandDefinition(
+            "SELECT payload FROM quality_outbox WHERE event_id = @eventId", new { eventId }, tx, cancellationToken: ct));
 
     public async Task<IReadOnlyList<OutboxRow>> DueAsync(long nowMs, int limit, CancellationToken ct)
     {

@@ -81,6 +81,59 @@ public sealed class QualityApiTests
         Assert.Equal(0.7, after["score"]!.GetValue<double>(), 5);
     }
 
+    /// <summary>
+    /// A rating sent again with its idempotency key (a client retrying after a timeout) is queued and scored once, and
+    /// answered with the same event id; the key with a different rating is 409; without a key every post is a new
+    /// event, as before. The header and the body spellings are the same key.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_rating_retried_with_its_idempotency_key_counts_once(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        await Arrakis.Freeside.Seeding.Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        var ct = TestContext.Current.CancellationToken;
+
+        async Task<HttpResponseMessage> PostKeyedAsync(object body, string? header)
+        {
+            using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+            using var request = new HttpRequestMessage(HttpMethod.Post, "api/agents/quality") { Content = JsonContent.Create(body) };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+            if (header is not null)
+            {
+                request.Headers.Add("X-Idempotency-Key", header);
+            }
+
+            return await http.SendAsync(request, ct);
+        }
+
+        using var first = await PostKeyedAsync(new { routingKey = "nft:idem", quality = 0.9, source = "judge" }, "rate-1");
+        var id = await ExpectQueuedAsync(first);
+        Assert.False(first.Headers.Contains("Idempotency-Replayed"));
+        using var again = await PostKeyedAsync(new { routingKey = "nft:idem", quality = 0.9, source = "judge", idempotency_key = "rate-1" }, null);
+        Assert.Equal(id, await ExpectQueuedAsync(again));
+        Assert.Equal("true", again.Headers.GetValues("Idempotency-Replayed").Single());
+
+        using var other = await PostKeyedAsync(new { routingKey = "nft:idem", quality = 0.1, source = "judge" }, "rate-1");
+        Assert.Equal(HttpStatusCode.Conflict, other.StatusCode);
+        Assert.Equal("IDEMPOTENCY_KEY_REUSED", (await other.Content.ReadFromJsonAsync<JsonObject>(ct))!["error"]!.GetValue<string>());
+
+        using (var unkeyed1 = await PostKeyedAsync(new { routingKey = "nft:idem-free", quality = "good", source = "judge" }, null))
+        using (var unkeyed2 = await PostKeyedAsync(new { routingKey = "nft:idem-free", quality = "good", source = "judge" }, null))
+        {
+            Assert.NotEqual(await ExpectQueuedAsync(unkeyed1), await ExpectQueuedAsync(unkeyed2));
+        }
+
+        await WaitForSamplesAsync(p, "nft:idem-free", 2);
+        var scored = await WaitForSamplesAsync(p, "nft:idem", 1);
+        await using (var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(ct))
+        {
+            Assert.Equal(1, await c.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM quality_outbox WHERE routing_key = 'nft:idem'"));
+        }
+
+        Assert.Equal(1, scored["sample_count"]!.GetValue<long>());
+    }
+
     [Fact]
     public async Task Model_and_pool_come_from_the_trace_or_else_the_latest_invocation()
     {
