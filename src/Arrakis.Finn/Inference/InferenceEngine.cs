@@ -12,7 +12,8 @@ namespace Arrakis.Finn.Inference;
 /// Runs one invoke: routes among the pool's healthy models, calls the provider with a per-attempt timeout, retries
 /// 429/5xx/timeouts with jittered backoff, records breaker outcomes, falls back to the next candidate of the same
 /// pool (so never outside the caller's allowed pools), caps output at <c>max_tokens</c> and meters the cost.
-/// Once a delta has reached the client, a failure is final (with the partial usage attached).
+/// Once a delta has reached the client, a failure is final (with the partial usage attached, never less than what was
+/// forwarded); before that, a failure carries no usage, since nothing was delivered.
 /// </summary>
 public sealed class InferenceEngine(
     IEnumerable<IInferenceProvider> providers,
@@ -99,11 +100,15 @@ public sealed class InferenceEngine(
 
                     if (state.Forwarded)
                     {
-                        var partial = Cap(ex.PartialUsage ?? OpenAiProvider.Estimate(ProviderRequestFor(model, request, pool), state.Text.ToString()), request, pool);
+                        // The delta frames already told the caller the running count of what was streamed; charge no less.
+                        var forwarded = OpenAiProvider.Estimate(ProviderRequestFor(model, request, pool), state.Text.ToString());
+                        var reported = ex.PartialUsage ?? forwarded;
+                        var partial = Cap(reported with { CompletionTokens = Math.Max(reported.CompletionTokens, forwarded.CompletionTokens) }, request, pool);
                         throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = partial };
                     }
 
-                    last = ex;
+                    // Nothing reached the caller, so a failed attempt's usage (e.g. a vendor's message_start count) is not charged.
+                    last = ex.PartialUsage is null ? ex : new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex);
                     if (!UpstreamFailures.Retryable(ex.Failure) || attempt == _options.MaxAttempts)
                     {
                         break;
@@ -118,6 +123,12 @@ public sealed class InferenceEngine(
                     metrics.Call(pool.Id, model.Id, provider.Name, "cancelled", sw.Elapsed.TotalMilliseconds);
                     InferenceLog.Call(logger, pool.Id, model.Id, provider.Name, attempt, "cancelled", sw.ElapsedMilliseconds,
                         Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(state.Text.ToString()), request.TraceId);
+                    throw;
+                }
+                catch
+                {
+                    // Not the provider's failure (e.g. writing to the client broke): no verdict on the model, but never leave a probe in flight.
+                    breakers.Release(model.Id);
                     throw;
                 }
             }
@@ -151,6 +162,14 @@ public sealed class InferenceEngine(
                     PartialUsage = text.Length > 0 ? OpenAiProvider.Estimate(providerRequest, text.ToString()) : null,
                 };
             }
+            catch (Exception ex) when (ex is not UpstreamException and not OperationCanceledException)
+            {
+                // The adapter could not read the vendor's answer (e.g. a lone surrogate such as "\ud800" throws when read as a string).
+                throw new UpstreamException(UpstreamFailure.Malformed, $"{provider.Name} model {model.Id} sent a malformed answer: {ex.Message}", null, ex)
+                {
+                    PartialUsage = text.Length > 0 ? OpenAiProvider.Estimate(providerRequest, text.ToString()) : null,
+                };
+            }
 
             if (!more)
             {
@@ -166,7 +185,11 @@ public sealed class InferenceEngine(
                 {
                     state.Forwarded = true;
                     state.Text.Append(delta);
+
+                    // A slow client's backpressure is not the provider's silence: the timer pauses while the delta is written.
+                    timeout.CancelAfter(Timeout.InfiniteTimeSpan);
                     await onDelta(delta, ct);
+                    timeout.CancelAfter(timeoutAfter);
                 }
             }
 

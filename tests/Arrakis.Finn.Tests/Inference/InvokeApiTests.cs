@@ -5,6 +5,7 @@ using System.Text.Json;
 using Arrakis.Finn.Inference.Providers;
 using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Tokens;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Arrakis.Finn.Tests.Inference;
@@ -381,5 +382,46 @@ public sealed class InvokeApiTests
 
         var ms = Assert.Single(cancelled);
         Assert.True(ms < 8000, $"generation ran {ms} ms after a disconnect");
+    }
+
+    /// <summary>
+    /// A vendor answer the adapter cannot read (a lone surrogate, <c>"\ud800"</c>, throws when read as a string) is a
+    /// malformed upstream answer, 502 PROVIDER_ERROR like any malformed body, in both modes. It was an unhandled 500.
+    /// </summary>
+    [Fact]
+    public async Task A_vendor_answer_that_cannot_be_read_is_502_not_500()
+    {
+        await using var vendor = await VendorServer.StartAsync();
+        vendor.Behavior = async (ctx, call, _) =>
+        {
+            if (call.Stream)
+            {
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi \\ud800\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+                return;
+            }
+
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync("{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hi \\ud800\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}");
+        };
+        await using var platform = await Platform.StartAsync(settings: new Dictionary<string, string?>
+        {
+            ["Routing:Mode"] = "disabled",
+            ["Pools:Pools:cheap:Models:0:Id"] = "vendor-model",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "openai",
+            ["Providers:OpenAI:BaseUrl"] = vendor.Url + "/v1",
+            ["Providers:OpenAI:ApiKey"] = "sk-test-key",
+        });
+
+        foreach (var stream in new[] { false, true })
+        {
+            using var r = await PostAsync(platform, Body("Hi", stream: stream), sse: stream);
+            Assert.Equal(HttpStatusCode.BadGateway, r.StatusCode);
+            var problem = await JsonAsync(r);
+            Assert.Equal("PROVIDER_ERROR", problem.GetProperty("error").GetString());
+            Assert.Contains("malformed", problem.GetProperty("detail").GetString(), StringComparison.OrdinalIgnoreCase);
+        }
+
+        Assert.Equal(2, vendor.CallCount);
     }
 }

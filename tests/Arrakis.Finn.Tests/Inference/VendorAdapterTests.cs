@@ -4,6 +4,7 @@ using Arrakis.Finn.Inference.Providers;
 using Arrakis.Shared.Contracts;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Arrakis.Finn.Tests.Inference;
 
@@ -23,7 +24,7 @@ public sealed class VendorAdapterTests : IAsyncLifetime
 
     public static TheoryData<string> Vendors() => new() { "openai", "anthropic" };
 
-    ServiceProvider Services(string vendor, bool withLocalBackup = false, int attemptTimeoutMs = 15000)
+    ServiceProvider Services(string vendor, bool withLocalBackup = false, int attemptTimeoutMs = 15000, TimeProvider? time = null)
     {
         var config = new Dictionary<string, string?>
         {
@@ -51,9 +52,29 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         services.AddLogging();
         services.AddMetrics();
         services.AddSingleton<IConfiguration>(configuration);
+        if (time is not null)
+        {
+            services.AddSingleton(time);
+        }
+
         services.AddInference(configuration);
         return services.BuildServiceProvider();
     }
+
+    /// <summary>An SSE frame as the vendor writes it (Anthropic names its events; OpenAI sends bare data lines).</summary>
+    static async Task FrameAsync(HttpContext ctx, string? name, string data)
+    {
+        await ctx.Response.WriteAsync((name is null ? "" : $"event: {name}\n") + $"data: {data}\n\n");
+        await ctx.Response.Body.FlushAsync();
+    }
+
+    const string AnthropicStart = """{"type":"message_start","message":{"id":"msg_test","type":"message","role":"assistant","content":[],"model":"claude-test-haiku","usage":{"input_tokens":11,"output_tokens":1}}}""";
+
+    static string AnthropicDelta(string text) =>
+        $$$"""{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":{{{JsonSerializer.Serialize(text)}}}}}""";
+
+    static string OpenAiDelta(string text) =>
+        $$"""{"choices":[{"index":0,"delta":{"content":{{JsonSerializer.Serialize(text)}}},"finish_reason":null}]}""";
 
     static FinnInvokeRequest Request(bool stream, int maxTokens = 64) =>
         new([new ChatMessage("system", "Be brief."), new ChatMessage("user", "Say hello in exactly 3 words")], "vendor", maxTokens, null, stream, "trace-1");
@@ -235,5 +256,164 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         Assert.Equal(40, result.Usage.CompletionTokens);
         Assert.Equal(PoolCatalog.CostMicro(sp.GetRequiredService<PoolCatalog>().Pools["vendor"], 11, 40), result.CostMicro);
         Assert.Equal(40, JsonDocument.Parse(_server.Calls.Single().Body.GetRawText()).RootElement.GetProperty("max_tokens").GetInt32());
+    }
+
+    /// <summary>
+    /// A lone surrogate (<c>"\ud800"</c>) parses as JSON but throws when read as a string. That exception escaped the engine
+    /// (a 500) and left the half-open probe in flight, so the breaker never closed or reopened again.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(VendorsAndModes))]
+    public async Task A_lone_surrogate_in_vendor_content_is_a_malformed_answer_and_resolves_the_probe(string vendor, bool stream)
+    {
+        const string Bad = "Hi \\ud800 there";
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            var anthropic = VendorServer.IsAnthropic(call);
+            if (!stream)
+            {
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.WriteAsync(anthropic
+                    ? $$$"""{"type":"message","content":[{"type":"text","text":"{{{Bad}}}"}],"stop_reason":"end_turn","usage":{"input_tokens":11,"output_tokens":3}}"""
+                    : $$$"""{"choices":[{"index":0,"message":{"role":"assistant","content":"{{{Bad}}}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":3}}""");
+                return;
+            }
+
+            ctx.Response.ContentType = "text/event-stream";
+            if (anthropic)
+            {
+                await FrameAsync(ctx, "message_start", AnthropicStart);
+                await FrameAsync(ctx, "content_block_delta", $$$"""{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"{{{Bad}}}"}}""");
+                await FrameAsync(ctx, "message_delta", """{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}""");
+                await FrameAsync(ctx, "message_stop", """{"type":"message_stop"}""");
+            }
+            else
+            {
+                await FrameAsync(ctx, null, $$"""{"choices":[{"index":0,"delta":{"content":"{{Bad}}"},"finish_reason":"stop"}]}""");
+                await FrameAsync(ctx, null, "[DONE]");
+            }
+        };
+        var time = new FakeTimeProvider();
+        await using var sp = Services(vendor, time: time);
+        var breakers = sp.GetRequiredService<ModelBreakers>();
+        for (var i = 0; i < 3; i++)
+        {
+            breakers.RecordFailure("vendor-model");
+        }
+
+        time.Advance(TimeSpan.FromSeconds(40));
+        Assert.Equal(BreakerState.HalfOpen, breakers.StateOf("vendor-model"));
+
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(stream)));
+        Assert.Equal(UpstreamFailure.Malformed, ex.Failure);
+        Assert.Equal((502, "PROVIDER_ERROR"), UpstreamFailures.ToHttp(ex.Failure));
+        Assert.Null(ex.PartialUsage);
+        Assert.Equal(1, _server.CallCount);
+
+        // The failed probe reopened the breaker; after the open period another probe may go.
+        Assert.Equal(BreakerState.Open, breakers.StateOf("vendor-model"));
+        time.Advance(TimeSpan.FromSeconds(40));
+        Assert.True(breakers.IsAvailable("vendor-model"));
+        Assert.True(breakers.TryAcquire("vendor-model"));
+    }
+
+    public static TheoryData<string, int, long> AnthropicEndings() => new()
+    {
+        { "error", 64, 6 }, { "truncated", 64, 6 }, { "no_final_usage", 64, 6 }, { "error", 4, 4 }, { "no_final_usage", 4, 4 },
+    };
+
+    /// <summary>
+    /// <c>message_start</c>'s <c>output_tokens</c> (usually 1) is a lower bound; without a final <c>message_delta</c> usage
+    /// the charge is the streamed text's count (capped at max_tokens), not that 1.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(AnthropicEndings))]
+    public async Task Anthropic_usage_without_a_final_count_is_what_was_streamed(string ending, int maxTokens, long expected)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            await FrameAsync(ctx, "message_start", AnthropicStart);
+            await FrameAsync(ctx, "content_block_delta", AnthropicDelta("Hello there,"));
+            await FrameAsync(ctx, "content_block_delta", AnthropicDelta(" my good friend"));
+            switch (ending)
+            {
+                case "error":
+                    await FrameAsync(ctx, "error", """{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}""");
+                    break;
+                case "no_final_usage":
+                    await FrameAsync(ctx, "message_delta", """{"type":"message_delta","delta":{"stop_reason":"end_turn"}}""");
+                    await FrameAsync(ctx, "message_stop", """{"type":"message_stop"}""");
+                    break;
+            }
+        };
+        await using var sp = Services("anthropic");
+        var request = Request(true, maxTokens);
+        if (ending == "no_final_usage")
+        {
+            var (result, deltas) = await InvokeAsync(sp, request);
+            Assert.Equal("Hello there, my good friend", string.Concat(deltas));
+            Assert.Equal(new Usage(11, expected), result.Usage);
+            Assert.Equal(PoolCatalog.CostMicro(sp.GetRequiredService<PoolCatalog>().Pools["vendor"], 11, expected), result.CostMicro);
+        }
+        else
+        {
+            var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, request));
+            Assert.Equal(ending == "error" ? UpstreamFailure.ServerError : UpstreamFailure.Malformed, ex.Failure);
+            Assert.Equal(new Usage(11, expected), ex.PartialUsage);
+        }
+
+        Assert.Equal(1, _server.CallCount);
+    }
+
+    /// <summary>A final OpenAI usage chunk without <c>completion_tokens</c> counts the streamed text instead of charging 0 output.</summary>
+    [Theory]
+    [InlineData(64, 6)]
+    [InlineData(4, 4)]
+    public async Task OpenAi_usage_without_completion_tokens_counts_the_streamed_text(int maxTokens, long expected)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            await FrameAsync(ctx, null, OpenAiDelta("Hello there,"));
+            await FrameAsync(ctx, null, OpenAiDelta(" my good friend"));
+            await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}""");
+            await FrameAsync(ctx, null, """{"choices":[],"usage":{"prompt_tokens":11}}""");
+            await FrameAsync(ctx, null, "[DONE]");
+        };
+        await using var sp = Services("openai");
+        var (result, deltas) = await InvokeAsync(sp, Request(true, maxTokens));
+        Assert.Equal("Hello there, my good friend", string.Concat(deltas));
+        Assert.Equal(new Usage(11, expected), result.Usage);
+        Assert.Equal("stop", result.FinishReason);
+    }
+
+    /// <summary>
+    /// When every attempt failed before a delta reached the caller, nothing was delivered, so the failure carries no usage
+    /// (the last attempt's partial usage, e.g. Anthropic's message_start input count, would otherwise be charged).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task When_nothing_was_forwarded_the_failure_carries_no_usage(string vendor)
+    {
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            if (VendorServer.IsAnthropic(call))
+            {
+                await FrameAsync(ctx, "message_start", AnthropicStart);
+                await FrameAsync(ctx, "error", """{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}""");
+            }
+            else
+            {
+                // The stream breaks off after the role chunk: no content, no [DONE].
+                await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}""");
+            }
+        };
+        await using var sp = Services(vendor);
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+        Assert.Equal(vendor == "anthropic" ? UpstreamFailure.ServerError : UpstreamFailure.Malformed, ex.Failure);
+        Assert.Null(ex.PartialUsage);
+        Assert.Equal(vendor == "anthropic" ? 3 : 1, _server.CallCount);
     }
 }

@@ -81,7 +81,8 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
 
         var text = new System.Text.StringBuilder();
         long? input = null;
-        long? output = null;
+        long? startOutput = null; // message_start's count is a lower bound (usually 1), not what was generated
+        long? output = null; // message_delta's cumulative count
         string? stop = null;
         var stopped = false;
         await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
@@ -93,7 +94,7 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
                     if (VendorHttp.Object(json, "message") is { } message && VendorHttp.Object(message, "usage") is { } startUsage)
                     {
                         input = VendorHttp.Long(startUsage, "input_tokens") ?? input;
-                        output = VendorHttp.Long(startUsage, "output_tokens") ?? output;
+                        startOutput = VendorHttp.Long(startUsage, "output_tokens") ?? startOutput;
                     }
 
                     break;
@@ -129,7 +130,7 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
                         type == "rate_limit_error" ? UpstreamFailure.RateLimited : UpstreamFailure.ServerError,
                         "anthropic streamed an error: " + (type ?? "unknown") + " " + (error is { } er ? VendorHttp.String(er, "message") : null))
                     {
-                        PartialUsage = new Usage(input ?? Tokenizer.PromptTokens(request.Messages), output ?? Tokenizer.Count(text.ToString())),
+                        PartialUsage = Partial(request, input, output, text.ToString()),
                     };
             }
 
@@ -143,13 +144,17 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
         {
             throw new UpstreamException(UpstreamFailure.Malformed, "anthropic's stream ended before message_stop")
             {
-                PartialUsage = new Usage(input ?? Tokenizer.PromptTokens(request.Messages), output ?? Tokenizer.Count(text.ToString())),
+                PartialUsage = Partial(request, input, output, text.ToString()),
             };
         }
 
         var estimate = OpenAiProvider.Estimate(request, text.ToString());
-        yield return new ProviderChunk(null, new Usage(input ?? estimate.PromptTokens, output ?? estimate.CompletionTokens), Finish(stop));
+        yield return new ProviderChunk(null, new Usage(input ?? estimate.PromptTokens, output ?? Math.Max(startOutput ?? 0, estimate.CompletionTokens)), Finish(stop));
     }
+
+    /// <summary>What a broken stream generated: the streamed text's count, or the vendor's running count when that is higher.</summary>
+    static Usage Partial(ProviderRequest request, long? input, long? output, string text) =>
+        new(input ?? Tokenizer.PromptTokens(request.Messages), Math.Max(output ?? 0, Tokenizer.Count(text)));
 
     static string Finish(string? stopReason) => stopReason switch
     {

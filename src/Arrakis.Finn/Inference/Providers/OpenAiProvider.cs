@@ -73,12 +73,12 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             }
 
             yield return new ProviderChunk(content);
-            yield return new ProviderChunk(null, UsageOf(json, request, content), VendorHttp.String(choice, "finish_reason") ?? "stop");
+            yield return new ProviderChunk(null, UsageOf(VendorHttp.Object(json, "usage"), request, content), VendorHttp.String(choice, "finish_reason") ?? "stop");
             yield break;
         }
 
         var text = new System.Text.StringBuilder();
-        Usage? usage = null;
+        JsonElement? usage = null;
         string? finish = null;
         var done = false;
         await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
@@ -95,10 +95,8 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
                 throw new UpstreamException(UpstreamFailure.ServerError, "openai streamed an error: " + (VendorHttp.String(error, "message") ?? "unknown"));
             }
 
-            if (json.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object)
-            {
-                usage = UsageOf(json, request, null);
-            }
+            // Read at the end, against all the streamed text: a usage chunk may leave out a count.
+            usage = VendorHttp.Object(json, "usage") ?? usage;
 
             if (json.TryGetProperty("choices", out var choices) && choices.ValueKind == JsonValueKind.Array && choices.GetArrayLength() > 0)
             {
@@ -116,22 +114,17 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
         {
             throw new UpstreamException(UpstreamFailure.Malformed, "openai's stream ended before [DONE]")
             {
-                PartialUsage = new Usage(Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(text.ToString())),
+                PartialUsage = UsageOf(usage, request, text.ToString()),
             };
         }
 
-        yield return new ProviderChunk(null, usage ?? Estimate(request, text.ToString()), finish ?? "stop");
+        yield return new ProviderChunk(null, UsageOf(usage, request, text.ToString()), finish ?? "stop");
     }
 
-    static Usage UsageOf(JsonElement json, ProviderRequest request, string? content)
-    {
-        if (VendorHttp.Object(json, "usage") is { } u && VendorHttp.Long(u, "prompt_tokens") is { } p && VendorHttp.Long(u, "completion_tokens") is { } c)
-        {
-            return new Usage(p, c);
-        }
-
-        return Estimate(request, content ?? "");
-    }
+    /// <summary>The vendor's counts, each one it left out estimated from the prompt or the generated content.</summary>
+    static Usage UsageOf(JsonElement? usage, ProviderRequest request, string content) => new(
+        (usage is { } u ? VendorHttp.Long(u, "prompt_tokens") : null) ?? Tokenizer.PromptTokens(request.Messages),
+        (usage is { } v ? VendorHttp.Long(v, "completion_tokens") : null) ?? Tokenizer.Count(content));
 
     /// <summary>When a server reports no usage, count with the local tokenizer rather than charge nothing.</summary>
     internal static Usage Estimate(ProviderRequest request, string content) =>
