@@ -93,7 +93,11 @@ public sealed class InferenceEngine(
                     metrics.Call(pool.Id, model.Id, provider.Name, kind, sw.Elapsed.TotalMilliseconds);
                     metrics.Error(pool.Id, model.Id, provider.Name, kind);
                     InferenceLog.Failed(logger, pool.Id, model.Id, provider.Name, attempt, kind, sw.ElapsedMilliseconds, request.TraceId, ex.Message);
-                    if (breakers.RecordFailure(model.Id))
+                    if (ex.AboutTheRequest)
+                    {
+                        breakers.Release(model.Id); // no verdict on the model, but a half-open probe must not stay in flight
+                    }
+                    else if (breakers.RecordFailure(model.Id))
                     {
                         InferenceLog.BreakerOpened(logger, model.Id, pool.Id);
                     }
@@ -109,7 +113,10 @@ public sealed class InferenceEngine(
 
                     // Nothing reached the caller, so a failed attempt's usage (e.g. a vendor's message_start count) is not charged.
                     last = ex.PartialUsage is null ? ex : new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex);
-                    if (!UpstreamFailures.Retryable(ex.Failure) || attempt == _options.MaxAttempts)
+                    // A vendor that asks for a longer pause than retries may wait is not asked again now: the next
+                    // candidate is tried instead (retrying sooner would only meet the same 429).
+                    if (!UpstreamFailures.Retryable(ex.Failure) || attempt == _options.MaxAttempts
+                        || ex.RetryAfter > TimeSpan.FromMilliseconds(_options.RetryMaxDelayMs))
                     {
                         break;
                     }

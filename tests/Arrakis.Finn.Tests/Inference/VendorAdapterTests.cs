@@ -163,6 +163,51 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         Assert.Equal(3, _server.CallCount);
     }
 
+    /// <summary>
+    /// A vendor 400 (a prompt too long for the model, a content filter) is about that request: it is not retried on the
+    /// model and does not count against its breaker, so a run of bad requests does not take the model away from everyone.
+    /// On the old code the third 400 opened the breaker and the fourth request got NO_HEALTHY_MODEL. A 401 still counts.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task Vendor_400s_are_about_the_request_and_leave_the_breaker_closed(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 400);
+        await using var sp = Services(vendor);
+        for (var i = 1; i <= 5; i++)
+        {
+            var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+            Assert.Equal(UpstreamFailure.Rejected, ex.Failure);
+            Assert.Equal(i, _server.CallCount);
+        }
+
+        Assert.Equal(BreakerState.Closed, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 401);
+        for (var i = 0; i < 3; i++)
+        {
+            await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+        }
+
+        Assert.Equal(BreakerState.Open, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+    }
+
+    /// <summary>
+    /// A 429 whose Retry-After is longer than retries may wait (RetryMaxDelayMs) is not retried early on the same
+    /// model, which would only meet the same 429: the pool's next model answers at once. The old code retried twice
+    /// after 20 ms each.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task A_retry_after_beyond_the_retry_ceiling_falls_back_instead_of_retrying_early(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.ErrorAsync(ctx, call, 429, retryAfter: "30");
+        await using var sp = Services(vendor, withLocalBackup: true);
+        var (result, _) = await InvokeAsync(sp, Request(false));
+        Assert.Equal("local-backup", result.Model);
+        Assert.Equal(1, _server.CallCount);
+    }
+
     [Theory]
     [MemberData(nameof(VendorsAndModes))]
     public async Task A_500_is_retried_then_reported_as_provider_error(string vendor, bool stream)

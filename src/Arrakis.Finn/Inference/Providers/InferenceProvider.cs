@@ -59,6 +59,13 @@ public sealed class UpstreamException(UpstreamFailure failure, string message, T
     /// <summary>Usage generated before a mid-stream failure (so the caller can charge what was streamed).</summary>
     public Usage? PartialUsage { get; init; }
 
+    /// <summary>
+    /// The vendor refused this request itself (400, 413, 422: too long for the model's context, a content filter, an
+    /// invalid parameter). That says nothing about the model's health, so it does not count against its breaker:
+    /// otherwise a few callers with oversized prompts would take the model away from everyone.
+    /// </summary>
+    public bool AboutTheRequest { get; init; }
+
     public static UpstreamException FromStatus(int status, string vendor, string body, TimeSpan? retryAfter)
     {
         var snippet = body.Length > 200 ? body[..200] : body;
@@ -69,7 +76,7 @@ public sealed class UpstreamException(UpstreamFailure failure, string message, T
             >= 500 => UpstreamFailure.ServerError,
             _ => UpstreamFailure.Rejected,
         };
-        return new UpstreamException(failure, $"{vendor} answered {status}: {snippet}", retryAfter);
+        return new UpstreamException(failure, $"{vendor} answered {status}: {snippet}", retryAfter) { AboutTheRequest = status is 400 or 413 or 422 };
     }
 }
 
