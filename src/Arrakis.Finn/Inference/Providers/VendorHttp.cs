@@ -66,8 +66,11 @@ internal static class VendorHttp
     {
         await using var stream = await response.Content.ReadAsStreamAsync(ct);
         using var reader = new StreamReader(stream, Encoding.UTF8);
+        // As the SSE spec reads a stream: an event is dispatched at a blank line only if it had a data line (an
+        // "event: ping" alone is not an event), and its data lines are joined with newlines.
         string? name = null;
         var data = new StringBuilder();
+        var hasData = false;
         while (true)
         {
             string? line;
@@ -82,7 +85,8 @@ internal static class VendorHttp
 
             if (line is null)
             {
-                if (data.Length > 0)
+                // Lenient at the end: a last event without its blank line (e.g. "data: [DONE]") still counts.
+                if (hasData)
                 {
                     yield return new SseEvent(name, data.ToString());
                 }
@@ -92,13 +96,14 @@ internal static class VendorHttp
 
             if (line.Length == 0)
             {
-                if (data.Length > 0 || name is not null)
+                if (hasData)
                 {
                     yield return new SseEvent(name, data.ToString());
                 }
 
                 name = null;
                 data.Clear();
+                hasData = false;
                 continue;
             }
 
@@ -121,12 +126,13 @@ internal static class VendorHttp
             }
             else if (field == "data")
             {
-                if (data.Length > 0)
+                if (hasData)
                 {
                     data.Append('\n');
                 }
 
                 data.Append(value);
+                hasData = true;
             }
         }
     }
