@@ -66,6 +66,7 @@ internal static class LoaProgram
             SocketException socket => "network error: " + socket.Message,
             TimeoutException timeout => "timed out: " + Chain(timeout),
             UnauthorizedAccessException or IOException => Chain(ex),
+            Arrakis.Shared.Tokens.KeyringMasterKeyException key => key.Message,
             _ => null,
         };
     }

@@ -13,7 +13,7 @@ public sealed class KeyProtector
     {
         if (masterKey.Length != 32)
         {
-            throw new ArgumentException("The keyring master key must be 32 bytes (base64 of 32 random bytes). Generate one with: openssl rand -base64 32", nameof(masterKey));
+            throw new KeyringMasterKeyException($"The keyring master key must be 32 bytes, not {masterKey.Length} (Keyring:MasterKey is base64 of 32 random bytes). Generate one with: openssl rand -base64 32");
         }
 
         _key = masterKey;
@@ -42,7 +42,18 @@ public sealed class KeyProtector
         var cipher = blob.AsSpan(NonceSize + TagSize);
         var plain = new byte[cipher.Length];
         using var aes = new AesGcm(_key, TagSize);
-        aes.Decrypt(nonce, cipher, tag, plain, System.Text.Encoding.UTF8.GetBytes(associatedData));
+        try
+        {
+            aes.Decrypt(nonce, cipher, tag, plain, System.Text.Encoding.UTF8.GetBytes(associatedData));
+        }
+        catch (AuthenticationTagMismatchException ex)
+        {
+            // Almost always a different master key (the CLI without the services' Keyring__MasterKey), not a damaged row.
+            throw new KeyringMasterKeyException(
+                $"Cannot decrypt signing key '{associatedData}': this master key is not the one that encrypted the keyring. "
+                + "Use the services' master key (Keyring:MasterKey, env Keyring__MasterKey, or master.key in their data directory).", ex);
+        }
+
         return plain;
     }
 
@@ -55,7 +66,7 @@ public sealed class KeyProtector
         var configured = configuration["Keyring:MasterKey"];
         if (!string.IsNullOrWhiteSpace(configured))
         {
-            return new KeyProtector(Convert.FromBase64String(configured.Trim()));
+            return new KeyProtector(Decode(configured, "Keyring:MasterKey"));
         }
 
         var dir = Storage.StorageOptions.DataDirectory(configuration);
@@ -86,10 +97,28 @@ public sealed class KeyProtector
             var text = File.ReadAllText(file).Trim();
             if (text.Length > 0 || attempt > 50)
             {
-                return new KeyProtector(Convert.FromBase64String(text));
+                return new KeyProtector(Decode(text, file));
             }
 
             Thread.Sleep(10);
         }
     }
+
+    static byte[] Decode(string base64, string source)
+    {
+        try
+        {
+            var key = Convert.FromBase64String(base64.Trim());
+            return key.Length == 32
+                ? key
+                : throw new KeyringMasterKeyException($"The keyring master key in {source} must be 32 bytes, not {key.Length}. Generate one with: openssl rand -base64 32");
+        }
+        catch (FormatException ex)
+        {
+            throw new KeyringMasterKeyException($"The keyring master key in {source} is not base64. Generate one with: openssl rand -base64 32", ex);
+        }
+    }
 }
+
+/// <summary>The keyring master key is malformed, or is not the key that encrypted the stored private keys.</summary>
+public sealed class KeyringMasterKeyException(string message, Exception? inner = null) : CryptographicException(message, inner);

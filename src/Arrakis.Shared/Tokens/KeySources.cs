@@ -1,5 +1,7 @@
 using System.Net.Http.Json;
+using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using Microsoft.IdentityModel.Tokens;
 
 namespace Arrakis.Shared.Tokens;
 
@@ -23,7 +25,7 @@ public sealed class LocalKeySource(Keyring keyring) : IKeySource
 
 /// <summary>
 /// Another service's JWKS over HTTP, cached for at most 30 s and refetched on an unknown kid at most once a second,
-/// so a revoked key stops verifying everywhere within a minute.
+/// so a revoked key stops verifying everywhere within a minute. Callers that queue behind a fetch are answered by it.
 /// </summary>
 public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider time, ILogger logger) : IKeySource
 {
@@ -34,30 +36,40 @@ public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider t
     IReadOnlyList<SigningKey> _keys = [];
     DateTimeOffset _fetchedAt = DateTimeOffset.MinValue;
     DateTimeOffset _lastAttempt = DateTimeOffset.MinValue;
+    long _fetches; // fetches finished, with or without success
 
     public Uri JwksUri => jwksUri;
 
     public async ValueTask<IReadOnlyList<SigningKey>> GetKeysAsync(string? kid, CancellationToken ct)
     {
         var now = time.GetUtcNow();
+        var seen = Volatile.Read(ref _fetches);
         if (now - _fetchedAt > MaxCacheAge)
         {
-            await RefreshAsync(force: false, ct);
+            await RefreshAsync(force: false, seen, ct);
         }
-        else if (kid is not null && _keys.All(k => k.Kid != kid))
+        else if (kid is not null && Volatile.Read(ref _keys).All(k => k.Kid != kid))
         {
-            await RefreshAsync(force: true, ct);
+            await RefreshAsync(force: true, seen, ct);
         }
 
-        var keys = _keys;
+        var keys = Volatile.Read(ref _keys);
         return kid is null ? keys : keys.Where(k => k.Kid == kid).ToList();
     }
 
-    async Task RefreshAsync(bool force, CancellationToken ct)
+    async Task RefreshAsync(bool force, long seen, CancellationToken ct)
     {
         await _gate.WaitAsync(ct);
+        var fetched = false;
         try
         {
+            if (_fetches != seen)
+            {
+                // A fetch finished since this caller looked: that is its answer. With one fetch each, a burst of tokens
+                // with a new kid (or a JWKS that is down) queued every caller behind the others, a second apart.
+                return;
+            }
+
             var now = time.GetUtcNow();
             if (!force && now - _fetchedAt <= MaxCacheAge)
             {
@@ -69,27 +81,63 @@ public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider t
             {
                 // Unknown kid right after a fetch: wait out the rate limit rather than fail a token signed by a new key.
                 await Task.Delay(MinRefetchInterval - sinceLast, time, ct);
+                now = time.GetUtcNow();
             }
 
             _lastAttempt = now;
+            fetched = true;
             var doc = await http.GetFromJsonAsync<JwksDocument>(jwksUri, ct);
-            _keys = doc?.Keys.Where(k => k.Kty == "EC" && k.Crv == "P-256" && k.Alg == "ES256")
+            if (doc?.Keys is not { } published)
+            {
+                throw new System.Text.Json.JsonException("the document has no \"keys\" array; is the URL a JWKS?");
+            }
+
+            Volatile.Write(ref _keys, published.Where(k => k is { Kty: "EC", Crv: "P-256", Alg: "ES256" } && Usable(k))
                 .Select(k => new SigningKey(k.Kid, KeyStatus.Active, k.X, k.Y, now, null, null, null, null, null))
-                .ToList() ?? [];
+                .ToList());
             _fetchedAt = now;
         }
-        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or System.Text.Json.JsonException)
+        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or System.Text.Json.JsonException or NotSupportedException)
         {
             logger.LogWarning("Could not fetch JWKS from {JwksUri}: {Error}", jwksUri, ex.Message);
             if (time.GetUtcNow() - _fetchedAt > MaxCacheAge * 2)
             {
                 // Never verify with keys older than a minute: that is the revocation promise.
-                _keys = [];
+                Volatile.Write(ref _keys, []);
             }
         }
         finally
         {
+            if (fetched)
+            {
+                Interlocked.Increment(ref _fetches);
+            }
+
             _gate.Release();
+        }
+    }
+
+    /// <summary>A key the verifier can use: a point on P-256 (one that is not threw on every token, a 500 instead of a 401).</summary>
+    bool Usable(JsonWebKeyDto k)
+    {
+        try
+        {
+            if (string.IsNullOrEmpty(k.X) || string.IsNullOrEmpty(k.Y))
+            {
+                throw new FormatException("x and y are required");
+            }
+
+            using var key = ECDsa.Create(new ECParameters
+            {
+                Curve = ECCurve.NamedCurves.nistP256,
+                Q = new ECPoint { X = Base64UrlEncoder.DecodeBytes(k.X), Y = Base64UrlEncoder.DecodeBytes(k.Y) },
+            });
+            return true;
+        }
+        catch (Exception ex) when (ex is FormatException or ArgumentException or CryptographicException)
+        {
+            logger.LogWarning("Skipping JWKS key {Kid} from {JwksUri}: {Error}", k.Kid, jwksUri, ex.Message);
+            return false;
         }
     }
 }

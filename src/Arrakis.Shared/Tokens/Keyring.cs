@@ -6,7 +6,10 @@ namespace Arrakis.Shared.Tokens;
 
 public sealed class KeyringOptions
 {
-    /// <summary>The longest lifetime of any token we accept; retired keys stay published this long.</summary>
+    /// <summary>
+    /// The longest lifetime of any token we accept; retired keys stay published this long, plus the 30 s clock skew and
+    /// one reload interval.
+    /// </summary>
     public TimeSpan MaxTokenLifetime { get; set; } = TimeSpan.FromMinutes(15);
 
     /// <summary>How often replicas reload the keyring from the database (must be at most 5 s).</summary>
@@ -92,8 +95,10 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         }
 
         published.AddRange(keys.Where(k => k.Status == KeyStatus.Pending).OrderBy(k => k.CreatedAt));
+        // A replica may sign with the old key until its next reload, and verifiers accept a token 30 s past its exp.
+        var keepRetired = options.MaxTokenLifetime + TokenVerifier.ClockSkew + options.ReloadInterval;
         published.AddRange(keys
-            .Where(k => k.Status == KeyStatus.Retired && k.RetiredAt is { } r && r + options.MaxTokenLifetime > now)
+            .Where(k => k.Status == KeyStatus.Retired && k.RetiredAt is { } r && r + keepRetired > now)
             .OrderByDescending(k => k.RetiredAt));
         return new KeyringSnapshot(active, published, keys);
     }
@@ -146,7 +151,15 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         using var key = ParsePem(pem);
         kid ??= NewKid(key);
         var now = time.GetUtcNow();
-        var existing = (await store.ListAsync(ct)).FirstOrDefault(k => k.Kid == kid);
+        var keys = await store.ListAsync(ct);
+        var (x, y) = SigningKey.PublicPoint(key);
+        if (keys.FirstOrDefault(k => k.Status == KeyStatus.Revoked && k.X == x && k.Y == y) is { } revoked)
+        {
+            // Revocation means the private key is out of our hands: the same key under a new kid must not sign again.
+            throw new InvalidOperationException($"This key was revoked as '{revoked.Kid}' and cannot be imported again under any kid; generate a new one: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out staging.pem");
+        }
+
+        var existing = keys.FirstOrDefault(k => k.Kid == kid);
         if (existing is { Status: KeyStatus.Active })
         {
             return kid;

@@ -1,5 +1,6 @@
 using Arrakis.Shared.Storage;
 using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 
@@ -52,6 +53,26 @@ public sealed class KeyringTests
         Assert.Equal([next], keyring.Current.Published.Select(k => k.Kid));
     }
 
+    [Fact]
+    public async Task A_token_signed_just_before_retirement_verifies_until_it_expires_with_the_clock_skew()
+    {
+        var (keyring, time, db) = await NewKeyringAsync("sqlite");
+        await using var _ = db;
+        var meters = new ServiceCollection().AddMetrics().BuildServiceProvider()
+            .GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        var verifier = new TokenVerifier(new Arrakis.Shared.Caching.MemoryReplayCache(time), time, NullLogger<TokenVerifier>.Instance, meters);
+        var policy = new TokenPolicy("user", new Dictionary<string, IKeySource> { ["arrakis"] = new LocalKeySource(keyring) }, ["arrakis"], keyring.Options.MaxTokenLifetime);
+        var token = TokenIssuer.Mint(keyring.Current.Active!, "arrakis", "arrakis", new Dictionary<string, object>(), keyring.Options.MaxTokenLifetime, time.GetUtcNow());
+
+        await keyring.RotateAsync(TimeSpan.Zero, TestContext.Current.CancellationToken);
+        // Past exp, inside the 30 s skew every verifier allows: the token is still valid, so its key must still be published.
+        time.Advance(keyring.Options.MaxTokenLifetime + TimeSpan.FromSeconds(20));
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+
+        var result = await verifier.VerifyAsync(token, policy, TestContext.Current.CancellationToken);
+        Assert.True(result.Succeeded, result.Failure);
+    }
+
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task Revoking_the_active_key_unpublishes_it_and_activates_a_new_one(string engine)
@@ -83,6 +104,57 @@ public sealed class KeyringTests
         Assert.DoesNotContain(Convert.ToBase64String(pkcs8), stored, StringComparison.Ordinal);
         var other = new KeyStore(db, new KeyProtector(Enumerable.Repeat((byte)7, 32).ToArray()));
         await Assert.ThrowsAnyAsync<System.Security.Cryptography.CryptographicException>(() => other.ListAsync(TestContext.Current.CancellationToken));
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_revoked_key_cannot_be_imported_again_under_any_kid(string engine)
+    {
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        using var leaked = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var pem = leaked.ExportPkcs8PrivateKeyPem();
+        var kid = await keyring.ImportAsync(pem, ct: TestContext.Current.CancellationToken);
+        await keyring.RevokeAsync(kid, TestContext.Current.CancellationToken);
+        var active = keyring.Current.Active!.Kid;
+
+        // The old message said "pass a different --kid", and doing so made the revoked (leaked) key sign again.
+        var same = await Assert.ThrowsAsync<InvalidOperationException>(() => keyring.ImportAsync(pem, ct: TestContext.Current.CancellationToken));
+        var other = await Assert.ThrowsAsync<InvalidOperationException>(() => keyring.ImportAsync(pem, "fresh-kid", TestContext.Current.CancellationToken));
+
+        Assert.Contains("revoked", same.Message, StringComparison.Ordinal);
+        Assert.Contains($"was revoked as '{kid}'", other.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("different --kid", other.Message, StringComparison.Ordinal);
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(active, keyring.Current.Active!.Kid);
+        Assert.DoesNotContain(keyring.Current.All, k => k.Kid == "fresh-kid");
+        Assert.DoesNotContain(keyring.Current.Published, k => k.X == SigningKey.PublicPoint(leaked).X);
+    }
+
+    [Fact]
+    public async Task A_master_key_that_is_not_the_one_that_encrypted_the_keyring_is_named_in_the_error()
+    {
+        var (_, _, db) = await NewKeyringAsync("sqlite");
+        await using var _ = db;
+        var other = new KeyStore(db, new KeyProtector(Enumerable.Repeat((byte)7, 32).ToArray()));
+
+        var ex = await Assert.ThrowsAsync<KeyringMasterKeyException>(() => other.ListAsync(TestContext.Current.CancellationToken));
+
+        Assert.Contains("Keyring:MasterKey", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("master.key", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("not base64!", "not base64")]
+    [InlineData("AAAA", "32 bytes")]
+    public void A_malformed_configured_master_key_is_refused_with_how_to_fix_it(string value, string expected)
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Keyring:MasterKey"] = value }).Build();
+
+        var ex = Assert.Throws<KeyringMasterKeyException>(() => KeyProtector.FromConfiguration(configuration));
+
+        Assert.Contains(expected, ex.Message, StringComparison.Ordinal);
+        Assert.Contains("openssl rand -base64 32", ex.Message, StringComparison.Ordinal);
     }
 
     [Theory]
