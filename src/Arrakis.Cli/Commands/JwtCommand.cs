@@ -8,6 +8,9 @@ namespace Arrakis.Cli.Commands;
 /// <summary><c>loa jwt sign --key PEM</c>: a user test token shaped like the launch checklist's.</summary>
 internal static class JwtCommand
 {
+    /// <summary>The services' default Keyring:MaxTokenLifetime, in seconds.</summary>
+    static readonly int DefaultMaxLifetimeSeconds = (int)new KeyringOptions().MaxTokenLifetime.TotalSeconds;
+
     public static Command Create()
     {
         var jwt = new Command("jwt", "Test tokens.");
@@ -18,13 +21,25 @@ internal static class JwtCommand
         var pools = new Option<string>("--allowed-pools") { Description = "comma-separated allowed_pools claim", DefaultValueFactory = _ => "cheap" };
         var iss = new Option<string>("--iss") { Description = "issuer", DefaultValueFactory = _ => "arrakis" };
         var aud = new Option<string>("--aud") { Description = "audience", DefaultValueFactory = _ => "arrakis" };
-        var ttl = new Option<int>("--ttl") { Description = "lifetime in seconds", DefaultValueFactory = _ => 300 };
+        var ttl = new Option<int>("--ttl") { Description = $"lifetime in seconds, at least 1 (services refuse more than Keyring:MaxTokenLifetime, {DefaultMaxLifetimeSeconds} by default)", DefaultValueFactory = _ => 300 };
         var kid = new Option<string?>("--kid") { Description = "add a kid header (the checklist's token has none)" };
         var claims = new Option<string[]>("--claim") { Description = "extra claim name=value (repeatable)", AllowMultipleArgumentsPerToken = false };
         var sign = new Command("sign", "Print a signed ES256 user test token (no newline).") { key, tenant, access, pool, pools, iss, aud, ttl, kid, claims };
         sign.SetAction(parse =>
         {
             var file = parse.GetValue(key)!;
+            var lifetime = parse.GetValue(ttl);
+            if (lifetime < 1)
+            {
+                Console.Error.WriteLine($"JWT signing failed: --ttl must be at least 1 second, got {lifetime} (the token would be expired when printed)");
+                return 1;
+            }
+
+            if (lifetime > DefaultMaxLifetimeSeconds)
+            {
+                Console.Error.WriteLine($"loa: warning: a {lifetime} s token is refused by services running the default Keyring:MaxTokenLifetime ({DefaultMaxLifetimeSeconds} s)");
+            }
+
             if (!file.Exists)
             {
                 Console.Error.WriteLine($"JWT signing failed: {file.FullName} does not exist");
@@ -49,7 +64,7 @@ internal static class JwtCommand
 
                 Console.Write(Sign(ecdsa, parse.GetValue(iss)!, parse.GetValue(aud)!, parse.GetValue(tenant)!, parse.GetValue(access)!,
                     parse.GetValue(pool)!, parse.GetValue(pools)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
-                    TimeSpan.FromSeconds(parse.GetValue(ttl)), parse.GetValue(kid), extra, DateTimeOffset.UtcNow));
+                    TimeSpan.FromSeconds(lifetime), parse.GetValue(kid), extra, DateTimeOffset.UtcNow));
                 return 0;
             }
             catch (FormatException ex)

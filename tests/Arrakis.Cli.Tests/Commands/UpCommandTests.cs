@@ -122,4 +122,30 @@ public sealed class UpCommandTests
         Assert.Equal(1, code);
         Assert.Contains("JWT signing failed", err, StringComparison.Ordinal);
     }
+
+    /// <summary>
+    /// A --ttl of 0 or less printed an already expired token and exited 0; it is refused. A lifetime past the services'
+    /// default limit still signs (an operator may have raised the limit) but says the default services refuse it.
+    /// </summary>
+    [Fact]
+    public async Task Jwt_sign_refuses_a_lifetime_below_one_second_and_warns_above_the_default_limit()
+    {
+        var dataDir = TestStorage.TempDir();
+        using var ecdsa = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var pem = Path.Combine(dataDir, "k.pem");
+        await File.WriteAllTextAsync(pem, ecdsa.ExportPkcs8PrivateKeyPem(), TestContext.Current.CancellationToken);
+
+        foreach (var bad in new[] { "0", "-60" })
+        {
+            var (code, token, err) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--ttl", bad);
+            Assert.Equal(1, code);
+            Assert.Equal("", token);
+            Assert.Contains("--ttl must be at least 1 second", err, StringComparison.Ordinal);
+        }
+
+        var (ok, longToken, warning) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--ttl", "3600");
+        Assert.Equal(0, ok);
+        Assert.Equal(3600, (new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(longToken).ValidTo - new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(longToken).IssuedAt).TotalSeconds);
+        Assert.Contains("refused by services running the default Keyring:MaxTokenLifetime (900 s)", warning, StringComparison.Ordinal);
+    }
 }
