@@ -93,7 +93,12 @@ internal static class UpCommand
     {
         var active = keyring.Current.Active ?? throw new InvalidOperationException("freeside has no active key");
         var pem = active.Private!.ExportPkcs8PrivateKeyPem();
-        File.WriteAllText(path, pem + "\n");
+        using (var writer = new StreamWriter(path, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false), KeyProtector.OwnerOnly(FileMode.Create)))
+        {
+            writer.Write(pem + "\n");
+        }
+
+        // A file that already existed keeps its mode on overwrite: set it too.
         if (!OperatingSystem.IsWindows())
         {
             File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);

@@ -61,6 +61,18 @@ public sealed class KeyProtector
     /// Reads <c>Keyring:MasterKey</c> (base64). Without it, uses <c>master.key</c> in the data directory, creating it
     /// on first run, which is what a fresh <c>loa up</c> relies on.
     /// </summary>
+    /// <summary>Options that create a file readable and writable by its owner only (on Unix, from the first byte).</summary>
+    public static FileStreamOptions OwnerOnly(FileMode mode)
+    {
+        var options = new FileStreamOptions { Mode = mode, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        return options;
+    }
+
     public static KeyProtector FromConfiguration(IConfiguration configuration)
     {
         var configured = configuration["Keyring:MasterKey"];
@@ -77,7 +89,8 @@ public sealed class KeyProtector
             var fresh = Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
             try
             {
-                using var stream = new FileStream(file, FileMode.CreateNew, FileAccess.Write);
+                // Created 0600, never readable by others, not even between the create and a chmod.
+                using var stream = new FileStream(file, OwnerOnly(FileMode.CreateNew));
                 using var writer = new StreamWriter(stream);
                 writer.Write(fresh);
             }
