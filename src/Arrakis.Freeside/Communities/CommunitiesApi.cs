@@ -36,8 +36,9 @@ public static class CommunitiesApi
 
     static async Task<IResult> UpsertAsync(string id, CommunityRequest body, CommunityStore store, CancellationToken ct)
     {
-        var tier = CommunityStore.ParseTier(body.Tier ?? "free");
-        if (tier is null)
+        // Without a tier a new community is free and an existing one keeps its tier (a budget change must not downgrade it).
+        var tier = body.Tier is null ? null : CommunityStore.ParseTier(body.Tier);
+        if (body.Tier is not null && tier is null)
         {
             return Problems.Invalid("tier", "tier must be free, pro or enterprise.");
         }
@@ -47,7 +48,7 @@ public static class CommunitiesApi
             return Problems.Invalid("body", "name and monthlyBudgetCents are required.");
         }
 
-        var result = await store.UpsertAsync(id, body.Name, tier.Value, body.MonthlyBudgetCents.Value, ct);
+        var result = await store.UpsertAsync(id, body.Name, tier, body.MonthlyBudgetCents.Value, ct);
         return result.Status is CommunityStatus.Created or CommunityStatus.Updated
             ? TypedResults.Ok(await store.FindAsync(id, ct))
             : ToProblem(result, id);
@@ -67,8 +68,19 @@ public static class CommunitiesApi
         return result.Status == CommunityStatus.Updated ? TypedResults.Ok(await store.FindAsync(id, ct)) : ToProblem(result, id);
     }
 
-    static async Task<IResult> GrantAsync(string id, GrantRequest body, Ledger.Ledger ledger, CancellationToken ct)
+    static async Task<IResult> GrantAsync(string id, GrantRequest body, Ledger.Ledger ledger, TimeProvider time, CancellationToken ct)
     {
+        if (body.AmountMicro is not null && body.AmountCents is not null)
+        {
+            return Problems.Invalid("amountMicro", "Give amountMicro or amountCents, not both.");
+        }
+
+        if (body.ExpiresAt is { } expires && expires <= time.GetUtcNow())
+        {
+            // An expired lot would be spendable until the reaper's next pass and then only partly expire under pending holds.
+            return Problems.Invalid("expiresAt", $"expiresAt ({expires:O}) has already passed; a credit lot must expire in the future.");
+        }
+
         if (body.AmountMicro is null && body.AmountCents is { } cents and (<= 0 or > LedgerIds.MaxAmountMicro / 10_000))
         {
             // Checked before converting: cents * 10_000 of a huge negative number wraps around to a positive grant.
@@ -125,6 +137,15 @@ public static class CommunitiesApi
         if (!reserve.Admitted)
         {
             return LedgerProblems.Reserve(reserve, id);
+        }
+
+        // An id already in use is a retry of this very spend only when it is this community's, for this amount; anything
+        // else (an invoke's reservation, another community's) must not be finalized, or the wrong call or community is charged.
+        var existing = reserve.Status == ReserveStatus.Duplicate ? await ledger.FindReservationAsync(body.ReservationId, ct) : null;
+        if (existing is not null && (existing.CommunityId != id || existing.AmountMicro != amount || existing.ActualMicro is { } actual && actual != amount))
+        {
+            return Problems.Create(409, "RESERVATION_EXISTS",
+                $"The reservation id '{body.ReservationId}' is already in use by another call or another community; record this spend under a new id.");
         }
 
         var final = await ledger.FinalizeAsync(body.ReservationId, amount,

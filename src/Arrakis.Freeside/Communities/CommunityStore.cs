@@ -62,7 +62,8 @@ public sealed class CommunityStore(Database db, TimeProvider time)
         return true;
     }
 
-    public async Task<CommunityResult> UpsertAsync(string id, string name, Tier tier, long monthlyBudgetCents, CancellationToken ct = default)
+    /// <summary>Creates or updates a community. A null <paramref name="tier"/> makes a new community free and leaves an existing one's tier as it is.</summary>
+    public async Task<CommunityResult> UpsertAsync(string id, string name, Tier? tier, long monthlyBudgetCents, CancellationToken ct = default)
     {
         if (!LedgerIds.IsValid(id))
         {
@@ -87,7 +88,7 @@ public sealed class CommunityStore(Database db, TimeProvider time)
                 INSERT INTO communities (id, name, tier, monthly_budget_cents, created_at, updated_at)
                 VALUES (@id, @name, @tier, @budget, @at, @at) ON CONFLICT (id) DO NOTHING
                 """,
-                new { id, name, tier = TierName(tier), budget = monthlyBudgetCents, at }, tx) == 1;
+                new { id, name, tier = TierName(tier ?? Tier.Free), budget = monthlyBudgetCents, at }, tx) == 1;
             if (created)
             {
                 foreach (var (account, code) in new[] { (LedgerIds.Wallet(id), "wallet"), (LedgerIds.Spend(id), "spend"), (LedgerIds.Issuance(id), "issuance"), (LedgerIds.Expired(id), "expired") })
@@ -99,7 +100,8 @@ public sealed class CommunityStore(Database db, TimeProvider time)
                 return (new CommunityResult(CommunityStatus.Created), true);
             }
 
-            await c.ExecuteAsync("UPDATE communities SET name = @name, tier = @tier, updated_at = @at WHERE id = @id", new { id, name, tier = TierName(tier), at }, tx);
+            await c.ExecuteAsync("UPDATE communities SET name = @name, tier = COALESCE(@tier, tier), updated_at = @at WHERE id = @id",
+                new { id, name, tier = tier is { } t ? TierName(t) : null, at }, tx);
             var budget = await SetBudgetCoreAsync(c, tx, id, monthlyBudgetCents, at);
             return budget.Status == CommunityStatus.Updated ? (budget, true) : (budget, false);
         }, ct);
