@@ -368,17 +368,38 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         return result;
     }
 
-    /// <summary>Moves what is left of expired lots out of the wallet (never below what pending holds need).</summary>
-    public async Task<int> ExpireLotsAsync(CancellationToken ct = default)
+    /// <summary>
+    /// Moves what is left of expired lots out of the wallet (never below what pending holds need). Walks every due lot
+    /// in pages of <paramref name="page"/>, by id: a lot that pending holds keep alive stays due, and with one unordered
+    /// page a page full of such lots came back on every pass, so the lots behind it (other communities') never expired.
+    /// </summary>
+    public async Task<int> ExpireLotsAsync(int page = 500, CancellationToken ct = default)
     {
-        List<LotOwner> due;
-        await using (var c = await db.OpenAsync(ct))
+        var count = 0;
+        var after = "";
+        var now = time.GetUtcNow().ToUnixTimeMilliseconds();
+        while (true)
         {
-            due = (await c.QueryAsync<LotOwner>(
-                "SELECT id AS Id, community_id AS CommunityId FROM credit_lots WHERE expires_at IS NOT NULL AND expires_at <= @now AND remaining_micro > 0 LIMIT 500",
-                new { now = time.GetUtcNow().ToUnixTimeMilliseconds() })).ToList();
-        }
+            List<LotOwner> due;
+            await using (var c = await db.OpenAsync(ct))
+            {
+                due = (await c.QueryAsync<LotOwner>(
+                    "SELECT id AS Id, community_id AS CommunityId FROM credit_lots WHERE expires_at IS NOT NULL AND expires_at <= @now AND remaining_micro > 0 AND id > @after ORDER BY id LIMIT @page",
+                    new { now, after, page })).ToList();
+            }
 
+            count += await ExpireLotPageAsync(due, ct);
+            if (due.Count < page)
+            {
+                return count;
+            }
+
+            after = due[^1].Id;
+        }
+    }
+
+    async Task<int> ExpireLotPageAsync(List<LotOwner> due, CancellationToken ct)
+    {
         var count = 0;
         foreach (var (lotId, communityId) in due)
         {

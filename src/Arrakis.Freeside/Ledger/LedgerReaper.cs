@@ -14,7 +14,7 @@ internal sealed partial class LedgerReaper(Ledger ledger, LedgerOptions options,
             try
             {
                 var reservations = await ledger.ExpireDueAsync(ct: stoppingToken);
-                var lots = await ledger.ExpireLotsAsync(stoppingToken);
+                var lots = await ledger.ExpireLotsAsync(ct: stoppingToken);
                 if (reservations + lots > 0)
                 {
                     LogReaped(logger, reservations, lots);

@@ -183,6 +183,35 @@ public sealed class LedgerTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>
+    /// The reaper walks every expired lot, not one page of them. Community "held" has more expired lots than a page, all
+    /// kept alive by a pending hold on its whole wallet (nothing of them may expire); community "later", created after,
+    /// has one expired lot and no holds. With one unordered page the held lots filled it on every pass and the later
+    /// community's lot never expired.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_page_of_held_expired_lots_does_not_stop_other_lots_expiring(string engine)
+    {
+        const int page = 20;
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("held", budgetCents: 100);
+        for (var i = 0; i < page + 5; i++)
+        {
+            Assert.Equal(GrantStatus.Granted, (await w.Ledger.GrantAsync("held", $"held-lot-{i:D3}", 1_000, "grant", LedgerWorld.Start.AddHours(1))).Status);
+        }
+
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("held", "hold-all", (page + 5) * 1_000, TimeSpan.FromDays(1))).Status);
+        await w.CommunityAsync("later", budgetCents: 100);
+        Assert.Equal(GrantStatus.Granted, (await w.Ledger.GrantAsync("later", "later-lot", 5_000, "grant", LedgerWorld.Start.AddHours(1))).Status);
+        w.Time.Advance(TimeSpan.FromHours(2));
+
+        Assert.Equal(1, await w.Ledger.ExpireLotsAsync(page));
+        Assert.Equal(0, await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'later-lot'"));
+        Assert.Equal((page + 5) * 1_000, await w.ScalarAsync<long>("SELECT SUM(remaining_micro) FROM credit_lots WHERE community_id = 'held'"));
+        await w.AssertConservedAsync();
+    }
+
     [Theory]
     [MemberData(nameof(Engines))]
     public async Task Duplicate_finalize_and_reaper_races_never_double_count_or_lose_an_amount(string engine)
