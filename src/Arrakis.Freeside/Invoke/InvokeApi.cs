@@ -149,10 +149,7 @@ static class InvokeResponses
     public static (int Status, IResult Problem) FinalizeFailed(Settlement s)
     {
         var (status, error, detail, dependency) = FinalizeFailure(s);
-        return dependency is null
-            ? (status, Shared.Http.Problems.Create(status, error, detail))
-            : (status, Shared.Http.Problems.Create(status, error, detail, new Dictionary<string, object?> { ["dependency"] = dependency },
-                new Dictionary<string, string> { ["Retry-After"] = "5" }));
+        return (status, dependency is null ? Shared.Http.Problems.Create(status, error, detail) : Shared.Http.Problems.Unavailable(dependency, detail));
     }
 
     public static async Task WriteReplayAsync(HttpContext http, StoredResponse stored, bool stream)

@@ -214,13 +214,11 @@ public static class QualityApi
                     ["trace_id"] = traceId,
                     ["timestamp"] = now,
                 });
-                var sub = http.VerifiedToken().Subject;
-
                 string? earlier = null;
                 await using (var connection = await database.OpenAsync(ct))
                 {
                     await using var tx = await Database.BeginWriteAsync(connection, ct);
-                    if (!await QualityOutbox.EnqueueAsync(connection, tx, eventId, routingKey, payload, string.IsNullOrEmpty(sub) ? null : sub, now, ct))
+                    if (!await QualityOutbox.EnqueueAsync(connection, tx, eventId, routingKey, payload, string.IsNullOrEmpty(subject) ? null : subject, now, ct))
                     {
                         earlier = await QualityOutbox.PayloadAsync(connection, tx, eventId, ct);
                     }

@@ -176,8 +176,6 @@ public static partial class ServiceDefaults
 
     sealed partial class UnexpectedErrorHandler(ILogger<UnexpectedErrorHandler> logger) : IExceptionHandler
     {
-        static readonly Dictionary<string, string> RetryLater = new() { ["Retry-After"] = "5" };
-
         public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
         {
             if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge } tooLarge)
@@ -208,9 +206,7 @@ public static partial class ServiceDefaults
             {
                 // The caller did nothing wrong and may retry; the operator gets one warning per failed request with its cause.
                 LogDependencyUnavailable(logger, dependency, httpContext.Request.Path.ToString(), exception.GetType().Name, exception.Message);
-                await Http.Problems.Create(503, "SERVICE_UNAVAILABLE",
-                    $"The service's {dependency} is not reachable right now; retry shortly.",
-                    new Dictionary<string, object?> { ["dependency"] = dependency }, RetryLater).ExecuteAsync(httpContext);
+                await Http.Problems.Unavailable(dependency, $"The service's {dependency} is not reachable right now; retry shortly.").ExecuteAsync(httpContext);
                 return true;
             }
 

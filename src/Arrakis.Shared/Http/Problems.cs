@@ -33,6 +33,15 @@ public static class Problems
 
     public static IResult NotFound(string what, string id) => Create(404, "NOT_FOUND", $"{what} '{id}' was not found.");
 
+    /// <summary>
+    /// 503 SERVICE_UNAVAILABLE naming the unreachable <paramref name="dependency"/>, with Retry-After: the caller did
+    /// nothing wrong and may retry shortly.
+    /// </summary>
+    public static IResult Unavailable(string dependency, string detail) =>
+        Create(503, "SERVICE_UNAVAILABLE", detail, new Dictionary<string, object?> { ["dependency"] = dependency }, RetryLater);
+
+    static readonly Dictionary<string, string> RetryLater = new() { ["Retry-After"] = "5" };
+
     public static IResult Invalid(string field, string detail) =>
         Create(400, "INVALID_REQUEST", detail, new Dictionary<string, object?> { ["field"] = field });
 

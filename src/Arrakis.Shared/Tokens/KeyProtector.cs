@@ -57,10 +57,6 @@ public sealed class KeyProtector
         return plain;
     }
 
-    /// <summary>
-    /// Reads <c>Keyring:MasterKey</c> (base64). Without it, uses <c>master.key</c> in the data directory, creating it
-    /// on first run, which is what a fresh <c>loa up</c> relies on.
-    /// </summary>
     /// <summary>Options that create a file readable and writable by its owner only (on Unix, from the first byte).</summary>
     public static FileStreamOptions OwnerOnly(FileMode mode)
     {
@@ -73,6 +69,10 @@ public sealed class KeyProtector
         return options;
     }
 
+    /// <summary>
+    /// Reads <c>Keyring:MasterKey</c> (base64). Without it, uses <c>master.key</c> in the data directory, creating it
+    /// on first run, which is what a fresh <c>loa up</c> relies on.
+    /// </summary>
     public static KeyProtector FromConfiguration(IConfiguration configuration)
     {
         var configured = configuration["Keyring:MasterKey"];
