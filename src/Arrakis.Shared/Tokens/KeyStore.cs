@@ -40,9 +40,14 @@ public sealed class KeyStore(Database database, KeyProtector protector)
 
     public async Task InsertAsync(string kid, ECDsa key, KeyStatus status, DateTimeOffset now, DateTimeOffset? promoteAt, CancellationToken ct = default)
     {
-        var (x, y) = SigningKey.PublicPoint(key);
         await using var connection = await database.OpenAsync(ct);
-        await connection.ExecuteAsync(new CommandDefinition(
+        await InsertAsync(connection, null, kid, key, status, now, promoteAt, ct);
+    }
+
+    Task InsertAsync(DbConnection connection, DbTransaction? tx, string kid, ECDsa key, KeyStatus status, DateTimeOffset now, DateTimeOffset? promoteAt, CancellationToken ct)
+    {
+        var (x, y) = SigningKey.PublicPoint(key);
+        return connection.ExecuteAsync(new CommandDefinition(
             """
             INSERT INTO signing_keys (kid, status, private_key_enc, public_x, public_y, created_at, promote_at, activated_at)
             VALUES (@kid, @status, @enc, @x, @y, @now, @promoteAt, @activatedAt)
@@ -58,17 +63,35 @@ public sealed class KeyStore(Database database, KeyProtector protector)
                 promoteAt = promoteAt?.ToUnixTimeMilliseconds(),
                 activatedAt = status == KeyStatus.Active ? now.ToUnixTimeMilliseconds() : (long?)null,
             },
+            tx,
             cancellationToken: ct));
+    }
+
+    /// <summary>
+    /// A transaction that changes which key is active. On PostgreSQL it first locks the table against other key changes
+    /// (reads go on): two replicas promoting, or a promotion meeting a revocation, each read the active key before the
+    /// other's change committed, and the second then hit the one-active-key index with an exception (or the two
+    /// deadlocked on each other's row locks). SQLite's write transaction already runs one at a time.
+    /// </summary>
+    async Task<DbTransaction> BeginKeyChangeAsync(DbConnection connection, CancellationToken ct)
+    {
+        var tx = await Database.BeginWriteAsync(connection, ct);
+        if (database.IsPostgres)
+        {
+            await connection.ExecuteAsync(new CommandDefinition("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE", transaction: tx, cancellationToken: ct));
+        }
+
+        return tx;
     }
 
     /// <summary>Makes a pending key the active one and retires the previous active key, in one transaction.</summary>
     public async Task<bool> ActivateAsync(string kid, DateTimeOffset now, CancellationToken ct = default)
     {
         await using var connection = await database.OpenAsync(ct);
-        await using var tx = await Database.BeginWriteAsync(connection, ct);
+        await using var tx = await BeginKeyChangeAsync(connection, ct);
         var ms = now.ToUnixTimeMilliseconds();
         var status = await connection.ExecuteScalarAsync<string?>(new CommandDefinition(
-            "SELECT status FROM signing_keys WHERE kid = @kid" + (database.IsPostgres ? " FOR UPDATE" : ""), new { kid }, tx, cancellationToken: ct));
+            "SELECT status FROM signing_keys WHERE kid = @kid", new { kid }, tx, cancellationToken: ct));
         if (status != "pending")
         {
             return false;
@@ -83,21 +106,53 @@ public sealed class KeyStore(Database database, KeyProtector protector)
         return changed == 1;
     }
 
-    public async Task<KeyStatus?> RevokeAsync(string kid, DateTimeOffset now, CancellationToken ct = default)
+    /// <summary>
+    /// Revokes a key. When it was the active key, the newest pending key becomes active in the same transaction, or
+    /// <paramref name="replacement"/>'s key when none is pending, so no replica ever reads a keyring without an active
+    /// key. Before, the revocation and the next activation were two transactions, and a replica reloading between them
+    /// could not sign anything until its next reload.
+    /// </summary>
+    /// <returns>The key's status before, or null when there is no such kid; and the kid that became active, if any.</returns>
+    public async Task<(KeyStatus? Previous, string? Activated)> RevokeAsync(string kid, DateTimeOffset now, Func<(string Kid, ECDsa Key)> replacement, CancellationToken ct = default)
     {
         await using var connection = await database.OpenAsync(ct);
-        await using var tx = await Database.BeginWriteAsync(connection, ct);
+        await using var tx = await BeginKeyChangeAsync(connection, ct);
         var status = await connection.ExecuteScalarAsync<string?>(new CommandDefinition(
             "SELECT status FROM signing_keys WHERE kid = @kid", new { kid }, tx, cancellationToken: ct));
         if (status is null)
         {
-            return null;
+            return (null, null);
         }
 
+        var ms = now.ToUnixTimeMilliseconds();
         await connection.ExecuteAsync(new CommandDefinition(
             "UPDATE signing_keys SET status = 'revoked', revoked_at = @ms, promote_at = NULL WHERE kid = @kid",
-            new { kid, ms = now.ToUnixTimeMilliseconds() }, tx, cancellationToken: ct));
+            new { kid, ms }, tx, cancellationToken: ct));
+        var previous = Enum.Parse<KeyStatus>(status, ignoreCase: true);
+        string? activated = null;
+        if (previous == KeyStatus.Active)
+        {
+            activated = await connection.ExecuteScalarAsync<string?>(new CommandDefinition(
+                "SELECT kid FROM signing_keys WHERE status = 'pending' ORDER BY created_at DESC, kid LIMIT 1", transaction: tx, cancellationToken: ct));
+            if (activated is not null)
+            {
+                await connection.ExecuteAsync(new CommandDefinition(
+                    "UPDATE signing_keys SET status = 'active', activated_at = @ms, promote_at = NULL WHERE kid = @kid",
+                    new { kid = activated, ms }, tx, cancellationToken: ct));
+            }
+            else
+            {
+                var (freshKid, key) = replacement();
+                using (key)
+                {
+                    await InsertAsync(connection, tx, freshKid, key, KeyStatus.Active, now, null, ct);
+                }
+
+                activated = freshKid;
+            }
+        }
+
         await tx.CommitAsync(ct);
-        return Enum.Parse<KeyStatus>(status, ignoreCase: true);
+        return (previous, activated);
     }
 }

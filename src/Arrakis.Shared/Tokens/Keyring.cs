@@ -120,25 +120,20 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         return kid;
     }
 
-    /// <summary>Removes a key from the JWKS at once. If it was the active key, the next key takes over immediately.</summary>
+    /// <summary>
+    /// Removes a key from the JWKS at once. If it was the active key, the newest pending key (or a fresh one) takes over
+    /// in the same transaction.
+    /// </summary>
     public async Task<KeyStatus?> RevokeAsync(string kid, CancellationToken ct = default)
     {
-        var previous = await store.RevokeAsync(kid, time.GetUtcNow(), ct);
-        if (previous == KeyStatus.Active)
+        var (previous, activated) = await store.RevokeAsync(kid, time.GetUtcNow(), () =>
         {
-            var keys = await store.ListAsync(ct);
-            var next = keys.Where(k => k.Status == KeyStatus.Pending).OrderByDescending(k => k.CreatedAt).FirstOrDefault();
-            if (next is not null)
-            {
-                await store.ActivateAsync(next.Kid, time.GetUtcNow(), ct);
-            }
-            else
-            {
-                using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-                var fresh = NewKid(key);
-                await store.InsertAsync(fresh, key, KeyStatus.Pending, time.GetUtcNow(), null, ct);
-                await store.ActivateAsync(fresh, time.GetUtcNow(), ct);
-            }
+            var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+            return (NewKid(key), key);
+        }, ct);
+        if (activated is not null)
+        {
+            logger.LogInformation("Revoked active signing key {Kid}; {Next} is active", kid, activated);
         }
 
         await ReloadAsync(ct);
