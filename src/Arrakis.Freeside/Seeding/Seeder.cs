@@ -29,6 +29,15 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
     public const long LotCents = 5_000;
     public const long SpentCents = 2_000;
 
+    /// <summary>
+    /// The ids the seed spend is recorded under, in order: the first, then one per earlier seed that reserved an id and
+    /// stopped before finalizing it (that hold expires and charges nothing, and its id cannot be finalized any more).
+    /// </summary>
+    public static IReadOnlyList<string> SpendAttemptIds { get; } =
+        [SpendReservationId, .. Enumerable.Range(2, 9).Select(n => $"{SpendReservationId}-{n}")];
+
+    static string UnfinishedSpends => $"Recording the seed spend failed: {SpendAttemptIds.Count} earlier seeds reserved it and stopped before finalizing; nothing was charged for them. Check the freeside logs for why seeding stops.";
+
     /// <summary>The KEY=value lines the gate scripts read.</summary>
     public static IReadOnlyList<string> OutputLines =>
     [
@@ -49,7 +58,8 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
         $"upsert agent {AgentId} nft={NftContract}#{NftTokenId}",
         $"upsert agent {AgentIdB} nft={NftContractB}#{NftTokenId} created 7 days ago",
         $"grant credit lot {CreditLotId} of {LotCents} cents (source seed), idempotent on the lot id",
-        $"record spend {SpendReservationId} of {SpentCents} cents through the ledger (reserve + finalize), leaving {LotCents - SpentCents} cents",
+        $"record spend {SpendReservationId} of {SpentCents} cents through the ledger (reserve + finalize), leaving {LotCents - SpentCents} cents " +
+            $"(under {SpendReservationId}-2, -3, ... when an earlier seed stopped before finalizing one)",
     ];
 
     /// <summary>A seeder over a service's database, outside a running host (the CLI uses this).</summary>
@@ -73,19 +83,29 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
             throw new InvalidOperationException($"Seeding the credit lot failed: {grant.Status} {grant.Detail}");
         }
 
-        var reserve = await ledger.ReserveAsync(CommunityId, SpendReservationId, SpentCents * 10_000, ct: ct);
-        if (!reserve.Admitted)
+        // A seed stopped between reserve and finalize leaves its hold, which the reaper expires, charging nothing; that id
+        // can never be finalized, so the spend is recorded under the next attempt id. At most one attempt is ever posted.
+        foreach (var spendId in SpendAttemptIds)
         {
-            throw new InvalidOperationException($"Recording the seed spend failed: {reserve.Status} {reserve.Detail}");
+            var reserve = await ledger.ReserveAsync(CommunityId, spendId, SpentCents * 10_000, ct: ct);
+            if (!reserve.Admitted)
+            {
+                throw new InvalidOperationException($"Recording the seed spend failed: {reserve.Status} {reserve.Detail}");
+            }
+
+            var final = await ledger.FinalizeAsync(spendId, SpentCents * 10_000, new UsageRecord(AgentId, "cheap", "seed", 0, 0, null, spendId), ct);
+            if (final.Status is FinalizeStatus.Finalized or FinalizeStatus.Duplicate)
+            {
+                return OutputLines;
+            }
+
+            if (final.Status is not (FinalizeStatus.Expired or FinalizeStatus.AlreadyReleased))
+            {
+                throw new InvalidOperationException($"Recording the seed spend failed: {final.Status} {final.Detail}");
+            }
         }
 
-        var final = await ledger.FinalizeAsync(SpendReservationId, SpentCents * 10_000, new UsageRecord(AgentId, "cheap", "seed", 0, 0, null, SpendReservationId), ct);
-        if (final.Status is not (FinalizeStatus.Finalized or FinalizeStatus.Duplicate))
-        {
-            throw new InvalidOperationException($"Recording the seed spend failed: {final.Status} {final.Detail}");
-        }
-
-        return OutputLines;
+        throw new InvalidOperationException(UnfinishedSpends);
     }
 
     /// <summary>Seeds a running freeside through its admin routes; <paramref name="operatorToken"/> mints a fresh operator token per call.</summary>
@@ -100,19 +120,52 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
             new { communityId = CommunityId, name = "Staging Test Agent B (Warming)", nftContract = NftContractB, nftTokenId = NftTokenId, createdAt = created.AddDays(-7) }, ct);
         await SendAsync(client, operatorToken, HttpMethod.Post, $"api/v1/admin/communities/{CommunityId}/credits",
             new { lotId = CreditLotId, amountMicro = LotCents * 10_000, source = "seed" }, ct);
-        await SendAsync(client, operatorToken, HttpMethod.Post, $"api/v1/admin/communities/{CommunityId}/spend",
-            new { reservationId = SpendReservationId, amountMicro = SpentCents * 10_000, agentId = AgentId, pool = "cheap", model = "seed" }, ct);
-        return OutputLines;
+        foreach (var spendId in SpendAttemptIds)
+        {
+            var error = await SendAsync(client, operatorToken, HttpMethod.Post, $"api/v1/admin/communities/{CommunityId}/spend",
+                new { reservationId = spendId, amountMicro = SpentCents * 10_000, agentId = AgentId, pool = "cheap", model = "seed" }, ct,
+                unfinished: ["RESERVATION_EXPIRED", "RESERVATION_ALREADYRELEASED"]);
+            if (error is null)
+            {
+                return OutputLines;
+            }
+        }
+
+        throw new InvalidOperationException(UnfinishedSpends);
     }
 
-    static async Task SendAsync(HttpClient client, Func<string> token, HttpMethod method, string path, object body, CancellationToken ct)
+    /// <summary>Sends one operator call; null when it succeeded, or the error code when it is one of <paramref name="unfinished"/>.</summary>
+    static async Task<string?> SendAsync(HttpClient client, Func<string> token, HttpMethod method, string path, object body, CancellationToken ct, string[]? unfinished = null)
     {
         using var request = new HttpRequestMessage(method, path) { Content = JsonContent.Create(body) };
         request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token());
         using var response = await client.SendAsync(request, ct);
-        if (!response.IsSuccessStatusCode)
+        if (response.IsSuccessStatusCode)
         {
-            throw new InvalidOperationException($"{method} {path} answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(ct)}");
+            return null;
+        }
+
+        var text = await response.Content.ReadAsStringAsync(ct);
+        if (unfinished is not null && response.StatusCode == System.Net.HttpStatusCode.Conflict && ErrorCode(text) is { } code && unfinished.Contains(code))
+        {
+            return code;
+        }
+
+        throw new InvalidOperationException($"{method} {path} answered {(int)response.StatusCode}: {text}");
+    }
+
+    static string? ErrorCode(string json)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(json);
+            return doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Object && doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind == System.Text.Json.JsonValueKind.String
+                ? e.GetString()
+                : null;
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return null;
         }
     }
 

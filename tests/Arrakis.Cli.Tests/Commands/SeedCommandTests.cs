@@ -37,6 +37,43 @@ public sealed class SeedCommandTests
         Assert.True((await new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance).RunAsync(TestContext.Current.CancellationToken)).Passed);
     }
 
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_seed_that_stopped_before_finalizing_does_not_block_the_next_seed(string engine)
+    {
+        // A seed stopped between reserve and finalize (killed, database lost) leaves a hold the reaper expires. Its fixed
+        // spend id could never be finalized after that, so every later seed failed with "Expired" and the lot kept 5000 cents.
+        var ct = TestContext.Current.CancellationToken;
+        await using var db = new Database(TestStorage.Options(engine, "freeside"));
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(Database).Assembly, db.Engine)
+            .Concat(Migrator.FromAssembly(typeof(Arrakis.Freeside.FreesideService).Assembly, db.Engine)), ct);
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        var ledger = new Arrakis.Freeside.Ledger.Ledger(db, time, new Arrakis.Freeside.Ledger.LedgerOptions(), new Arrakis.Freeside.Ledger.LedgerMetrics(meters));
+        await new Arrakis.Freeside.Communities.CommunityStore(db, time).UpsertAsync(Seeder.CommunityId, Seeder.CommunityName, Arrakis.Shared.Contracts.Tier.Free, Seeder.BudgetCents, ct);
+        await ledger.GrantAsync(Seeder.CommunityId, Seeder.CreditLotId, Seeder.LotCents * 10_000, "seed", ct: ct);
+        // Two earlier seeds stopped after their reserve: the first hold expired, the second was released.
+        Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, Seeder.SpendReservationId, 20_000_000, TimeSpan.FromSeconds(30), null, ct)).Admitted);
+        time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, await ledger.ExpireDueAsync(ct: ct));
+        Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, Seeder.SpendAttemptIds[1], 20_000_000, ct: ct)).Admitted);
+        await ledger.ReleaseAsync(Seeder.SpendAttemptIds[1], ct);
+
+        var first = await Seeder.For(db, time).SeedAsync(ct);
+        var again = await Seeder.For(db, time).SeedAsync(ct);
+
+        Assert.Equal(Seeder.OutputLines, first);
+        Assert.Equal(first, again);
+        await using var c = await db.OpenAsync(ct);
+        Assert.Equal(30_000_000L, await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT remaining_micro FROM credit_lots WHERE id = 'test-credit-lot-staging-001'"));
+        var statuses = (await Dapper.SqlMapper.QueryAsync<(string Id, string Status)>(c,
+            "SELECT id, status FROM reservations WHERE community_id = @id ORDER BY id", new { id = Seeder.CommunityId })).ToList();
+        Assert.Equal([(Seeder.SpendReservationId, "expired"), (Seeder.SpendAttemptIds[1], "voided"), (Seeder.SpendAttemptIds[2], "posted")], statuses);
+        var budget = await new BudgetStore(db, time).GetAsync(Seeder.CommunityId, ct);
+        Assert.Equal(2_000L, budget!.Committed);
+        Assert.True((await new ConservationAudit(db, time, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance).RunAsync(ct)).Passed);
+    }
+
     [Fact]
     public void Ecs_exec_prints_the_exact_aws_command()
     {

@@ -35,6 +35,36 @@ public sealed class BudgetApiTests
 
     [Theory]
     [MemberData(nameof(Engines))]
+    public async Task Seeding_over_http_records_the_spend_under_the_next_id_when_an_earlier_seed_never_finalized(string engine)
+    {
+        // A seed whose spend call reserved and then died (freeside killed mid-request) leaves a hold that expires; the spend
+        // route then answers 409 RESERVATION_EXPIRED for that id on every later seed, which used to fail for good.
+        await using var p = await Platform.StartAsync(engine);
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        var ledger = p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>();
+        Assert.Equal(HttpStatusCode.OK, (await SendAsync(http, HttpMethod.Put, $"/api/v1/admin/communities/{Seeder.CommunityId}", Operator(p),
+            new { name = Seeder.CommunityName, tier = "free", monthlyBudgetCents = Seeder.BudgetCents })).Status);
+        Assert.True((await ledger.GrantAsync(Seeder.CommunityId, Seeder.CreditLotId, Seeder.LotCents * 10_000, "seed", ct: TestContext.Current.CancellationToken)).Status
+            is Arrakis.Freeside.Ledger.GrantStatus.Granted);
+        Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, Seeder.SpendReservationId, 20_000_000, ct: TestContext.Current.CancellationToken)).Admitted);
+        await ledger.ReleaseAsync(Seeder.SpendReservationId, TestContext.Current.CancellationToken);
+        var stuck = await SendAsync(http, HttpMethod.Post, $"/api/v1/admin/communities/{Seeder.CommunityId}/spend", Operator(p),
+            new { reservationId = Seeder.SpendReservationId, amountMicro = 20_000_000 });
+        Assert.Equal((HttpStatusCode.Conflict, "RESERVATION_ALREADYRELEASED"), (stuck.Status, stuck.Body.GetProperty("error").GetString()));
+
+        Assert.Equal(Seeder.OutputLines, await Seeder.SeedOverHttpAsync(http, () => Operator(p), TestContext.Current.CancellationToken));
+        await Seeder.SeedOverHttpAsync(http, () => Operator(p), TestContext.Current.CancellationToken); // still re-runnable
+
+        var (status, body) = await SendAsync(http, HttpMethod.Get, $"/api/v1/communities/{Seeder.CommunityId}/budget", User(p, "test-tenant"));
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(2_000, body.GetProperty("committed").GetInt64());
+        Assert.Equal(30_000_000, body.GetProperty("creditBalanceMicro").GetInt64());
+        Assert.Equal("posted", (await ledger.FindReservationAsync(Seeder.SpendAttemptIds[1], TestContext.Current.CancellationToken))!.Status);
+        Assert.True((await SendAsync(http, HttpMethod.Get, "/api/v1/admin/conservation", Operator(p))).Body.GetProperty("passed").GetBoolean());
+    }
+
+    [Theory]
+    [MemberData(nameof(Engines))]
     public async Task Seeded_budget_endpoint_returns_exact_integer_fields_and_403_for_another_community(string engine)
     {
         await using var p = await Platform.StartAsync(engine);
