@@ -8,7 +8,9 @@
 #      proxies in front, the full gate against the proxy, then the conservation audit.
 # Requires: a Release build and `npm ci` in tests/x402-chain (scripts/test.sh does both), and for step 2 the
 # environment from scripts/test-services.sh. `--single-only` runs step 1 only, `--multi-only` step 2 only.
+# Usage: scripts/ci-gate.sh [--single-only | --multi-only]
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 OUT="${GATE_OUT:-$ROOT/artifacts/gate}"

@@ -10,7 +10,9 @@
 # inside the task, so import from a machine in the VPC instead. Needs aws, jq and the Terraform outputs
 # (private_subnets, services_security_group) of TF_DIR [deploy/terraform].
 # Env: PREFIX [arrakis-staging]  CLUSTER [$PREFIX]  AWS_REGION  TF_DIR
+# Usage: scripts/loa-ecs.sh keys list|rotate|revoke … --service freeside|finn
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX="${PREFIX:-arrakis-staging}"
 CLUSTER="${CLUSTER:-$PREFIX}"

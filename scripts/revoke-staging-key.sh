@@ -126,7 +126,7 @@ echo "== Revoked $KID in ${ELAPSED}s (budget 300 s: $([[ $ELAPSED -le 300 ]] && 
 cat <<CHECKLIST
 Post-incident checklist:
   [ ] Find how the key leaked; rotate any secret stored beside it (Secrets Manager: $PREFIX/$SERVICE/*)
-  [ ] Search the logs for tokens signed with $KID after the revocation (JWT_VALIDATION_FAILED with "unknown kid: $KID")
+  [ ] Search the logs for tokens signed with $KID after the revocation (JWT_VALIDATION_FAILED with "unknown kid: $KID", or "bad signature" for tokens without a kid)
   [ ] Replace any operator test key that was $KID: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out staging.pem && $LOA keys import ${KEYS_ARGS[*]} --pem staging.pem
   [ ] Record the timeline (start, revoke, JWKS clean, gate green) in the incident report
 CHECKLIST

@@ -8,6 +8,11 @@ import { createPrivateKey, randomUUID, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
 const path = process.argv[2];
+if (path === '--help' || path === '-h') {
+  process.stdout.write('Usage: node scripts/sign-test-jwt.mjs <pkcs8-p256.pem>\n' +
+    'Prints a signed ES256 user test token (iss/aud arrakis, 5 minutes, no kid) to stdout. Exit 2 without a PEM, 1 on a signing error.\n');
+  process.exit(0);
+}
 if (!path) {
   process.stderr.write('Usage: node scripts/sign-test-jwt.mjs <pkcs8-p256.pem>\n');
   process.exit(2);

@@ -6,6 +6,7 @@
 # they create, but an interrupted run leaves its own behind, and on a long-lived local server they pile up and slow it
 # down. Use it only when no suite or bench is running against these servers.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 PG_PORT="${ARRAKIS_PG_PORT:-55432}"
 REDIS_PORT="${ARRAKIS_REDIS_PORT:-56379}"
 PGDATA="${ARRAKIS_PGDATA:-/tmp/arrakis-pg}"

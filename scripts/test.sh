@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: starts PostgreSQL and Redis on loopback, then runs every test project against SQLite and
 # PostgreSQL. Exits non-zero on any failure.
+# Usage: scripts/test.sh   (ARRAKIS_SKIP_GATE=1 skips the launch-gate runs at the end; README.md, Tests)
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 eval "$(scripts/test-services.sh)"
 export ARRAKIS_REQUIRE_PG=1

@@ -7,7 +7,7 @@ namespace Arrakis.Freeside.Identity;
 
 public static class IdentitySetup
 {
-    /// <summary>User tokens: iss and aud <c>arrakis</c>, signed by one of our own published keys, at most 15 min long.</summary>
+    /// <summary>User tokens: iss and aud <c>arrakis</c>, signed by one of our own published keys, living at most <c>Keyring:MaxTokenLifetime</c> (15 min by default, the time a retired key stays published).</summary>
     public const string UserPolicy = "user";
 
     public const string FinnAudience = "loa-finn";
@@ -24,7 +24,7 @@ public static class IdentitySetup
             UserPolicy,
             new Dictionary<string, IKeySource> { [FreesideService.Issuer] = sp.GetRequiredService<LocalKeySource>() },
             [FreesideService.Issuer],
-            TimeSpan.FromMinutes(15)));
+            sp.GetRequiredService<KeyringOptions>().MaxTokenLifetime));
         builder.Services.AddHttpClient(FinnClient, (sp, c) =>
         {
             c.BaseAddress = new Uri(ServiceEndpoints.FinnUrl(sp.GetRequiredService<IConfiguration>()) + "/");

@@ -88,6 +88,26 @@ public sealed class ScriptTests
         Assert.Contains("Unknown option: --bogus", stderr, StringComparison.Ordinal);
     }
 
+    // --help must print the usage and exit 0 without doing anything: test.sh and ci-gate.sh used to ignore it and start
+    // the whole suite or the gate runs; test-services.sh, loa-ecs.sh and sign-test-jwt.mjs refused it as a bad argument.
+    [Theory]
+    [InlineData("bash", "scripts/test.sh")]
+    [InlineData("bash", "scripts/ci-gate.sh")]
+    [InlineData("bash", "scripts/test-services.sh")]
+    [InlineData("bash", "scripts/loa-ecs.sh")]
+    [InlineData("node", "scripts/sign-test-jwt.mjs")]
+    public async Task Scripts_answer_help_with_their_usage_and_exit_0(string runner, string script)
+    {
+        foreach (var flag in new[] { "--help", "-h" })
+        {
+            var (exit, stdout, stderr) = await RunAsync(runner, [script, flag], timeoutSeconds: 30);
+
+            Assert.True(exit == 0, $"{script} {flag}: exit {exit}\n{stderr}{stdout}");
+            Assert.Contains("Usage:", stdout, StringComparison.Ordinal);
+            Assert.Contains(script, stdout, StringComparison.Ordinal);
+        }
+    }
+
     [Fact]
     public async Task Sign_test_jwt_output_verifies_with_the_platform_token_verifier()
     {

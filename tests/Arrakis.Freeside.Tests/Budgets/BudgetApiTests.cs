@@ -102,6 +102,24 @@ public sealed class BudgetApiTests
         Assert.True(conservation.Body.GetProperty("passed").GetBoolean());
     }
 
+    // `loa jwt sign --ttl` and the key-rotation runbook say user tokens may live up to Keyring:MaxTokenLifetime (the time a
+    // retired key stays published); the user policy had 15 minutes built in, so the setting was ignored both ways.
+    [Theory]
+    [InlineData(null, 14, HttpStatusCode.OK)]
+    [InlineData(null, 20, HttpStatusCode.Unauthorized)]
+    [InlineData("00:30:00", 20, HttpStatusCode.OK)]
+    [InlineData("00:05:00", 10, HttpStatusCode.Unauthorized)]
+    public async Task User_tokens_may_live_as_long_as_Keyring_MaxTokenLifetime(string? maxLifetime, int minutes, HttpStatusCode expected)
+    {
+        var settings = maxLifetime is null ? null : new Dictionary<string, string?> { ["Keyring:MaxTokenLifetime"] = maxLifetime };
+        await using var p = await Platform.StartAsync(settings: settings);
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        var token = p.Freeside.Services.GetRequiredService<TokenIssuer>()
+            .Mint("arrakis", "arrakis", new Dictionary<string, object> { ["tenant_id"] = "t", ["sub"] = "u" }, TimeSpan.FromMinutes(minutes));
+
+        Assert.Equal(expected, (await SendAsync(http, HttpMethod.Get, "/api/v1/auth/whoami", token)).Status);
+    }
+
     [Fact]
     public async Task Admin_routes_need_an_operator_and_refuse_bad_input_without_changing_anything()
     {
