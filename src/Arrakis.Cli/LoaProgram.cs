@@ -56,7 +56,7 @@ internal static class LoaProgram
         }
 
         static string Chain(Exception e) =>
-            e.InnerException is { } inner && !e.Message.Contains(inner.Message, StringComparison.Ordinal) ? $"{e.Message}: {Chain(inner)}" : e.Message;
+            e.InnerException is { } inner && !e.Message.Contains(inner.Message, StringComparison.OrdinalIgnoreCase) ? $"{e.Message}: {Chain(inner)}" : e.Message;
 
         return ex switch
         {
@@ -67,6 +67,7 @@ internal static class LoaProgram
             TimeoutException timeout => "timed out: " + Chain(timeout),
             UnauthorizedAccessException or IOException => Chain(ex),
             Arrakis.Shared.Tokens.KeyringMasterKeyException key => key.Message,
+            Arrakis.Shared.Hosting.ServiceStartException start => $"{start.Service} did not start: {Chain(start.InnerException!)}",
             _ => null,
         };
     }

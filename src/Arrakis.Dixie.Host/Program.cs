@@ -1,2 +1,1 @@
-var app = await Arrakis.Dixie.DixieService.CreateAsync(args);
-await app.RunAsync();
+return await Arrakis.Shared.Hosting.ServiceMain.RunAsync("dixie", args, a => Arrakis.Dixie.DixieService.CreateAsync(a));

@@ -1,2 +1,1 @@
-var app = await Arrakis.Finn.FinnService.CreateAsync(args);
-await app.RunAsync();
+return await Arrakis.Shared.Hosting.ServiceMain.RunAsync("finn", args, a => Arrakis.Finn.FinnService.CreateAsync(a));

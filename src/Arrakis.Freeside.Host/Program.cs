@@ -1,2 +1,1 @@
-var app = await Arrakis.Freeside.FreesideService.CreateAsync(args);
-await app.RunAsync();
+return await Arrakis.Shared.Hosting.ServiceMain.RunAsync("freeside", args, a => Arrakis.Freeside.FreesideService.CreateAsync(a));

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Arrakis.Dixie;
 using Arrakis.Finn;
 using Arrakis.Freeside;
+using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Storage;
 using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
@@ -42,13 +43,18 @@ internal static class UpCommand
                 "--Services:FinnUrl", urls.Finn,
             ];
 
-            var freeside = await FreesideService.CreateAsync(Args(urls.Freeside));
-            var finn = await FinnService.CreateAsync(Args(urls.Finn));
-            var dixie = await DixieService.CreateAsync(Args(urls.Dixie));
+            // A service that cannot be built or started (a refused setting, a port in use) is one line naming it, exit 1.
+            var freeside = await Step("freeside", () => FreesideService.CreateAsync(Args(urls.Freeside)));
+            var finn = await Step("finn", () => FinnService.CreateAsync(Args(urls.Finn)));
+            var dixie = await Step("dixie", () => DixieService.CreateAsync(Args(urls.Dixie)));
             WebApplication[] apps = [freeside, finn, dixie];
-            foreach (var app in apps)
+            foreach (var (app, name) in apps.Zip(["freeside", "finn", "dixie"]))
             {
-                await app.StartAsync(ct);
+                await Step(name, async () =>
+                {
+                    await app.StartAsync(ct);
+                    return app;
+                });
             }
 
             var keyPath = Path.Combine(dataDir, "staging.pem");
@@ -86,6 +92,18 @@ internal static class UpCommand
             return 0;
         });
         return command;
+    }
+
+    static async Task<T> Step<T>(string service, Func<Task<T>> step)
+    {
+        try
+        {
+            return await step();
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            throw new ServiceStartException(service, ex);
+        }
     }
 
     /// <summary>Writes the active freeside key as PKCS#8 so operators and the gate can sign user test tokens.</summary>

@@ -11,6 +11,21 @@ public sealed class UpCommandTests
     static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(30) };
 
     [Fact]
+    public async Task A_service_that_refuses_a_setting_is_one_line_naming_it_and_exit_1()
+    {
+        // Before: an unhandled exception, its stack trace on stderr, and exit code 134 (abort).
+        var (exit, _, stderr) = await LoaProcess.RunAsync(new Dictionary<string, string> { ["Reputation__HalfLifeDays"] = "100000" },
+            "up", "--freeside-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--dixie-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--finn-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--data-dir", TestStorage.TempDir());
+
+        Assert.Equal(1, exit);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal("loa: dixie did not start: Reputation:HalfLifeDays must be a positive number of days, at most 36500.", line);
+    }
+
+    [Fact]
     public async Task Loa_up_on_a_fresh_directory_brings_three_healthy_services_and_writes_a_usable_test_key()
     {
         var dataDir = Path.Combine(TestStorage.TempDir(), "fresh-never-created");

@@ -52,4 +52,27 @@ public sealed class ReputationOptionsTests
         Assert.Equal(expected, options.AgentMath().DecayFactor(0, oneDayMs), 9);
         Assert.Equal(expected, options.ModelMath().DecayFactor(0, oneDayMs), 9);
     }
+
+    /// <summary>
+    /// A service process that refuses a setting ends with exit code 1 and one JSON log line naming the service and the
+    /// setting. Before, the host let the exception escape: a multi-line stack trace and exit code 134 (abort).
+    /// </summary>
+    [Fact]
+    public async Task A_refused_setting_stops_the_service_process_with_one_STARTUP_FAILED_line_and_exit_1()
+    {
+        var output = new StringWriter();
+        var args = new[] { "--urls", "http://127.0.0.1:0", "--LOA_DATA_DIR", TestStorage.TempDir(), "--Reputation:HalfLifeDays", "100000" };
+
+        var exit = await Arrakis.Shared.Hosting.ServiceMain.RunAsync("dixie", args, a => DixieService.CreateAsync(a), output);
+
+        Assert.Equal(1, exit);
+        var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var line = Assert.Single(lines);
+        using var json = System.Text.Json.JsonDocument.Parse(line);
+        Assert.Equal("critical", json.RootElement.GetProperty("level").GetString());
+        Assert.Equal("dixie", json.RootElement.GetProperty("service").GetString());
+        Assert.Equal("STARTUP_FAILED", json.RootElement.GetProperty("event").GetString());
+        Assert.StartsWith("STARTUP_FAILED dixie did not start: Reputation:HalfLifeDays must be", json.RootElement.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Contains("ReputationOptions.Validate", json.RootElement.GetProperty("exception").GetString(), StringComparison.Ordinal);
+    }
 }
