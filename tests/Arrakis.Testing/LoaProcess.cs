@@ -51,7 +51,7 @@ public static class LoaProcess
 
     public static Task<(int ExitCode, string Stdout, string Stderr)> RunAsync(params string[] args) => RunAsync(null, args);
 
-    /// <summary>A running <c>loa up</c>; disposing sends SIGINT and waits for a clean exit.</summary>
+    /// <summary>A running <c>loa up</c>; disposing asks it to stop (SIGTERM) and waits for a clean exit.</summary>
     public sealed class Up : IAsyncDisposable
     {
         readonly Process _process;
@@ -147,11 +147,17 @@ public static class LoaProcess
             return up;
         }
 
+        /// <summary>
+        /// Asks <c>loa up</c> to stop the way a process manager does (docker stop, ECS, systemd, scripts/ci-gate.sh) and
+        /// returns its exit code, or -1 if it did not exit within 30 s (it is then killed). SIGTERM, not SIGINT: a test
+        /// run started in the background (a script's <c>cmd &amp;</c>, nohup) has SIGINT ignored, every child inherits
+        /// that, and the .NET runtime honours it, so a SIGINT never reached <c>loa up</c> and every stop took the 30 s.
+        /// </summary>
         public async Task<int> InterruptAsync()
         {
             if (!_process.HasExited)
             {
-                using var kill = Process.Start("kill", ["-INT", _process.Id.ToString()]);
+                using var kill = Process.Start("kill", ["-TERM", _process.Id.ToString()]);
                 await kill!.WaitForExitAsync();
                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
                 try

@@ -109,20 +109,27 @@ public sealed class KeyringTests
                 await using var command = connection.CreateCommand();
                 command.CommandText = "SELECT count(*) FROM signing_keys WHERE status = 'active'";
                 var active = Convert.ToInt64(await command.ExecuteScalarAsync(ct), System.Globalization.CultureInfo.InvariantCulture);
-                reads++;
                 empty += active == 0 ? 1 : 0;
+                Interlocked.Increment(ref reads);
             }
         }, ct);
 
+        // The reader polls freely while the keys change. On a busy machine its thread may start late, or the 30
+        // revocations (a few ms each on SQLite) may all run before it gets a turn; so the reader must have read before
+        // the first revocation and again after each one, which makes every revocation overlap reads.
+        await ReaderReadsAsync(0);
         // The first revocation hands over to the pending key, the others to a fresh key each.
         var first = keyring.Current.Active!.Kid;
         for (var i = 0; i < 30; i++)
         {
+            var before = Volatile.Read(ref reads);
             Assert.Equal(KeyStatus.Active, await keyring.RevokeAsync(keyring.Current.Active!.Kid, ct));
             if (i == 0)
             {
                 Assert.Equal(pending, keyring.Current.Active!.Kid);
             }
+
+            await ReaderReadsAsync(before);
         }
 
         await stop.CancelAsync();
@@ -132,6 +139,22 @@ public sealed class KeyringTests
         Assert.Single(keyring.Current.All, k => k.Status == KeyStatus.Active);
         Assert.Equal(30, keyring.Current.All.Count(k => k.Status == KeyStatus.Revoked));
         Assert.Contains(keyring.Current.All, k => k.Kid == first && k.Status == KeyStatus.Revoked);
+
+        async Task ReaderReadsAsync(int after)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(30);
+            while (Volatile.Read(ref reads) <= after)
+            {
+                if (reader.IsCompleted)
+                {
+                    await reader;
+                    Assert.Fail("the reader stopped");
+                }
+
+                Assert.True(DateTime.UtcNow < deadline, $"the reader made no read in 30 s (read {after} times)");
+                await Task.Delay(1, ct);
+            }
+        }
     }
 
     [Theory]
