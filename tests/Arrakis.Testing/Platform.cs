@@ -36,6 +36,13 @@ public sealed class Platform : IAsyncDisposable
 
     public string DataDir { get; }
 
+    /// <summary>
+    /// This platform's Redis key prefix (PostgreSQL platforms with ARRAKIS_TEST_REDIS), so tests running at once keep
+    /// their rate-limit counters and replay keys apart: they all use the same seeded community, and with one shared
+    /// prefix one test's invokes used up another's per-minute limit (429).
+    /// </summary>
+    public string? RedisPrefix { get; private set; }
+
     /// <param name="engine">"sqlite" or "postgres".</param>
     /// <param name="settings">Extra configuration applied to all three services.</param>
     /// <param name="configure">Extra builder configuration, given the service name.</param>
@@ -45,6 +52,7 @@ public sealed class Platform : IAsyncDisposable
     static async Task<Platform> StartOnceAsync(string engine, IDictionary<string, string?>? settings, Action<string, WebApplicationBuilder>? configure)
     {
         var dataDir = TestStorage.TempDir();
+        var redisPrefix = TestStorage.Redis is not null && engine == "postgres" ? $"arrakis-test-{Guid.NewGuid():N}:" : null;
         var urls = (Freeside: $"http://127.0.0.1:{TestStorage.FreePort()}", Finn: $"http://127.0.0.1:{TestStorage.FreePort()}", Dixie: $"http://127.0.0.1:{TestStorage.FreePort()}");
 
         string[] Args(string service, string url)
@@ -59,6 +67,7 @@ public sealed class Platform : IAsyncDisposable
             if (TestStorage.Redis is { } redis && engine == "postgres")
             {
                 all["Redis:Configuration"] = redis;
+                all["Redis:KeyPrefix"] = redisPrefix;
             }
 
             foreach (var (k, v) in settings ?? new Dictionary<string, string?>())
@@ -72,7 +81,7 @@ public sealed class Platform : IAsyncDisposable
         var freeside = await FreesideService.CreateAsync(Args("freeside", urls.Freeside), b => configure?.Invoke("freeside", b));
         var finn = await FinnService.CreateAsync(Args("finn", urls.Finn), b => configure?.Invoke("finn", b));
         var dixie = await DixieService.CreateAsync(Args("dixie", urls.Dixie), b => configure?.Invoke("dixie", b));
-        var platform = new Platform(freeside, finn, dixie, urls.Freeside, urls.Finn, urls.Dixie, dataDir);
+        var platform = new Platform(freeside, finn, dixie, urls.Freeside, urls.Finn, urls.Dixie, dataDir) { RedisPrefix = redisPrefix };
         try
         {
             await freeside.StartAsync();

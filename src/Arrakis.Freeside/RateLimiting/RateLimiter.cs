@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Globalization;
+using Arrakis.Shared.Caching;
 using Arrakis.Shared.Contracts;
 using Arrakis.Shared.Http;
 using Microsoft.AspNetCore.Builder;
@@ -65,12 +66,12 @@ internal sealed class MemoryRateLimitCounter : IRateLimitCounter
     }
 }
 
-internal sealed class RedisRateLimitCounter(IConnectionMultiplexer redis) : IRateLimitCounter
+internal sealed class RedisRateLimitCounter(IConnectionMultiplexer redis, RedisNamespace names) : IRateLimitCounter
 {
     const string Script = "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
 
     public async Task<long> HitAsync(string key, TimeSpan window, CancellationToken ct) =>
-        (long)await redis.GetDatabase().ScriptEvaluateAsync(Script, [new RedisKey("arrakis:ratelimit:" + key)], [(long)window.TotalMilliseconds * 2]);
+        (long)await redis.GetDatabase().ScriptEvaluateAsync(Script, [new RedisKey(names.Key("ratelimit:" + key))], [(long)window.TotalMilliseconds * 2]);
 }
 
 /// <summary>Per-community and per-user request limits by tier.</summary>
@@ -150,7 +151,7 @@ public static class RateLimitingSetup
 
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton<IRateLimitCounter>(sp => sp.GetService<IConnectionMultiplexer>() is { } redis
-            ? new RedisRateLimitCounter(redis)
+            ? new RedisRateLimitCounter(redis, sp.GetRequiredService<RedisNamespace>())
             : new MemoryRateLimitCounter());
         builder.Services.AddSingleton<RateLimiter>();
         return builder;

@@ -45,11 +45,11 @@ public sealed class MemoryInvalidationBus : IInvalidationBus
     }
 }
 
-public sealed class RedisInvalidationBus(IConnectionMultiplexer redis) : IInvalidationBus
+public sealed class RedisInvalidationBus(IConnectionMultiplexer redis, RedisNamespace names) : IInvalidationBus
 {
     public Task PublishAsync(string channel, string message) =>
-        redis.GetSubscriber().PublishAsync(RedisChannel.Literal("arrakis:inval:" + channel), message);
+        redis.GetSubscriber().PublishAsync(RedisChannel.Literal(names.Key("inval:" + channel)), message);
 
     public void Subscribe(string channel, Action<string> handler) =>
-        redis.GetSubscriber().Subscribe(RedisChannel.Literal("arrakis:inval:" + channel), (_, value) => handler(value.ToString()));
+        redis.GetSubscriber().Subscribe(RedisChannel.Literal(names.Key("inval:" + channel)), (_, value) => handler(value.ToString()));
 }

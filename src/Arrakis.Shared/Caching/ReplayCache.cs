@@ -80,7 +80,7 @@ public sealed class MemoryReplayCache(TimeProvider time) : IReplayCache
 }
 
 /// <summary>Replay cache shared by every replica through Redis <c>SET NX PX</c>.</summary>
-public sealed class RedisReplayCache(IConnectionMultiplexer redis, TimeProvider time) : IReplayCache
+public sealed class RedisReplayCache(IConnectionMultiplexer redis, RedisNamespace names, TimeProvider time) : IReplayCache
 {
     public async Task<bool> TryRegisterAsync(string key, DateTimeOffset expiresAt, CancellationToken ct)
     {
@@ -90,6 +90,6 @@ public sealed class RedisReplayCache(IConnectionMultiplexer redis, TimeProvider 
             ttl = TimeSpan.FromSeconds(1);
         }
 
-        return await redis.GetDatabase().StringSetAsync("arrakis:jti:" + key, "1", ttl, When.NotExists);
+        return await redis.GetDatabase().StringSetAsync(names.Key("jti:" + key), "1", ttl, When.NotExists);
     }
 }

@@ -62,6 +62,7 @@ public static partial class ServiceDefaults
         var redis = builder.Configuration["Redis:Configuration"];
         if (!string.IsNullOrWhiteSpace(redis))
         {
+            services.AddSingleton(RedisNamespace.FromConfiguration(builder.Configuration[RedisNamespace.Setting]));
             services.AddSingleton(sp => RedisConnection.Connect(redis, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Arrakis.Redis")));
             services.AddSingleton<IReplayCache, RedisReplayCache>();
             services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();

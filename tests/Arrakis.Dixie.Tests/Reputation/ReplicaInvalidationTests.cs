@@ -31,6 +31,7 @@ public sealed class ReplicaInvalidationTests
             ["LOA_DATA_DIR"] = p.DataDir,
             ["ConnectionStrings:Dixie"] = storage.ConnectionString,
             ["Redis:Configuration"] = TestStorage.Redis,
+            ["Redis:KeyPrefix"] = p.RedisPrefix, // replicas of one deployment share its prefix
             ["Services:FreesideUrl"] = p.FreesideUrl,
             ["Services:FinnUrl"] = p.FinnUrl,
         }.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
