@@ -462,8 +462,9 @@ public sealed class InvokeTests
     {
         await using var p = await StartSeededAsync(engine, new Dictionary<string, string?>
         {
-            ["Providers:Local:LatencyMs"] = "13000",
-            ["Idempotency:LeaseTimeout"] = "00:00:10", // the shortest allowed; the call runs longer
+            // The shortest lease allowed; the call runs 6 s longer, so the retry at 11.5 s still finds it running on a busy machine.
+            ["Providers:Local:LatencyMs"] = "16000",
+            ["Idempotency:LeaseTimeout"] = "00:00:10",
         });
         const string body = """{"prompt":"Long running","model":"cheap","idempotency_key":"outlives-the-lease"}""";
         var before = await BudgetAsync(p);
