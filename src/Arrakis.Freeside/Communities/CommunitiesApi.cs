@@ -43,9 +43,14 @@ public static class CommunitiesApi
             return Problems.Invalid("tier", "tier must be free, pro or enterprise.");
         }
 
-        if (body.MonthlyBudgetCents is null || string.IsNullOrWhiteSpace(body.Name))
+        if (string.IsNullOrWhiteSpace(body.Name))
         {
-            return Problems.Invalid("body", "name and monthlyBudgetCents are required.");
+            return Problems.Invalid("name", "name is required.");
+        }
+
+        if (body.MonthlyBudgetCents is null)
+        {
+            return Problems.Invalid("monthlyBudgetCents", "monthlyBudgetCents is required.");
         }
 
         var result = await store.UpsertAsync(id, body.Name, tier, body.MonthlyBudgetCents.Value, ct);
@@ -70,6 +75,11 @@ public static class CommunitiesApi
 
     static async Task<IResult> GrantAsync(string id, GrantRequest body, Ledger.Ledger ledger, TimeProvider time, CancellationToken ct)
     {
+        if (InvalidId(id) is { } badId)
+        {
+            return badId;
+        }
+
         if (body.AmountMicro is not null && body.AmountCents is not null)
         {
             return Problems.Invalid("amountMicro", "Give amountMicro or amountCents, not both.");
@@ -88,9 +98,14 @@ public static class CommunitiesApi
         }
 
         var amount = body.AmountMicro ?? body.AmountCents * 10_000;
-        if (amount is null || string.IsNullOrEmpty(body.LotId))
+        if (string.IsNullOrEmpty(body.LotId))
         {
-            return Problems.Invalid("body", "lotId and amountMicro (or amountCents) are required.");
+            return Problems.Invalid("lotId", "lotId is required.");
+        }
+
+        if (amount is null)
+        {
+            return Problems.Invalid("amountMicro", "amountMicro (or amountCents) is required.");
         }
 
         var result = await ledger.GrantAsync(id, body.LotId, amount.Value, body.Source ?? "grant", body.ExpiresAt, ct);
@@ -100,16 +115,26 @@ public static class CommunitiesApi
             GrantStatus.Duplicate => TypedResults.Ok(result),
             GrantStatus.CommunityNotFound => Problems.NotFound("community", id),
             GrantStatus.Conflict => Problems.Create(409, "LOT_CONFLICT", result.Detail!),
-            _ => Problems.Invalid("body", result.Detail!),
+            _ => Problems.Invalid(result.Field ?? "body", result.Detail!),
         };
     }
 
     /// <summary>Records a spend through the ledger (reserve, then finalize at the same amount): for seeding and corrections.</summary>
     static async Task<IResult> SpendAsync(string id, SpendRequest body, Ledger.Ledger ledger, CancellationToken ct)
     {
-        if (string.IsNullOrEmpty(body.ReservationId) || body.AmountMicro is not { } amount)
+        if (InvalidId(id) is { } badId)
         {
-            return Problems.Invalid("body", "reservationId and amountMicro are required.");
+            return badId;
+        }
+
+        if (string.IsNullOrEmpty(body.ReservationId))
+        {
+            return Problems.Invalid("reservationId", "reservationId is required.");
+        }
+
+        if (body.AmountMicro is not { } amount)
+        {
+            return Problems.Invalid("amountMicro", "amountMicro is required.");
         }
 
         if (!LedgerIds.IsValid(body.ReservationId))
@@ -170,15 +195,29 @@ public static class CommunitiesApi
 
     static async Task<IResult> AgentAsync(string id, AgentRequest body, CommunityStore store, TimeProvider time, CancellationToken ct)
     {
-        if (string.IsNullOrEmpty(body.CommunityId) || string.IsNullOrEmpty(body.NftContract) || string.IsNullOrEmpty(body.NftTokenId))
+        if (body.CommunityId is not { Length: > 0 } communityId)
         {
-            return Problems.Invalid("body", "communityId, nftContract and nftTokenId are required.");
+            return Problems.Invalid("communityId", "communityId is required.");
         }
 
-        var agent = new Agent(id, body.Name ?? id, body.CommunityId, body.NftContract, body.NftTokenId, (body.CreatedAt ?? time.GetUtcNow()).ToUnixTimeMilliseconds());
+        if (body.NftContract is not { Length: > 0 } nftContract)
+        {
+            return Problems.Invalid("nftContract", "nftContract is required.");
+        }
+
+        if (body.NftTokenId is not { Length: > 0 } nftTokenId)
+        {
+            return Problems.Invalid("nftTokenId", "nftTokenId is required.");
+        }
+
+        var agent = new Agent(id, body.Name ?? id, communityId, nftContract, nftTokenId, (body.CreatedAt ?? time.GetUtcNow()).ToUnixTimeMilliseconds());
         var result = await store.UpsertAgentAsync(agent, ct);
         return result.Status == CommunityStatus.Updated ? TypedResults.Ok(agent) : ToProblem(result, body.CommunityId);
     }
+
+    /// <summary>The path's community id, named <c>id</c> as the community routes name it (the ledger would say communityId).</summary>
+    static IResult? InvalidId(string id) =>
+        LedgerIds.IsValid(id) ? null : Problems.Invalid("id", "id must be 1-255 characters of [A-Za-z0-9._:@-].");
 
     static IResult ToProblem(CommunityResult result, string id) => result.Status switch
     {

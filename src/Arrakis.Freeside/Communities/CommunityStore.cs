@@ -217,9 +217,12 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     /// <summary>Points a tenant alias at a community (or at another alias); refuses anything that would form a cycle.</summary>
     public async Task<CommunityResult> SetAliasAsync(string tenantId, string target, CancellationToken ct = default)
     {
-        if (!LedgerIds.IsValid(tenantId) || !LedgerIds.IsValid(target))
+        foreach (var (field, value) in new[] { ("tenantId", tenantId), ("communityId", target) })
         {
-            return new(CommunityStatus.Invalid, "tenantId and communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            if (!LedgerIds.IsValid(value))
+            {
+                return new(CommunityStatus.Invalid, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
+            }
         }
 
         return await WriteAsync(async (c, tx) =>
@@ -266,9 +269,12 @@ public sealed class CommunityStore(Database db, TimeProvider time)
 
     public async Task<CommunityResult> UpsertAgentAsync(Agent agent, CancellationToken ct = default)
     {
-        if (!LedgerIds.IsValid(agent.Id) || !LedgerIds.IsValid(agent.CommunityId))
+        foreach (var (field, value) in new[] { ("id", agent.Id), ("communityId", agent.CommunityId) })
         {
-            return new(CommunityStatus.Invalid, "id and communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            if (!LedgerIds.IsValid(value))
+            {
+                return new(CommunityStatus.Invalid, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
+            }
         }
 
         if (!IsName(agent.Name))

@@ -101,11 +101,27 @@ public static class IdempotencyKeys
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
-    static (IdempotencyKey?, IResult?) Check(string value, IdempotencyKeySource source) =>
-        value.Length == 0 || value.Length > MaxLength
-            ? (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY", $"The idempotency key must be 1-{MaxLength} characters (got {value.Length}).",
-                new Dictionary<string, object?> { ["field"] = FieldOf(source) }))
-            : (new IdempotencyKey(value, source), null);
+    /// <summary>
+    /// A key is 1–255 printable ASCII characters (space to '~'), what a header can carry: the invoke route echoes it in the
+    /// <c>Idempotency-Key</c> response header, and a body key with "é" or a control character failed there after the call
+    /// had been charged.
+    /// </summary>
+    static (IdempotencyKey?, IResult?) Check(string value, IdempotencyKeySource source)
+    {
+        if (value.Length == 0 || value.Length > MaxLength)
+        {
+            return (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY", $"The idempotency key ({FieldOf(source)}) must be 1-{MaxLength} characters (got {value.Length}).",
+                new Dictionary<string, object?> { ["field"] = FieldOf(source) }));
+        }
+
+        if (value.AsSpan().ContainsAnyExceptInRange(' ', '~'))
+        {
+            return (null, Problems.Create(400, "INVALID_IDEMPOTENCY_KEY", $"The idempotency key ({FieldOf(source)}) must be printable ASCII (space to '~'), as a header can carry it.",
+                new Dictionary<string, object?> { ["field"] = FieldOf(source) }));
+        }
+
+        return (new IdempotencyKey(value, source), null);
+    }
 
     /// <summary>The 409 answers of a key that cannot start (DESIGN §3).</summary>
     public static IResult? Conflict(IdempotencyBegin begin) => begin.State switch

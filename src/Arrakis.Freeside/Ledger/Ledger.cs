@@ -61,17 +61,17 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     {
         if (!LedgerIds.IsValid(communityId))
         {
-            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "communityId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "communityId must be 1-255 characters of [A-Za-z0-9._:@-].", "communityId");
         }
 
         if (!LedgerIds.IsValid(reservationId))
         {
-            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].", "reservationId");
         }
 
         if (!LedgerIds.IsValidAmount(amountMicro))
         {
-            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.");
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.", "amountMicro");
         }
 
         var life = ttl ?? options.ReservationTtl;
@@ -310,19 +310,22 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
     public async Task<GrantResult> GrantAsync(string communityId, string lotId, long amountMicro, string source, DateTimeOffset? expiresAt = null, CancellationToken ct = default)
     {
-        if (!LedgerIds.IsValid(communityId) || !LedgerIds.IsValid(lotId))
+        foreach (var (field, value) in new[] { ("communityId", communityId), ("lotId", lotId) })
         {
-            return new(GrantStatus.Invalid, lotId, amountMicro, "communityId and lotId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            if (!LedgerIds.IsValid(value))
+            {
+                return new(GrantStatus.Invalid, lotId, amountMicro, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
+            }
         }
 
         if (!LedgerIds.IsValidAmount(amountMicro))
         {
-            return new(GrantStatus.Invalid, lotId, amountMicro, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.");
+            return new(GrantStatus.Invalid, lotId, amountMicro, $"amountMicro must be between 1 and {LedgerIds.MaxAmountMicro}.", "amountMicro");
         }
 
         if (!CreditSources.All.Contains(source))
         {
-            return new(GrantStatus.Invalid, lotId, amountMicro, "source must be one of " + string.Join(", ", CreditSources.All.Order()) + ".");
+            return new(GrantStatus.Invalid, lotId, amountMicro, "source must be one of " + string.Join(", ", CreditSources.All.Order()) + ".", "source");
         }
 
         var result = await WriteAsync(async (c, tx) =>

@@ -1,3 +1,5 @@
+using System.Text.Json.Serialization;
+
 namespace Arrakis.Freeside.Ledger;
 
 public enum ReserveStatus
@@ -13,8 +15,11 @@ public enum ReserveStatus
     KeyTaken,
 }
 
-/// <summary>What a reserve did. Remaining amounts are what the budget and the wallet could still cover after (or, on refusal, before) it.</summary>
-public sealed record ReserveResult(ReserveStatus Status, string ReservationId, long AmountMicro, long BudgetRemainingMicro, long WalletAvailableMicro, string? Detail = null)
+/// <summary>
+/// What a reserve did. Remaining amounts are what the budget and the wallet could still cover after (or, on refusal, before)
+/// it; an <see cref="ReserveStatus.Invalid"/> one names the argument at fault in <paramref name="Field"/>.
+/// </summary>
+public sealed record ReserveResult(ReserveStatus Status, string ReservationId, long AmountMicro, long BudgetRemainingMicro, long WalletAvailableMicro, string? Detail = null, string? Field = null)
 {
     public bool Admitted => Status is ReserveStatus.Reserved or ReserveStatus.Duplicate;
 }
@@ -53,7 +58,11 @@ public enum GrantStatus
     Invalid,
 }
 
-public sealed record GrantResult(GrantStatus Status, string LotId, long AmountMicro, string? Detail = null);
+/// <summary>
+/// What a grant did (the body of the grant route's answer); an <see cref="GrantStatus.Invalid"/> one names the argument at
+/// fault in <paramref name="Field"/>, which the route answers as the problem's <c>field</c>.
+/// </summary>
+public sealed record GrantResult(GrantStatus Status, string LotId, long AmountMicro, string? Detail = null, [property: JsonIgnore] string? Field = null);
 
 /// <summary>Where a credit lot came from (DESIGN §3).</summary>
 public static class CreditSources

@@ -13,7 +13,7 @@ public static class LedgerProblems
         ReserveStatus.WalletInsufficient => Problems.Create(402, "BUDGET_EXCEEDED", result.Detail ?? "The credit wallet cannot cover this call.",
             new Dictionary<string, object?> { ["limitedBy"] = "wallet", ["budgetRemainingMicro"] = result.BudgetRemainingMicro, ["walletAvailableMicro"] = result.WalletAvailableMicro }),
         ReserveStatus.CommunityNotFound => Problems.NotFound("community", communityId),
-        ReserveStatus.Invalid => Problems.Invalid("amount", result.Detail ?? "Invalid reservation."),
+        ReserveStatus.Invalid => Problems.Invalid(result.Field ?? "amountMicro", result.Detail ?? "Invalid reservation."),
         _ => Problems.Create(409, "RESERVATION_EXISTS", "The reservation id is already in use."),
     };
 }

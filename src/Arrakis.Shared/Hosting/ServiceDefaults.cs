@@ -48,6 +48,9 @@ public static partial class ServiceDefaults
             o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never;
             // The web defaults read numbers from strings ("monthlyBudgetCents":"100" set a budget); amounts are JSON numbers.
             o.SerializerOptions.NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.Strict;
+            // A name given twice (in any case: names match case-insensitively) is ambiguous; the last one won, so
+            // {"amountMicro":1,"amountMicro":7000000} granted 7,000,000. Refused, as the routes that read JSON themselves do.
+            o.SerializerOptions.AllowDuplicateProperties = false;
             // Enums by name ("tier":"free", "status":"granted"), as tokens and request bodies spell them, not as ordinals.
             o.SerializerOptions.Converters.Add(new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower));
         });
@@ -136,6 +139,7 @@ public static partial class ServiceDefaults
                 {
                     404 => "NOT_FOUND",
                     405 => "METHOD_NOT_ALLOWED",
+                    413 => "REQUEST_TOO_LARGE",
                     415 => "UNSUPPORTED_MEDIA_TYPE",
                     _ => "HTTP_" + status,
                 };
@@ -144,9 +148,14 @@ public static partial class ServiceDefaults
                 {
                     404 => "No route matches " + request.Path + ".",
                     405 => $"{request.Method} is not allowed on {request.Path}; it takes {response.Headers.Allow}.",
+                    // A typed body over the limit is refused while binding, without the exception the handler above answers.
+                    413 => $"Request body too large. The max request body size is {ctx.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes.",
+                    415 => $"{request.Method} {request.Path} takes a JSON body: send Content-Type: application/json"
+                        + (string.IsNullOrEmpty(request.ContentType) ? " (none was sent)." : $" (not '{request.ContentType}')."),
                     _ => "The request could not be served.",
                 };
-                await Http.Problems.Create(status, error, detail).ExecuteAsync(ctx.HttpContext);
+                var field = status == 415 ? new Dictionary<string, object?> { ["field"] = "Content-Type" } : null;
+                await Http.Problems.Create(status, error, detail, field).ExecuteAsync(ctx.HttpContext);
             }
         });
         // The scrape route answers only its exact spelling. The public load balancer refuses "/metrics" for the internet
@@ -187,7 +196,17 @@ public static partial class ServiceDefaults
 
             if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status415UnsupportedMediaType } mediaType)
             {
-                await Http.Problems.Create(415, "UNSUPPORTED_MEDIA_TYPE", mediaType.Message).ExecuteAsync(httpContext);
+                await Http.Problems.Create(415, "UNSUPPORTED_MEDIA_TYPE", mediaType.Message, new Dictionary<string, object?> { ["field"] = "Content-Type" }).ExecuteAsync(httpContext);
+                return true;
+            }
+
+            if (exception is InvalidOperationException && exception.TargetSite?.DeclaringType == typeof(HttpRequestJsonExtensions))
+            {
+                // A typed body whose Content-Type the JSON reader refuses ("charset=bogus", "charset=", "charset=utf-7"):
+                // thrown while binding, before the route runs. The client's mistake, not a defect.
+                await Http.Problems.Create(415, "UNSUPPORTED_MEDIA_TYPE",
+                    $"The body cannot be read as JSON with Content-Type '{httpContext.Request.ContentType}': send it as UTF-8 with Content-Type: application/json.",
+                    new Dictionary<string, object?> { ["field"] = "Content-Type" }).ExecuteAsync(httpContext);
                 return true;
             }
 
@@ -198,6 +217,7 @@ public static partial class ServiceDefaults
                 var field = json?.Path is { Length: > 2 } path && path.StartsWith("$.", StringComparison.Ordinal) ? path[2..] : "body";
                 var detail = json is null ? bad.Message
                     : field == "body" ? "The body is not valid JSON: " + json.Message
+                    : json.Message.StartsWith("Duplicate property", StringComparison.Ordinal) ? $"'{field}' appears more than once (names match in any case); send each property once."
                     : $"'{field}' has the wrong type or an invalid value: {json.Message}";
                 await Http.Problems.Invalid(field, detail).ExecuteAsync(httpContext);
                 return true;

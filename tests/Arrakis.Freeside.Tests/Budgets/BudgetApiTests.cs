@@ -160,7 +160,27 @@ public sealed class BudgetApiTests
             plain.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
             using var refused = await http.SendAsync(plain, TestContext.Current.CancellationToken);
             Assert.Equal(HttpStatusCode.UnsupportedMediaType, refused.StatusCode);
-            Assert.Equal("UNSUPPORTED_MEDIA_TYPE", (await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+            var problem = await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+            Assert.Equal("UNSUPPORTED_MEDIA_TYPE", problem.GetProperty("error").GetString());
+            // It says what to send instead ("The request could not be served." named nothing).
+            Assert.Equal("Content-Type", problem.GetProperty("field").GetString());
+            Assert.Contains("Content-Type: application/json", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+            Assert.Contains("text/plain", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+
+        // A JSON body in a charset the reader refuses was a 500 (the binder's InvalidOperationException); the budget stays.
+        foreach (var charset in new[] { "bogus", "", "utf-7" })
+        {
+            using var bogus = new HttpRequestMessage(HttpMethod.Put, "/api/v1/admin/communities/c1/budget") { Content = new StringContent("""{"monthlyBudgetCents":5}""") };
+            bogus.Content.Headers.Remove("Content-Type");
+            bogus.Content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=" + charset);
+            bogus.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
+            using var refused = await http.SendAsync(bogus, TestContext.Current.CancellationToken);
+            var text = await refused.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+            Assert.True(refused.StatusCode == HttpStatusCode.UnsupportedMediaType, $"charset={charset}: {refused.StatusCode} {text}");
+            var problem = JsonDocument.Parse(text).RootElement;
+            Assert.Equal(("UNSUPPORTED_MEDIA_TYPE", "Content-Type"), (problem.GetProperty("error").GetString(), problem.GetProperty("field").GetString()));
+            Assert.Contains("charset=" + charset, problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
         }
 
         foreach (var body in new object[] { new { lotId = "l1", amountMicro = -5 }, new { lotId = "l1", amountMicro = 0 }, new { lotId = "l1", amountMicro = long.MaxValue }, new { lotId = "bad id", amountMicro = 5 },

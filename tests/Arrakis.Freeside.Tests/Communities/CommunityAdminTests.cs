@@ -121,4 +121,101 @@ public sealed class CommunityAdminTests
         Assert.Equal(5_000_000, (await BudgetAsync(p, "c1")).CreditBalanceMicro);
         await AssertConservedAsync(p);
     }
+
+    /// <summary>
+    /// Each refusal names the field at fault in <c>field</c>, as its message does. A bad lot id, amount or source of a
+    /// grant was <c>field: "body"</c>; a bad community id in a spend's path <c>field: "amount"</c> (now <c>id</c>, as the
+    /// other <c>/communities/{id}</c> routes name it); a bad tenant, agent or community id of an alias or agent, and any
+    /// missing required field, <c>field: "body"</c>. Nothing is granted, spent, aliased or stored.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Refused_operator_requests_name_the_field_at_fault_and_change_nothing(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        Assert.Equal(HttpStatusCode.OK, (await SendAsync(p, http, HttpMethod.Put, "/api/v1/admin/communities/c1", new { name = "C", monthlyBudgetCents = 1_000 })).Status);
+        const string Contract = "0x0000000000000000000000000000000000000001";
+        var cases = new (HttpMethod Method, string Path, object Body, string Field)[]
+        {
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", new { lotId = "../x", amountMicro = 5 }, "lotId"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", new { lotId = "l1", amountMicro = -5 }, "amountMicro"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", new { lotId = "l1", amountMicro = 5, source = "gift" }, "source"),
+            (HttpMethod.Post, "/api/v1/admin/communities/a%20b/credits", new { lotId = "l1", amountMicro = 5 }, "id"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/spend", new { reservationId = "s1", amountMicro = 0 }, "amountMicro"),
+            (HttpMethod.Post, "/api/v1/admin/communities/a%20b/spend", new { reservationId = "s1", amountMicro = 5 }, "id"),
+            (HttpMethod.Put, "/api/v1/admin/tenant-aliases/a%20b", new { communityId = "c1" }, "tenantId"),
+            (HttpMethod.Put, "/api/v1/admin/tenant-aliases/t1", new { communityId = "a b" }, "communityId"),
+            (HttpMethod.Put, "/api/v1/admin/agents/a%20b", new { communityId = "c1", nftContract = Contract, nftTokenId = "1" }, "id"),
+            (HttpMethod.Put, "/api/v1/admin/agents/a1", new { communityId = "a b", nftContract = Contract, nftTokenId = "1" }, "communityId"),
+            // A missing field is named too (each was field "body").
+            (HttpMethod.Put, "/api/v1/admin/communities/c2", new { monthlyBudgetCents = 1 }, "name"),
+            (HttpMethod.Put, "/api/v1/admin/communities/c2", new { name = "C2" }, "monthlyBudgetCents"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", new { amountMicro = 5 }, "lotId"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", new { lotId = "l1" }, "amountMicro"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/spend", new { amountMicro = 5 }, "reservationId"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/spend", new { reservationId = "s1" }, "amountMicro"),
+            (HttpMethod.Put, "/api/v1/admin/agents/a1", new { nftContract = Contract, nftTokenId = "1" }, "communityId"),
+            (HttpMethod.Put, "/api/v1/admin/agents/a1", new { communityId = "c1", nftTokenId = "1" }, "nftContract"),
+            (HttpMethod.Put, "/api/v1/admin/agents/a1", new { communityId = "c1", nftContract = Contract }, "nftTokenId"),
+        };
+        var wrong = new List<string>();
+        foreach (var (method, path, body, field) in cases)
+        {
+            var (status, answer) = await SendAsync(p, http, method, path, body);
+            if (ProblemBodies.Mismatch(status, answer.ValueKind == JsonValueKind.Undefined ? "" : answer.GetRawText(), field) is { } miss)
+            {
+                wrong.Add($"{method} {path} {miss}");
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+        var budget = await BudgetAsync(p, "c1");
+        Assert.Equal((0L, 0L, 0L), (budget.CreditBalanceMicro, budget.CommittedMicro, budget.ReservedMicro));
+        var communities = p.Freeside.Services.GetRequiredService<Freeside.Communities.CommunityStore>();
+        Assert.Null(await communities.ResolveTenantAsync("t1", TestContext.Current.CancellationToken));
+        Assert.Null(await communities.FindAgentAsync("a1", TestContext.Current.CancellationToken));
+        Assert.Null(await communities.FindAsync("c2", TestContext.Current.CancellationToken));
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// A body that names a field twice (or twice in different case: names match case-insensitively) is ambiguous; the
+    /// invoke and quality routes refuse it, while the operator routes took the last value: a grant of
+    /// <c>{"amountMicro":1,"amountMicro":7000000}</c> credited 7,000,000. Now 400 naming the field, and nothing changes.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_body_that_names_a_field_twice_is_refused_naming_it_and_changes_nothing(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        Assert.Equal(HttpStatusCode.OK, (await SendAsync(p, http, HttpMethod.Put, "/api/v1/admin/communities/c1", new { name = "C", monthlyBudgetCents = 1_000 })).Status);
+        var cases = new (HttpMethod Method, string Path, string Body, string Field)[]
+        {
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", """{"lotId":"l1","amountMicro":1,"amountMicro":7000000}""", "amountMicro"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/credits", """{"lotId":"l1","amountMicro":1,"AmountMicro":7000000}""", "AmountMicro"),
+            (HttpMethod.Post, "/api/v1/admin/communities/c1/spend", """{"reservationId":"s1","amountMicro":1,"amountMicro":900000}""", "amountMicro"),
+            (HttpMethod.Put, "/api/v1/admin/communities/c1", """{"name":"C","monthlyBudgetCents":1000,"monthlyBudgetCents":1}""", "monthlyBudgetCents"),
+            (HttpMethod.Put, "/api/v1/admin/communities/c1/budget", """{"monthlyBudgetCents":1000,"monthlyBudgetCents":1}""", "monthlyBudgetCents"),
+            (HttpMethod.Put, "/api/v1/admin/tenant-aliases/t1", """{"communityId":"c1","communityId":"c1"}""", "communityId"),
+        };
+        var wrong = new List<string>();
+        foreach (var (method, path, body, field) in cases)
+        {
+            using var request = new HttpRequestMessage(method, path) { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
+            using var response = await http.SendAsync(request, TestContext.Current.CancellationToken);
+            if (ProblemBodies.Mismatch(response.StatusCode, await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken), field) is { } miss)
+            {
+                wrong.Add($"{method} {path} {miss}");
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+        var budget = await BudgetAsync(p, "c1");
+        Assert.Equal((0L, 0L, 0L, 1_000L), (budget.CreditBalanceMicro, budget.CommittedMicro, budget.ReservedMicro, budget.MonthlyBudgetCents));
+        Assert.Null(await p.Freeside.Services.GetRequiredService<Freeside.Communities.CommunityStore>().ResolveTenantAsync("t1", TestContext.Current.CancellationToken));
+        await AssertConservedAsync(p);
+    }
 }

@@ -358,6 +358,49 @@ public sealed class InvokeTests
         Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
     }
 
+    /// <summary>
+    /// The key is echoed in the <c>Idempotency-Key</c> response header, which only carries printable ASCII: a body key
+    /// with "é" or a control character was charged and then answered 500 (JSON), or answered 500 with its reservation and
+    /// key left held until the reaper (SSE). Such a key is 400 naming its field before anything is reserved.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_body_idempotency_key_that_is_not_printable_ascii_gets_400_naming_the_field_and_charges_nothing(string engine)
+    {
+        await using var p = await StartSeededAsync(engine);
+        var before = await BudgetAsync(p);
+        var wrong = new List<string>();
+        foreach (var sse in new[] { false, true })
+        {
+            foreach (var (field, body) in new[]
+            {
+                ("idempotency_key", """{"prompt":"hi","idempotency_key":"caf\u00e9-{0}"}"""),
+                ("idempotencyKey", """{"prompt":"hi","idempotencyKey":"a\u0001b-{0}"}"""),
+                ("idempotency_key", """{"prompt":"hi","idempotency_key":"\ud83d\ude00-{0}"}"""),
+                ("idempotency_key", """{"prompt":"hi","idempotency_key":"tab\tkey-{0}"}"""),
+            })
+            {
+                using var response = await InvokeAsync(p, body.Replace("{0}", sse ? "sse" : "json", StringComparison.Ordinal), sse);
+                var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+                if (ProblemBodies.Mismatch(response.StatusCode, text, field, "INVALID_IDEMPOTENCY_KEY") is { } miss)
+                {
+                    wrong.Add((sse ? "sse " : "json ") + miss);
+                }
+            }
+        }
+
+        Assert.True(wrong.Count == 0, string.Join("; ", wrong));
+        var after = await BudgetAsync(p);
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+
+        // Printable ASCII (spaces and punctuation included) is still a key, echoed in the header.
+        using var ok = await InvokeAsync(p, """{"prompt":"hi","idempotency_key":"order 42/#a~"}""");
+        Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+        Assert.Equal("order 42/#a~", ok.Headers.GetValues("Idempotency-Key").Single());
+    }
+
     [Fact]
     public async Task When_every_model_fails_the_caller_gets_502_and_the_reservation_is_released()
     {

@@ -89,31 +89,45 @@ public sealed class HealthTests
         Assert.Equal("GET is not allowed on /api/agents/invoke; it takes POST.", body.GetProperty("detail").GetString());
     }
 
+    /// <summary>
+    /// The same answer whether the route reads its body itself (invoke) or binds a typed body (an operator route, which
+    /// answered <c>HTTP_413</c> "The request could not be served.").
+    /// </summary>
     [Fact]
     public async Task A_body_over_the_size_limit_gets_a_413_problem_not_a_400()
     {
         await using var platform = await Platform.StartAsync();
         var uri = new Uri(platform.FreesideUrl);
-        var token = platform.Freeside.Services.GetRequiredService<Arrakis.Shared.Tokens.TokenIssuer>().Mint(FreesideService.Issuer, FreesideService.Issuer,
-            new Dictionary<string, object> { ["tenant_id"] = "test-tenant", ["access_level"] = "free" }, TimeSpan.FromMinutes(5));
-        using var tcp = new System.Net.Sockets.TcpClient();
-        await tcp.ConnectAsync(uri.Host, uri.Port, Ct);
-        await using var stream = tcp.GetStream();
-        // The declared length is over Kestrel's 30 MB limit, so reading the body fails at once; nothing more is sent.
-        await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(
-            $"POST /api/agents/invoke HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\nConnection: close\r\n\r\n{{\"prompt\":\""), Ct);
-        using var reader = new StreamReader(stream);
-        var head = new List<string>();
-        while (await reader.ReadLineAsync(Ct) is { Length: > 0 } line)
+        var issuer = platform.Freeside.Services.GetRequiredService<Arrakis.Shared.Tokens.TokenIssuer>();
+        var routes = new (string Method, string Path, Func<string> Token)[]
         {
-            head.Add(line);
-        }
+            ("POST", "/api/agents/invoke", () => issuer.Mint(FreesideService.Issuer, FreesideService.Issuer,
+                new Dictionary<string, object> { ["tenant_id"] = "test-tenant", ["access_level"] = "free" }, TimeSpan.FromMinutes(5))),
+            ("PUT", "/api/v1/admin/communities/c1", () => issuer.Mint(FreesideService.Issuer, "arrakis-admin",
+                new Dictionary<string, object> { ["role"] = "operator" }, TimeSpan.FromMinutes(5))),
+        };
+        foreach (var (method, path, token) in routes)
+        {
+            using var tcp = new System.Net.Sockets.TcpClient();
+            await tcp.ConnectAsync(uri.Host, uri.Port, Ct);
+            await using var stream = tcp.GetStream();
+            // The declared length is over Kestrel's 30 MB limit, so reading the body fails at once; nothing more is sent.
+            await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(
+                $"{method} {path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {token()}\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\nConnection: close\r\n\r\n{{\"prompt\":\""), Ct);
+            using var reader = new StreamReader(stream);
+            var head = new List<string>();
+            while (await reader.ReadLineAsync(Ct) is { Length: > 0 } line)
+            {
+                head.Add(line);
+            }
 
-        Assert.Equal("HTTP/1.1 413 Payload Too Large", head[0]);
-        Assert.Contains(head, h => h.StartsWith("Content-Type: application/problem+json", StringComparison.OrdinalIgnoreCase));
-        var body = await reader.ReadToEndAsync(Ct); // chunked: the JSON sits between chunk sizes
-        Assert.Contains("\"error\":\"REQUEST_TOO_LARGE\"", body, StringComparison.Ordinal);
-        Assert.Contains("\"status\":413", body, StringComparison.Ordinal);
+            Assert.Equal("HTTP/1.1 413 Payload Too Large", head[0]);
+            Assert.Contains(head, h => h.StartsWith("Content-Type: application/problem+json", StringComparison.OrdinalIgnoreCase));
+            var body = await reader.ReadToEndAsync(Ct); // chunked: the JSON sits between chunk sizes
+            Assert.True(body.Contains("\"error\":\"REQUEST_TOO_LARGE\"", StringComparison.Ordinal), $"{method} {path}: {body}");
+            Assert.Contains("\"status\":413", body, StringComparison.Ordinal);
+            Assert.Contains("30000000 bytes", body, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
