@@ -65,7 +65,7 @@ KEYS_ARGS=(--service "$SERVICE")
 if $DRY_RUN; then
   echo "[dry-run] emergency revocation plan for $SERVICE key $KID (JWKS $JWKS_URL)"
   echo "  1. $LOA keys list ${KEYS_ARGS[*]}"
-  echo "  2. $LOA keys revoke ${KEYS_ARGS[*]} $KID"
+  echo "  2. $LOA keys revoke ${KEYS_ARGS[*]} -- $KID"
   echo "  3. curl -sf $JWKS_URL | jq -e '[.keys[].kid] | index(\"$KID\") == null'"
   $RESTART_ECS && for s in "${DEPENDENTS[@]}"; do echo "  4. aws ecs update-service --cluster $ECS_CLUSTER --service $s --force-new-deployment"; done
   $WAIT && echo "  4. sleep 60   # verifier JWKS caches (30 s) expire"
@@ -84,7 +84,7 @@ if ! awk -v kid="$KID" '$1 == kid { found = 1 } END { exit !found }' <<<"$listin
 fi
 
 echo "-- 2. Revoke"
-"$LOA" keys revoke "${KEYS_ARGS[@]}" "$KID"
+"$LOA" keys revoke "${KEYS_ARGS[@]}" -- "$KID"   # '--': a kid may start with '-' (keys made before 2026-11-29)
 
 echo "-- 3. JWKS no longer lists $KID"
 deadline=$(( $(date +%s) + 40 ))

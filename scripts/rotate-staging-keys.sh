@@ -108,7 +108,7 @@ echo "-- 3. JWKS serves both kids"
 if (( PROPAGATION > 0 )); then
   if ! wait_jwks "[.keys[].kid] | (index(\"$OLD_KID\") != null and index(\"$NEW_KID\") != null)" 40; then
     echo "error: $JWKS_URL does not list both $OLD_KID and $NEW_KID after 40 s." >&2
-    echo "       Back out with: $LOA keys revoke ${KEYS_ARGS[*]} $NEW_KID" >&2
+    echo "       Back out with: $LOA keys revoke ${KEYS_ARGS[*]} -- $NEW_KID" >&2
     exit 1
   fi
   echo "   ✓ $OLD_KID and $NEW_KID published"

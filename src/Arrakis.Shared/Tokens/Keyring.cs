@@ -204,10 +204,15 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         return key;
     }
 
-    static string NewKid(ECDsa key)
+    /// <summary>
+    /// A new key's id: the first 16 characters of its RFC 7638 thumbprint (base64url) after any leading '-'. A kid
+    /// starting with '-' reads as an option on a command line: <c>loa keys revoke -h6O8…</c> printed the help and
+    /// revoked nothing, so the emergency revocation script failed for about one key in 64.
+    /// </summary>
+    internal static string NewKid(ECDsa key)
     {
         var (x, y) = SigningKey.PublicPoint(key);
-        return SigningKey.Thumbprint(x, y)[..16];
+        return SigningKey.Thumbprint(x, y).TrimStart('-')[..16];
     }
 }
 

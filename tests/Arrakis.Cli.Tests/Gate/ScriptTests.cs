@@ -185,6 +185,21 @@ public sealed class ScriptTests
         var final = await Kids();
         Assert.DoesNotContain(after[0], final);
         Assert.Contains($"REVOKED kid={after[0]} previous_status=active", revoke.Stdout, StringComparison.Ordinal);
+
+        // A kid may start with '-' (thumbprint kids did, about one in 64, before 2026-11-29). Given bare to `loa keys
+        // revoke`, "-h6O8…" read as the -h (help) option: the script printed the help, revoked nothing and failed CI.
+        using var operatorKey = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var pem = Path.Combine(platform.DataDir, "dash.pem");
+        await File.WriteAllTextAsync(pem, operatorKey.ExportPkcs8PrivateKeyPem(), TestContext.Current.CancellationToken);
+        const string dashKid = "-h6O8N9k8cy4b1LK";
+        var import = await LoaProcess.RunAsync("keys", "import", "--service", "freeside", "--data-dir", platform.DataDir, "--pem", pem, "--kid=" + dashKid);
+        Assert.True(import.ExitCode == 0, import.Stderr);
+
+        var dashed = await RunAsync("bash", ["scripts/revoke-staging-key.sh", "--data-dir", platform.DataDir, "--kid", dashKid, "--no-wait", "--skip-smoke"], env);
+
+        Assert.True(dashed.Exit == 0, dashed.Stdout + dashed.Stderr);
+        Assert.Contains($"REVOKED kid={dashKid} previous_status=active", dashed.Stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain(dashKid, await Kids());
     }
 
     sealed class OneKey(SigningKey key) : IKeySource

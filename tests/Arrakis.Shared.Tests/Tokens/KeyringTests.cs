@@ -186,6 +186,26 @@ public sealed class KeyringTests
     }
 
     [Fact]
+    public void New_kids_never_start_with_a_dash_which_a_command_line_reads_as_an_option()
+    {
+        var (dashed, kids) = (0, new List<string>());
+        for (var i = 0; i < 2000; i++)
+        {
+            using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+            var (x, y) = SigningKey.PublicPoint(key);
+            var thumbprint = SigningKey.Thumbprint(x, y);
+            dashed += thumbprint.StartsWith('-') ? 1 : 0;
+            var kid = Keyring.NewKid(key);
+            Assert.Equal(16, kid.Length);
+            Assert.Contains(kid, thumbprint, StringComparison.Ordinal);
+            kids.Add(kid);
+        }
+
+        Assert.True(dashed > 0, "no thumbprint began with '-' in 2000 keys (about 31 expected)");
+        Assert.DoesNotContain(kids, k => k.StartsWith('-'));
+    }
+
+    [Fact]
     public async Task Private_keys_are_encrypted_at_rest_and_unreadable_with_another_master_key()
     {
         var (keyring, _, db) = await NewKeyringAsync("sqlite");
