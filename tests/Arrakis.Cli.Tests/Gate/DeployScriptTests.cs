@@ -347,7 +347,7 @@ public sealed class DeployScriptTests
         Assert.Contains("REVOKED kid=kid-9 previous_status=retired", revoke.Stdout, StringComparison.Ordinal);
         var keys = $"--service freeside --data-dir {dir}";
         Assert.Equal(
-            new[] { $"loa keys list {keys}", $"loa keys rotate {keys} --propagation-seconds 0", $"loa keys list {keys}", $"loa keys list {keys}", $"loa keys revoke {keys} kid-9" },
+            new[] { $"loa keys list {keys}", $"loa keys rotate {keys} --propagation-seconds 0", $"loa keys list {keys}", $"loa keys list {keys}", $"loa keys revoke {keys} -- kid-9" },
             await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
     }
 
