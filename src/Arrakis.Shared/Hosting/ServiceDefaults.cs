@@ -63,9 +63,10 @@ public static partial class ServiceDefaults
         services.AddSingleton<IHealthContributor, DatabaseHealth>();
 
         var redis = builder.Configuration["Redis:Configuration"];
+        var redisNames = RedisNamespace.FromConfiguration(builder.Configuration[RedisNamespace.Setting]); // checked with or without Redis
         if (!string.IsNullOrWhiteSpace(redis))
         {
-            services.AddSingleton(RedisNamespace.FromConfiguration(builder.Configuration[RedisNamespace.Setting]));
+            services.AddSingleton(redisNames);
             services.AddSingleton(sp => RedisConnection.Connect(redis, sp.GetRequiredService<ILoggerFactory>().CreateLogger("Arrakis.Redis")));
             services.AddSingleton<IReplayCache, RedisReplayCache>();
             services.AddSingleton<IInvalidationBus, RedisInvalidationBus>();
@@ -94,7 +95,7 @@ public static partial class ServiceDefaults
     {
         var services = builder.Services;
         services.AddSingleton(_ => KeyProtector.FromConfiguration(builder.Configuration));
-        services.AddSingleton(builder.Configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions());
+        services.AddSingleton((builder.Configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions()).Validate());
         services.AddSingleton<KeyStore>();
         services.AddSingleton<Keyring>();
         services.AddSingleton<TokenIssuer>();

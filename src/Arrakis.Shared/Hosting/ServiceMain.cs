@@ -35,6 +35,10 @@ public static class ServiceMain
             await output.FlushAsync();
             return 1;
         }
+        catch (OperationCanceledException)
+        {
+            return 0; // asked to stop (SIGTERM) while starting: stopped as asked, not a crash
+        }
 
         await using (app)
         {
@@ -54,11 +58,16 @@ public static class ServiceMain
             await app.StartAsync(ct);
             return app;
         }
-        catch (Exception ex) when (ex is not OperationCanceledException)
+        catch (Exception ex)
         {
             if (app is not null)
             {
                 await app.DisposeAsync();
+            }
+
+            if (ex is OperationCanceledException)
+            {
+                throw;
             }
 
             throw new ServiceStartException(service, ex);

@@ -17,6 +17,30 @@ public sealed class KeyringOptions
 
     /// <summary>Default wait between publishing a pending key and signing with it: twice the JWKS max-age.</summary>
     public TimeSpan PropagationDelay { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
+    /// Refuses values that would break token checks, naming the setting. <c>MaxTokenLifetime=15</c> reads as 15 days (a
+    /// TimeSpan), and 0 or a negative value refused every user token.
+    /// </summary>
+    public KeyringOptions Validate()
+    {
+        if (MaxTokenLifetime <= TimeSpan.Zero || MaxTokenLifetime > TimeSpan.FromHours(24))
+        {
+            throw new InvalidOperationException($"Keyring:MaxTokenLifetime must be above zero and at most 24 hours, as hh:mm:ss (e.g. 00:15:00; was {MaxTokenLifetime}).");
+        }
+
+        if (ReloadInterval <= TimeSpan.Zero || ReloadInterval > TimeSpan.FromSeconds(5))
+        {
+            throw new InvalidOperationException($"Keyring:ReloadInterval must be above zero and at most 5 seconds (e.g. 00:00:02; was {ReloadInterval}).");
+        }
+
+        if (PropagationDelay < TimeSpan.Zero || PropagationDelay > TimeSpan.FromHours(24))
+        {
+            throw new InvalidOperationException($"Keyring:PropagationDelay must be between 0 and 24 hours (e.g. 00:01:00; was {PropagationDelay}).");
+        }
+
+        return this;
+    }
 }
 
 /// <summary>An immutable view of the keyring at one reload.</summary>

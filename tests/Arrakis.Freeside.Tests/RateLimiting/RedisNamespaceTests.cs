@@ -27,19 +27,19 @@ public sealed class RedisNamespaceTests
         }
 
         var ct = TestContext.Current.CancellationToken;
-        // A fixed one-minute window: start inside one, so the three calls below count in the same minute.
-        var intoMinute = DateTimeOffset.UtcNow.Second;
-        if (intoMinute > 45)
-        {
-            await Task.Delay(TimeSpan.FromSeconds(61 - intoMinute), ct);
-        }
-
         var limits = new Dictionary<string, string?> { ["RateLimits:Free:CommunityPerMinute"] = "2", ["RateLimits:Free:UserPerMinute"] = "100" };
         await using var a = await Platform.StartAsync("postgres", limits);
         await using var b = await Platform.StartAsync("postgres", limits);
         foreach (var p in new[] { a, b })
         {
             await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(ct);
+        }
+
+        // Fixed one-minute windows: start the calls early in one, so all of them count in the same minute.
+        var intoMinute = DateTimeOffset.UtcNow.Second;
+        if (intoMinute > 45)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(61 - intoMinute), ct);
         }
 
         Assert.Equal(HttpStatusCode.OK, await InvokeAsync(a));
