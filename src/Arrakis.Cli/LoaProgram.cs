@@ -67,6 +67,7 @@ internal static class LoaProgram
             TimeoutException timeout => "timed out: " + Chain(timeout),
             UnauthorizedAccessException or IOException => Chain(ex),
             Arrakis.Shared.Tokens.KeyringMasterKeyException key => key.Message,
+            Arrakis.Freeside.Seeding.SeedFailedException seed => seed.Message,
             Arrakis.Shared.Hosting.ServiceStartException start => $"{start.Service} did not start: {Chain(start.InnerException!)}",
             _ => null,
         };

@@ -9,6 +9,9 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace Arrakis.Freeside.Seeding;
 
+/// <summary>The seed could not be applied: the data or a running freeside refused a step (not a defect of the seeder).</summary>
+public sealed class SeedFailedException(string message) : Exception(message);
+
 /// <summary>
 /// The launch checklist's test data (reference/freeside-launch-gate.md §4.1), upserted so re-runs are safe. Credits
 /// go through the ledger: a 5000-cent grant and a recorded 2000-cent spend leave the lot with 3000 cents.
@@ -80,7 +83,7 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
         var grant = await ledger.GrantAsync(CommunityId, CreditLotId, LotCents * 10_000, "seed", ct: ct);
         if (grant.Status is not (GrantStatus.Granted or GrantStatus.Duplicate))
         {
-            throw new InvalidOperationException($"Seeding the credit lot failed: {grant.Status} {grant.Detail}");
+            throw new SeedFailedException($"Seeding the credit lot failed: {grant.Status} {grant.Detail}");
         }
 
         // A seed stopped between reserve and finalize leaves its hold, which the reaper expires, charging nothing; that id
@@ -90,7 +93,7 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
             var reserve = await ledger.ReserveAsync(CommunityId, spendId, SpentCents * 10_000, ct: ct);
             if (!reserve.Admitted)
             {
-                throw new InvalidOperationException($"Recording the seed spend failed: {reserve.Status} {reserve.Detail}");
+                throw new SeedFailedException($"Recording the seed spend failed: {reserve.Status} {reserve.Detail}");
             }
 
             var final = await ledger.FinalizeAsync(spendId, SpentCents * 10_000, new UsageRecord(AgentId, "cheap", "seed", 0, 0, null, spendId), ct);
@@ -101,11 +104,11 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
 
             if (final.Status is not (FinalizeStatus.Expired or FinalizeStatus.AlreadyReleased))
             {
-                throw new InvalidOperationException($"Recording the seed spend failed: {final.Status} {final.Detail}");
+                throw new SeedFailedException($"Recording the seed spend failed: {final.Status} {final.Detail}");
             }
         }
 
-        throw new InvalidOperationException(UnfinishedSpends);
+        throw new SeedFailedException(UnfinishedSpends);
     }
 
     /// <summary>Seeds a running freeside through its admin routes; <paramref name="operatorToken"/> mints a fresh operator token per call.</summary>
@@ -131,7 +134,7 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
             }
         }
 
-        throw new InvalidOperationException(UnfinishedSpends);
+        throw new SeedFailedException(UnfinishedSpends);
     }
 
     /// <summary>Sends one operator call; null when it succeeded, or the error code when it is one of <paramref name="unfinished"/>.</summary>
@@ -151,7 +154,7 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
             return code;
         }
 
-        throw new InvalidOperationException($"{method} {path} answered {(int)response.StatusCode}: {text}");
+        throw new SeedFailedException($"{method} {path} answered {(int)response.StatusCode}: {text}");
     }
 
     static string? ErrorCode(string json)
@@ -173,7 +176,10 @@ public sealed class Seeder(CommunityStore communities, Ledger.Ledger ledger, Tim
     {
         if (result.Status is not (CommunityStatus.Created or CommunityStatus.Updated))
         {
-            throw new InvalidOperationException($"Seeding the {what} failed: {result.Status} {result.Detail}");
+            throw new SeedFailedException(result.Status == CommunityStatus.BudgetBelowUsage
+                ? $"Seeding the {what} failed: {CommunityId} has already spent or reserved more than the seed's budget of {BudgetCents} cents this month, " +
+                  "and a budget cannot be set below that; run the gate against it as it is, or seed again next month."
+                : $"Seeding the {what} failed: {result.Status} {result.Detail}");
         }
     }
 }

@@ -75,6 +75,36 @@ public sealed class SeedCommandTests
     }
 
     [Fact]
+    public async Task A_seed_the_data_refuses_is_one_line_naming_why_and_exit_1()
+    {
+        // The operator raised the test community's budget and spent past the seed's 10,000 cents this month; the seed
+        // cannot set its budget below that. Before: an unhandled InvalidOperationException and its stack trace.
+        var ct = TestContext.Current.CancellationToken;
+        var dir = TestStorage.TempDir();
+        var error = new StringWriter();
+        Assert.Equal(0, await LoaProgram.RunAsync(["seed", "--data-dir", dir], new StringWriter(), error, ct));
+        var config = new Microsoft.Extensions.Configuration.ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["LOA_DATA_DIR"] = dir }).Build();
+        await using (var db = new Database(StorageOptions.Resolve(config, "freeside")))
+        {
+            var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+            var ledger = new Arrakis.Freeside.Ledger.Ledger(db, TimeProvider.System, new Arrakis.Freeside.Ledger.LedgerOptions(), new Arrakis.Freeside.Ledger.LedgerMetrics(meters));
+            Assert.Equal(Arrakis.Freeside.Communities.CommunityStatus.Updated,
+                (await new Arrakis.Freeside.Communities.CommunityStore(db, TimeProvider.System).SetBudgetAsync(Seeder.CommunityId, 20_000, ct)).Status);
+            Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, "big-spend", 15_000 * 10_000L, ct: ct)).Admitted is false); // the lot holds 3000 cents
+            await ledger.GrantAsync(Seeder.CommunityId, "big-lot", 20_000 * 10_000L, "grant", ct: ct);
+            Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, "big-spend", 15_000 * 10_000L, ct: ct)).Admitted);
+        }
+
+        error = new StringWriter();
+        var exit = await LoaProgram.RunAsync(["seed", "--data-dir", dir], new StringWriter(), error, ct);
+
+        Assert.Equal(1, exit);
+        var line = Assert.Single(error.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("loa: Seeding the community failed: test-community-staging-001 has already spent or reserved more than the seed's budget of 10000 cents", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Ecs_exec_prints_the_exact_aws_command()
     {
         // deploy/terraform: the cluster is named after the prefix, and the migration task runs the loa image in a container named migrate.
