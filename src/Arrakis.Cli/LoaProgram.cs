@@ -55,8 +55,7 @@ internal static class LoaProgram
             return Describe(aggregate.InnerException!);
         }
 
-        static string Chain(Exception e) =>
-            e.InnerException is { } inner && !e.Message.Contains(inner.Message, StringComparison.OrdinalIgnoreCase) ? $"{e.Message}: {Chain(inner)}" : e.Message;
+        static string Chain(Exception e) => Arrakis.Shared.Hosting.ServiceMain.Chain(e);
 
         return ex switch
         {

@@ -139,7 +139,7 @@ public static class CommunitiesApi
 
         if (!LedgerIds.IsValid(body.ReservationId))
         {
-            return Problems.Invalid("reservationId", "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return Problems.Invalid("reservationId", LedgerIds.Rule("reservationId"));
         }
 
         foreach (var (field, value) in new[] { ("promptTokens", body.PromptTokens), ("completionTokens", body.CompletionTokens) })
@@ -217,7 +217,7 @@ public static class CommunitiesApi
 
     /// <summary>The path's community id, named <c>id</c> as the community routes name it (the ledger would say communityId).</summary>
     static IResult? InvalidId(string id) =>
-        LedgerIds.IsValid(id) ? null : Problems.Invalid("id", "id must be 1-255 characters of [A-Za-z0-9._:@-].");
+        LedgerIds.IsValid(id) ? null : Problems.Invalid("id", LedgerIds.Rule("id"));
 
     static IResult ToProblem(CommunityResult result, string id) => result.Status switch
     {

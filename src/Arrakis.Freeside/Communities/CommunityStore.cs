@@ -67,7 +67,7 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     {
         if (!LedgerIds.IsValid(id))
         {
-            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].", "id");
+            return new(CommunityStatus.Invalid, LedgerIds.Rule("id"), "id");
         }
 
         if (!IsName(name))
@@ -112,7 +112,7 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     {
         if (!LedgerIds.IsValid(id))
         {
-            return new(CommunityStatus.Invalid, "id must be 1-255 characters of [A-Za-z0-9._:@-].", "id");
+            return new(CommunityStatus.Invalid, LedgerIds.Rule("id"), "id");
         }
 
         if (monthlyBudgetCents < 0 || monthlyBudgetCents > MaxBudgetCents)
@@ -217,12 +217,9 @@ public sealed class CommunityStore(Database db, TimeProvider time)
     /// <summary>Points a tenant alias at a community (or at another alias); refuses anything that would form a cycle.</summary>
     public async Task<CommunityResult> SetAliasAsync(string tenantId, string target, CancellationToken ct = default)
     {
-        foreach (var (field, value) in new[] { ("tenantId", tenantId), ("communityId", target) })
+        if (LedgerIds.FirstInvalid(("tenantId", tenantId), ("communityId", target)) is { } badId)
         {
-            if (!LedgerIds.IsValid(value))
-            {
-                return new(CommunityStatus.Invalid, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
-            }
+            return new(CommunityStatus.Invalid, LedgerIds.Rule(badId), badId);
         }
 
         return await WriteAsync(async (c, tx) =>
@@ -269,12 +266,9 @@ public sealed class CommunityStore(Database db, TimeProvider time)
 
     public async Task<CommunityResult> UpsertAgentAsync(Agent agent, CancellationToken ct = default)
     {
-        foreach (var (field, value) in new[] { ("id", agent.Id), ("communityId", agent.CommunityId) })
+        if (LedgerIds.FirstInvalid(("id", agent.Id), ("communityId", agent.CommunityId)) is { } badId)
         {
-            if (!LedgerIds.IsValid(value))
-            {
-                return new(CommunityStatus.Invalid, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
-            }
+            return new(CommunityStatus.Invalid, LedgerIds.Rule(badId), badId);
         }
 
         if (!IsName(agent.Name))

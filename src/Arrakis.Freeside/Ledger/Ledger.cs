@@ -61,12 +61,12 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     {
         if (!LedgerIds.IsValid(communityId))
         {
-            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "communityId must be 1-255 characters of [A-Za-z0-9._:@-].", "communityId");
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, LedgerIds.Rule("communityId"), "communityId");
         }
 
         if (!LedgerIds.IsValid(reservationId))
         {
-            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].", "reservationId");
+            return new(ReserveStatus.Invalid, reservationId, amountMicro, 0, 0, LedgerIds.Rule("reservationId"), "reservationId");
         }
 
         if (!LedgerIds.IsValidAmount(amountMicro))
@@ -184,7 +184,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     {
         if (!LedgerIds.IsValid(reservationId))
         {
-            return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-].");
+            return new(FinalizeStatus.Invalid, reservationId, 0, actualMicro, 0, LedgerIds.Rule("reservationId"));
         }
 
         if (actualMicro < 0 || actualMicro > LedgerIds.MaxAmountMicro)
@@ -277,7 +277,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     public Task<ReleaseResult> ReleaseAsync(string reservationId, CancellationToken ct = default) =>
         LedgerIds.IsValid(reservationId)
             ? ResolveWithoutChargeAsync(reservationId, "voided", ct)
-            : Task.FromResult(new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, "reservationId must be 1-255 characters of [A-Za-z0-9._:@-]."));
+            : Task.FromResult(new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, LedgerIds.Rule("reservationId")));
 
     /// <summary>Expires every pending reservation whose TTL has passed; returns how many this call expired.</summary>
     public async Task<int> ExpireDueAsync(int batch = 200, CancellationToken ct = default)
@@ -310,12 +310,9 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 
     public async Task<GrantResult> GrantAsync(string communityId, string lotId, long amountMicro, string source, DateTimeOffset? expiresAt = null, CancellationToken ct = default)
     {
-        foreach (var (field, value) in new[] { ("communityId", communityId), ("lotId", lotId) })
+        if (LedgerIds.FirstInvalid(("communityId", communityId), ("lotId", lotId)) is { } badId)
         {
-            if (!LedgerIds.IsValid(value))
-            {
-                return new(GrantStatus.Invalid, lotId, amountMicro, $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].", field);
-            }
+            return new(GrantStatus.Invalid, lotId, amountMicro, LedgerIds.Rule(badId), badId);
         }
 
         if (!LedgerIds.IsValidAmount(amountMicro))

@@ -122,6 +122,23 @@ public static class LedgerIds
         return true;
     }
 
+    /// <summary>The refusal of an id that is not <see cref="IsValid"/>, naming its field.</summary>
+    public static string Rule(string field) => $"{field} must be 1-255 characters of [A-Za-z0-9._:@-].";
+
+    /// <summary>The field of the first id that is not <see cref="IsValid"/>, or null when all are.</summary>
+    public static string? FirstInvalid(params ReadOnlySpan<(string Field, string? Value)> ids)
+    {
+        foreach (var (field, value) in ids)
+        {
+            if (!IsValid(value))
+            {
+                return field;
+            }
+        }
+
+        return null;
+    }
+
     public static bool IsValidAmount(long amountMicro) => amountMicro > 0 && amountMicro <= MaxAmountMicro;
 
     public static string Month(DateTimeOffset now) => now.UtcDateTime.ToString("yyyy-MM", System.Globalization.CultureInfo.InvariantCulture);
