@@ -39,25 +39,41 @@ public sealed class IdempotencyOptions
 
 /// <summary>
 /// Stripe-style idempotency keys scoped to a community. The primary key (scope, key) is the race guard: the first
-/// INSERT wins, everyone else reads what it stored.
+/// INSERT wins, everyone else reads what it stored. Each claim names its owner, the reservation of the call that holds
+/// the key: only the owner renews, completes, rewrites or abandons it, and the key is taken over only once the owner's
+/// reservation is no longer pending, so a call that lost its key can neither charge nor free it (C4).
 /// </summary>
 public sealed class IdempotencyStore(Database db, TimeProvider time, IdempotencyOptions options)
 {
     /// <summary>Claims a key that is not there yet (one row, or none when it is); the ledger runs it with a reservation.</summary>
     public const string ClaimSql = """
-        INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, created_at, updated_at)
-        VALUES (@scope, @key, @requestHash, 'in_progress', @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
+        INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, owner, created_at, updated_at)
+        VALUES (@scope, @key, @requestHash, 'in_progress', @owner, @now, @now) ON CONFLICT (scope, idem_key) DO NOTHING
         """;
 
-    /// <summary>Claims the key, or says what holds it: a finished request to replay, another body, or a request still running.</summary>
-    public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, CancellationToken ct = default)
+    /// <summary>
+    /// Takes over an in-progress key whose lease lapsed, for <c>@owner</c>. Its owner's reservation must be resolved: a
+    /// lapsed lease with a pending hold is a call that is still alive (or not yet reaped), and a takeover then could
+    /// charge the key twice, once by each call. Keys claimed before owners were recorded have none and go by the lease.
+    /// </summary>
+    const string TakeOverSql = """
+        UPDATE idempotency_keys SET updated_at = @now, owner = @owner
+        WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old
+          AND (owner IS NULL OR NOT EXISTS (SELECT 1 FROM reservations r WHERE r.id = idempotency_keys.owner AND r.status = 'pending'))
+        """;
+
+    /// <summary>
+    /// Claims the key for <paramref name="owner"/> (the caller's reservation id), or says what holds it: a finished
+    /// request to replay, another body, or a request still running.
+    /// </summary>
+    public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, string owner, CancellationToken ct = default)
     {
         await using var writer = await db.OpenWriterAsync(ct);
         var c = writer.Connection;
         var now = time.GetUtcNow().ToUnixTimeMilliseconds();
         for (var attempt = 0; attempt < 3; attempt++)
         {
-            var inserted = await c.ExecAsync(ClaimSql, new { scope, key, requestHash, now });
+            var inserted = await c.ExecAsync(ClaimSql, new { scope, key, requestHash, owner, now });
             if (inserted == 1)
             {
                 return new(IdempotencyState.Started);
@@ -91,9 +107,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
             if (row.UpdatedAt < now - (long)options.LeaseTimeout.TotalMilliseconds)
             {
-                var taken = await c.ExecAsync(
-                    "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND updated_at = @old",
-                    new { scope, key, now, old = row.UpdatedAt });
+                var taken = await c.ExecAsync(TakeOverSql, new { scope, key, owner, now, old = row.UpdatedAt });
                 if (taken == 1)
                 {
                     return new(IdempotencyState.Started);
@@ -107,9 +121,9 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     }
 
     /// <summary>Stores the response of a started request so later retries replay it.</summary>
-    public async Task CompleteAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
+    public async Task CompleteAsync(string scope, string key, string owner, int status, string body, string contentType, CancellationToken ct = default)
     {
-        var write = Completion(scope, key, status, body, contentType);
+        var write = Completion(scope, key, owner, status, body, contentType);
         await using var writer = await db.OpenWriterAsync(ct);
         await writer.Connection.ExecAsync(write.Sql, write.Parameters);
     }
@@ -118,26 +132,26 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// The write <see cref="CompleteAsync"/> makes, for a ledger operation to commit together with its own (the invoke
     /// path stores its response in the finalize transaction).
     /// </summary>
-    public Ledger.LedgerSideWrite Completion(string scope, string key, int status, string body, string contentType) => new(
+    public Ledger.LedgerSideWrite Completion(string scope, string key, string owner, int status, string body, string contentType) => new(
         """
         UPDATE idempotency_keys SET state = 'complete', response_status = @idemStatus, response_body = @idemBody, content_type = @idemContentType, updated_at = @idemNow
-        WHERE scope = @idemScope AND idem_key = @idemKey AND state = 'in_progress'
+        WHERE scope = @idemScope AND idem_key = @idemKey AND state = 'in_progress' AND owner = @idemOwner
         """,
-        new { idemScope = scope, idemKey = key, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
+        new { idemScope = scope, idemKey = key, idemOwner = owner, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
 
     /// <summary>
     /// Rewrites the stored answer of a completed key: for a call whose finalize found its reservation already resolved,
     /// so that the stored answer, stored with the charge it expected, says what was charged.
     /// </summary>
-    public async Task ReplaceAsync(string scope, string key, int status, string body, string contentType, CancellationToken ct = default)
+    public async Task ReplaceAsync(string scope, string key, string owner, int status, string body, string contentType, CancellationToken ct = default)
     {
         await using var writer = await db.OpenWriterAsync(ct);
         await writer.Connection.ExecAsync(
             """
             UPDATE idempotency_keys SET response_status = @status, response_body = @body, content_type = @contentType, updated_at = @now
-            WHERE scope = @scope AND idem_key = @key AND state = 'complete'
+            WHERE scope = @scope AND idem_key = @key AND state = 'complete' AND owner = @owner
             """,
-            new { scope, key, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
+            new { scope, key, owner, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
     }
 
     /// <summary>How long an in-progress key may go without <see cref="RenewAsync"/> before another request takes it over.</summary>
@@ -145,21 +159,25 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
     /// <summary>
     /// Marks a started request as still running, so that no retry takes its key over while it works (C4: a key charges
-    /// at most once). False when the key is no longer in progress.
+    /// at most once). False when the key is no longer in progress, or another call took it over.
     /// </summary>
-    public async Task<bool> RenewAsync(string scope, string key, CancellationToken ct = default)
+    public async Task<bool> RenewAsync(string scope, string key, string owner, CancellationToken ct = default)
     {
         await using var writer = await db.OpenWriterAsync(ct);
         return await writer.Connection.ExecAsync(
-            "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'",
-            new { scope, key, now = time.GetUtcNow().ToUnixTimeMilliseconds() }) == 1;
+            "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner",
+            new { scope, key, owner, now = time.GetUtcNow().ToUnixTimeMilliseconds() }) == 1;
     }
 
-    /// <summary>Forgets a started request that failed before charging, so the client may retry with the same key.</summary>
-    public async Task AbandonAsync(string scope, string key, CancellationToken ct = default)
+    /// <summary>
+    /// Forgets a started request that failed before charging, so the client may retry with the same key. Only its owner's
+    /// claim goes: a call whose key was taken over must not free the claim of the call that runs it now.
+    /// </summary>
+    public async Task AbandonAsync(string scope, string key, string owner, CancellationToken ct = default)
     {
         await using var writer = await db.OpenWriterAsync(ct);
-        await writer.Connection.ExecAsync("DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress'", new { scope, key });
+        await writer.Connection.ExecAsync(
+            "DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner", new { scope, key, owner });
     }
 
     /// <summary>Keys one purge statement deletes.</summary>

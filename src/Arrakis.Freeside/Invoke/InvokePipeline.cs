@@ -186,7 +186,7 @@ public sealed class InvokePipeline(
         if (reserve.Status == ReserveStatus.KeyTaken)
         {
             // The key is already there: replay it, refuse, or (a crashed or expired claim) take it over and reserve.
-            var begin = await idempotency.BeginAsync(community.Id, key, hash, ct);
+            var begin = await idempotency.BeginAsync(community.Id, key, hash, reservationId, ct);
             switch (begin.State)
             {
                 case IdempotencyState.Replay:
@@ -207,7 +207,7 @@ public sealed class InvokePipeline(
             if (claimedApart)
             {
                 // A claim taken apart from the reservation is freed here (a claim made with it went back with the refusal).
-                await idempotency.AbandonAsync(community.Id, key, CancellationToken.None);
+                await idempotency.AbandonAsync(community.Id, key, reservationId, CancellationToken.None);
             }
 
             return Reject(reserve.Status switch
@@ -267,7 +267,7 @@ public sealed class InvokePipeline(
 
     /// <summary>Renews the call's reservation and idempotency key while finn works on it; dispose once finn has answered.</summary>
     public ReservationLease Hold(Admitted a) => new(ledger, a.ReservationId, ledgerOptions.ReservationTtl, time, logger,
-        () => idempotency.RenewAsync(a.CommunityId, a.IdempotencyKey), idempotency.LeaseTimeout);
+        () => idempotency.RenewAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId), idempotency.LeaseTimeout);
 
     /// <summary>
     /// Charges a stream that stopped early (the client left, or the upstream failed after some output) for what it
@@ -292,11 +292,11 @@ public sealed class InvokePipeline(
         }.ToJsonString();
 
         const string problemType = "application/problem+json";
-        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, status, Problem(Charge(a, costMicro)), problemType);
+        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, a.ReservationId, status, Problem(Charge(a, costMicro)), problemType);
         var settled = await ChargeAsync(a, null, usage, costMicro, ct, stored);
         if (settled.Status == SettlementStatus.NotPosted)
         {
-            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, status, Problem(0), problemType, CancellationToken.None);
+            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, status, Problem(0), problemType, CancellationToken.None);
         }
 
         return settled;
@@ -318,7 +318,7 @@ public sealed class InvokePipeline(
     async Task ReleaseAsync(Admitted a, CancellationToken ct)
     {
         await ledger.ReleaseAsync(a.ReservationId, ct);
-        await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, ct);
+        await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, ct);
     }
 
     /// <summary>Finalizes at the metered cost (never above the reservation) and stores the response for replay.</summary>
@@ -327,13 +327,13 @@ public sealed class InvokePipeline(
         var charged = Charge(a, result.CostMicro);
         var body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, charged, a), InvokeResponse.Json);
         // The response is stored for replay in the same commit as the charge: one write, and never one without the other.
-        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json");
+        var stored = idempotency.Completion(a.CommunityId, a.IdempotencyKey, a.ReservationId, 200, System.Text.Encoding.UTF8.GetString(body), "application/json");
         var settled = await ChargeAsync(a, result.Model, result.Usage, result.CostMicro, ct, stored);
         if (settled.Status == SettlementStatus.NotPosted)
         {
             // The answer was stored with the charge it expected; it and its replays must say what was charged: nothing.
             body = JsonSerializer.SerializeToUtf8Bytes(InvokeResponse.From(result, 0, a), InvokeResponse.Json);
-            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, 200, System.Text.Encoding.UTF8.GetString(body), "application/json", CancellationToken.None);
+            await idempotency.ReplaceAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, 200, System.Text.Encoding.UTF8.GetString(body), "application/json", CancellationToken.None);
         }
 
         return settled.Status == SettlementStatus.FinalizeFailed ? settled : settled with { Body = body };
@@ -391,7 +391,7 @@ public sealed class InvokePipeline(
 
         try
         {
-            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, CancellationToken.None);
+            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, CancellationToken.None);
         }
         catch (Exception ex)
         {

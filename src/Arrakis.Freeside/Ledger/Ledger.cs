@@ -112,7 +112,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             var now = time.GetUtcNow();
             var month = LedgerIds.Month(now);
             var at = now.ToUnixTimeMilliseconds();
-            if (key is not null && await c.ExecAsync(Idempotency.IdempotencyStore.ClaimSql, new { scope = key.Scope, key = key.Key, requestHash = key.RequestHash, now = at }, tx) == 0)
+            if (key is not null && await c.ExecAsync(Idempotency.IdempotencyStore.ClaimSql, new { scope = key.Scope, key = key.Key, requestHash = key.RequestHash, owner = reservationId, now = at }, tx) == 0)
             {
                 return (KeyTaken(reservationId, amountMicro), false);
             }
@@ -680,5 +680,5 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
 /// <summary>A write of another store (SQL and its parameters) that a ledger operation commits together with its own.</summary>
 public sealed record LedgerSideWrite(string Sql, object Parameters);
 
-/// <summary>A request's idempotency key (scope, key, body hash) that a reservation claims together with itself.</summary>
+/// <summary>A request's idempotency key (scope, key, body hash) that a reservation claims together with itself, as its owner.</summary>
 public sealed record LedgerKeyClaim(string Scope, string Key, string RequestHash);

@@ -280,7 +280,7 @@ public sealed class LedgerTests
         foreach (var id in new[] { "ok", "faulty" })
         {
             Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", id, 5_000)).Status);
-            Assert.Equal(Arrakis.Freeside.Idempotency.IdempotencyState.Started, (await w.Idempotency.BeginAsync("c1", "key-" + id, "hash")).State);
+            Assert.Equal(Arrakis.Freeside.Idempotency.IdempotencyState.Started, (await w.Idempotency.BeginAsync("c1", "key-" + id, "hash", id)).State);
         }
 
         Task<string> KeyStateAsync(string id) =>
@@ -288,19 +288,19 @@ public sealed class LedgerTests
 
         w.Ledger.FaultPoint = "finalize.after-claim";
         await Assert.ThrowsAnyAsync<Exception>(() => w.Ledger.FinalizeAsync("faulty", 4_000, new UsageRecord(),
-            w.Idempotency.Completion("c1", "key-faulty", 200, "{}", "application/json")));
+            w.Idempotency.Completion("c1", "key-faulty", "faulty", 200, "{}", "application/json")));
         w.Ledger.FaultPoint = null;
         Assert.Equal("pending", (await w.Ledger.FindReservationAsync("faulty"))!.Status);
         Assert.Equal("in_progress", await KeyStateAsync("faulty"));
 
-        var done = await w.Ledger.FinalizeAsync("ok", 4_000, new UsageRecord(), w.Idempotency.Completion("c1", "key-ok", 200, "{\"n\":1}", "application/json"));
+        var done = await w.Ledger.FinalizeAsync("ok", 4_000, new UsageRecord(), w.Idempotency.Completion("c1", "key-ok", "ok", 200, "{\"n\":1}", "application/json"));
         Assert.Equal(FinalizeStatus.Finalized, done.Status);
         Assert.Equal("complete", await KeyStateAsync("ok"));
-        Assert.Equal(IdempotencyReplay("{\"n\":1}"), await w.Idempotency.BeginAsync("c1", "key-ok", "hash"));
+        Assert.Equal(IdempotencyReplay("{\"n\":1}"), await w.Idempotency.BeginAsync("c1", "key-ok", "hash", "ok-retry"));
 
         // A posting that does not happen (here: already posted) still stores the response it was given.
         Assert.Equal(FinalizeStatus.Duplicate, (await w.Ledger.FinalizeAsync("ok", 4_000, new UsageRecord(),
-            w.Idempotency.Completion("c1", "key-faulty", 200, "{}", "application/json"))).Status);
+            w.Idempotency.Completion("c1", "key-faulty", "faulty", 200, "{}", "application/json"))).Status);
         Assert.Equal("complete", await KeyStateAsync("faulty"));
         Assert.Equal(4_000, (await w.Budgets.GetAsync("c1"))!.CommittedMicro);
         await w.AssertConservedAsync();

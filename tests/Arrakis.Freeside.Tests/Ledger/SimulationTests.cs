@@ -234,7 +234,8 @@ public sealed class SimulationTests
                         op = "idempotency";
                         var key = "k" + rng.Next(40);
                         var hash = "h" + rng.Next(2);
-                        var begin = await w.Idempotency.BeginAsync(community, key, hash);
+                        var owner = $"s{seed}-claim{step}"; // no reservation has this id, so a lapsed lease alone frees the key
+                        var begin = await w.Idempotency.BeginAsync(community, key, hash, owner);
                         var now = w.Time.GetUtcNow();
                         var slot = community + "/" + key;
                         var known = keys.TryGetValue(slot, out var k) && k.Created > now - TimeSpan.FromHours(25) ? k : default((string Hash, bool Complete, DateTimeOffset Created, DateTimeOffset Updated)?);
@@ -247,7 +248,7 @@ public sealed class SimulationTests
                         {
                             if (rng.Next(4) == 0)
                             {
-                                await w.Idempotency.AbandonAsync(community, key);
+                                await w.Idempotency.AbandonAsync(community, key, owner);
                                 keys.Remove(slot);
                             }
                             else
@@ -256,7 +257,7 @@ public sealed class SimulationTests
                                 keys[slot] = (hash, complete, known?.Created ?? now, now);
                                 if (complete)
                                 {
-                                    await w.Idempotency.CompleteAsync(community, key, 200, "{\"n\":" + step + "}", "application/json");
+                                    await w.Idempotency.CompleteAsync(community, key, owner, 200, "{\"n\":" + step + "}", "application/json");
                                 }
                             }
                         }
