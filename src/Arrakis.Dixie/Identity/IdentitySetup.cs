@@ -41,10 +41,15 @@ public static class IdentitySetup
 
 public sealed record IssuerKeys(RemoteKeySource Finn, RemoteKeySource Freeside);
 
-/// <summary>dixie is unhealthy when finn's /health cannot be reached: the gate's only view of finn.</summary>
+/// <summary>
+/// dixie is unhealthy when finn's /health cannot be reached: the gate's only view of finn. finn is upstream, so dixie
+/// still answers 200 (with status unhealthy), as the reference dixie does.
+/// </summary>
 public sealed class FinnHealth(IHttpClientFactory clients) : IHealthContributor
 {
     public string Name => "finn";
+
+    public bool IsUpstream => true;
 
     public async Task<HealthCheckResult> CheckAsync(CancellationToken ct)
     {

@@ -22,6 +22,13 @@ public interface IHealthContributor
 {
     string Name { get; }
 
+    /// <summary>
+    /// Another service this one calls (dixie's finn). Its outage makes the status <c>unhealthy</c> but the answer stays
+    /// 200, as the reference services answer: this service is up and says what it cannot reach. Only a failure of the
+    /// service's own parts (its database, Redis) answers 503.
+    /// </summary>
+    bool IsUpstream => false;
+
     Task<HealthCheckResult> CheckAsync(CancellationToken ct);
 }
 
@@ -74,7 +81,10 @@ public static class HealthApi
     /// <summary>Health routes answer HEAD too (monitors probe with it); Kestrel sends a HEAD answer's headers only.</summary>
     public static readonly string[] GetOrHead = [HttpMethods.Get, HttpMethods.Head];
 
-    /// <summary>Maps a JSON health route: 200 healthy/degraded, 503 unhealthy, always with a JSON body.</summary>
+    /// <summary>
+    /// Maps a JSON health route, always with a JSON body: 200 healthy or degraded; 503 unhealthy when one of the
+    /// service's own parts is down; 200 unhealthy when only an upstream service is (<see cref="IHealthContributor.IsUpstream"/>).
+    /// </summary>
     public static IEndpointRouteBuilder MapHealth(this IEndpointRouteBuilder app, string path, string service)
     {
         app.MapMethods(path, GetOrHead, async (HttpContext http, CancellationToken ct) =>
@@ -84,11 +94,11 @@ public static class HealthApi
             {
                 try
                 {
-                    return (c.Name, Result: await c.CheckAsync(ct));
+                    return (c.Name, c.IsUpstream, Result: await c.CheckAsync(ct));
                 }
                 catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
                 {
-                    return (c.Name, Result: new HealthCheckResult(HealthState.Unhealthy, ex.Message));
+                    return (c.Name, c.IsUpstream, Result: new HealthCheckResult(HealthState.Unhealthy, ex.Message));
                 }
             }));
             var state = results.Length == 0 ? HealthState.Healthy : results.Max(r => r.Result.State);
@@ -111,7 +121,8 @@ public static class HealthApi
                 body["error"] = failing.Result.Detail ?? failing.Name + "_unhealthy";
             }
 
-            return Results.Json(body, statusCode: state == HealthState.Unhealthy ? 503 : 200);
+            var ownPartDown = results.Any(r => r.Result.State == HealthState.Unhealthy && !r.IsUpstream);
+            return Results.Json(body, statusCode: ownPartDown ? 503 : 200);
         }).WithName(service + "-health").AllowAnonymous();
         return app;
     }
