@@ -3,6 +3,12 @@
 the services' real /metrics scrapes. Usage: check-emitted-metrics.py DEPLOY_DIR SCRAPE_FILE...  (exit 1 on a gap)"""
 import glob, json, re, sys
 
+if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+    print(__doc__)
+    sys.exit(0)
+if len(sys.argv) < 3:
+    print("usage: check-emitted-metrics.py DEPLOY_DIR SCRAPE_FILE...  (see --help)", file=sys.stderr)
+    sys.exit(2)
 deploy, scrapes = sys.argv[1], sys.argv[2:]
 emitted = set()
 for f in scrapes:

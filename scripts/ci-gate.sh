@@ -10,7 +10,11 @@
 # environment from scripts/test-services.sh. `--single-only` runs step 1 only, `--multi-only` step 2 only.
 # Usage: scripts/ci-gate.sh [--single-only | --multi-only]
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;; esac
+case "${1:-}" in
+  -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  ""|--single-only|--multi-only) [ $# -le 1 ] || { echo "ci-gate.sh: one option at most (see --help)" >&2; exit 2; } ;;
+  *) echo "ci-gate.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 OUT="${GATE_OUT:-$ROOT/artifacts/gate}"

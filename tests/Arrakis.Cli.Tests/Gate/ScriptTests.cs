@@ -108,6 +108,29 @@ public sealed class ScriptTests
         }
     }
 
+    // An option a script does not know is refused (exit 2, named on stderr) before it does anything: ci-gate.sh used to
+    // ignore it and start the gate runs, and check-emitted-metrics.py read --help as the deploy directory.
+    [Theory]
+    [InlineData("bash", "scripts/ci-gate.sh", "--bogus", "unknown option '--bogus'")]
+    [InlineData("bash", "scripts/ci-gate.sh", "--single-only --multi-only", "one option at most")]
+    [InlineData("python3", "scripts/check-emitted-metrics.py", "deploy", "usage: check-emitted-metrics.py")]
+    public async Task Scripts_refuse_arguments_they_do_not_take(string runner, string script, string arguments, string message)
+    {
+        var (exit, _, stderr) = await RunAsync(runner, [script, .. arguments.Split(' ')], timeoutSeconds: 30);
+
+        Assert.True(exit == 2, $"{script} {arguments}: exit {exit}\n{stderr}");
+        Assert.Contains(message, stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Check_emitted_metrics_answers_help_with_its_usage()
+    {
+        var (exit, stdout, _) = await RunAsync("python3", ["scripts/check-emitted-metrics.py", "--help"], timeoutSeconds: 30);
+
+        Assert.Equal(0, exit);
+        Assert.Contains("Usage: check-emitted-metrics.py DEPLOY_DIR SCRAPE_FILE", stdout, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Sign_test_jwt_output_verifies_with_the_platform_token_verifier()
     {
