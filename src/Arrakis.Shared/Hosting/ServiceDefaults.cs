@@ -216,7 +216,8 @@ public static partial class ServiceDefaults
                 // A typed body that does not bind: name the field when the JSON path says which ("$.monthlyBudgetCents").
                 var json = bad.InnerException as JsonException;
                 var field = json?.Path is { Length: > 2 } path && path.StartsWith("$.", StringComparison.Ordinal) ? path[2..] : "body";
-                var detail = json is null ? bad.Message
+                var detail = json is null
+                    ? IsMissingBody(bad) ? "The body must be a JSON object; it was empty or null." : bad.Message
                     : field == "body" ? "The body is not valid JSON: " + json.Message
                     : json.Message.StartsWith("Duplicate property", StringComparison.Ordinal) ? $"'{field}' appears more than once (names match in any case); send each property once."
                     : $"'{field}' has the wrong type or an invalid value: {json.Message}";
@@ -236,6 +237,13 @@ public static partial class ServiceDefaults
             await Http.Problems.Create(500, "INTERNAL_ERROR", "An unexpected error occurred; it has been logged.").ExecuteAsync(httpContext);
             return true;
         }
+
+        /// <summary>
+        /// A typed body that was empty or the JSON literal null. ASP.NET's own message names the C# parameter
+        /// ("Required parameter \"AgentRequest body\" was not provided from body."), which tells the client nothing.
+        /// </summary>
+        static bool IsMissingBody(BadHttpRequestException bad) =>
+            bad.Message.Contains("was not provided from body", StringComparison.Ordinal) || bad.Message.Contains("no body was provided", StringComparison.Ordinal);
 
         /// <summary>
         /// "database" or "redis" when the exception says that dependency could not be reached or refused work for now

@@ -155,6 +155,18 @@ public sealed class BudgetApiTests
             }
         }
 
+        // An empty body, or the JSON null, says so in the client's terms (ASP.NET's own message named the C# parameter).
+        foreach (var (path, content) in new[] { ("/api/v1/admin/communities/c1/budget", "null"), ("/api/v1/admin/agents/a1", "null"), ("/api/v1/admin/communities/c1", "") })
+        {
+            using var empty = new HttpRequestMessage(HttpMethod.Put, path) { Content = new StringContent(content, System.Text.Encoding.UTF8, "application/json") };
+            empty.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
+            using var refused = await http.SendAsync(empty, TestContext.Current.CancellationToken);
+            var problem = await refused.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+            Assert.True(refused.StatusCode == HttpStatusCode.BadRequest, $"{path} '{content}': {(int)refused.StatusCode} {problem}");
+            Assert.Equal(("INVALID_REQUEST", "body", "The body must be a JSON object; it was empty or null."),
+                (problem.GetProperty("error").GetString(), problem.GetProperty("field").GetString(), problem.GetProperty("detail").GetString()));
+        }
+
         using (var plain = new HttpRequestMessage(HttpMethod.Put, "/api/v1/admin/communities/c1/budget") { Content = new StringContent("monthlyBudgetCents=5") })
         {
             plain.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Operator(p));
