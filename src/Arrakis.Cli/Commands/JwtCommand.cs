@@ -35,9 +35,13 @@ internal static class JwtCommand
                 return 1;
             }
 
-            if (lifetime > DefaultMaxLifetimeSeconds)
+            // Operator tokens (aud arrakis-admin) have their own limit; user tokens go by Keyring:MaxTokenLifetime.
+            var (limit, rule) = parse.GetValue(aud) == Freeside.Communities.CommunitiesSetup.AdminAudience
+                ? ((int)Freeside.Communities.CommunitiesSetup.MaxOperatorTokenLifetime.TotalSeconds, "freeside's operator token limit")
+                : (DefaultMaxLifetimeSeconds, "services running the default Keyring:MaxTokenLifetime");
+            if (lifetime > limit)
             {
-                Console.Error.WriteLine($"loa: warning: a {lifetime} s token is refused by services running the default Keyring:MaxTokenLifetime ({DefaultMaxLifetimeSeconds} s)");
+                Console.Error.WriteLine($"loa: warning: a {lifetime} s token is refused by {rule} ({limit} s)");
             }
 
             if (!file.Exists)

@@ -15,13 +15,16 @@ public static class CommunitiesSetup
 
     public const string OperatorRole = "operator";
 
+    /// <summary>The longest operator token freeside accepts (<c>exp</c> − <c>iat</c>).</summary>
+    public static readonly TimeSpan MaxOperatorTokenLifetime = TimeSpan.FromHours(1);
+
     public static WebApplicationBuilder AddCommunities(this WebApplicationBuilder builder)
     {
         builder.Services.AddTokenPolicy(OperatorPolicy, sp => new TokenPolicy(
             OperatorPolicy,
             new Dictionary<string, IKeySource> { [FreesideService.Issuer] = sp.GetRequiredService<LocalKeySource>() },
             [AdminAudience],
-            TimeSpan.FromHours(1)));
+            MaxOperatorTokenLifetime));
         builder.Services.AddSingleton<CommunityStore>();
         return builder;
     }

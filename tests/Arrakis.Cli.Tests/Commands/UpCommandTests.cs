@@ -166,5 +166,12 @@ public sealed class UpCommandTests
         Assert.Equal(0, ok);
         Assert.Equal(3600, (new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(longToken).ValidTo - new Microsoft.IdentityModel.JsonWebTokens.JsonWebToken(longToken).IssuedAt).TotalSeconds);
         Assert.Contains("refused by services running the default Keyring:MaxTokenLifetime (900 s)", warning, StringComparison.Ordinal);
+
+        // Operator tokens go by freeside's own limit (1 h): 3600 s is fine, 3601 s is warned about.
+        var (admin, _, adminWarning) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--aud", "arrakis-admin", "--claim", "role=operator", "--ttl", "3600");
+        Assert.Equal((0, ""), (admin, adminWarning));
+        var (tooLong, _, tooLongWarning) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--aud", "arrakis-admin", "--ttl", "3601");
+        Assert.Equal(0, tooLong);
+        Assert.Contains("refused by freeside's operator token limit (3600 s)", tooLongWarning, StringComparison.Ordinal);
     }
 }
