@@ -19,8 +19,9 @@ public static class BudgetsApi
 
     public static IEndpointRouteBuilder MapBudgetsApi(this IEndpointRouteBuilder app)
     {
-        app.MapGroup("/api/v1/communities").WithTags("Budgets")
-            .MapGet("/{id}/budget", GetAsync).RequireToken(IdentitySetup.UserPolicy);
+        var communities = app.MapGroup("/api/v1/communities").WithTags("Budgets");
+        communities.MapGet("/{id}/budget", GetAsync).RequireToken(IdentitySetup.UserPolicy);
+        communities.MapGet("/{id}/usage", UsageReport.GetAsync).RequireToken(IdentitySetup.UserPolicy);
         return app;
     }
 
