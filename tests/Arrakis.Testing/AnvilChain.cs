@@ -159,6 +159,20 @@ public sealed class AnvilChain : IAsyncDisposable
         await RpcAsync(http, "anvil_setBalance", new JsonArray(address, "0x" + wei.ToString("x", System.Globalization.CultureInfo.InvariantCulture)), ct);
     }
 
+    /// <summary>Turns anvil's automine off (transactions wait in the mempool, as on a slow chain) or back on.</summary>
+    public async Task SetAutomineAsync(bool on, CancellationToken ct)
+    {
+        using var http = new HttpClient();
+        await RpcAsync(http, "evm_setAutomine", new JsonArray(on), ct);
+    }
+
+    /// <summary>Mines one block with whatever waits in the mempool.</summary>
+    public async Task MineAsync(CancellationToken ct)
+    {
+        using var http = new HttpClient();
+        await RpcAsync(http, "evm_mine", new JsonArray(), ct);
+    }
+
     public async Task<long> BalanceAsync(string address) =>
         (long)await new Web3(RpcUrl).Eth.GetContractQueryHandler<BalanceOfFunction>()
             .QueryAsync<BigInteger>(X402Options.BaseSepoliaUsdc, new BalanceOfFunction { Account = address });

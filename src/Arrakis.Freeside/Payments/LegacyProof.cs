@@ -210,6 +210,15 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
             return Reject(challenge, X402Errors.ValueMismatch, $"The transaction pays {paid}, below the required {challenge.AmountMicro}.");
         }
 
+        // A proof buys no call: the whole payment becomes the credit note, so it needs a community to credit. Refused
+        // before the transaction is claimed, so the payer can present it again with a token.
+        if (await communities.ResolveAsync(token, payer, ct) is not { } community)
+        {
+            return token is null
+                ? Problems.Unauthorized("A payment proof is credited to the caller's community: send it with the bearer token of that community's user.")
+                : Problems.Forbidden("The bearer token names no community to credit the payment proof to.");
+        }
+
         var row = new PaymentRow
         {
             Id = "pay_" + Guid.NewGuid().ToString("N"),
@@ -224,7 +233,7 @@ public sealed partial class LegacyProof(PaymentStore store, PaymentFlow flow, IP
             RequirementJson = challenge.V2Requirement.ToJsonString(),
             AmountRequiredMicro = challenge.AmountMicro,
             ValueMicro = (long)paid,
-            CommunityId = await communities.ResolveAsync(token, payer, ct),
+            CommunityId = community,
             State = PaymentStates.Settling,
             TxHash = tx,
             CostMicro = 0,

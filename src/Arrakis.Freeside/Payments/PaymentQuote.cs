@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Invoke;
 using Arrakis.Shared.Contracts;
@@ -11,7 +12,14 @@ public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> opti
     public (long AmountMicro, InvokeRequestError? Error) WorstCase(JsonObject body)
     {
         var o = options.Value;
-        var model = body["model"] is JsonValue m && m.TryGetValue<string>(out var s) ? s : null;
+        // The messages the paid call runs (PaidInvocation parses the same way): with both messages and prompt, both count.
+        var (request, invalid) = InvokeRequestParser.Parse(JsonSerializer.SerializeToUtf8Bytes(body));
+        if (invalid is not null)
+        {
+            return (0, invalid);
+        }
+
+        var model = request!.Pool;
         if (model is not null && !catalog.Pools.ContainsKey(model))
         {
             // Pricing an unknown pool as the default one would quote a call that then fails as INVALID_REQUEST.
@@ -24,38 +32,13 @@ public sealed class PaymentQuote(PoolCatalog catalog, IOptions<X402Options> opti
             return (0, new InvokeRequestError("model", $"No pool prices '{model ?? o.DefaultPool}'."));
         }
 
-        var messages = new List<ChatMessage>();
-        if (body["messages"] is JsonArray array)
+        var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;
+        if (maxTokens > pool.MaxTokensLimit)
         {
-            foreach (var item in array)
-            {
-                if (item is not JsonObject msg || msg["content"] is not JsonValue c || !c.TryGetValue<string>(out var content))
-                {
-                    return (0, new InvokeRequestError("messages", "messages[] entries need string role and content."));
-                }
-
-                messages.Add(new ChatMessage(msg["role"] is JsonValue r && r.TryGetValue<string>(out var role) ? role : "user", content));
-            }
-        }
-        else if (body["prompt"] is JsonValue p && p.TryGetValue<string>(out var prompt))
-        {
-            messages.Add(new ChatMessage("user", prompt));
-        }
-        else
-        {
-            return (0, new InvokeRequestError("prompt", "The body needs prompt or messages."));
+            return (0, new InvokeRequestError("max_tokens", $"max_tokens must be 1..{pool.MaxTokensLimit}."));
         }
 
-        var maxTokens = pool.DefaultMaxTokens;
-        if (body["max_tokens"] is JsonValue mt)
-        {
-            if (!mt.TryGetValue<int>(out maxTokens) || maxTokens < 1 || maxTokens > pool.MaxTokensLimit)
-            {
-                return (0, new InvokeRequestError("max_tokens", $"max_tokens must be 1..{pool.MaxTokensLimit}."));
-            }
-        }
-
-        var cost = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(messages), maxTokens);
+        var cost = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
         return (Math.Max(cost, o.MinimumAmountMicro), null);
     }
 }

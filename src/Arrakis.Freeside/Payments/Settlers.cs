@@ -45,7 +45,7 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
 
     public async Task<PaymentRejection?> PreVerifyAsync(SettlementRequest request, CancellationToken ct)
     {
-        var (ok, body) = await PostAsync("verify", request, ct);
+        var (ok, body, _) = await PostAsync("verify", request, ct);
         if (!ok || body is null)
         {
             return new PaymentRejection(502, X402Errors.UnexpectedVerifyError, "The facilitator did not answer /verify.");
@@ -58,7 +58,7 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
 
     public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task<RecordOutcome>> onSigned, CancellationToken ct)
     {
-        var (ok, body) = await PostAsync("settle", request, ct);
+        var (ok, body, unknown) = await PostAsync("settle", request, ct);
         var tx = body?["transaction"]?.GetValue<string>();
         if (ok && body?["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
         {
@@ -73,6 +73,14 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
             var record = await onSigned(landed, null);
             return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
+        }
+
+        if (unknown)
+        {
+            // No answer (a timeout on a slow chain, a dropped connection, a 5xx): the facilitator may have broadcast a
+            // transaction that is not mined yet. Failing now would be final while the money may still move, so the payment
+            // stays settling and recovery asks the facilitator and the chain again.
+            return new SettlementOutcome(false, null, X402Errors.SettlementPending);
         }
 
         return new SettlementOutcome(false, null, (ok ? body?["errorReason"]?.GetValue<string>() : null) ?? X402Errors.UnexpectedSettleError);
@@ -113,7 +121,11 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
     public async Task<JsonNode?> SupportedAsync(CancellationToken ct) =>
         await clients.CreateClient(ClientName).GetFromJsonAsync<JsonNode>("supported", ct);
 
-    async Task<(bool, JsonObject?)> PostAsync(string path, SettlementRequest request, CancellationToken ct)
+    /// <summary>
+    /// Posts to the facilitator. <c>Unknown</c> is true when the request may have reached it but no definitive answer came
+    /// back (a timeout, a dropped connection, a 5xx, an unreadable body); a connection that was never made delivered nothing.
+    /// </summary>
+    async Task<(bool Ok, JsonObject? Body, bool Unknown)> PostAsync(string path, SettlementRequest request, CancellationToken ct)
     {
         var body = new JsonObject
         {
@@ -125,12 +137,12 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
         {
             using var response = await clients.CreateClient(ClientName).PostAsync(path, JsonContent.Create(body), ct);
             var node = await response.Content.ReadFromJsonAsync<JsonNode>(ct);
-            return (response.IsSuccessStatusCode, node as JsonObject);
+            return (response.IsSuccessStatusCode, node as JsonObject, (int)response.StatusCode >= 500 || node is not JsonObject);
         }
         catch (Exception ex) when (ex is HttpRequestException or JsonException or TaskCanceledException or NotSupportedException && !ct.IsCancellationRequested)
         {
             logger.LogWarning(ex, "x402 facilitator /{Path} failed", path);
-            return (false, null);
+            return (false, null, ex is not HttpRequestException { HttpRequestError: HttpRequestError.ConnectionError });
         }
     }
 }
@@ -210,6 +222,9 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
     {
         var o = options.Value;
         var web3 = Connect();
+        // The recorded transaction once it may have reached the node, and whether the node took it.
+        string? sending = null;
+        var sent = false;
         try
         {
             string txHash;
@@ -236,13 +251,20 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
                     return SettlementOutcome.NotRecorded(record, txHash);
                 }
 
+                sending = txHash;
                 try
                 {
                     await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());
                 }
-                catch (Exception ex) when (request.RawTx is not null && ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase))
+                catch (Exception ex) when (request.RawTx is not null && ex is not OperationCanceledException)
                 {
-                    // Recovery rebroadcast of a transaction the node already has: wait for its receipt below.
+                    // Recovery rebroadcast of a transaction the node already has ("already known") or already mined (refused
+                    // as "nonce too low"): its receipt below is the answer. Anything else is a real refusal.
+                    if (!ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase)
+                        && await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash) is null)
+                    {
+                        throw;
+                    }
                 }
             }
             finally
@@ -250,6 +272,7 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
                 _submit.Release();
             }
 
+            sent = true;
             var deadline = DateTime.UtcNow.AddSeconds(Math.Max(30, o.MaxTimeoutSeconds));
             while (DateTime.UtcNow < deadline)
             {
@@ -269,7 +292,12 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             logger.LogWarning(ex, "x402 direct settlement failed");
-            return new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
+            // Once the node may have the transaction (it took it, or the connection failed mid-send), only its receipt can
+            // say it failed: the payment stays settling, and recovery rebroadcasts it and reads the receipt. A node that
+            // answered the send with an error refused it, and nothing will be mined.
+            return sending is not null && (sent || ex is not Nethereum.JsonRpc.Client.RpcResponseException)
+                ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
+                : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
         }
     }
 }

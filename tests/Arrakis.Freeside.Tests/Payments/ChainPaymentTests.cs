@@ -26,7 +26,9 @@ public sealed class ChainPaymentTests
         }
     }
 
-    internal static async Task<Rig> StartAsync(string engine, string settler, CancellationToken ct, Dictionary<string, string?>? extra = null)
+    /// <param name="rpcUrl">Where freeside reaches the chain, given the chain (a proxy in front of it); the chain itself by default.</param>
+    internal static async Task<Rig> StartAsync(string engine, string settler, CancellationToken ct, Dictionary<string, string?>? extra = null,
+        Func<AnvilChain, string>? rpcUrl = null)
     {
         var chain = await AnvilChain.StartAsync(ct);
         System.Diagnostics.Process? facilitator = null;
@@ -38,7 +40,7 @@ public sealed class ChainPaymentTests
             var settings = new Dictionary<string, string?>
             {
                 ["X402:PayTo"] = payTo,
-                ["X402:RpcUrl"] = chain.RpcUrl,
+                ["X402:RpcUrl"] = rpcUrl?.Invoke(chain) ?? chain.RpcUrl,
                 ["X402:Settler"] = settler,
             };
             if (settler == "Direct")

@@ -139,6 +139,35 @@ public sealed class LegacyProofTests
         Assert.Equal(("community-proof", amount + 7, tx), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
     }
 
+    /// <summary>
+    /// A proof presented without a bearer token names no community to credit: it must be refused before the transaction
+    /// is claimed, so the payer can present it again with a token. It was claimed and answered 200 with a credit note that
+    /// no lot backed, and the later presentation with a token only replayed that: the whole payment was credited nowhere.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_proof_without_a_community_to_credit_is_refused_and_can_be_presented_again(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
+        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+
+        using var anonymous = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, rig.PayerKey), ct: ct);
+        var refused = await ChainPaymentTests.JsonAsync(anonymous, ct);
+        Assert.True(401 == (int)anonymous.StatusCode, refused.ToJsonString());
+        Assert.Equal("UNAUTHORIZED", refused["error"]!.GetValue<string>());
+        Assert.Null(await rig.Host.Store.FindByTxAsync(tx, ct));
+
+        using var response = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, rig.PayerKey), rig.Host.UserToken("community-late"), ct);
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-late", amount, tx), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+    }
+
     // Pure checks of LegacyProof.Check on hand-built transactions (no chain): the edges a real chain rarely produces.
     static readonly X402Options O = new() { PayTo = "0x00000000000000000000000000000000000000aa" };
     const string Payer = "0x00000000000000000000000000000000000000bb";

@@ -75,6 +75,37 @@ public sealed class RecoveryAndProofTests
     }
 
     /// <summary>
+    /// The direct settler signed, recorded and broadcast the transaction, it was mined, and freeside crashed before marking
+    /// the payment settled: recovery rebroadcasts the recorded transaction, which the chain already has, and must settle
+    /// the payment with that transaction and its one credit note, not fail a payment whose money moved.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_settles_a_direct_settlement_that_was_mined_before_the_crash(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+
+        // What the worker did before the crash: signed, recorded, broadcast; the transaction was mined.
+        var flow = rig.Host.App.Services.GetRequiredService<PaymentFlow>();
+        var settler = rig.Host.App.Services.GetRequiredService<IPaymentSettler>();
+        var landed = await settler.SettleAsync(flow.RequestFor(row), (tx, raw) => rig.Host.Store.RecordTransactionAsync(row.Id, tx, raw, ct), ct);
+        Assert.True(landed.Success, landed.ErrorReason);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
+        Assert.Equal(landed.Transaction, settled.TxHash);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // paid once, never twice
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300, landed.Transaction), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+    }
+
+    /// <summary>
     /// The facilitator settled, then freeside crashed before recording it: on recovery the facilitator refuses the spent
     /// authorization, and freeside finds the transaction on chain instead of failing a payment that was made.
     /// </summary>
@@ -102,6 +133,102 @@ public sealed class RecoveryAndProofTests
 
         await rig.Host.App.Services.GetRequiredService<SettlementRecovery>().RecoverOnceAsync(ct);
         Assert.Single(rig.Host.Sink.Lots);
+    }
+
+    /// <summary>
+    /// The direct settler broadcast the settlement, and the RPC connection dropped while it waited for the receipt: the
+    /// transaction is out there, so the payment must stay settling (503 settlement_pending), not fail for good. Once the
+    /// chain is back and the transaction mined, recovery settles it with one credit note.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_direct_settlement_whose_rpc_drops_after_the_broadcast_stays_pending_and_recovery_credits_it(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        TcpProxy? proxy = null;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
+        {
+            proxy = new TcpProxy("127.0.0.1", new Uri(chain.RpcUrl).Port);
+            return $"http://127.0.0.1:{proxy.Port}";
+        });
+        await using var proxyScope = proxy!;
+        var (header, a, amount) = await ChainPaymentTests.SignAsync(rig, Body, ct);
+        // From the paid call on, blocks wait for the test, so the settlement sits in the mempool while freeside polls.
+        rig.Host.Invocation.During = (_, token) => rig.Chain.SetAutomineAsync(false, token);
+
+        var posting = rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), rig.Host.UserToken("community-rpc"), ct);
+        var web3 = new Nethereum.Web3.Web3(rig.Chain.RpcUrl);
+        string? tx = null;
+        for (var i = 0; i < 300 && tx is null; i++)
+        {
+            await Task.Delay(50, ct);
+            var recorded = (await rig.Host.Store.ListRecoverableAsync(long.MaxValue, ct)).SingleOrDefault()?.TxHash;
+            if (recorded is not null && await web3.Eth.Transactions.GetTransactionByHash.SendRequestAsync(recorded) is not null)
+            {
+                tx = recorded;
+            }
+        }
+
+        Assert.NotNull(tx);
+        proxy!.Cut();
+        using var response = await posting;
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        proxy.Restore();
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo)); // the broadcast transaction landed: the payer paid
+        Assert.True(await rig.Chain.AuthorizationUsedAsync(a.From, a.Nonce));
+        Assert.True((503, X402Errors.SettlementPending) == ((int)response.StatusCode, body["error"]?.GetValue<string>()), body.ToJsonString());
+        var row = Assert.Single(await rig.Host.Store.ListRecoverableAsync(long.MaxValue, ct));
+        Assert.Equal((PaymentStates.Settling, tx), (row.State, row.TxHash));
+
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, tx) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-rpc", amount - 400, tx), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>
+    /// The facilitator broadcast the settlement, but it was not mined before X402:FacilitatorTimeoutSeconds ran out (a slow
+    /// chain): the outcome is unknown, so the payment must stay settling (503 settlement_pending), not fail for good while
+    /// its transaction is still in the mempool. Once it is mined, recovery settles it with one credit note.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_facilitator_settlement_still_unmined_at_the_timeout_stays_pending_and_recovery_credits_it(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:FacilitatorTimeoutSeconds"] = "3" });
+        var (header, a, amount) = await ChainPaymentTests.SignAsync(rig, Body, ct);
+        // /verify has answered by the time the paid call runs; from then on blocks are not mined until the test says so.
+        rig.Host.Invocation.During = (_, token) => rig.Chain.SetAutomineAsync(false, token);
+
+        using var response = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), rig.Host.UserToken("community-slow"), ct);
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo)); // the facilitator's transaction landed: the payer paid
+        Assert.True(await rig.Chain.AuthorizationUsedAsync(a.From, a.Nonce));
+        Assert.True((503, X402Errors.SettlementPending) == ((int)response.StatusCode, body["error"]?.GetValue<string>()), body.ToJsonString());
+        Assert.Equal(0, await rig.Host.Store.CountAsync(PaymentStates.Failed, ct));
+        var row = Assert.Single(await rig.Host.Store.ListRecoverableAsync(long.MaxValue, ct));
+        Assert.Equal(PaymentStates.Settling, row.State);
+
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-slow", amount - 400, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        using var replay = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+        Assert.Equal((200, lot.Id), ((int)replay.StatusCode, (await ChainPaymentTests.JsonAsync(replay, ct))["creditNote"]!["id"]!.GetValue<string>()));
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Equal(1, rig.Host.Invocation.Calls);
     }
 
     /// <summary>Settles a crashed row's payload through the rig's facilitator behind freeside's back; returns the transaction.</summary>
