@@ -4,7 +4,10 @@ using System.Net.Sockets;
 
 namespace Arrakis.Testing;
 
-/// <summary>A loopback TCP forwarder that can cut every connection, to make a real database unreachable for a service.</summary>
+/// <summary>
+/// A loopback TCP forwarder that can cut every connection, to make a real database unreachable for a service, or freeze
+/// them (open, but nothing passes), as a hung process or a black-holed network does.
+/// </summary>
 public sealed class TcpProxy : IAsyncDisposable
 {
     readonly TcpListener _listener = new(IPAddress.Loopback, 0);
@@ -13,6 +16,7 @@ public sealed class TcpProxy : IAsyncDisposable
     readonly ConcurrentDictionary<TcpClient, byte> _open = new();
     readonly CancellationTokenSource _stop = new();
     volatile bool _down;
+    volatile bool _frozen;
 
     public TcpProxy(string upstreamHost, int upstreamPort)
     {
@@ -37,6 +41,9 @@ public sealed class TcpProxy : IAsyncDisposable
     }
 
     public void Restore() => _down = false;
+
+    /// <summary>Keeps every connection open but forwards no more bytes: no data, no FIN, no reset.</summary>
+    public void Freeze() => _frozen = true;
 
     async Task AcceptLoopAsync()
     {
@@ -74,8 +81,8 @@ public sealed class TcpProxy : IAsyncDisposable
             await upstream.ConnectAsync(_upstreamHost, _upstreamPort, _stop.Token);
             _open[client] = 0;
             _open[upstream] = 0;
-            var a = client.GetStream().CopyToAsync(upstream.GetStream(), _stop.Token);
-            var b = upstream.GetStream().CopyToAsync(client.GetStream(), _stop.Token);
+            var a = CopyAsync(client.GetStream(), upstream.GetStream());
+            var b = CopyAsync(upstream.GetStream(), client.GetStream());
             await Task.WhenAny(a, b);
         }
         catch (Exception ex) when (ex is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
@@ -86,6 +93,21 @@ public sealed class TcpProxy : IAsyncDisposable
             _open.TryRemove(client, out _);
             _open.TryRemove(upstream, out _);
             client.Dispose();
+        }
+    }
+
+    async Task CopyAsync(Stream from, Stream to)
+    {
+        var buffer = new byte[16 * 1024];
+        int read;
+        while ((read = await from.ReadAsync(buffer, _stop.Token)) > 0)
+        {
+            while (_frozen)
+            {
+                await Task.Delay(50, _stop.Token);
+            }
+
+            await to.WriteAsync(buffer.AsMemory(0, read), _stop.Token);
         }
     }
 

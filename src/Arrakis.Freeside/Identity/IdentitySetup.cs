@@ -18,6 +18,14 @@ public static class IdentitySetup
     /// <summary>How long freeside waits for one finn call (the finn HTTP client's timeout); x402 recovery waits longer than a paid call can take.</summary>
     public static readonly TimeSpan FinnTimeout = TimeSpan.FromSeconds(60);
 
+    /// <summary>
+    /// How long a finn stream may stay silent (<c>Services:FinnStreamIdleTimeout</c>) before freeside gives it up. The
+    /// client's timeout covers only the wait for finn's headers, not its body; finn writes a keepalive every 15 s while it
+    /// works, so a minute without a byte means finn hung or the network dropped it.
+    /// </summary>
+    public static TimeSpan FinnStreamIdleTimeout(Microsoft.Extensions.Configuration.IConfiguration configuration) =>
+        configuration.GetValue<TimeSpan?>("Services:FinnStreamIdleTimeout") is { } t && t > TimeSpan.Zero ? t : FinnTimeout;
+
     public static WebApplicationBuilder AddIdentity(this WebApplicationBuilder builder)
     {
         builder.Services.AddTokenPolicy(UserPolicy, sp => new TokenPolicy(

@@ -35,9 +35,10 @@ public sealed record FinnCall(byte[] Body, string Token, bool Stream)
 /// <summary>
 /// Calls finn with a fresh finn-audience token that binds the exact body bytes (<c>req_hash</c>) and the reservation.
 /// </summary>
-public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
+public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer, Microsoft.Extensions.Configuration.IConfiguration configuration)
 {
     static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    readonly TimeSpan _idleTimeout = IdentitySetup.FinnStreamIdleTimeout(configuration);
 
     /// <summary>
     /// Serializes the body and mints its finn token (an ES256 signature). Nothing is sent, so the pipeline can do this
@@ -126,18 +127,29 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
 
         await using var stream = await response.Content.ReadAsStreamAsync(ct);
         using var reader = new StreamReader(stream, Encoding.UTF8);
+        // The client's timeout ended with the headers: a finn that hangs mid-stream would hold the call for as long as the
+        // caller waits, its reservation renewed all along. Each read gets the idle timeout (not the time we spend writing).
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(ct);
         string? eventName = null;
         var data = new StringBuilder();
         var sawDone = false;
+        var silent = false;
         while (true)
         {
             string? line;
             try
             {
-                line = await reader.ReadLineAsync(ct);
+                idle.CancelAfter(_idleTimeout);
+                line = await reader.ReadLineAsync(idle.Token);
+                idle.CancelAfter(Timeout.InfiniteTimeSpan);
             }
             catch (Exception ex) when (ex is IOException or HttpRequestException)
             {
+                line = null;
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                silent = true;
                 line = null;
             }
 
@@ -176,7 +188,9 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer)
 
         if (!sawDone && !ct.IsCancellationRequested)
         {
-            yield return new FinnStreamEvent.Failed(new UpstreamError(502, "UPSTREAM_FAILED", "finn closed the stream before its final frame."));
+            yield return new FinnStreamEvent.Failed(silent
+                ? new UpstreamError(504, "FINN_TIMEOUT", $"finn sent nothing for {_idleTimeout.TotalSeconds:0} s in the middle of its stream.")
+                : new UpstreamError(502, "UPSTREAM_FAILED", "finn closed the stream before its final frame."));
         }
     }
 

@@ -315,10 +315,30 @@ public sealed class InvokePipeline(
     /// </summary>
     public Task ClientLeftAsync(Admitted a) => ReleaseAsync(a, CancellationToken.None);
 
+    /// <summary>
+    /// Releases the hold and frees the key. A step whose write fails is logged (INVOKE_RELEASE_FAILED) and left to the
+    /// reaper (within one TTL) or the key's lease, so the caller still answers what happened to the call: an exception here
+    /// would turn an upstream error into a 500, or cut a stream off without its error frame.
+    /// </summary>
     async Task ReleaseAsync(Admitted a, CancellationToken ct)
     {
-        await ledger.ReleaseAsync(a.ReservationId, ct);
-        await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, ct);
+        try
+        {
+            await ledger.ReleaseAsync(a.ReservationId, ct);
+        }
+        catch (Exception ex)
+        {
+            logger.ReleaseFailed("reservation", a.ReservationId, a.TraceId, ex);
+        }
+
+        try
+        {
+            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, ct);
+        }
+        catch (Exception ex)
+        {
+            logger.ReleaseFailed("idempotency key", a.IdempotencyKey, a.TraceId, ex);
+        }
     }
 
     /// <summary>Finalizes at the metered cost (never above the reservation) and stores the response for replay.</summary>
@@ -380,23 +400,7 @@ public sealed class InvokePipeline(
     async Task ReleaseAfterFailedFinalizeAsync(Admitted a, Exception error)
     {
         logger.FinalizeFailed(a.ReservationId, InvokeLog.WriteFailed, a.TraceId, error); // released below: nothing is charged
-        try
-        {
-            await ledger.ReleaseAsync(a.ReservationId, CancellationToken.None);
-        }
-        catch (Exception ex)
-        {
-            logger.ReleaseAfterFailedFinalizeFailed("reservation", a.ReservationId, a.TraceId, ex);
-        }
-
-        try
-        {
-            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, CancellationToken.None);
-        }
-        catch (Exception ex)
-        {
-            logger.ReleaseAfterFailedFinalizeFailed("idempotency key", a.IdempotencyKey, a.TraceId, ex);
-        }
+        await ReleaseAsync(a, CancellationToken.None);
     }
 
     /// <summary>Cost of what a stream produced before it stopped, from finn's running usage.</summary>

@@ -26,8 +26,8 @@ static partial class InvokeLog
     public const string WriteFailed = "WriteFailed";
 
     [LoggerMessage(EventId = 4004, EventName = "INVOKE_RELEASE_FAILED", Level = LogLevel.Error,
-        Message = "Releasing the {What} {Id} after a failed finalize failed too; the reaper or the key's lease frees it trace={TraceId}")]
-    public static partial void ReleaseAfterFailedFinalizeFailed(this ILogger logger, string what, string id, string traceId, Exception exception);
+        Message = "Releasing the {What} {Id} failed; the reaper or the key's lease frees it trace={TraceId}")]
+    public static partial void ReleaseFailed(this ILogger logger, string what, string id, string traceId, Exception exception);
 }
 
 /// <summary>Invoke metrics under the names the dashboards read (meter <c>Arrakis.Agent</c>).</summary>

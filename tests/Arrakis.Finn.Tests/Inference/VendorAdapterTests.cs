@@ -411,6 +411,34 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         Assert.Equal(1, _server.CallCount);
     }
 
+    /// <summary>
+    /// Anthropic's <c>message_delta</c> carries the stop reason and the final usage; a stream that breaks off after it, before
+    /// the empty <c>message_stop</c>, is a whole answer, as an OpenAI stream with its finish_reason but no [DONE] is. It was
+    /// a 502 after the full content, so the caller got an error frame (and its key replayed the error) for a finished answer.
+    /// </summary>
+    [Theory]
+    [InlineData("end_turn", "stop")]
+    [InlineData("max_tokens", "length")]
+    public async Task An_anthropic_stream_that_ends_after_message_delta_without_message_stop_is_a_whole_answer(string stopReason, string finish)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            await FrameAsync(ctx, "message_start", AnthropicStart);
+            await FrameAsync(ctx, "content_block_delta", AnthropicDelta("Hello there,"));
+            await FrameAsync(ctx, "content_block_delta", AnthropicDelta(" my good friend"));
+            await FrameAsync(ctx, "content_block_stop", """{"type":"content_block_stop","index":0}""");
+            await FrameAsync(ctx, "message_delta", $$$"""{"type":"message_delta","delta":{"stop_reason":"{{{stopReason}}}"},"usage":{"output_tokens":7}}""");
+        };
+        await using var sp = Services("anthropic");
+        var (result, deltas) = await InvokeAsync(sp, Request(true));
+        Assert.Equal("Hello there, my good friend", string.Concat(deltas));
+        Assert.Equal(result.Content, string.Concat(deltas));
+        Assert.Equal(new Usage(11, 7), result.Usage);
+        Assert.Equal(finish, result.FinishReason);
+        Assert.Equal(1, _server.CallCount);
+    }
+
     /// <summary>A final OpenAI usage chunk without <c>completion_tokens</c> counts the streamed text instead of charging 0 output.</summary>
     [Theory]
     [InlineData(64, 6)]

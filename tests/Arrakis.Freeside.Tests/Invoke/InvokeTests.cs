@@ -131,6 +131,38 @@ public sealed class InvokeTests
         Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
     }
 
+    /// <summary>A streamed call's key replays as SSE: one delta with the whole content and the same done frame, charged once.</summary>
+    [Fact]
+    public async Task A_streamed_key_replays_the_same_done_frame_as_sse_and_charges_once()
+    {
+        await using var p = await StartSeededAsync();
+        const string body = """{"prompt":"Say hi","model":"cheap","stream":true,"idempotency_key":"stream-replay-1"}""";
+        var before = (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64();
+
+        static (string Content, string Done) Read(string text)
+        {
+            var frames = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+            string Data(string f) => f.Split('\n').Single(l => l.StartsWith("data:", StringComparison.Ordinal))[5..].TrimStart();
+            var content = string.Concat(frames.Where(f => f.Contains("event: delta", StringComparison.Ordinal))
+                .Select(f => JsonDocument.Parse(Data(f)).RootElement.GetProperty("content").GetString()));
+            return (content, Data(frames.Single(f => f.Contains("event: done", StringComparison.Ordinal))));
+        }
+
+        using var first = await InvokeAsync(p, body, sse: true);
+        var live = Read(await first.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        using var second = await InvokeAsync(p, body, sse: true);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        Assert.Equal("text/event-stream", second.Content.Headers.ContentType?.MediaType);
+        Assert.Equal("true", second.Headers.GetValues("Idempotency-Replayed").Single());
+        var replayed = Read(await second.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+
+        Assert.Equal(live, replayed);
+        var cost = JsonDocument.Parse(live.Done).RootElement.GetProperty("cost_micro").GetInt64();
+        Assert.True(cost > 0);
+        Assert.Equal(before + cost, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
     [Fact]
     public async Task The_duplicate_chaos_body_sent_twice_charges_once_and_replays_the_same_response()
     {
@@ -647,6 +679,56 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// finn hangs mid-stream (its connection stays open but nothing more arrives: a frozen process, a black-holed
+    /// network). freeside gives up after finn has been silent for the idle timeout (finn writes a keepalive every 15 s
+    /// while it works, so silence means it is gone): the client gets an error frame, is charged exactly the deltas it was
+    /// sent, and nothing stays reserved. Before, freeside waited for finn for as long as the client did, renewing the hold.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_finn_that_hangs_mid_stream_ends_the_stream_after_the_idle_timeout_and_charges_what_was_streamed(string engine)
+    {
+        var settings = ReaperSettings();
+        settings["Services:FinnStreamIdleTimeout"] = "00:00:02";
+        await using var p = await StartSeededAsync(engine, settings);
+        await using var finn = FinnBehindProxy(p);
+        var before = await BudgetAsync(p);
+
+        using var response = await SendStreamAsync(p, """{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}""");
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken));
+        var start = await ReadFramesAsync(reader, 3);
+        finn.Freeze(); // finn hangs mid-stream
+        using var patience = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        patience.CancelAfter(TimeSpan.FromSeconds(10));
+        var rest = new StringBuilder();
+        try
+        {
+            while (await reader.ReadLineAsync(patience.Token) is { } line)
+            {
+                rest.Append(line).Append('\n');
+            }
+        }
+        catch (OperationCanceledException) when (!TestContext.Current.CancellationToken.IsCancellationRequested)
+        {
+        }
+
+        Assert.False(patience.IsCancellationRequested, $"the stream was still open 10 s after finn hung; pending reservations: {await PendingReservationsAsync(p)}");
+        Assert.Contains("event: error", rest.ToString(), StringComparison.Ordinal);
+        Assert.DoesNotContain("event: done", rest.ToString(), StringComparison.Ordinal);
+        var deltas = 3 + rest.ToString().Split('\n').Count(l => l.StartsWith("event: delta", StringComparison.Ordinal));
+        var usage = await WaitForUsageAsync(p, start.GetProperty("trace_id").GetString()!);
+        var after = await BudgetAsync(p);
+        var charged = after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64();
+        var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
+        Assert.Equal(usage.CostMicro, charged);
+        Assert.Equal(Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens), charged);
+        Assert.Equal(deltas, usage.CompletionTokens); // the local provider streams one token per delta
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
     /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
     /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
     /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.
@@ -786,6 +868,59 @@ public sealed class InvokeTests
         Assert.Equal(0, await PendingReservationsAsync(p));
         Assert.Null(await p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.UsageStore>().FindByTraceAsync(traceId, ct: TestContext.Current.CancellationToken));
         Assert.Equal(0, await CountKeysAsync(p, "fails-before-output")); // nothing charged, so the key is free for a retry
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// finn fails before any output and the release of the hold then fails in the database too: the client still gets the
+    /// upstream error as the stream's last frame (before, the exception tore the stream off after its start frame), the
+    /// call logs INVOKE_RELEASE_FAILED and its INVOKE_COMPLETE line, nothing is charged, and the reaper frees the hold.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_stream_whose_release_fails_after_an_upstream_failure_still_ends_with_the_error_frame(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        var settings = RaisedRateLimits();
+        settings["Providers:Local:FailureRate"] = "1"; // fails before its first token
+        settings["Inference:MaxAttempts"] = "1";
+        settings["Ledger:ReservationTtl"] = "00:00:02";
+        settings["Ledger:ReaperInterval"] = "00:00:00.200";
+        await using var p = await StartSeededAsync(engine, settings, logs);
+        var ledger = p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>();
+        var before = await BudgetAsync(p);
+
+        ledger.FaultPoint = "release.after-claim";
+        string text;
+        using (var response = await SendStreamAsync(p, """{"prompt":"Say hi","model":"cheap","stream":true,"idempotency_key":"release-fails-stream"}"""))
+        {
+            text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        }
+
+        ledger.FaultPoint = null;
+        var frames = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        var last = frames[^1];
+        Assert.Contains("event: error", last, StringComparison.Ordinal);
+        var error = JsonDocument.Parse(last[(last.IndexOf("data:", StringComparison.Ordinal) + 5)..]).RootElement;
+        Assert.Equal("PROVIDER_ERROR", error.GetProperty("error").GetString());
+        Assert.Equal(502, error.GetProperty("status").GetInt32());
+        Assert.NotEmpty(logs.WithEvent("INVOKE_RELEASE_FAILED"));
+        var complete = await WaitForLogAsync(logs, "INVOKE_COMPLETE");
+        Assert.Equal((502, 0L), ((int)complete.Properties["Status"]!, (long)complete.Properties["CostMicro"]!));
+
+        // The same in JSON: the client gets finn's 502, not a 500 from the failed release.
+        ledger.FaultPoint = "release.after-claim";
+        using (var json = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","idempotency_key":"release-fails-json"}"""))
+        {
+            ledger.FaultPoint = null;
+            Assert.Equal(HttpStatusCode.BadGateway, json.StatusCode);
+            Assert.Equal("PROVIDER_ERROR", (await json.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        }
+
+        var after = await WaitUntilNothingReservedAsync(p); // the reaper's work, within the 2 s TTL
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
         await AssertConservedAsync(p);
     }
 

@@ -140,7 +140,8 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
             }
         }
 
-        if (!stopped)
+        // message_delta's stop_reason ends the answer (message_stop carries nothing more), as finish_reason does for OpenAI.
+        if (!stopped && stop is null)
         {
             throw new UpstreamException(UpstreamFailure.Malformed, "anthropic's stream ended before message_stop")
             {
