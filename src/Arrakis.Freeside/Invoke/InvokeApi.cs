@@ -77,6 +77,10 @@ public static class InvokeApi
             {
                 clientLeft = true;
             }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                error = pipeline.Unexpected(admitted, ex);
+            }
         }
 
         if (clientLeft)

@@ -310,6 +310,18 @@ public sealed class InvokePipeline(
     }
 
     /// <summary>
+    /// An exception the finn call was not expected to throw (a defect, or a token that could not be signed): logged with
+    /// its stack, and turned into a 500 the caller can read, so the call is failed like any upstream error (its hold
+    /// released, its key freed, or what a stream already delivered charged) instead of escaping with the hold still
+    /// renewed, a JSON caller's key stuck until its lease and a stream cut off without its error frame.
+    /// </summary>
+    public UpstreamError Unexpected(Admitted a, Exception exception)
+    {
+        logger.UnexpectedError(a.ReservationId, a.TraceId, exception);
+        return new UpstreamError(500, "INTERNAL_ERROR", "An unexpected error occurred while running the call; it has been logged. Nothing was charged for what was not delivered.");
+    }
+
+    /// <summary>
     /// The client left before anything was metered for it (a JSON call meters nothing until finn answers): releases the
     /// reservation and frees the key now, rather than after the reaper's TTL and the key's lease, so a retry runs.
     /// </summary>

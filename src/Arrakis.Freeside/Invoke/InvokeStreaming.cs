@@ -103,6 +103,10 @@ static class InvokeStreaming
             catch (OperationCanceledException) when (aborted.IsCancellationRequested)
             {
             }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                failed = pipeline.Unexpected(a, ex); // charged what was delivered, the rest released, and an error frame
+            }
         }
 
     Disconnected:

@@ -28,6 +28,10 @@ static partial class InvokeLog
     [LoggerMessage(EventId = 4004, EventName = "INVOKE_RELEASE_FAILED", Level = LogLevel.Error,
         Message = "Releasing the {What} {Id} failed; the reaper or the key's lease frees it trace={TraceId}")]
     public static partial void ReleaseFailed(this ILogger logger, string what, string id, string traceId, Exception exception);
+
+    [LoggerMessage(EventId = 4005, EventName = "INVOKE_UNEXPECTED_ERROR", Level = LogLevel.Error,
+        Message = "Unexpected error while calling finn for reservation {ReservationId}; the call is failed and its hold released trace={TraceId}")]
+    public static partial void UnexpectedError(this ILogger logger, string reservationId, string traceId, Exception exception);
 }
 
 /// <summary>Invoke metrics under the names the dashboards read (meter <c>Arrakis.Agent</c>).</summary>

@@ -729,6 +729,149 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// The finn call throws something it was never meant to (a defect; here a handler on freeside's finn client): the
+    /// call is failed like an upstream error. JSON: 500 INTERNAL_ERROR, the hold released and the key freed at once, so the
+    /// same key runs once the fault is gone. SSE: the deltas already delivered are charged, an error frame ends the stream,
+    /// and nothing stays reserved. Before, the exception escaped: the hold stayed until the reaper, the JSON key was stuck
+    /// in progress until its lease, and the stream was cut off without an error frame.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task An_unexpected_error_in_the_finn_call_fails_the_call_and_releases_its_hold_at_once(string engine)
+    {
+        var fault = new FaultyFinnHandler();
+        await using var p = await Platform.StartAsync(engine, null, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => fault.Handler());
+            }
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        var before = await BudgetAsync(p);
+
+        fault.ThrowOnSend = true;
+        const string body = """{"prompt":"Say hello in exactly 3 words","model":"cheap","idempotency_key":"unexpected-1"}""";
+        using (var failed = await InvokeAsync(p, body))
+        {
+            var problem = await failed.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+            Assert.True(failed.StatusCode == HttpStatusCode.InternalServerError, $"{(int)failed.StatusCode} {problem}");
+            Assert.Equal("INTERNAL_ERROR", problem.GetProperty("error").GetString());
+        }
+
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        fault.ThrowOnSend = false;
+        using (var retried = await InvokeAsync(p, body))
+        {
+            Assert.Equal(HttpStatusCode.OK, retried.StatusCode); // the key was freed, not left in progress
+        }
+
+        var afterJson = await BudgetAsync(p);
+        fault.BreakStreamAfterBytes = 600; // the start frame and a few deltas get through, then reading finn's stream throws
+        using var response = await SendStreamAsync(p, """{"prompt":"Write a long story about dunes","model":"cheap","stream":true,"max_tokens":256}""");
+        var frames = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        Assert.Contains("event: error", frames, StringComparison.Ordinal);
+        Assert.Contains("INTERNAL_ERROR", frames, StringComparison.Ordinal);
+        Assert.DoesNotContain("event: done", frames, StringComparison.Ordinal);
+        var deltas = frames.Split('\n').Count(l => l.StartsWith("event: delta", StringComparison.Ordinal));
+        var traceId = JsonDocument.Parse(frames.Split('\n').First(l => l.StartsWith("data:", StringComparison.Ordinal))[5..]).RootElement.GetProperty("trace_id").GetString()!;
+        var after = await BudgetAsync(p);
+        var charged = after.GetProperty("committedMicro").GetInt64() - afterJson.GetProperty("committedMicro").GetInt64();
+        Assert.True(deltas > 0, frames);
+        var usage = await WaitForUsageAsync(p, traceId);
+        Assert.Equal((deltas, usage.CostMicro), (usage.CompletionTokens, charged)); // the local provider streams one token per delta
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        Assert.True(afterJson.GetProperty("committedMicro").GetInt64() > before.GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>Makes freeside's finn client throw an exception no part of the call expects, on send or mid-stream.</summary>
+    sealed class FaultyFinnHandler
+    {
+        public volatile bool ThrowOnSend;
+
+        public int BreakStreamAfterBytes;
+
+        public DelegatingHandler Handler() => new Faulty(this);
+
+        sealed class Faulty(FaultyFinnHandler owner) : DelegatingHandler
+        {
+            protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken ct)
+            {
+                if (owner.ThrowOnSend)
+                {
+                    throw new InvalidOperationException("injected: an error no part of the finn call expects");
+                }
+
+                var response = await base.SendAsync(request, ct);
+                if (owner.BreakStreamAfterBytes > 0 && response.Content.Headers.ContentType?.MediaType == "text/event-stream")
+                {
+                    var inner = await response.Content.ReadAsStreamAsync(ct);
+                    var content = new StreamContent(new Breaking(inner, owner.BreakStreamAfterBytes));
+                    foreach (var h in response.Content.Headers)
+                    {
+                        content.Headers.TryAddWithoutValidation(h.Key, h.Value);
+                    }
+
+                    response.Content = content;
+                }
+
+                return response;
+            }
+        }
+
+        sealed class Breaking(Stream inner, int limit) : Stream
+        {
+            int _read;
+
+            public override bool CanRead => true;
+
+            public override bool CanSeek => false;
+
+            public override bool CanWrite => false;
+
+            public override long Length => throw new NotSupportedException();
+
+            public override long Position { get => _read; set => throw new NotSupportedException(); }
+
+            public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken ct = default)
+            {
+                if (_read >= limit)
+                {
+                    throw new InvalidOperationException("injected: an error no part of the finn stream expects");
+                }
+
+                var n = await inner.ReadAsync(buffer[..Math.Min(buffer.Length, limit - _read)], ct);
+                _read += n;
+                return n;
+            }
+
+            public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+
+            public override void Flush()
+            {
+            }
+
+            public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+            public override void SetLength(long value) => throw new NotSupportedException();
+
+            public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+            protected override void Dispose(bool disposing)
+            {
+                if (disposing)
+                {
+                    inner.Dispose();
+                }
+
+                base.Dispose(disposing);
+            }
+        }
+    }
+
+    /// <summary>
     /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
     /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
     /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.
