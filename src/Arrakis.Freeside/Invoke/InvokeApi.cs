@@ -53,7 +53,7 @@ public static class InvokeApi
         var admitted = admission.Admitted!;
         if (admitted.Replay is { } replay)
         {
-            await InvokeResponses.WriteReplayAsync(http, replay, admitted.Stream);
+            await InvokeResponses.WriteReplayAsync(http, replay, admitted.Stream, admitted.IdempotencyKey);
             pipeline.Complete(admitted, 200, "replayed", null, sw.Elapsed);
             return;
         }
@@ -156,9 +156,10 @@ static class InvokeResponses
         return (status, dependency is null ? Shared.Http.Problems.Create(status, error, detail) : Shared.Http.Problems.Unavailable(dependency, detail));
     }
 
-    public static async Task WriteReplayAsync(HttpContext http, StoredResponse stored, bool stream)
+    public static async Task WriteReplayAsync(HttpContext http, StoredResponse stored, bool stream, string idempotencyKey)
     {
         http.Response.Headers["Idempotency-Replayed"] = "true";
+        http.Response.Headers["Idempotency-Key"] = idempotencyKey; // as the first answer had it
         if (stream && stored.Status == 200)
         {
             http.Response.ContentType = "text/event-stream";

@@ -193,7 +193,7 @@ public sealed class InvokePipeline(
                     return new Admission(new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, 0, "", key, traceId, stream,
                         new StoredResponse(begin.Status ?? 200, begin.ContentType ?? "application/json", System.Text.Encoding.UTF8.GetBytes(begin.Body ?? "")), allowed), null);
                 case IdempotencyState.KeyReused:
-                    return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request body."));
+                    return Reject(Problems.Create(409, "IDEMPOTENCY_KEY_REUSED", $"Idempotency key '{key}' was already used with a different request: another body, or a stream where the first was JSON (or the other way round). Send a new key for a new request."));
                 case IdempotencyState.InProgress:
                     return Reject(Problems.Create(409, "REQUEST_IN_PROGRESS", $"A request with idempotency key '{key}' is still running; retry when it finishes."));
             }

@@ -12,7 +12,7 @@ namespace Arrakis.Freeside.Invoke;
 /// Runs an x402-paid invoke: the payment covers this one call (and unlocks its pool), so no community budget is
 /// reserved; finn meters it and the unused part of the payment comes back as a credit note.
 /// </summary>
-public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn) : IPaidInvocation
+public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microsoft.Extensions.Options.IOptions<Payments.X402Options> options) : IPaidInvocation
 {
     public async Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
     {
@@ -22,7 +22,7 @@ public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn) : IPaid
             return Failure(400, "INVALID_REQUEST", invalid.Detail, invalid.Field);
         }
 
-        var poolId = parsed!.Pool ?? catalog.DefaultPoolFor(Tier.Free);
+        var poolId = parsed!.Pool ?? options.Value.DefaultPool; // the pool the 402 quote priced (PaymentQuote)
         if (!catalog.Pools.TryGetValue(poolId, out var pool))
         {
             return Failure(400, "INVALID_REQUEST", $"Unknown pool '{poolId}'.", "model");

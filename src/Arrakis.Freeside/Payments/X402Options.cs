@@ -51,7 +51,7 @@ public sealed partial class X402Options : IValidatableObject
     [Range(0, 600)]
     public int ValidBeforeBufferSeconds { get; set; } = 6;
 
-    /// <summary>The pool priced when the body names no model (or an unknown one).</summary>
+    /// <summary>The pool priced, and run by a paid call, when the body names no model.</summary>
     public string DefaultPool { get; set; } = "cheap";
 
     /// <summary>Smallest amount ever asked for, so a tiny prompt still costs something on chain.</summary>

@@ -154,6 +154,7 @@ public sealed class InvokeTests
         Assert.Equal(HttpStatusCode.OK, second.StatusCode);
         Assert.Equal("text/event-stream", second.Content.Headers.ContentType?.MediaType);
         Assert.Equal("true", second.Headers.GetValues("Idempotency-Replayed").Single());
+        Assert.Equal(first.Headers.GetValues("Idempotency-Key").Single(), second.Headers.GetValues("Idempotency-Key").Single()); // as the first answer had it
         var replayed = Read(await second.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
 
         Assert.Equal(live, replayed);
@@ -229,6 +230,7 @@ public sealed class InvokeTests
         {
             Assert.Equal(HttpStatusCode.OK, replay.StatusCode);
             Assert.Equal("true", replay.Headers.GetValues("Idempotency-Replayed").Single());
+            Assert.Equal(done.Headers.GetValues("Idempotency-Key").Single(), replay.Headers.GetValues("Idempotency-Key").Single());
             Assert.Equal(answer, await replay.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
         }
 

@@ -19,24 +19,39 @@ public sealed class PaidInvocationTests
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task Paying_the_quoted_amount_buys_a_call_with_both_messages_and_prompt(string engine)
     {
-        var ct = TestContext.Current.CancellationToken;
-        await using var chain = await AnvilChain.StartAsync(ct);
-        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
-        var payerKey = PaymentSigning.FreshKey();
-        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
-        await using var p = await Platform.StartAsync(engine, new Dictionary<string, string?>
-        {
-            ["X402:PayTo"] = payTo,
-            ["X402:RpcUrl"] = chain.RpcUrl,
-            ["X402:Settler"] = "Direct",
-            ["X402:RelayerKey"] = PaymentSigning.RelayerKey,
-        });
         var body = new JsonObject
         {
             ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "hi" }),
             ["prompt"] = new string('x', 20_000),
             ["model"] = "cheap",
         };
+        await PayTheQuoteAsync(engine, body, new Dictionary<string, string?>());
+    }
+
+    /// <summary>
+    /// A body that names no model is priced on X402:DefaultPool, so the paid call must run that pool too (it ran the free
+    /// tier's default pool, whatever the quote had priced).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_body_without_a_model_runs_the_pool_the_quote_priced(string engine)
+    {
+        var answer = await PayTheQuoteAsync(engine, new JsonObject { ["prompt"] = "Say hi" }, new Dictionary<string, string?> { ["X402:DefaultPool"] = "reasoning" });
+        Assert.Equal("reasoning", answer["pool"]!.GetValue<string>());
+    }
+
+    static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var chain = await AnvilChain.StartAsync(ct);
+        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
+        var payerKey = PaymentSigning.FreshKey();
+        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
+        settings["X402:PayTo"] = payTo;
+        settings["X402:RpcUrl"] = chain.RpcUrl;
+        settings["X402:Settler"] = "Direct";
+        settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
+        await using var p = await Platform.StartAsync(engine, settings);
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
         HttpRequestMessage Request(string? payment)
         {
@@ -63,5 +78,6 @@ public sealed class PaidInvocationTests
         Assert.False(string.IsNullOrEmpty(answer["content"]?.GetValue<string>()));
         Assert.Equal(amount, await chain.BalanceAsync(payTo));
         Assert.Equal(amount - answer["payment"]!["costMicro"]!.GetValue<long>(), answer["creditNote"]!["amountMicro"]!.GetValue<long>());
+        return answer;
     }
 }
