@@ -51,16 +51,19 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             return new PaymentRejection(502, X402Errors.UnexpectedVerifyError, "The facilitator did not answer /verify.");
         }
 
-        return body["isValid"]?.GetValue<bool>() == true
+        return Flag(body["isValid"]) == true
             ? null
-            : new PaymentRejection(402, body["invalidReason"]?.GetValue<string>() ?? X402Errors.UnexpectedVerifyError, "The facilitator rejected the payment.");
+            : new PaymentRejection(402, Text(body["invalidReason"]) ?? X402Errors.UnexpectedVerifyError, "The facilitator rejected the payment.");
     }
 
     public async Task<SettlementOutcome> SettleAsync(SettlementRequest request, Func<string, string?, Task<RecordOutcome>> onSigned, CancellationToken ct)
     {
         var (ok, body, unknown) = await PostAsync("settle", request, ct);
-        var tx = body?["transaction"]?.GetValue<string>();
-        if (ok && body?["success"]?.GetValue<bool>() == true && !string.IsNullOrEmpty(tx))
+        var tx = Text(body?["transaction"]);
+        var success = Flag(body?["success"]);
+        // An answer whose success is not a boolean, or a success without its transaction, says nothing definite.
+        unknown |= ok && (success is null || (success == true && string.IsNullOrEmpty(tx)));
+        if (ok && success == true && !string.IsNullOrEmpty(tx))
         {
             var record = await onSigned(tx, null);
             return record == RecordOutcome.Recorded ? new SettlementOutcome(true, tx, null) : SettlementOutcome.NotRecorded(record, tx);
@@ -83,8 +86,14 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             return new SettlementOutcome(false, null, X402Errors.SettlementPending);
         }
 
-        return new SettlementOutcome(false, null, (ok ? body?["errorReason"]?.GetValue<string>() : null) ?? X402Errors.UnexpectedSettleError);
+        return new SettlementOutcome(false, null, (ok ? Text(body?["errorReason"]) : null) ?? X402Errors.UnexpectedSettleError);
     }
+
+    /// <summary>A boolean field of a facilitator answer, or null when it is missing or of another type (never an exception).</summary>
+    static bool? Flag(JsonNode? node) => node is JsonValue v && v.TryGetValue<bool>(out var b) ? b : null;
+
+    /// <summary>A string field of a facilitator answer, or null when it is missing or of another type.</summary>
+    static string? Text(JsonNode? node) => node is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
 
     /// <summary>The transaction whose <c>AuthorizationUsed(from, nonce)</c> event consumed this authorization, or null.</summary>
     async Task<string?> FindOnChainAsync(SettlementRequest request, CancellationToken ct)

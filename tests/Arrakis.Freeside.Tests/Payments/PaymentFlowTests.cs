@@ -3,6 +3,8 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Payments;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
 
 namespace Arrakis.Freeside.Tests.Payments;
 
@@ -130,5 +132,49 @@ public sealed class PaymentFlowTests
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
         Assert.Equal(0, host.Invocation.Calls);
         Assert.Equal(1, await host.Store.CountAsync(PaymentStates.Failed, ct));
+    }
+
+    /// <summary>
+    /// A facilitator answers with fields of the wrong JSON type ("isValid":"yes", "success":"true"). Reading them threw
+    /// and the paid request answered 500. Now a /verify like that is a refusal (402, nothing run), and a /settle like that
+    /// says nothing definite: the payment stays settling (503 settlement_pending) for recovery, never failed while the
+    /// facilitator may have moved the money.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_facilitator_answer_with_fields_of_the_wrong_type_is_a_refusal_or_pending_never_a_500(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        foreach (var (verify, settle, status, error, state) in new[]
+        {
+            ("""{"isValid":"yes"}""", """{"success":true}""", 402, X402Errors.UnexpectedVerifyError, PaymentStates.Failed),
+            ("""{"isValid":true}""", """{"success":"true","transaction":"0x01"}""", 503, X402Errors.SettlementPending, PaymentStates.Settling),
+        })
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            await using var facilitator = builder.Build();
+            facilitator.MapPost("/verify", () => Microsoft.AspNetCore.Http.Results.Text(verify, "application/json"));
+            facilitator.MapPost("/settle", () => Microsoft.AspNetCore.Http.Results.Text(settle, "application/json"));
+            await facilitator.StartAsync(ct);
+            await using var host = await PaymentHost.StartAsync(engine, new Dictionary<string, string?>
+            {
+                ["X402:Settler"] = "Facilitator",
+                ["X402:FacilitatorUrl"] = facilitator.Urls.Single(),
+                ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
+            });
+            var (required, _) = await host.ChallengeAsync(Body, ct);
+            var accepted = required["accepts"]![0]!.AsObject();
+            var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0,
+                DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 120);
+            var header = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
+
+            using var response = await host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+            var body = await ChainPaymentTests.JsonAsync(response, ct);
+            Assert.True(((int)response.StatusCode, body["error"]?.GetValue<string>()) == (status, error), $"{verify} {settle}: {(int)response.StatusCode} {body.ToJsonString()}");
+            Assert.Equal(1, await host.Store.CountAsync(state, ct));
+            Assert.Empty(host.Sink.Lots);
+            await facilitator.StopAsync(ct);
+        }
     }
 }
