@@ -24,7 +24,7 @@ public sealed class VendorAdapterTests : IAsyncLifetime
 
     public static TheoryData<string> Vendors() => new() { "openai", "anthropic" };
 
-    ServiceProvider Services(string vendor, bool withLocalBackup = false, int attemptTimeoutMs = 15000, TimeProvider? time = null)
+    ServiceProvider Services(string vendor, bool withLocalBackup = false, int attemptTimeoutMs = 15000, TimeProvider? time = null, Dictionary<string, string?>? extra = null)
     {
         var config = new Dictionary<string, string?>
         {
@@ -45,6 +45,11 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         {
             config["Pools:Pools:vendor:Models:1:Id"] = "local-backup";
             config["Pools:Pools:vendor:Models:1:Provider"] = "local";
+        }
+
+        foreach (var (name, value) in extra ?? [])
+        {
+            config[name] = value;
         }
 
         var configuration = new ConfigurationBuilder().AddInMemoryCollection(config).Build();
@@ -86,6 +91,17 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         var deltas = new List<string>();
         var result = await engine.InvokeAsync(request, pool, request.Stream ? (d, _) => { deltas.Add(d); return ValueTask.CompletedTask; } : null, TestContext.Current.CancellationToken);
         return (result, deltas);
+    }
+
+    /// <summary>Providers:OpenAI:StreamUsage=false: a stream does not send stream_options, which some servers refuse.</summary>
+    [Fact]
+    public async Task An_openai_stream_without_stream_usage_sends_no_stream_options()
+    {
+        await using var sp = Services("openai", extra: new() { ["Providers:OpenAI:StreamUsage"] = "false" });
+        var (result, _) = await InvokeAsync(sp, Request(stream: true));
+
+        Assert.Equal("Hello there, friend!", result.Content);
+        Assert.False(Assert.Single(_server.Calls).Body.TryGetProperty("stream_options", out _));
     }
 
     [Theory]

@@ -20,6 +20,13 @@ public sealed class OpenAiProviderOptions
 
     /// <summary><c>max_tokens</c> (most servers) or <c>max_completion_tokens</c> (newer OpenAI models).</summary>
     public string MaxTokensField { get; set; } = "max_tokens";
+
+    /// <summary>
+    /// Ask a stream for its usage (<c>stream_options.include_usage</c>). Servers that refuse the field (older
+    /// OpenAI-compatible servers, some Azure deployments) answer 400; with false it is not sent, and a stream that
+    /// reports no usage is counted with finn's tokenizer.
+    /// </summary>
+    public bool StreamUsage { get; set; } = true;
 }
 
 /// <summary>The OpenAI chat-completions wire format, JSON and SSE (<c>data: {...}</c> … <c>data: [DONE]</c>).</summary>
@@ -42,7 +49,7 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             [_options.MaxTokensField] = request.MaxTokens,
             ["stream"] = request.Stream,
         };
-        if (request.Stream)
+        if (request.Stream && _options.StreamUsage)
         {
             body["stream_options"] = new JsonObject { ["include_usage"] = true };
         }
