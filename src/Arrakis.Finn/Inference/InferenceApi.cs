@@ -226,11 +226,10 @@ public static class InferenceApi
             {
                 // Each delta carries the running usage, so a caller that stops early can charge exactly what was streamed.
                 var promptTokens = Math.Min(Providers.Tokenizer.PromptTokens(request.Messages), TokenMath.InputUpperBound(request.Messages));
-                var streamed = new System.Text.StringBuilder();
+                var streamed = new Providers.Tokenizer.Running();
                 var result = await engine.InvokeAsync(request, pool, (delta, c) =>
                 {
-                    streamed.Append(delta);
-                    var usage = new Usage(promptTokens, Math.Min(Providers.Tokenizer.Count(streamed.ToString()), request.MaxTokens));
+                    var usage = new Usage(promptTokens, Math.Min(streamed.Add(delta), request.MaxTokens));
                     return new ValueTask(WriteAsync(http, Frame(FinnContract.DeltaEvent, new FinnDelta(delta, usage)), c));
                 }, ct);
                 await StopAsync(stopKeepAlive, keepAliveLoop);
