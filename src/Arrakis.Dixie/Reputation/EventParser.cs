@@ -9,7 +9,8 @@ namespace Arrakis.Dixie.Reputation;
 
 /// <summary>
 /// Strict parsing of <c>POST /api/reputation/events</c>: every problem names its field. <c>score</c> is a number in
-/// [0, 1] or a quality label (<c>quality</c> is accepted as an alias); <c>timestamp</c> is RFC 3339 or unix ms.
+/// [0, 1] or a quality label (<c>quality</c> is accepted as an alias); <c>timestamp</c> is an RFC 3339 date-time with an
+/// offset or unix ms (scores decay from it).
 /// Unknown fields are rejected so that typos do not silently drop data.
 /// </summary>
 public static partial class EventParser
@@ -18,6 +19,16 @@ public static partial class EventParser
 
     [GeneratedRegex(@"^[A-Za-z0-9._:-]{1,128}\z", RegexOptions.CultureInvariant)]
     private static partial Regex IdPattern();
+
+    // RFC 3339 date-time: a full date and time with an offset ('T' or a space between them, as RFC 3339 allows).
+    [GeneratedRegex(@"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\z", RegexOptions.CultureInvariant)]
+    private static partial Regex Rfc3339Pattern();
+
+    /// <summary>
+    /// The smallest unix-millisecond timestamp taken (1973-03-03): a unix time in seconds (about 1.8e9 today) is below it,
+    /// and would otherwise read as January 1970 and carry no weight once decayed from then.
+    /// </summary>
+    public const long MinTimestampMs = 100_000_000_000;
 
     public static (ReputationEvent? Event, IResult? Problem) Parse(JsonElement root)
     {
@@ -85,19 +96,21 @@ public static partial class EventParser
             return Fail("timestamp", "timestamp is required (RFC 3339 string or unix milliseconds).");
         }
 
+        // Scores decay from this instant, so it must name one: RFC 3339 with its offset, or unix milliseconds (not seconds).
         long occurred;
-        if (ts.ValueKind == JsonValueKind.Number && ts.TryGetInt64(out var ms) && ms > 0)
+        if (ts.ValueKind == JsonValueKind.Number && ts.TryGetInt64(out var ms) && ms >= MinTimestampMs)
         {
             occurred = ms;
         }
-        else if (ts.ValueKind == JsonValueKind.String
-            && DateTimeOffset.TryParse(ts.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var dto))
+        else if (ts.ValueKind == JsonValueKind.String && Rfc3339Pattern().IsMatch(ts.GetString()!)
+            && DateTimeOffset.TryParse(ts.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.None, out var dto))
         {
             occurred = dto.ToUnixTimeMilliseconds();
         }
         else
         {
-            return Fail("timestamp", "timestamp must be an RFC 3339 string or positive unix milliseconds.");
+            return Fail("timestamp",
+                "timestamp must be an RFC 3339 date-time with an offset (2026-03-04T10:00:00Z) or unix milliseconds (such as 1772618400000; not seconds).");
         }
 
         return (new ReputationEvent(eventId!, key!, score, source!, model, pool, traceId, occurred), null);

@@ -15,8 +15,10 @@ public sealed record ScoreView(double? Score, long SampleCount, double Effective
 
 /// <summary>
 /// The scoring model: a Beta posterior with a neutral Beta(1,1) prior over quality in [0,1]. An event with score s adds
-/// s to alpha and 1−s to beta. Evidence decays exponentially with wall time (half-life), applied incrementally: the
-/// stored evidence is multiplied by 2^(−Δt/halfLife) on every read and write, so no history scan is ever needed.
+/// s to alpha and 1−s to beta. Evidence decays exponentially with time (half-life), applied incrementally: the
+/// stored evidence is multiplied by 2^(−Δt/halfLife) on every read and write, so no history scan is ever needed. An event
+/// decays from its own timestamp (an event that arrives late, such as one that waited out a dixie outage in freeside's
+/// outbox, enters already decayed, so arrival order does not matter); a timestamp after its arrival counts as arrival.
 /// Optionally the evidence is also capped at a window (<c>maxEvidence</c>): when alpha+beta would exceed it, both are
 /// scaled down proportionally, which makes the posterior forget by event count as well as by time (a discounted Beta,
 /// as in discounted Thompson sampling) so routing recovers within hundreds of requests, not days.
@@ -40,7 +42,8 @@ public sealed class ReputationMath(TimeSpan halfLife, double? maxEvidence = null
         return new BetaEvidence(e.Alpha * f, e.Beta * f, e.Count, Math.Max(e.UpdatedAtMs, nowMs));
     }
 
-    public BetaEvidence Apply(BetaEvidence e, double score, long nowMs)
+    /// <summary>Adds an event received at <paramref name="nowMs"/> that happened at <paramref name="occurredAtMs"/> (default: then).</summary>
+    public BetaEvidence Apply(BetaEvidence e, double score, long nowMs, long? occurredAtMs = null)
     {
         if (double.IsNaN(score) || score < 0 || score > 1)
         {
@@ -48,8 +51,10 @@ public sealed class ReputationMath(TimeSpan halfLife, double? maxEvidence = null
         }
 
         var d = DecayTo(e, nowMs);
-        var a = d.Alpha + score;
-        var b = d.Beta + (1 - score);
+        // DecayFactor is 1 for a timestamp at or after the evidence's time: a future date never outweighs the rest.
+        var w = DecayFactor(occurredAtMs ?? nowMs, d.UpdatedAtMs);
+        var a = d.Alpha + (score * w);
+        var b = d.Beta + ((1 - score) * w);
         if (MaxEvidence is { } cap && a + b > cap)
         {
             var f = cap / (a + b);

@@ -69,8 +69,8 @@ public sealed class ReputationStore(Database database, ReputationOptions options
                     """,
                     new { ev.EventId, ev.RoutingKey, hash, ev.Score, ev.Source, ev.Model, ev.Pool, ev.TraceId, ev.OccurredAtMs, nowMs }, tx, cancellationToken: ct));
 
-                var agent = await UpdateScoreAsync(connection, tx, ev.RoutingKey, AgentModel, _agentMath, ev.Score, nowMs, ct);
-                var model = ev.Model is { Length: > 0 } m ? await UpdateScoreAsync(connection, tx, ev.RoutingKey, m, _modelMath, ev.Score, nowMs, ct) : null;
+                var agent = await UpdateScoreAsync(connection, tx, ev.RoutingKey, AgentModel, _agentMath, ev, nowMs, ct);
+                var model = ev.Model is { Length: > 0 } m ? await UpdateScoreAsync(connection, tx, ev.RoutingKey, m, _modelMath, ev, nowMs, ct) : null;
                 var body = resultBody(ev, agent, model);
                 await connection.ExecuteAsync(new CommandDefinition(
                     "UPDATE reputation_events SET result = @body WHERE event_id = @EventId", new { body, ev.EventId }, tx, cancellationToken: ct));
@@ -101,7 +101,7 @@ public sealed class ReputationStore(Database database, ReputationOptions options
         }
     }
 
-    async Task<StoredScore> UpdateScoreAsync(DbConnection connection, DbTransaction tx, string key, string model, ReputationMath math, double score, long nowMs, CancellationToken ct)
+    async Task<StoredScore> UpdateScoreAsync(DbConnection connection, DbTransaction tx, string key, string model, ReputationMath math, ReputationEvent ev, long nowMs, CancellationToken ct)
     {
         var created = await connection.ExecuteAsync(new CommandDefinition(
             """
@@ -120,7 +120,7 @@ public sealed class ReputationStore(Database database, ReputationOptions options
             "SELECT model, alpha, beta, event_count, updated_at FROM reputation_scores WHERE routing_key = @key AND model = @model"
                 + (database.IsPostgres ? " FOR UPDATE" : ""),
             new { key, model }, tx, cancellationToken: ct));
-        var next = math.Apply(ToEvidence(row), score, nowMs);
+        var next = math.Apply(ToEvidence(row), ev.Score, nowMs, ev.OccurredAtMs);
         await connection.ExecuteAsync(new CommandDefinition(
             "UPDATE reputation_scores SET alpha = @Alpha, beta = @Beta, event_count = @Count, updated_at = @UpdatedAtMs WHERE routing_key = @key AND model = @model",
             new { next.Alpha, next.Beta, next.Count, next.UpdatedAtMs, key, model }, tx, cancellationToken: ct));

@@ -150,6 +150,11 @@ public sealed class ReputationApiTests
             ("source", e => { e.Remove("source"); return e; }),
             ("model", e => { e["model"] = 7; return e; }),
             ("timestamp", e => { e["timestamp"] = "yesterday"; return e; }),
+            // Scores decay from the event's timestamp, so it must mean one instant: RFC 3339 with an offset, or unix ms.
+            ("timestamp", e => { e["timestamp"] = "03/04/2026"; return e; }),
+            ("timestamp", e => { e["timestamp"] = "2026-03-04"; return e; }),
+            ("timestamp", e => { e["timestamp"] = "2026-03-04T10:00:00"; return e; }),
+            ("timestamp", e => { e["timestamp"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(); return e; }),
             ("timestamp", e => { e.Remove("timestamp"); return e; }),
             ("colour", e => { e["colour"] = "blue"; return e; }),
             ("body", _ => "[1,2]"),

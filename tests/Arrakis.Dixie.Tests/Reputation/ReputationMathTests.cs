@@ -53,6 +53,37 @@ public sealed class ReputationMathTests
         Assert.Equal(2, later.Count);
     }
 
+    /// <summary>
+    /// An event weighs what its own time says, not when it reached dixie: freeside's outbox holds ratings through a dixie
+    /// outage, and a rating made 14 days (two half-lives) ago counts a quarter, in whatever order the events arrive. An
+    /// event dated after its arrival counts as of its arrival, so it neither outweighs the rest nor ages the evidence early.
+    /// </summary>
+    [Fact]
+    public void An_event_weighs_by_its_own_time_in_any_order_and_a_future_date_counts_as_of_arrival()
+    {
+        var now = T0 + (14 * Day);
+        var late = Math7.Apply(BetaEvidence.Empty(T0), 1.0, now, occurredAtMs: T0);
+        Assert.Equal(0.25, late.Alpha, 9);
+        Assert.Equal(0, late.Beta, 9);
+        Assert.Equal(1, late.Count);
+
+        // Excellent at t0 and bad at t0 + 14 d, delivered together at t0 + 14 d, in either order: α = 0.25, β = 1.
+        var inOrder = Math7.Apply(Math7.Apply(BetaEvidence.Empty(now), 1.0, now, occurredAtMs: T0), 0.0, now, occurredAtMs: now);
+        var reversed = Math7.Apply(Math7.Apply(BetaEvidence.Empty(now), 0.0, now, occurredAtMs: now), 1.0, now, occurredAtMs: T0);
+        Assert.Equal(1.25 / 3.25, Math7.View(inOrder, now).Score!.Value, 9);
+        Assert.Equal(Math7.View(inOrder, now).Score!.Value, Math7.View(reversed, now).Score!.Value, 12);
+
+        // Dated a year ahead: weight 1 as of arrival, and the stored evidence is not aged to that date.
+        var future = Math7.Apply(late, 1.0, now, occurredAtMs: now + (365 * Day));
+        Assert.Equal(1.25, future.Alpha, 9);
+        Assert.Equal(now, future.UpdatedAtMs);
+
+        // Dated long before any half-life matters (or before 1970): counted, but it carries no evidence.
+        var ancient = Math7.Apply(late, 1.0, now, occurredAtMs: -62_135_596_800_000);
+        Assert.Equal(0.25, ancient.Alpha, 9);
+        Assert.Equal(2, ancient.Count);
+    }
+
     [Fact]
     public void Clock_going_backwards_never_amplifies_evidence()
     {

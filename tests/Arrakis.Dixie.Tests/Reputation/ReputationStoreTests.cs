@@ -95,6 +95,32 @@ public sealed class ReputationStoreTests
         Assert.Equal(12, model.Evidence.Alpha, 9); // the default model evidence window
     }
 
+    /// <summary>
+    /// A rating that waited out a dixie outage in freeside's outbox (or any event that arrives late or out of order)
+    /// decays from its own timestamp, not from when dixie received it: two weeks late, it counts a quarter.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task An_event_delivered_late_decays_from_its_own_timestamp(string engine)
+    {
+        var (store, db) = await NewStoreAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        var fortnight = (long)TimeSpan.FromDays(14).TotalMilliseconds;
+
+        // The bad rating (made now) arrives first; the excellent one, made two weeks ago, arrives after it.
+        await store.RecordAsync(Event("now-bad", score: 0.0) with { OccurredAtMs = Now + fortnight }, Now + fortnight, Body, ct);
+        await store.RecordAsync(Event("old-excellent", score: 1.0), Now + fortnight, Body, ct);
+
+        var scores = await store.ScoresAsync("nft:store", ct);
+        Assert.All(scores, s =>
+        {
+            Assert.Equal(0.25, s.Evidence.Alpha, 9);
+            Assert.Equal(1.0, s.Evidence.Beta, 9);
+            Assert.Equal(2, s.Evidence.Count);
+        });
+    }
+
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task The_agent_count_counts_each_new_agent_once_under_concurrent_events(string engine)
