@@ -60,6 +60,8 @@ public static partial class EventParser
             return (null, problem ?? Problems.Invalid("routing_key", "routing_key must be " + RoutingKey.Shape + "."));
         }
 
+        key = RoutingKey.Canonical(key);
+
         var hasScore = root.TryGetProperty("score", out var scoreEl) && scoreEl.ValueKind != JsonValueKind.Null;
         var hasQuality = root.TryGetProperty("quality", out var qualityEl) && qualityEl.ValueKind != JsonValueKind.Null;
         if (hasScore && hasQuality)

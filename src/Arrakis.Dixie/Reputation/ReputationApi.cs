@@ -174,7 +174,7 @@ public static class ReputationApi
 
                 if (result.Outcome == RecordOutcome.Replayed)
                 {
-                    http.Response.Headers["Idempotent-Replayed"] = "true";
+                    http.Response.Headers["Idempotency-Replayed"] = "true"; // the name freeside answers with too
                 }
 
                 return Results.Content(result.Body, "application/json", statusCode: 200);
@@ -190,7 +190,7 @@ public static class ReputationApi
                 return Problems.Invalid("routingKey", "routingKey must be " + RoutingKey.Shape + ".");
             }
 
-            var body = await service.QueryAsync(key);
+            var body = await service.QueryAsync(RoutingKey.Canonical(key));
             metrics.QueryLatency.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("route", "query"));
             return Results.Json(body);
         }).AllowAnonymous();
@@ -204,7 +204,7 @@ public static class ReputationApi
                 return Problems.Invalid("routingKey", "routingKey must be " + RoutingKey.Shape + ".");
             }
 
-            var body = await service.ModelsAsync(key);
+            var body = await service.ModelsAsync(RoutingKey.Canonical(key));
             metrics.QueryLatency.Record(sw.Elapsed.TotalMilliseconds, new KeyValuePair<string, object?>("route", "models"));
             return Results.Json(body);
         }).RequireToken(IdentitySetup.ServicePolicy);

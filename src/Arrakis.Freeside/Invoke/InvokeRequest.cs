@@ -97,6 +97,8 @@ public static class InvokeRequestParser
             return (null, new InvokeRequestError("agent", "agent must be a routing key: " + RoutingKey.Shape + "."));
         }
 
+        agent = agent is null ? null : RoutingKey.Canonical(agent);
+
         var stream = false;
         if (root.TryGetProperty("stream", out var s) && s.ValueKind != JsonValueKind.Null)
         {

@@ -134,6 +134,8 @@ public static class QualityApi
                     return Problems.Invalid("routingKey", "routingKey is required: " + RoutingKey.Shape + ".");
                 }
 
+                routingKey = RoutingKey.Canonical(routingKey);
+
                 object quality;
                 if (!root.TryGetProperty("quality", out var q) || q.ValueKind == JsonValueKind.Null)
                 {

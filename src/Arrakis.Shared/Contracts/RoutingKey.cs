@@ -18,4 +18,16 @@ public static partial class RoutingKey
     private static partial Regex Pattern();
 
     public static bool IsValid([NotNullWhen(true)] string? key) => key is { Length: > 0 and <= MaxLength } && Pattern().IsMatch(key);
+
+    [GeneratedRegex(@"^nft:0[xX][0-9A-Fa-f]{40}:", RegexOptions.CultureInvariant)]
+    private static partial Regex ContractPrefix();
+
+    /// <summary>
+    /// The one spelling of a valid key: in <c>nft:&lt;contract&gt;:&lt;token&gt;</c> a contract that is a 0x address is
+    /// lowercased. Hex addresses are case-insensitive, and wallets show them mixed-case (EIP-55 checksums), so
+    /// <c>nft:0xAbC…:1</c> and <c>nft:0xabc…:1</c> must be one agent, with one reputation and one usage history. Every
+    /// other key is kept as it is.
+    /// </summary>
+    public static string Canonical(string key) =>
+        ContractPrefix().IsMatch(key) ? string.Concat(key.AsSpan(0, 46).ToString().ToLowerInvariant(), key.AsSpan(46)) : key;
 }

@@ -105,7 +105,7 @@ public sealed class ReputationApiTests
         using var again = await PostEventAsync(p, new Dictionary<string, object?>(dup));
         Assert.Equal(HttpStatusCode.OK, again.StatusCode);
         Assert.Equal(firstBody, await again.Content.ReadAsStringAsync(ct));
-        Assert.Equal("true", again.Headers.GetValues("Idempotent-Replayed").Single());
+        Assert.Equal("true", again.Headers.GetValues("Idempotency-Replayed").Single());
 
         using var conflict = await PostEventAsync(p, new Dictionary<string, object?>(dup) { ["score"] = 0.0 });
         Assert.Equal(HttpStatusCode.Conflict, conflict.StatusCode);
@@ -115,7 +115,7 @@ public sealed class ReputationApiTests
         var payload = Ev("burst", "excellent", "nft:burst", "local-mini-a");
         var responses = await Task.WhenAll(Enumerable.Range(0, 32).Select(_ => PostEventAsync(p, payload)));
         Assert.All(responses, r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
-        Assert.Equal(31, responses.Count(r => r.Headers.Contains("Idempotent-Replayed")));
+        Assert.Equal(31, responses.Count(r => r.Headers.Contains("Idempotency-Replayed")));
         foreach (var r in responses)
         {
             r.Dispose();
@@ -125,6 +125,30 @@ public sealed class ReputationApiTests
         Assert.Equal(1, q["sample_count"]!.GetValue<long>());
         Assert.Equal(2.0 / 3, q["score"]!.GetValue<double>(), 5);
         Assert.Equal(1.0, (await QueryAsync(p, "nft:0xabc:42"))["sample_count"]!.GetValue<double>());
+    }
+
+    /// <summary>
+    /// A contract address is case-insensitive hex and wallets show it checksummed (mixed case): events and queries in any
+    /// spelling are one agent. Before, each spelling had its own score, and an event id sent again in another spelling
+    /// was a second event.
+    /// </summary>
+    [Fact]
+    public async Task An_address_key_in_any_case_is_one_agent()
+    {
+        await using var p = await Platform.StartAsync("sqlite");
+        const string mixed = "nft:0xAbCdEf0000000000000000000000000000000001:7";
+        var first = Ev("case-1", 1.0, mixed, "m1");
+        Assert.Equal(HttpStatusCode.OK, (await PostEventAsync(p, first)).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await PostEventAsync(p, Ev("case-2", "good", mixed.ToLowerInvariant(), "m1"))).StatusCode);
+        first["routing_key"] = "nft:0xABCDEF0000000000000000000000000000000001:7";
+        using var again = await PostEventAsync(p, first); // the same event in another spelling: a replay, not a second event
+        Assert.Equal("true", again.Headers.TryGetValues("Idempotency-Replayed", out var replayed) ? replayed.Single() : (await again.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)));
+
+        foreach (var spelling in new[] { mixed, mixed.ToLowerInvariant(), "nft:0xABCDEF0000000000000000000000000000000001:7" })
+        {
+            var q = await QueryAsync(p, spelling);
+            Assert.Equal((2L, "nft:0xabcdef0000000000000000000000000000000001:7"), (q["sample_count"]!.GetValue<long>(), q["routing_key"]!.GetValue<string>()));
+        }
     }
 
     [Fact]

@@ -134,6 +134,36 @@ public sealed class QualityApiTests
         Assert.Equal(1, scored["sample_count"]!.GetValue<long>());
     }
 
+    /// <summary>
+    /// An agent keyed by a contract address is one agent in any case (wallets show addresses checksummed): a rating in
+    /// lowercase finds the model that served an invoke keyed in mixed case, and both go out in the one spelling.
+    /// </summary>
+    [Fact]
+    public async Task An_address_keyed_agent_is_one_agent_in_any_case()
+    {
+        await using var p = await Platform.StartAsync();
+        await Arrakis.Freeside.Seeding.Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        const string mixed = "nft:0xAbCdEf0000000000000000000000000000000001:7";
+        var invokeToken = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+        {
+            ["sub"] = "user-1", ["tenant_id"] = "test-tenant", ["access_level"] = "free", ["allowed_pools"] = new[] { "cheap" },
+        });
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
+        using var invoke = new HttpRequestMessage(HttpMethod.Post, "api/agents/invoke")
+        {
+            Content = new StringContent($$"""{"prompt":"Say hi","model":"cheap","agent":"{{mixed}}"}""", Encoding.UTF8, "application/json"),
+        };
+        invoke.Headers.Authorization = new AuthenticationHeaderValue("Bearer", invokeToken);
+        using var served = await http.SendAsync(invoke, TestContext.Current.CancellationToken);
+        var answer = (await served.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+        Assert.True(served.StatusCode == HttpStatusCode.OK, answer.ToJsonString());
+
+        using var rated = await PostQualityAsync(p, new { routingKey = mixed.ToLowerInvariant(), quality = "good", source = "t" });
+        var body = (await rated.Content.ReadFromJsonAsync<JsonObject>(TestContext.Current.CancellationToken))!;
+        Assert.Equal(HttpStatusCode.Accepted, rated.StatusCode);
+        Assert.Equal((mixed.ToLowerInvariant(), answer["model"]!.GetValue<string>()), (body["routing_key"]!.GetValue<string>(), body["model"]?.GetValue<string>()));
+    }
+
     [Fact]
     public async Task Model_and_pool_come_from_the_trace_or_else_the_latest_invocation()
     {

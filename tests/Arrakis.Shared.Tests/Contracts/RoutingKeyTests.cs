@@ -33,4 +33,18 @@ public sealed class RoutingKeyTests
         Assert.True(RoutingKey.IsValid("nft:" + new string('x', 128) + ":" + new string('y', 60)));
         Assert.False(RoutingKey.IsValid("nft:" + new string('x', 128) + ":" + new string('y', 128))); // 261 > MaxLength
     }
+
+    [Theory]
+    [InlineData("nft:0xAbCdEf0000000000000000000000000000000001:42", "nft:0xabcdef0000000000000000000000000000000001:42")]
+    [InlineData("nft:0XABCDEF0000000000000000000000000000000001:Token_A", "nft:0xabcdef0000000000000000000000000000000001:Token_A")] // the token keeps its case
+    [InlineData("nft:0xabcdef0000000000000000000000000000000001:42", "nft:0xabcdef0000000000000000000000000000000001:42")]
+    [InlineData("nft:Test", "nft:Test")] // not an address: kept
+    [InlineData("nft:0xABC:1", "nft:0xABC:1")] // too short to be an address: kept
+    [InlineData("nft:0xAbCdEf0000000000000000000000000000000001", "nft:0xAbCdEf0000000000000000000000000000000001")] // one part: an id, kept
+    public void Canonical_lowercases_only_a_0x_address_contract(string key, string canonical)
+    {
+        Assert.True(RoutingKey.IsValid(key));
+        Assert.Equal(canonical, RoutingKey.Canonical(key));
+        Assert.True(RoutingKey.IsValid(RoutingKey.Canonical(key)));
+    }
 }
