@@ -96,7 +96,7 @@ for i in 1 2 3; do
   if [ "$i" = 1 ]; then chain=(SEPOLIA_RPC_URL="$RPC_URL" STAGING_WALLET_KEY="$STAGING_WALLET_KEY"); onchain=onchain; fi
   set +e
   env "${chain[@]}" "${LOA[@]}" gate --test-key "$DATA/staging.pem" --community-id test-community-staging-001 --chaos --json --retries 3 \
-    >"$OUT/gate-run-$i.txt" 2>"$OUT/gate-run-$i.json"
+    --freeside-url http://127.0.0.1:3000 --dixie-url http://127.0.0.1:3001 >"$OUT/gate-run-$i.txt" 2>"$OUT/gate-run-$i.json"
   code=$?
   set -e
   cat "$OUT/gate-run-$i.txt"

@@ -26,6 +26,9 @@ internal sealed class GateHttp(HttpClient client)
         PooledConnectionLifetime = TimeSpan.FromMinutes(2),
         ConnectTimeout = TimeSpan.FromSeconds(10),
         MaxConnectionsPerServer = 64,
+
+        // curl without -L: a 3xx is the answer the gate judges, never where it points.
+        AllowAutoRedirect = false,
     })
     {
         Timeout = Timeout.InfiniteTimeSpan,
@@ -44,7 +47,13 @@ internal sealed class GateHttp(HttpClient client)
         var watch = Stopwatch.StartNew();
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(timeout);
-        using var request = new HttpRequestMessage(method, url);
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+        {
+            // curl's "bad URL" is a failed request like any other, not an abort.
+            return new HttpOutcome(0, "", [], null, "unusable URL: " + url, false, watch.ElapsedMilliseconds);
+        }
+
+        using var request = new HttpRequestMessage(method, uri);
         if (jsonBody is not null)
         {
             request.Content = new ByteArrayContent(Encoding.UTF8.GetBytes(jsonBody));

@@ -26,9 +26,9 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
     GateTokens? _tokens;
     string? _keyUnusable;
 
-    string Freeside => _settings.FreesideUrl.TrimEnd('/');
+    string Freeside => Base(_settings.FreesideUrl);
 
-    string Dixie => _settings.DixieUrl.TrimEnd('/');
+    string Dixie => Base(_settings.DixieUrl);
 
     string InvokeUrl => Freeside + "/api/agents/invoke";
 
@@ -40,6 +40,9 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
     bool HasCommunity => _settings.CommunityId is not null;
 
     string MissingKeyDetail => _settings.TestKeyPath is null ? NoKey : $"no usable --test-key ({_keyUnusable})";
+
+    /// <summary>A base URL as curl reads it: without a scheme it is http.</summary>
+    static string Base(string url) => (url.Contains("://", StringComparison.Ordinal) ? url : "http://" + url).TrimEnd('/');
 
     /// <summary>Runs every phase, prints the summary, writes the JSON document to <paramref name="json"/> when asked, and returns 0, 1 or 2.</summary>
     public async Task<int> RunAsync(TextWriter json, CancellationToken ct)
@@ -793,7 +796,7 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
         }
 
         // Stricter than the original, which passed any non-empty answer "accepted (no credit note)": a payment that
-        // freeside does not answer with 200 and a credit note was not credited, so the step fails.
+        // freeside does not answer with 2xx and a credit note was not credited, so the step fails.
         // The proof carries the payer's signature of the transaction hash (freeside requires it by default: a mined hash
         // is public, and without it whoever presents it first is credited). A server that does not ask for it ignores it.
         var proofHeaders = new Dictionary<string, string>
@@ -811,7 +814,8 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
             return;
         }
 
-        if (paid.Status != 200)
+        // §2.9: "returns 2xx with creditNote" (the original's curl -sf took any 2xx).
+        if (paid.Status is < 200 or >= 300)
         {
             var answer = GateJson.Object(paid.Body, out _) is { } problemBody && GateJson.Alt(problemBody, "error") is { } code
                 ? GateJson.Render(code) + (GateJson.Alt(problemBody, "detail") is { } detail ? ": " + GateJson.Render(detail) : "")
@@ -826,10 +830,12 @@ internal sealed partial class GateRunner(GateSettings settings, GateTimings timi
             return;
         }
 
-        if (GateJson.Alt(receipt, "creditNote", "credit_note") is { ValueKind: JsonValueKind.Object } note)
+        // jq .creditNote // .credit_note: any value but null or false is the note (an object, or just its id).
+        if (GateJson.Alt(receipt, "creditNote", "credit_note") is { } note)
         {
-            string Field(params string[] names) => GateJson.Alt(note, names) is { } v ? GateJson.Render(v) : "?";
-            report.Line($"    Credit note: {Field("id")} ({Field("amountMicro", "amount_micro")} micro-USD, lot {Field("lotId", "lot_id")}, community {Field("communityId", "community_id")})");
+            string Field(params string[] names) => note.ValueKind == JsonValueKind.Object && GateJson.Alt(note, names) is { } v ? GateJson.Render(v) : "?";
+            var id = note.ValueKind == JsonValueKind.Object ? Field("id") : GateJson.Render(note);
+            report.Line($"    Credit note: {id} ({Field("amountMicro", "amount_micro")} micro-USD, lot {Field("lotId", "lot_id")}, community {Field("communityId", "community_id")})");
             report.Pass("P1", "x402", "x402 on-chain settlement + credit note issued", elapsed);
         }
         else

@@ -3,8 +3,9 @@ namespace Arrakis.Cli.Gate;
 /// <summary>What the gate runs against; flags win over the environment (freeside-launch-gate.md §2.1).</summary>
 internal sealed record GateSettings
 {
-    public const string DefaultFreesideUrl = "http://localhost:3000";
-    public const string DefaultDixieUrl = "http://localhost:3001";
+    /// <summary>The smoke script's defaults (§1): the checklist's commands name no URL and mean staging. Locally, set FREESIDE_URL and DIXIE_URL.</summary>
+    public const string DefaultFreesideUrl = "https://staging.api.arrakis.community";
+    public const string DefaultDixieUrl = "https://dixie.staging.arrakis.community";
 
     public string FreesideUrl { get; init; } = DefaultFreesideUrl;
 

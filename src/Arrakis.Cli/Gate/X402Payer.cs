@@ -133,12 +133,17 @@ internal sealed class JsonRpcX402Payer(HttpClient http, TimeSpan? receiptTimeout
     /// <summary>One JSON-RPC call; the document has a <c>result</c> property (possibly null) or this throws.</summary>
     async Task<JsonDocument> CallJsonAsync(string rpcUrl, string method, object[] parameters, CancellationToken ct)
     {
+        if (!Uri.TryCreate(rpcUrl, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+        {
+            throw new X402PaymentException($"{method}: SEPOLIA_RPC_URL is not an http(s) URL: {rpcUrl}");
+        }
+
         var body = JsonSerializer.Serialize(new { jsonrpc = "2.0", id = 1, method, @params = parameters });
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(RpcTimeout);
         try
         {
-            using var response = await http.PostAsync(rpcUrl, new StringContent(body, Encoding.UTF8, "application/json"), limit.Token);
+            using var response = await http.PostAsync(uri, new StringContent(body, Encoding.UTF8, "application/json"), limit.Token);
             var text = await response.Content.ReadAsStringAsync(limit.Token);
             var doc = JsonDocument.Parse(text);
             if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("error", out var error) && error.ValueKind != JsonValueKind.Null)

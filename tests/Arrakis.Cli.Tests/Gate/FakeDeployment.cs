@@ -24,6 +24,9 @@ internal sealed record FakeBehaviour
 
     public bool OmitKid { get; init; }
 
+    /// <summary>Freeside's /health answers 302 to dixie's healthy /api/health (curl -sf without -L judges the 302 itself).</summary>
+    public bool HealthRedirects { get; init; }
+
     public bool InvokeNotJson { get; init; }
 
     public bool BudgetFloat { get; init; }
@@ -39,6 +42,12 @@ internal sealed record FakeBehaviour
 
     /// <summary>The paid retry answers 200 without a credit note.</summary>
     public bool X402NoCreditNote { get; init; }
+
+    /// <summary>The paid retry's status (any 2xx is success in the contract, §2.9).</summary>
+    public int X402PaidStatus { get; init; } = 200;
+
+    /// <summary>The paid retry names its credit note by id (<c>"creditNote":"cn-1"</c>) instead of an object.</summary>
+    public bool X402CreditNoteId { get; init; }
 
     public long MonthlyBudgetCents { get; init; } = 10_000;
 
@@ -120,6 +129,12 @@ internal sealed class FakeDeployment : IAsyncDisposable
 
         app.MapGet("/health", async context =>
         {
+            if (_behaviour.HealthRedirects)
+            {
+                context.Response.Redirect("/api/health");
+                return;
+            }
+
             if (Interlocked.Increment(ref _healthCalls) <= _behaviour.SlowHealthCalls)
             {
                 await Task.Delay(_behaviour.SlowHealthDelay, context.RequestAborted);
@@ -270,8 +285,9 @@ internal sealed class FakeDeployment : IAsyncDisposable
             if (context.Request.Headers.TryGetValue("X-Payment-Proof", out var proof))
             {
                 PaymentProofs.Enqueue(proof.ToString());
-                await (_behaviour.X402NoCreditNote
-                    ? context.Response.WriteAsJsonAsync(new { content = "paid" })
+                context.Response.StatusCode = _behaviour.X402PaidStatus;
+                await (_behaviour.X402NoCreditNote ? context.Response.WriteAsJsonAsync(new { content = "paid" })
+                    : _behaviour.X402CreditNoteId ? context.Response.WriteAsJsonAsync(new { content = "paid", creditNote = "cn-1" })
                     : context.Response.WriteAsJsonAsync(new { content = "paid", creditNote = new { id = "cn-1", amount_micro = 10 } }));
                 return;
             }

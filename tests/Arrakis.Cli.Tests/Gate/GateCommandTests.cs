@@ -20,8 +20,9 @@ public sealed class GateCommandTests
             Assert.Contains(flag, output.ToString(), StringComparison.Ordinal);
         }
 
-        Assert.Contains("http://localhost:3000", output.ToString(), StringComparison.Ordinal);
-        Assert.Contains("http://localhost:3001", output.ToString(), StringComparison.Ordinal);
+        // The smoke script's defaults (freeside-launch-gate.md §1): the checklist's commands name no URL and mean staging.
+        Assert.Contains("https://staging.api.arrakis.community", output.ToString(), StringComparison.Ordinal);
+        Assert.Contains("https://dixie.staging.arrakis.community", output.ToString(), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -52,7 +53,9 @@ public sealed class GateCommandTests
         Assert.Equal(("https://f.example", "https://d.example", "0xabc", "7", "https://rpc.example", "0x01"),
             (settings.FreesideUrl, settings.DixieUrl, settings.TestNftContract, settings.TestNftTokenId, settings.SepoliaRpcUrl, settings.StagingWalletKey));
         var defaults = GateSettings.FromEnvironment(_ => null);
-        Assert.Equal(("http://localhost:3000", "http://localhost:3001", 1), (defaults.FreesideUrl, defaults.DixieUrl, defaults.Retries));
+        Assert.Equal(("https://staging.api.arrakis.community", "https://dixie.staging.arrakis.community", 1), (defaults.FreesideUrl, defaults.DixieUrl, defaults.Retries));
+        Assert.Equal(("https://staging.api.arrakis.community", "https://dixie.staging.arrakis.community"),
+            (GateSettings.FromEnvironment(_ => "").FreesideUrl, GateSettings.FromEnvironment(_ => "").DixieUrl));
     }
 
     [Fact]

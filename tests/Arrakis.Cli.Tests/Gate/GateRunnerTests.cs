@@ -253,6 +253,38 @@ public sealed class GateRunnerTests
         AssertExit(run, 0);
     }
 
+    /// <summary>The original's curl -sf does not follow redirects: a 302 is judged on its own (empty) body, never on where it points.</summary>
+    [Fact]
+    public async Task A_redirecting_health_check_is_not_followed()
+    {
+        await using var harness = await GateHarness.StartAsync(new FakeBehaviour { HealthRedirects = true });
+        var run = await harness.RunAsync(harness.Settings(s => s with { Chaos = false }));
+
+        var health = Assert.Single(run.Records, r => r.Name.StartsWith("Freeside /health", StringComparison.Ordinal));
+        Assert.Equal(("Freeside /health", "FAIL", "PLATFORM_BUG"), (health.Name, health.Status, health.Classification));
+        Assert.Equal(1, harness.Fake.Requests.Count(r => r.Path == "/api/health"));
+        AssertExit(run, 1);
+    }
+
+    /// <summary>curl takes a URL without a scheme as http://, and a URL it cannot use is a failed request, never an abort.</summary>
+    [Fact]
+    public async Task A_url_without_scheme_is_http_and_an_unusable_url_is_unreachable()
+    {
+        await using var harness = await GateHarness.StartAsync();
+        var hostPort = "localhost:" + new Uri(harness.Fake.Url).Port;
+        var run = await harness.RunAsync(harness.Settings(s => s with { FreesideUrl = hostPort, DixieUrl = hostPort + "/" }));
+
+        AssertExit(run, 0);
+        Assert.Equal(hostPort, run.Document.GetProperty("freeside_url").GetString());
+        Assert.All(run.Records, r => Assert.Equal("PASS", r.Status));
+
+        var bad = await harness.RunAsync(harness.Settings(s => s with { FreesideUrl = "http://bad host", Chaos = false }));
+        AssertRecord(bad, "P0", "health", "Freeside /health", "FAIL", "PLATFORM_BUG", "unreachable");
+        AssertRecord(bad, "P0", "jwks", "JWKS", "FAIL", "PLATFORM_BUG", "unreachable or invalid JSON");
+        AssertRecord(bad, "P0", "health", "Dixie /api/health (status: healthy)", "PASS", "", "");
+        AssertExit(bad, 1);
+    }
+
     [Fact]
     public async Task Slow_health_without_retries_is_unreachable()
     {

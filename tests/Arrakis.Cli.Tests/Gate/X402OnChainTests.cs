@@ -69,6 +69,22 @@ public sealed class X402OnChainTests
         Assert.Equal(2, run.ExitCode);
     }
 
+    /// <summary>§2.9: the paid retry "returns 2xx with creditNote"; the original read it with <c>curl -sf</c> and <c>.creditNote // .credit_note</c>.</summary>
+    [Theory]
+    [InlineData(201, false)]
+    [InlineData(200, true)]
+    public async Task A_credit_note_in_any_2xx_answer_passes(int status, bool noteAsId)
+    {
+        await using var harness = await GateHarness.StartAsync(new FakeBehaviour { X402PaidStatus = status, X402CreditNoteId = noteAsId });
+        await using var node = await FakeNode.StartAsync();
+        var run = await harness.RunAsync(harness.Settings(s => s with { SepoliaRpcUrl = node.Url, StagingWalletKey = WalletKey }));
+
+        var x402 = run.Records.Where(r => r.Phase == "x402").ToArray();
+        Assert.True(x402.All(r => r.Status == "PASS"), run.Console);
+        Assert.Equal(["x402 402 response with payment headers", "x402 on-chain settlement + credit note issued"], x402.Select(r => r.Name).ToArray());
+        Assert.Equal(0, run.ExitCode);
+    }
+
     [Fact]
     public async Task A_failing_RPC_is_an_external_outage()
     {
@@ -78,6 +94,21 @@ public sealed class X402OnChainTests
         var failure = Assert.Single(run.Records, r => r.Name == "x402 on-chain payment");
         Assert.Equal(("FAIL", "EXTERNAL_OUTAGE", "transaction failed (check Sepolia RPC)"), (failure.Status, failure.Classification, failure.Detail));
         Assert.Equal(2, run.ExitCode);
+    }
+
+    /// <summary>An RPC URL nothing can post to is a failed transaction (cast fails the same way), not an abort without a report.</summary>
+    [Theory]
+    [InlineData("localhost:8545")]
+    [InlineData("not a url")]
+    public async Task An_unusable_RPC_URL_is_an_external_outage(string rpcUrl)
+    {
+        await using var harness = await GateHarness.StartAsync();
+        var run = await harness.RunAsync(harness.Settings(s => s with { SepoliaRpcUrl = rpcUrl, StagingWalletKey = WalletKey }));
+
+        var failure = Assert.Single(run.Records, r => r.Name == "x402 on-chain payment");
+        Assert.Equal(("FAIL", "EXTERNAL_OUTAGE", "transaction failed (check Sepolia RPC)"), (failure.Status, failure.Classification, failure.Detail));
+        Assert.Equal(2, run.ExitCode);
+        Assert.Equal(2, run.Document.GetProperty("exit_code").GetInt32());
     }
 
     sealed class FakeNode : IAsyncDisposable
