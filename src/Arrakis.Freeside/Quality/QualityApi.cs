@@ -262,7 +262,7 @@ public static class QualityApi
 
     /// <summary>The event id of a keyed rating: the same key in the same scope (community, else tenant and user) gives the same id.</summary>
     static string KeyedEventId(string scope, string key) =>
-        "qe_k" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(scope + "\n" + key)))[..32];
+        QualityDeliverer.KeyedPrefix + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(scope + "\n" + key)))[..32];
 
     static string? Str(JsonElement root, string name) =>
         root.TryGetProperty(name, out var el) && el.ValueKind == JsonValueKind.String && el.GetString() is { Length: > 0 } s ? s : null;

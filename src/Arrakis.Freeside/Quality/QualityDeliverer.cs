@@ -11,7 +11,8 @@ namespace Arrakis.Freeside.Quality;
 /// <summary>
 /// Sends outbox rows to dixie <c>POST /api/reputation/events</c> with a freeside service token (iss arrakis, aud
 /// loa-dixie). Wakes on every enqueue and otherwise polls. Transport errors, 401/408/429 and 5xx are retried with
-/// exponential backoff and ±50 % jitter, forever (a dixie outage only delays); 400 and 409 are permanent (dead).
+/// exponential backoff and ±50 % jitter, forever (a dixie outage only delays); 400, 409 and 422 are permanent (dead),
+/// except dixie's 409 for a keyed rating whose key it already counted, which is done.
 /// A row is marked delivered only after dixie answered 2xx, and dixie's event_id idempotency makes a redelivery
 /// after a crash between the two harmless. Once a minute it deletes the events delivered longer ago than
 /// <see cref="QualityOptions.DeliveredRetentionHours"/> (a week by default), so the outbox holds the backlog and recent history, not
@@ -22,6 +23,9 @@ public sealed partial class QualityDeliverer(
     TimeProvider time, QualityMetrics metrics, ILogger<QualityDeliverer> logger) : BackgroundService
 {
     static readonly TimeSpan PruneEvery = TimeSpan.FromMinutes(1);
+
+    /// <summary>The event ids of keyed ratings (QualityApi.KeyedEventId): the same key always gives the same id.</summary>
+    internal const string KeyedPrefix = "qe_k";
     DateTimeOffset _nextPrune = DateTimeOffset.MinValue;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -116,6 +120,17 @@ public sealed partial class QualityDeliverer(
             }
 
             var body = await response.Content.ReadAsStringAsync(timeout.Token);
+            if (response.StatusCode == HttpStatusCode.Conflict && row.event_id.StartsWith(KeyedPrefix, StringComparison.Ordinal)
+                && body.Contains("\"EVENT_ID_CONFLICT\"", StringComparison.Ordinal))
+            {
+                // A keyed rating whose key dixie already counted: the key was used again after the outbox had pruned its
+                // first event (Quality:DeliveredRetentionHours), so freeside queued it as new. The key's first rating
+                // stands, as a key counts once; the row is done, not dead (nothing is wrong with the outbox or dixie).
+                await outbox.MarkDeliveredAsync(row.event_id, time.GetUtcNow().ToUnixTimeMilliseconds(), ct);
+                LogKeyAlreadyCounted(row.event_id, row.routing_key);
+                return;
+            }
+
             error = $"dixie answered {(int)response.StatusCode}: {body}";
             permanent = response.StatusCode is HttpStatusCode.BadRequest or HttpStatusCode.Conflict or HttpStatusCode.UnprocessableEntity;
         }
@@ -158,6 +173,10 @@ public sealed partial class QualityDeliverer(
 
     [LoggerMessage(EventId = 5203, EventName = "QUALITY_EVENT_DEAD", Level = LogLevel.Error, Message = "Quality event {EventId} rejected by dixie and will not be retried: {Error}")]
     partial void LogDead(string eventId, string error);
+
+    [LoggerMessage(EventId = 5206, EventName = "QUALITY_KEY_ALREADY_COUNTED", Level = LogLevel.Warning,
+        Message = "Quality event {EventId} for {RoutingKey}: its idempotency key was used again after the outbox pruned the first rating; dixie keeps the first")]
+    partial void LogKeyAlreadyCounted(string eventId, string routingKey);
 
     [LoggerMessage(EventId = 5205, EventName = "QUALITY_OUTBOX_PRUNED", Level = LogLevel.Information, Message = "Deleted {Count} quality events delivered more than {RetentionHours} h ago")]
     partial void LogPruned(int count, int retentionHours);

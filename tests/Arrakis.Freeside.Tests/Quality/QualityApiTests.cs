@@ -420,6 +420,53 @@ public sealed class QualityApiTests
     }
 
     /// <summary>
+    /// A keyed rating sent again after the outbox pruned its first event is queued as new, and dixie answers 409 for the
+    /// key's event id (its timestamp differs). The key's first rating stands and the row is done: it was marked dead,
+    /// which turned the outbox's health degraded for an outbox and a dixie that were both fine.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_key_used_again_after_its_event_was_pruned_keeps_the_first_rating_and_is_not_dead(string engine)
+    {
+        await using var p = await Platform.StartAsync(engine);
+        var ct = TestContext.Current.CancellationToken;
+        var db = p.Freeside.Services.GetRequiredService<Database>();
+        async Task<string> StatusAsync(string id)
+        {
+            await using var connection = await db.OpenAsync(ct);
+            for (var waited = Stopwatch.StartNew(); waited.Elapsed < TimeSpan.FromSeconds(10); await Task.Delay(25, ct))
+            {
+                var status = await connection.ExecuteScalarAsync<string?>("SELECT status FROM quality_outbox WHERE event_id = @id", new { id });
+                if (status is "delivered" or "dead")
+                {
+                    return status;
+                }
+            }
+
+            return "pending";
+        }
+
+        var body = new { routingKey = "nft:late-key", quality = "good", source = "t", idempotency_key = "rating-late-1" };
+        using var first = await PostQualityAsync(p, body);
+        var id = await ExpectQueuedAsync(first);
+        Assert.Equal("delivered", await StatusAsync(id));
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            await connection.ExecuteAsync("DELETE FROM quality_outbox WHERE event_id = @id", new { id }); // as the retention prune does
+        }
+
+        await Task.Delay(5, ct); // another millisecond: the new event's timestamp differs from the first's
+        using var again = await PostQualityAsync(p, body with { quality = "bad" });
+        Assert.Equal(id, await ExpectQueuedAsync(again));
+        Assert.Equal("delivered", await StatusAsync(id));
+        var q = await QueryAsync(p, "nft:late-key");
+        Assert.Equal(1L, q["sample_count"]!.GetValue<long>());
+        Assert.Equal(1.75 / 3, q["score"]!.GetValue<double>(), 5); // the first rating (good) on the Beta(1,1) prior, not the second
+        var health = await new HttpClient().GetFromJsonAsync<JsonObject>(p.FreesideUrl + "/health", ct);
+        Assert.Equal("healthy", health!["checks"]!["quality_outbox"]!["status"]!.GetValue<string>());
+    }
+
+    /// <summary>
     /// The outbox keeps the backlog and a retention window of history: the deliverer deletes what was delivered longer
     /// ago than <c>Quality:DeliveredRetentionHours</c>, never an event still waiting or dead, and the health check counts
     /// only what is not delivered.
