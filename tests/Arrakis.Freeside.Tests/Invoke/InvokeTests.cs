@@ -666,15 +666,25 @@ public sealed class InvokeTests
         Assert.Contains("event: error", rest, StringComparison.Ordinal);
         Assert.DoesNotContain("event: done", rest, StringComparison.Ordinal);
         var deltas = 3 + rest.Split('\n').Count(l => l.StartsWith("event: delta", StringComparison.Ordinal));
-        var usage = await WaitForUsageAsync(p, start.GetProperty("trace_id").GetString()!);
-
+        var traceId = start.GetProperty("trace_id").GetString()!;
+        await WaitForUsageAsync(p, traceId);
         await Task.Delay(TimeSpan.FromSeconds(3), TestContext.Current.CancellationToken); // past the 2 s TTL, several reaper ticks
+        await AssertChargedTheDeltasAndNothingHeldAsync(p, before, traceId, deltas);
+    }
+
+    /// <summary>
+    /// A stream that stopped early was charged exactly its <paramref name="deltas"/> (the local provider streams one token
+    /// per delta) at the pool's price, its usage record says so, nothing stays reserved, and C1-C5 hold.
+    /// </summary>
+    static async Task AssertChargedTheDeltasAndNothingHeldAsync(Platform p, JsonElement before, string traceId, int deltas)
+    {
+        var usage = await WaitForUsageAsync(p, traceId);
         var after = await BudgetAsync(p);
         var charged = after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64();
         var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
         Assert.Equal(usage.CostMicro, charged);
         Assert.Equal(Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens), charged);
-        Assert.Equal(deltas, usage.CompletionTokens); // the local provider streams one token per delta
+        Assert.Equal(deltas, usage.CompletionTokens);
         Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
         Assert.Equal(0, await PendingReservationsAsync(p));
         await AssertConservedAsync(p);
@@ -718,16 +728,7 @@ public sealed class InvokeTests
         Assert.Contains("event: error", rest.ToString(), StringComparison.Ordinal);
         Assert.DoesNotContain("event: done", rest.ToString(), StringComparison.Ordinal);
         var deltas = 3 + rest.ToString().Split('\n').Count(l => l.StartsWith("event: delta", StringComparison.Ordinal));
-        var usage = await WaitForUsageAsync(p, start.GetProperty("trace_id").GetString()!);
-        var after = await BudgetAsync(p);
-        var charged = after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64();
-        var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
-        Assert.Equal(usage.CostMicro, charged);
-        Assert.Equal(Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens), charged);
-        Assert.Equal(deltas, usage.CompletionTokens); // the local provider streams one token per delta
-        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
-        Assert.Equal(0, await PendingReservationsAsync(p));
-        await AssertConservedAsync(p);
+        await AssertChargedTheDeltasAndNothingHeldAsync(p, before, start.GetProperty("trace_id").GetString()!, deltas);
     }
 
     /// <summary>
@@ -777,15 +778,9 @@ public sealed class InvokeTests
         Assert.DoesNotContain("event: done", frames, StringComparison.Ordinal);
         var deltas = frames.Split('\n').Count(l => l.StartsWith("event: delta", StringComparison.Ordinal));
         var traceId = JsonDocument.Parse(frames.Split('\n').First(l => l.StartsWith("data:", StringComparison.Ordinal))[5..]).RootElement.GetProperty("trace_id").GetString()!;
-        var after = await BudgetAsync(p);
-        var charged = after.GetProperty("committedMicro").GetInt64() - afterJson.GetProperty("committedMicro").GetInt64();
         Assert.True(deltas > 0, frames);
-        var usage = await WaitForUsageAsync(p, traceId);
-        Assert.Equal((deltas, usage.CostMicro), (usage.CompletionTokens, charged)); // the local provider streams one token per delta
-        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
-        Assert.Equal(0, await PendingReservationsAsync(p));
         Assert.True(afterJson.GetProperty("committedMicro").GetInt64() > before.GetProperty("committedMicro").GetInt64());
-        await AssertConservedAsync(p);
+        await AssertChargedTheDeltasAndNothingHeldAsync(p, afterJson, traceId, deltas);
     }
 
     /// <summary>Makes freeside's finn client throw an exception no part of the call expects, on send or mid-stream.</summary>
