@@ -47,6 +47,15 @@ public sealed class LegacyProofTests
         return data;
     }
 
+    /// <summary>Asks for the 402, then the payer sends payTo the amount it names (plus <paramref name="extra"/>) as a plain USDC transfer.</summary>
+    static async Task<(long Amount, string Tx)> PayTheChallengeAsync(ChainPaymentTests.Rig rig, CancellationToken ct, long extra = 0)
+    {
+        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
+        var amount = long.Parse(v1["amount"]!.GetValue<string>());
+        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
+        return (amount, await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount + extra }));
+    }
+
     static async Task<string> SendAsync<T>(AnvilChain chain, string key, T message)
         where T : FunctionMessage, new()
     {
@@ -125,10 +134,7 @@ public sealed class LegacyProofTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
-        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
-        var amount = long.Parse(v1["amount"]!.GetValue<string>());
-        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
-        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount + 7 });
+        var (amount, tx) = await PayTheChallengeAsync(rig, ct, extra: 7);
 
         using var response = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, rig.PayerKey), rig.Host.UserToken("community-proof"), ct);
         var body = await ChainPaymentTests.JsonAsync(response, ct);
@@ -150,10 +156,7 @@ public sealed class LegacyProofTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
-        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
-        var amount = long.Parse(v1["amount"]!.GetValue<string>());
-        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
-        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+        var (amount, tx) = await PayTheChallengeAsync(rig, ct);
 
         using var anonymous = await rig.Host.PostAsync(Body, PaymentSigning.ProofHeaders(tx, rig.PayerKey), ct: ct);
         var refused = await ChainPaymentTests.JsonAsync(anonymous, ct);
@@ -237,10 +240,7 @@ public sealed class LegacyProofTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
-        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
-        var amount = long.Parse(v1["amount"]!.GetValue<string>());
-        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
-        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+        var (amount, tx) = await PayTheChallengeAsync(rig, ct);
         var thief = PaymentSigning.FreshKey();
 
         async Task<(int Status, JsonObject Body)> PresentAsync(Dictionary<string, string> headers, string community)
@@ -275,10 +275,7 @@ public sealed class LegacyProofTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var rig = await ChainPaymentTests.StartAsync("sqlite", "Direct", ct, new Dictionary<string, string?> { ["X402:LegacyProofRequiresPayerSignature"] = "false" });
-        var (_, v1) = await rig.Host.ChallengeAsync(Body, ct);
-        var amount = long.Parse(v1["amount"]!.GetValue<string>());
-        await rig.Chain.SetEtherAsync(rig.Payer, 1_000_000_000_000_000_000, ct);
-        var tx = await SendAsync(rig.Chain, rig.PayerKey, new TransferFunction { To = rig.PayTo, Value = amount });
+        var (amount, tx) = await PayTheChallengeAsync(rig, ct);
         using var response = await rig.Host.PostAsync(Body, new Dictionary<string, string> { [X402Headers.XPaymentProof] = tx }, rig.Host.UserToken("community-proof"), ct);
         Assert.Equal(200, (int)response.StatusCode);
         Assert.Single(rig.Host.Sink.Lots);
