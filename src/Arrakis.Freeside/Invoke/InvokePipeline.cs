@@ -274,14 +274,15 @@ public sealed class InvokePipeline(
     /// produced, and stores, in the same commit, the answer a retry with the same key replays: a key charges at most
     /// once (C4), so the retry gets this problem (with the streamed content and the charge) instead of a second run.
     /// </summary>
-    public async Task<Settlement> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, string detail, string streamed, CancellationToken ct)
+    /// <param name="detail">The answer's detail, given what was charged (0 when the charge could not be posted).</param>
+    public async Task<Settlement> ChargePartialAsync(Admitted a, Usage usage, long costMicro, int status, string error, Func<long, string> detail, string streamed, CancellationToken ct)
     {
         string Problem(long charged) => new System.Text.Json.Nodes.JsonObject
         {
             ["type"] = "https://arrakis.dev/errors/" + error.ToLowerInvariant().Replace('_', '-'),
             ["title"] = string.Join(' ', error.Split('_').Select(w => w.Length == 0 ? w : w[0] + w[1..].ToLowerInvariant())),
             ["status"] = status,
-            ["detail"] = detail,
+            ["detail"] = detail(charged),
             ["error"] = error,
             ["content"] = streamed,
             ["usage"] = new System.Text.Json.Nodes.JsonObject { ["prompt_tokens"] = usage.PromptTokens, ["completion_tokens"] = usage.CompletionTokens },

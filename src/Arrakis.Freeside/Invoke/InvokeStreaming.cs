@@ -136,7 +136,7 @@ static class InvokeStreaming
             if (partial > 0)
             {
                 var settled = await pipeline.ChargePartialAsync(a, lastUsage!, partial, failed.Status, failed.Error,
-                    $"{failed.Detail} The stream stopped after {lastUsage!.CompletionTokens} tokens, which were charged; a retry with this idempotency key replays this answer. Send a new key to run the request again.",
+                    charged => $"{failed.Detail} The stream stopped after {lastUsage!.CompletionTokens} tokens, {Charged(charged)}; a retry with this idempotency key replays this answer. Send a new key to run the request again.",
                     streamed.ToString(), CancellationToken.None);
                 if (settled.Status == SettlementStatus.FinalizeFailed)
                 {
@@ -162,7 +162,7 @@ static class InvokeStreaming
         if (partial > 0)
         {
             charged = (await pipeline.ChargePartialAsync(a, lastUsage!, partial, 409, "REQUEST_INCOMPLETE",
-                $"The first request with this idempotency key ended when the client disconnected after {lastUsage!.CompletionTokens} tokens, which were charged. A key charges at most once: send a new key to run the request again.",
+                c => $"The first request with this idempotency key ended when the client disconnected after {lastUsage!.CompletionTokens} tokens, {Charged(c)}. A key charges at most once: send a new key to run the request again.",
                 streamed.ToString(), CancellationToken.None)).ChargedMicro;
         }
         else
@@ -172,6 +172,11 @@ static class InvokeStreaming
 
         pipeline.Complete(a, 499, "client_disconnected", null, sw.Elapsed, charged);
     }
+
+    /// <summary>What the answer says of the charge: nothing when it could not be posted (the hold had expired meanwhile).</summary>
+    static string Charged(long chargedMicro) => chargedMicro > 0
+        ? $"which were charged ({chargedMicro} micro-USD)"
+        : "for which nothing was charged (the call's hold had expired)";
 
     static string FinalizeFailedFrame(Settlement settled, long seq)
     {

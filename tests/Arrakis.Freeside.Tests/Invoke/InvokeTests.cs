@@ -524,6 +524,7 @@ public sealed class InvokeTests
         var problem = await retry.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
         Assert.Equal("REQUEST_INCOMPLETE", problem.GetProperty("error").GetString());
         Assert.Equal(charged, problem.GetProperty("cost_micro").GetInt64());
+        Assert.Contains($"{usage.CompletionTokens} tokens, which were charged ({charged} micro-USD)", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
         Assert.Equal(usage.CompletionTokens, problem.GetProperty("usage").GetProperty("completion_tokens").GetInt64());
         Assert.False(string.IsNullOrEmpty(problem.GetProperty("content").GetString()));
         Assert.Equal(after.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
