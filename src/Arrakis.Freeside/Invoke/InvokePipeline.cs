@@ -116,12 +116,19 @@ public sealed class InvokePipeline(
             return Reject(Problems.Invalid("model", $"Unknown pool '{poolId}'. Pools: {string.Join(", ", catalog.Pools.Keys)}."));
         }
 
+        var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;
+        if (maxTokens > pool.MaxTokensLimit)
+        {
+            // Before the tier check: a 402 for this body would quote a call the paid route then refuses as a 400.
+            return Reject(Problems.Invalid("max_tokens", $"max_tokens may be at most {pool.MaxTokensLimit} for pool '{pool.Id}'."));
+        }
+
         var allowed = AllowedPools(token, community.Tier);
         if (!allowed.Contains(pool.Id))
         {
             // Never 403: the caller may pay for this one call with x402 (the same requirements /api/v1/x402/invoke gives).
             var needed = catalog.LowestTierFor(pool.Id);
-            var price = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), Math.Min(request.MaxTokens ?? pool.DefaultMaxTokens, pool.MaxTokensLimit));
+            var price = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(request.Messages), maxTokens);
             var challenge = payments.Build(Math.Max(price, payments.Options.MinimumAmountMicro), $"{http.Request.Scheme}://{http.Request.Host}/api/v1/x402/invoke",
                 $"One call to pool '{pool.Id}'", "TIER_UPGRADE_REQUIRED");
             var extensions = new Dictionary<string, object?>
@@ -142,12 +149,6 @@ public sealed class InvokePipeline(
             return Reject(Problems.Create(402, "TIER_UPGRADE_REQUIRED",
                 $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}. Upgrade, or pay for this call with x402.",
                 extensions, challenge.Headers.ToDictionary()));
-        }
-
-        var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;
-        if (maxTokens > pool.MaxTokensLimit)
-        {
-            return Reject(Problems.Invalid("max_tokens", $"max_tokens may be at most {pool.MaxTokensLimit} for pool '{pool.Id}'."));
         }
 
         using var json = JsonDocument.Parse(body);
