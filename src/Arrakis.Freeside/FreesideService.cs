@@ -26,7 +26,7 @@ public static class FreesideService
         var builder = WebApplication.CreateBuilder(ServiceDefaults.HostOptions(args, typeof(FreesideService).Assembly));
         ServiceEndpoints.Listen(builder, ServiceEndpoints.FreesidePort);
         builder.AddServiceDefaults(Name);
-        builder.AddKeyring();
+        builder.AddKeyring(CommunitiesSetup.MaxOperatorTokenLifetime); // operator tokens outlive user tokens
         builder.AddIdentity();
         builder.AddQuality();
         builder.AddCommunities();

@@ -43,6 +43,11 @@ internal static class CliContext
         };
         var db = await OpenMigratedAsync(configuration, service, assembly);
         var options = configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions();
+        if (service == "freeside")
+        {
+            options.AlsoVerifying(Arrakis.Freeside.Communities.CommunitiesSetup.MaxOperatorTokenLifetime); // as freeside publishes its retired keys
+        }
+
         var keyring = new Keyring(new KeyStore(db, KeyProtector.FromConfiguration(configuration)), TimeProvider.System, options, NullLogger<Keyring>.Instance);
         await keyring.InitializeAsync();
         return (db, keyring);

@@ -66,8 +66,9 @@ public static class IdentityApi
 
             return ((int)response.StatusCode, body);
         }
-        catch (HttpRequestException)
+        catch (Exception ex) when (ex is HttpRequestException || (ex is TaskCanceledException && !ct.IsCancellationRequested))
         {
+            // Unreachable, or no answer within the client's timeout (which escaped as a 500): the hop answered nothing.
             return (0, null);
         }
     }

@@ -7,7 +7,7 @@ namespace Arrakis.Freeside.Identity;
 
 public static class IdentitySetup
 {
-    /// <summary>User tokens: iss and aud <c>arrakis</c>, signed by one of our own published keys, living at most <c>Keyring:MaxTokenLifetime</c> (15 min by default, the time a retired key stays published).</summary>
+    /// <summary>User tokens: iss and aud <c>arrakis</c>, signed by one of our own published keys, living at most <c>Keyring:MaxTokenLifetime</c> (15 min by default; a retired key stays published at least this long).</summary>
     public const string UserPolicy = "user";
 
     public const string FinnAudience = "loa-finn";

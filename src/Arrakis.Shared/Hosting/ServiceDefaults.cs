@@ -90,12 +90,17 @@ public static partial class ServiceDefaults
         return builder;
     }
 
-    /// <summary>Adds this service's DB-backed signing keyring, its JWKS and a token issuer.</summary>
-    public static WebApplicationBuilder AddKeyring(this WebApplicationBuilder builder)
+    /// <summary>
+    /// Adds this service's DB-backed signing keyring, its JWKS and a token issuer. <paramref name="longestOtherToken"/>:
+    /// the longest token of another kind than user tokens that routes verify against the keyring (retired keys stay
+    /// published until it has expired).
+    /// </summary>
+    public static WebApplicationBuilder AddKeyring(this WebApplicationBuilder builder, TimeSpan? longestOtherToken = null)
     {
         var services = builder.Services;
         services.AddSingleton(_ => KeyProtector.FromConfiguration(builder.Configuration));
-        services.AddSingleton((builder.Configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions()).Validate());
+        var options = (builder.Configuration.GetSection("Keyring").Get<KeyringOptions>() ?? new KeyringOptions()).Validate();
+        services.AddSingleton(longestOtherToken is { } lifetime ? options.AlsoVerifying(lifetime) : options);
         services.AddSingleton<KeyStore>();
         services.AddSingleton<Keyring>();
         services.AddSingleton<TokenIssuer>();

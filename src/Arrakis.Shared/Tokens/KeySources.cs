@@ -25,12 +25,16 @@ public sealed class LocalKeySource(Keyring keyring) : IKeySource
 
 /// <summary>
 /// Another service's JWKS over HTTP, cached for at most 30 s and refetched on an unknown kid at most once a second,
-/// so a revoked key stops verifying everywhere within a minute. Callers that queue behind a fetch are answered by it.
+/// so a revoked key stops verifying everywhere within a minute. Callers that queue behind a fetch are answered by it,
+/// so the fetch runs on its own <see cref="FetchTimeout"/>, not on the request that happened to start it.
 /// </summary>
 public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider time, ILogger logger) : IKeySource
 {
     public static readonly TimeSpan MaxCacheAge = TimeSpan.FromSeconds(30);
     static readonly TimeSpan MinRefetchInterval = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long one fetch may take (jose's default): every verification waiting on it waits this long at most.</summary>
+    public static readonly TimeSpan FetchTimeout = TimeSpan.FromSeconds(5);
 
     readonly SemaphoreSlim _gate = new(1, 1);
     IReadOnlyList<SigningKey> _keys = [];
@@ -86,7 +90,30 @@ public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider t
 
             _lastAttempt = now;
             fetched = true;
-            var doc = await http.GetFromJsonAsync<JwksDocument>(jwksUri, ct);
+            await FetchAsync(now);
+        }
+        finally
+        {
+            if (fetched)
+            {
+                Interlocked.Increment(ref _fetches);
+            }
+
+            _gate.Release();
+        }
+    }
+
+    /// <summary>
+    /// One fetch, bounded by <see cref="FetchTimeout"/> alone. On the first caller's token, a client hanging up cancelled
+    /// it for every caller queued behind it (refused "unknown kid", or with no keys at all once the cache was a minute
+    /// old); without a timeout of its own, a black-holed JWKS host held every verification for HttpClient's 100 s.
+    /// </summary>
+    async Task FetchAsync(DateTimeOffset now)
+    {
+        using var timeout = new CancellationTokenSource(FetchTimeout, time);
+        try
+        {
+            var doc = await http.GetFromJsonAsync<JwksDocument>(jwksUri, timeout.Token);
             if (doc?.Keys is not { } published)
             {
                 throw new System.Text.Json.JsonException("the document has no \"keys\" array; is the URL a JWKS?");
@@ -99,21 +126,13 @@ public sealed class RemoteKeySource(HttpClient http, Uri jwksUri, TimeProvider t
         }
         catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or System.Text.Json.JsonException or NotSupportedException)
         {
-            logger.LogWarning("Could not fetch JWKS from {JwksUri}: {Error}", jwksUri, ex.Message);
+            logger.LogWarning("Could not fetch JWKS from {JwksUri}: {Error}", jwksUri,
+                ex is TaskCanceledException ? $"no answer within {FetchTimeout.TotalSeconds:0} s" : ex.Message);
             if (time.GetUtcNow() - _fetchedAt > MaxCacheAge * 2)
             {
                 // Never verify with keys older than a minute: that is the revocation promise.
                 Volatile.Write(ref _keys, []);
             }
-        }
-        finally
-        {
-            if (fetched)
-            {
-                Interlocked.Increment(ref _fetches);
-            }
-
-            _gate.Release();
         }
     }
 

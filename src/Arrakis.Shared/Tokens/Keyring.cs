@@ -7,10 +7,33 @@ namespace Arrakis.Shared.Tokens;
 public sealed class KeyringOptions
 {
     /// <summary>
-    /// The longest lifetime of any token we accept; retired keys stay published this long, plus the 30 s clock skew and
-    /// one reload interval.
+    /// The longest lifetime of a user token. Retired keys stay published this long (or as long as a longer kind of
+    /// token declared with <see cref="AlsoVerifying"/>), plus the 30 s clock skew and one reload interval.
     /// </summary>
     public TimeSpan MaxTokenLifetime { get; set; } = TimeSpan.FromMinutes(15);
+
+    TimeSpan _longestOtherLifetime;
+
+    /// <summary>
+    /// Declares another kind of token verified against this keyring that may live up to <paramref name="lifetime"/>
+    /// (freeside's operator tokens: an hour), so a retired key stays published until those have expired too.
+    /// </summary>
+    public KeyringOptions AlsoVerifying(TimeSpan lifetime)
+    {
+        if (lifetime > _longestOtherLifetime)
+        {
+            _longestOtherLifetime = lifetime;
+        }
+
+        return this;
+    }
+
+    /// <summary>
+    /// How long a retired key stays published: the longest token it may have signed, plus the skew verifiers allow past
+    /// exp and one reload interval (a replica may sign with the old key until its next reload).
+    /// </summary>
+    public TimeSpan RetiredKeyRetention =>
+        (MaxTokenLifetime > _longestOtherLifetime ? MaxTokenLifetime : _longestOtherLifetime) + TokenVerifier.ClockSkew + ReloadInterval;
 
     /// <summary>How often replicas reload the keyring from the database (must be at most 5 s).</summary>
     public TimeSpan ReloadInterval { get; set; } = TimeSpan.FromSeconds(2);
@@ -119,8 +142,7 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         }
 
         published.AddRange(keys.Where(k => k.Status == KeyStatus.Pending).OrderBy(k => k.CreatedAt));
-        // A replica may sign with the old key until its next reload, and verifiers accept a token 30 s past its exp.
-        var keepRetired = options.MaxTokenLifetime + TokenVerifier.ClockSkew + options.ReloadInterval;
+        var keepRetired = options.RetiredKeyRetention;
         published.AddRange(keys
             .Where(k => k.Status == KeyStatus.Retired && k.RetiredAt is { } r && r + keepRetired > now)
             .OrderByDescending(k => k.RetiredAt));
@@ -179,14 +201,16 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
         }
 
         var existing = keys.FirstOrDefault(k => k.Kid == kid);
-        if (existing is { Status: KeyStatus.Active })
+        if (existing is { Status: KeyStatus.Active } && existing.X == x && existing.Y == y)
         {
-            return kid;
+            return kid; // this very key is already the active one
         }
 
         if (existing is not null)
         {
-            throw new InvalidOperationException($"A key with kid '{kid}' already exists with status {existing.Status.ToString().ToLowerInvariant()}; pass a different --kid.");
+            // Including another key under the active kid, which answered "imported" while the old key went on signing.
+            var which = existing.X == x && existing.Y == y ? "This key already exists" : "A different key already exists";
+            throw new InvalidOperationException($"{which} under kid '{kid}' with status {existing.Status.ToString().ToLowerInvariant()}; pass a different --kid.");
         }
 
         await store.InsertAsync(kid, key, KeyStatus.Pending, now, null, ct);

@@ -247,6 +247,26 @@ public sealed class KeyringTests
         Assert.DoesNotContain(keyring.Current.Published, k => k.X == SigningKey.PublicPoint(leaked).X);
     }
 
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Importing_another_key_under_the_active_kid_is_refused_not_reported_as_imported(string engine)
+    {
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        using var first = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        using var second = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        Assert.Equal("ops", await keyring.ImportAsync(first.ExportPkcs8PrivateKeyPem(), "ops", TestContext.Current.CancellationToken));
+
+        // The same PEM again is a no-op; a new PEM under the active key's kid was answered "IMPORTED kid=ops status=active"
+        // while the old key went on signing, and tokens signed with the new PEM were refused.
+        Assert.Equal("ops", await keyring.ImportAsync(first.ExportPkcs8PrivateKeyPem(), "ops", TestContext.Current.CancellationToken));
+        var ex = await Assert.ThrowsAsync<InvalidOperationException>(() => keyring.ImportAsync(second.ExportPkcs8PrivateKeyPem(), "ops", TestContext.Current.CancellationToken));
+
+        Assert.Contains("'ops'", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("different --kid", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(SigningKey.PublicPoint(first), (keyring.Current.Active!.X, keyring.Current.Active.Y));
+    }
+
     [Fact]
     public async Task A_master_key_that_is_not_the_one_that_encrypted_the_keyring_is_named_in_the_error()
     {

@@ -107,6 +107,53 @@ public sealed class RemoteKeySourceTests
         Assert.Equal(2, handler.Requests);
     }
 
+    [Fact]
+    public async Task A_caller_that_gives_up_during_a_refetch_does_not_cancel_it_for_the_callers_waiting_on_it()
+    {
+        var handler = new FakeJwks { Body = Jwks("old") };
+        var source = Source(handler);
+        Assert.Single(await source.GetKeysAsync("old", TestContext.Current.CancellationToken));
+
+        // freeside switched keys at once; the first token with the new kid belongs to a request whose client hangs up
+        // while the JWKS is on its way. The fetch ran on that request's token: it was cancelled, and every token waiting
+        // on it was refused "unknown kid" (or, with keys over a minute old, with no keys at all).
+        _time.Advance(TimeSpan.FromSeconds(2));
+        handler.Body = Jwks("new", "old");
+        var hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        handler.Hold = hold;
+        using var gone = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        var first = source.GetKeysAsync("new", gone.Token).AsTask();
+        await handler.Entered.Task;
+        var rest = Enumerable.Range(0, 5).Select(_ => source.GetKeysAsync("new", TestContext.Current.CancellationToken).AsTask()).ToList();
+        await gone.CancelAsync();
+        await Task.Delay(50, TestContext.Current.CancellationToken);
+        hold.TrySetResult();
+
+        var all = await DrainAsync(Task.WhenAll(rest));
+
+        Assert.All(all, keys => Assert.Equal("new", Assert.Single(keys).Kid));
+        await Task.WhenAny(first); // the caller that left may finish either way
+    }
+
+    [Fact]
+    public async Task A_jwks_that_never_answers_fails_the_fetch_after_the_timeout_instead_of_holding_every_verification()
+    {
+        var handler = new FakeJwks { Body = Jwks("k1") };
+        var source = Source(handler);
+        Assert.Single(await source.GetKeysAsync("k1", TestContext.Current.CancellationToken));
+
+        // freeside's address black-holes (no answer, no reset) once the cached keys are over a minute old.
+        _time.Advance(TimeSpan.FromSeconds(61));
+        handler.Hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var waiting = source.GetKeysAsync("k1", TestContext.Current.CancellationToken).AsTask();
+        await handler.Entered.Task;
+        _time.Advance(RemoteKeySource.FetchTimeout);
+
+        // Before, the fetch waited for the HttpClient's 100 s timeout, and every verification queued behind it.
+        var keys = await waiting.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Empty(keys); // and keys over a minute old are not used
+    }
+
     [Theory]
     [InlineData("""{"status":"healthy","version":"1.0"}""")]
     [InlineData("""{"keys":null}""")]

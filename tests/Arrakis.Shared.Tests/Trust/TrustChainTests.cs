@@ -62,6 +62,45 @@ public sealed class TrustChainTests
     }
 
     [Fact]
+    public async Task A_hop_that_never_answers_breaks_the_chain_with_502_not_500()
+    {
+        // dixie's address black-holes: connections open, nothing comes back, and freeside's dixie call times out.
+        var hole = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        hole.Start();
+        try
+        {
+            await using var platform = await Platform.StartAsync(configure: (service, b) =>
+            {
+                if (service == "freeside")
+                {
+                    b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.DixieClient, c =>
+                    {
+                        c.BaseAddress = new Uri($"http://127.0.0.1:{((IPEndPoint)hole.LocalEndpoint).Port}/");
+                        c.Timeout = TimeSpan.FromSeconds(1);
+                    });
+                }
+            });
+            var pem = platform.Freeside.Services.GetRequiredService<Keyring>().Current.Active!.Private!.ExportPkcs8PrivateKeyPem();
+            using var key = Keyring.ParsePem(pem);
+            var user = Arrakis.Cli.Commands.JwtCommand.Sign(key, "arrakis", "arrakis", "test-tenant", "free", "cheap", ["cheap"], TimeSpan.FromMinutes(5), null, null, DateTimeOffset.UtcNow);
+
+            using var request = new HttpRequestMessage(HttpMethod.Post, platform.FreesideUrl + "/api/v1/auth/chain");
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", user);
+            using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+
+            // Before, the timeout escaped the route: 500 INTERNAL_ERROR and an error log, for a dependency that did not answer.
+            Assert.Equal(HttpStatusCode.BadGateway, response.StatusCode);
+            var body = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+            Assert.Equal("CHAIN_BROKEN", body.GetProperty("error").GetString());
+            Assert.Contains("dixie answered 0", body.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+        finally
+        {
+            hole.Stop();
+        }
+    }
+
+    [Fact]
     public async Task Finn_rejects_a_user_token_because_its_audience_is_arrakis()
     {
         await using var platform = await Platform.StartAsync();
@@ -119,6 +158,44 @@ public sealed class TrustChainTests
         Assert.Contains(first, kidsSeen);
         Assert.Contains(second, kidsSeen);
         Assert.Contains(third, kidsSeen);
+    }
+
+    [Fact]
+    public async Task An_operator_token_signed_before_a_rotation_verifies_for_its_whole_lifetime()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var platform = await Platform.StartAsync(configure: (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Services.AddSingleton<TimeProvider>(time);
+            }
+        });
+        var keyring = platform.Freeside.Services.GetRequiredService<Keyring>();
+        var issuer = platform.Freeside.Services.GetRequiredService<TokenIssuer>();
+        // Operator tokens may live an hour (CommunitiesSetup.MaxOperatorTokenLifetime); user tokens 15 minutes.
+        string Operator() => issuer.Mint("arrakis", "arrakis-admin", new Dictionary<string, object> { ["role"] = "operator" },
+            Arrakis.Freeside.Communities.CommunitiesSetup.MaxOperatorTokenLifetime);
+        var before = Operator();
+        var later = Operator();
+        var url = platform.FreesideUrl + "/api/v1/admin/communities/test-community-staging-001";
+        using (var first = await GetAsync(url, before))
+        {
+            Assert.NotEqual(HttpStatusCode.Unauthorized, first.StatusCode);
+        }
+
+        await keyring.RotateAsync(TimeSpan.Zero, TestContext.Current.CancellationToken);
+        time.Advance(TimeSpan.FromMinutes(40));
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+
+        // Retired keys were published only for the user tokens' 15 minutes: the operator token, 20 minutes from its
+        // expiry, was refused "bad signature" once its key left the keyring.
+        using var response = await GetAsync(url, later);
+        Assert.NotEqual(HttpStatusCode.Unauthorized, response.StatusCode);
+
+        time.Advance(TimeSpan.FromMinutes(21));
+        await keyring.ReloadAsync(TestContext.Current.CancellationToken);
+        Assert.Equal([keyring.Current.Active!.Kid], keyring.Current.Published.Select(k => k.Kid));
     }
 
     static async Task WaitForActiveAsync(Keyring keyring, string kid)
