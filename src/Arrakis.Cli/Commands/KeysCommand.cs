@@ -52,9 +52,10 @@ internal static class KeysCommand
         command.SetAction(async (parse, ct) => await RunAsync(parse, service, async keyring =>
         {
             var seconds = parse.GetValue(delay);
-            if (seconds is < 0)
+            if (seconds is < 0 or > 86_400)
             {
-                Console.Error.WriteLine("error: --propagation-seconds must be 0 or more");
+                // The services refuse a Keyring:PropagationDelay above 24 h; a typo here would leave the key pending for years.
+                Console.Error.WriteLine("error: --propagation-seconds must be from 0 to 86400 (24 hours)");
                 return 2;
             }
 

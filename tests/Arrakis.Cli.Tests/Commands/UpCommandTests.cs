@@ -83,6 +83,13 @@ public sealed class UpCommandTests
         Assert.True(code == 0, err);
         Assert.Contains(" active ", listed, StringComparison.Ordinal);
 
+        foreach (var outOfRange in new[] { "-1", "86401" })
+        {
+            (code, _, err) = await LoaProcess.RunAsync("keys", "rotate", "--service", "freeside", "--data-dir", dataDir, "--propagation-seconds", outOfRange);
+            Assert.Equal(2, code);
+            Assert.Contains("--propagation-seconds must be from 0 to 86400", err, StringComparison.Ordinal);
+        }
+
         (code, var rotated, err) = await LoaProcess.RunAsync("keys", "rotate", "--service", "freeside", "--data-dir", dataDir, "--propagation-seconds", "0");
         Assert.True(code == 0, err);
         var kid = rotated.Split("kid=")[1].Split(' ')[0];
