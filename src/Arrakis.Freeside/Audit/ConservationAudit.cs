@@ -97,6 +97,23 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             "SELECT COUNT(*) FROM usage_records u WHERE u.community_id = @c AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.id = u.id AND r.status = 'posted' AND r.actual_micro = u.cost_micro)", p, tx);
         var resolvedWithoutTransfer = await c.ExecuteScalarAsync<long>(
             "SELECT COUNT(*) FROM reservations r WHERE r.community_id = @c AND r.status <> 'pending' AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.pending_id = 'r:' || r.id)", p, tx);
+        // Each reservation against its own transfers: the pending one holds its amount, a post its actual (never more than
+        // the amount), a void or expiry its amount. The balances above are sums, so a charge recorded consistently in every
+        // ledger row but not as the reservation and usage record say would otherwise pass.
+        var mismatched = (await c.QueryAsync<TransferMismatch>(
+            """
+            SELECT r.id AS Id, r.status AS Status, r.amount_micro AS Amount, r.actual_micro AS Actual, p.amount_micro AS Pending, f.kind AS Kind, f.amount_micro AS Resolved
+            FROM reservations r
+            LEFT JOIN ledger_transfers p ON p.id = 'r:' || r.id
+            LEFT JOIN ledger_transfers f ON f.pending_id = 'r:' || r.id
+            WHERE r.community_id = @c AND (
+                p.amount_micro IS NULL OR p.amount_micro <> r.amount_micro
+                OR (r.status = 'posted' AND (r.actual_micro IS NULL OR r.actual_micro > r.amount_micro OR f.kind <> 'post' OR f.amount_micro <> r.actual_micro))
+                OR (r.status = 'voided' AND (f.kind <> 'void' OR f.amount_micro <> r.amount_micro))
+                OR (r.status = 'expired' AND (f.kind <> 'expire' OR f.amount_micro <> r.amount_micro)))
+            ORDER BY r.id
+            """, p, tx)).ToList();
+        var usageTotal = await c.ExecuteScalarAsync<long?>("SELECT CAST(SUM(cost_micro) AS BIGINT) FROM usage_records WHERE community_id = @c", p, tx) ?? 0;
         var keysChargedTwice = (await c.QueryAsync<(string Key, long Count)>(
             """
             SELECT idempotency_key AS Key, COUNT(*) AS Count FROM usage_records
@@ -209,6 +226,8 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             c4.Add($"{resolvedWithoutTransfer} resolved reservations without a resolving transfer");
         }
 
+        c4.AddRange(mismatched.Select(m => $"reservation {m.Id} ({m.Status}, {m.Amount}, actual {(m.Actual is { } a ? a : "-")}): " +
+            (m.Pending != m.Amount ? $"pending transfer {(m.Pending is { } pt ? pt : "missing")}" : $"{m.Kind ?? "no"} transfer {(m.Resolved is { } rt ? rt : "-")}")));
         c4.AddRange(keysChargedTwice.Select(k => $"idempotency key '{k.Key}' charged {k.Count} times"));
 
         var c5 = new List<string>();
@@ -224,6 +243,12 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
         foreach (var month in usageByMonth.Keys.Except(months.Select(m => m.Month)))
         {
             c5.Add($"{month}: usage records without a budget month");
+        }
+
+        // The ledger's side of the same spend: the spend account is credited by posts only, so it holds every usage record.
+        if (spend is not null && spend.CreditsPosted != usageTotal)
+        {
+            c5.Add($"spend account posted {spend.CreditsPosted} != usage records {usageTotal}");
         }
 
         var checks = new[]
@@ -274,6 +299,17 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
         public long Remaining { get; set; }
         public long Credits { get; set; }
         public long Debits { get; set; }
+    }
+
+    sealed class TransferMismatch
+    {
+        public string Id { get; set; } = "";
+        public string Status { get; set; } = "";
+        public long Amount { get; set; }
+        public long? Actual { get; set; }
+        public long? Pending { get; set; }
+        public string? Kind { get; set; }
+        public long? Resolved { get; set; }
     }
 
     sealed class FlowRow

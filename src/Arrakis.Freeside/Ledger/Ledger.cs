@@ -101,7 +101,8 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 "community_not_found" => new ReserveResult(ReserveStatus.CommunityNotFound, reservationId, amountMicro, 0, 0, $"Community '{communityId}' does not exist."),
                 "budget_exceeded" => new ReserveResult(ReserveStatus.BudgetExceeded, reservationId, amountMicro, row.Budget, row.Wallet,
                     $"The monthly budget has {row.Budget} micro-USD left; this call needs up to {amountMicro}."),
-                "wallet_insufficient" => new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, row.Budget, row.Wallet,
+                // The function's budget figure is read after this reserve's own (undone) addition; report it before, as SQLite does.
+                "wallet_insufficient" => new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, row.Budget + amountMicro, row.Wallet,
                     $"The credit wallet has {row.Wallet} micro-USD available; this call needs up to {amountMicro}."),
                 var other => throw new InvalidOperationException($"ledger_reserve returned an unknown status '{other}'."),
             };
@@ -149,8 +150,9 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 new { id = LedgerIds.Wallet(communityId), amount = amountMicro }, tx);
             if (held == 0)
             {
+                // The budget already holds this refused amount in this transaction (rolled back below): report what was left before it.
                 var wallet = await WalletAvailableAsync(c, tx, communityId);
-                return (new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, await BudgetRemainingAsync(c, tx, communityId, month), wallet,
+                return (new ReserveResult(ReserveStatus.WalletInsufficient, reservationId, amountMicro, await BudgetRemainingAsync(c, tx, communityId, month) + amountMicro, wallet,
                     $"The credit wallet has {wallet} micro-USD available; this call needs up to {amountMicro}."), false);
             }
 

@@ -79,7 +79,7 @@ public sealed class LedgerTests
         var budget = await w.Ledger.ReserveAsync("c1", "big", 100_001);
         Assert.Equal((ReserveStatus.BudgetExceeded, 100_000L, 50_000L), (budget.Status, budget.BudgetRemainingMicro, budget.WalletAvailableMicro));
         var wallet = await w.Ledger.ReserveAsync("c1", "wide", 60_000);
-        Assert.Equal((ReserveStatus.WalletInsufficient, 40_000L, 50_000L), (wallet.Status, wallet.BudgetRemainingMicro, wallet.WalletAvailableMicro));
+        Assert.Equal((ReserveStatus.WalletInsufficient, 100_000L, 50_000L), (wallet.Status, wallet.BudgetRemainingMicro, wallet.WalletAvailableMicro));
         Assert.Equal(0L, await w.ScalarAsync<long>("SELECT COUNT(*) FROM budget_months WHERE month = @month", month));
         Assert.Equal(0L, await w.ScalarAsync<long>("SELECT COUNT(*) FROM reservations"));
 
@@ -488,6 +488,67 @@ public sealed class LedgerTests
             new { later = (long)TimeSpan.FromDays(2).TotalMilliseconds });
         var reused = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
         Assert.True(reused.Passed, string.Join("; ", reused.Violations));
+    }
+
+    /// <summary>
+    /// A refusal reports what the budget and the wallet could cover before it (the 402's <c>budgetRemainingMicro</c>). A
+    /// reserve that the budget admitted and the wallet refused reported the budget less its own refused amount, which was
+    /// never reserved: 60,000 refused on a fresh 100,000 budget said 40,000 left.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_reserve_the_wallet_refuses_reports_the_budget_left_before_it(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 50_000);
+
+        var first = await w.Ledger.ReserveAsync("c1", "wide", 60_000); // also the month's first reserve
+        Assert.Equal((ReserveStatus.WalletInsufficient, 1_000_000L, 50_000L), (first.Status, first.BudgetRemainingMicro, first.WalletAvailableMicro));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "ok", 10_000)).Status);
+        var again = await w.Ledger.ReserveAsync("c1", "wide-2", 60_000);
+        Assert.Equal((ReserveStatus.WalletInsufficient, 990_000L, 40_000L), (again.Status, again.BudgetRemainingMicro, again.WalletAvailableMicro));
+        var budget = await w.Budgets.GetAsync("c1");
+        Assert.Equal(again.BudgetRemainingMicro, budget!.AvailableMicro);
+        await w.AssertConservedAsync();
+    }
+
+    /// <summary>
+    /// Each balance agreed with its own records, yet the books could disagree with each other: a wallet charged 50,000 for
+    /// a call whose reservation, usage record and budget say 40,000 (post transfer, accounts, lot and lot entry all at
+    /// 50,000) passed every check, and so did a resolved reservation whose pending transfer had been rewritten. The audit
+    /// now ties the spend account to the usage records and each reservation to its transfers.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Audit_flags_a_charge_that_disagrees_with_its_reservation_and_usage(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 1_000_000);
+        await w.Ledger.ReserveAsync("c1", "r1", 50_000);
+        await w.Ledger.FinalizeAsync("r1", 40_000, new UsageRecord());
+        await w.AssertConservedAsync();
+
+        // The wallet pays 10,000 more than the call was charged, consistently in every ledger row.
+        await w.ExecuteAsync("UPDATE ledger_transfers SET amount_micro = amount_micro + 10000 WHERE id = 'p:r1'");
+        await w.ExecuteAsync("UPDATE lot_entries SET amount_micro = amount_micro + 10000 WHERE transfer_id = 'p:r1'");
+        await w.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - 10000");
+        await w.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + 10000 WHERE id = 'c1:wallet'");
+        await w.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + 10000 WHERE id = 'c1:spend'");
+        var charged = (await w.Audit.RunAsync()).Communities.Single().Checks.Where(c => !c.Passed).ToList();
+        Assert.Contains(charged, c => c.Invariant == "C5" && c.Violations.Contains("spend account posted 50000 != usage records 40000"));
+        Assert.Contains(charged, c => c.Invariant == "C4" && c.Violations.Contains("reservation r1 (posted, 50000, actual 40000): post transfer 50000"));
+
+        await w.ExecuteAsync("UPDATE ledger_transfers SET amount_micro = amount_micro - 10000 WHERE id = 'p:r1'");
+        await w.ExecuteAsync("UPDATE lot_entries SET amount_micro = amount_micro - 10000 WHERE transfer_id = 'p:r1'");
+        await w.ExecuteAsync("UPDATE credit_lots SET remaining_micro = remaining_micro + 10000");
+        await w.ExecuteAsync("UPDATE ledger_accounts SET debits_posted = debits_posted - 10000 WHERE id = 'c1:wallet'");
+        await w.ExecuteAsync("UPDATE ledger_accounts SET credits_posted = credits_posted - 10000 WHERE id = 'c1:spend'");
+        await w.AssertConservedAsync();
+
+        // A resolved reservation's pending transfer rewritten: it no longer counts in any balance, but the record is wrong.
+        await w.ExecuteAsync("UPDATE ledger_transfers SET amount_micro = 1 WHERE id = 'r:r1'");
+        var c4 = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
+        Assert.Equal(["reservation r1 (posted, 50000, actual 40000): pending transfer 1"], c4.Violations);
     }
 
     [Fact]
