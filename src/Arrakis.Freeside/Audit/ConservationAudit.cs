@@ -114,6 +114,18 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             ORDER BY r.id
             """, p, tx)).ToList();
         var usageTotal = await c.ExecuteScalarAsync<long?>("SELECT CAST(SUM(cost_micro) AS BIGINT) FROM usage_records WHERE community_id = @c", p, tx) ?? 0;
+        // C4's third clause, a payment mints at most one credit note: every payment lot (source x402, id x402:<payment>,
+        // as PaymentFlow names it) is the note of exactly one settled payment of this community, for the amount the payment
+        // credited, and no two payments name the same lot.
+        var x402LotsWithoutPayment = (await c.QueryAsync<string>(
+            """
+            SELECT l.id FROM credit_lots l WHERE l.community_id = @c AND l.source = 'x402' AND l.id LIKE 'x402:%' AND NOT EXISTS (
+                SELECT 1 FROM x402_payments x WHERE x.credit_lot_id = l.id AND x.community_id = l.community_id AND x.state = 'settled' AND x.credit_micro = l.amount_micro)
+            ORDER BY l.id
+            """, p, tx)).ToList();
+        var lotsOfTwoPayments = (await c.QueryAsync<(string Lot, long Count)>(
+            "SELECT credit_lot_id AS Lot, COUNT(*) AS Count FROM x402_payments WHERE community_id = @c AND credit_lot_id IS NOT NULL GROUP BY credit_lot_id HAVING COUNT(*) > 1 ORDER BY credit_lot_id",
+            p, tx)).ToList();
         var keysChargedTwice = (await c.QueryAsync<(string Key, long Count)>(
             """
             SELECT idempotency_key AS Key, COUNT(*) AS Count FROM usage_records
@@ -229,6 +241,8 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
         c4.AddRange(mismatched.Select(m => $"reservation {m.Id} ({m.Status}, {m.Amount}, actual {(m.Actual is { } a ? a : "-")}): " +
             (m.Pending != m.Amount ? $"pending transfer {(m.Pending is { } pt ? pt : "missing")}" : $"{m.Kind ?? "no"} transfer {(m.Resolved is { } rt ? rt : "-")}")));
         c4.AddRange(keysChargedTwice.Select(k => $"idempotency key '{k.Key}' charged {k.Count} times"));
+        c4.AddRange(x402LotsWithoutPayment.Select(l => $"x402 credit lot {l} is not the credit note of one settled payment for its amount"));
+        c4.AddRange(lotsOfTwoPayments.Select(l => $"x402 credit lot {l.Lot} is named by {l.Count} payments"));
 
         var c5 = new List<string>();
         foreach (var m in months)

@@ -551,6 +551,43 @@ public sealed class LedgerTests
         Assert.Equal(["reservation r1 (posted, 50000, actual 40000): pending transfer 1"], c4.Violations);
     }
 
+    /// <summary>
+    /// C4's third clause: a payment mints at most one credit note. Every x402 lot must be the note of one settled payment
+    /// of its community, for the amount that payment credited, and no two payments may name one lot. The audit did not
+    /// look at payments at all.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task Audit_ties_every_x402_lot_to_one_settled_payment(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 1_000_000);
+        Task<int> PaymentAsync(string id, string nonce, string lot, long credit) => w.ExecuteAsync(
+            """
+            INSERT INTO x402_payments (id, kind, x402_version, network, asset, payer, nonce, payload_hash, payload_json, requirement_json,
+                amount_required_micro, value_micro, community_id, state, cost_micro, credit_note_id, credit_lot_id, credit_micro, credit_granted, created_at, updated_at)
+            VALUES (@id, 'exact', 2, 'eip155:84532', '0xasset', '0xpayer', @nonce, 'h', '{}', '{}', 10000, 10000, 'c1', 'settled', 10000 - @credit, 'cn_' || @id,
+                @lot, @credit, 1, 0, 0)
+            """, new { id, nonce, lot, credit });
+        Assert.Equal(1, await PaymentAsync("pay1", "n1", "x402:pay1", 5_000));
+        Assert.Equal(GrantStatus.Granted, (await w.Ledger.GrantAsync("c1", "x402:pay1", 5_000, "x402")).Status);
+        await w.AssertConservedAsync();
+
+        Assert.Equal(GrantStatus.Granted, (await w.Ledger.GrantAsync("c1", "x402:pay2", 7_000, "x402")).Status); // no payment behind it
+        Assert.Equal(1, await PaymentAsync("pay3", "n3", "x402:pay1", 5_000)); // a second payment naming the first one's lot
+        var c4 = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
+        Assert.Equal(
+            ["x402 credit lot x402:pay2 is not the credit note of one settled payment for its amount", "x402 credit lot x402:pay1 is named by 2 payments"],
+            c4.Violations);
+
+        await w.ExecuteAsync("DELETE FROM x402_payments WHERE id = 'pay3'");
+        await w.ExecuteAsync("UPDATE x402_payments SET credit_micro = 4000 WHERE id = 'pay1'"); // the note says less than the lot holds
+        c4 = (await w.Audit.RunAsync()).Communities.Single().Checks.Single(c => c.Invariant == "C4");
+        Assert.Equal(
+            ["x402 credit lot x402:pay1 is not the credit note of one settled payment for its amount", "x402 credit lot x402:pay2 is not the credit note of one settled payment for its amount"],
+            c4.Violations);
+    }
+
     [Fact]
     public async Task Audit_flags_a_row_corrupted_directly_in_the_database()
     {
