@@ -18,6 +18,22 @@ public sealed record TokenVerification(JsonWebToken? Token, string? Failure)
     public bool Succeeded => Token is not null;
 
     public static TokenVerification Fail(string reason) => new(null, reason);
+
+    /// <summary>
+    /// A value taken from the token, as a refusal repeats it (in the 401's detail and the log): at most 64 characters,
+    /// control characters replaced. A caller chooses these values, so they must not fill logs or answers.
+    /// </summary>
+    public static string Echo(string value)
+    {
+        var shown = value.Length > 64 ? value[..64] + "…" : value;
+        return string.Create(shown.Length, shown, static (span, s) =>
+        {
+            for (var i = 0; i < s.Length; i++)
+            {
+                span[i] = char.IsControl(s[i]) ? '?' : s[i];
+            }
+        });
+    }
 }
 
 /// <summary>
@@ -92,7 +108,7 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         var alg = header.TryGetProperty("alg", out var a) && a.ValueKind == JsonValueKind.String ? a.GetString() : null;
         if (alg != SecurityAlgorithms.EcdsaSha256)
         {
-            return TokenVerification.Fail($"algorithm not allowed: {(alg is null ? "missing" : alg)} (only ES256)");
+            return TokenVerification.Fail($"algorithm not allowed: {(alg is null ? "missing" : TokenVerification.Echo(alg))} (only ES256)");
         }
 
         byte[] signature;
@@ -113,14 +129,14 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         var issuer = payload.TryGetProperty("iss", out var i) && i.ValueKind == JsonValueKind.String ? i.GetString() : null;
         if (issuer is null || !policy.Issuers.TryGetValue(issuer, out var source))
         {
-            return TokenVerification.Fail($"issuer not allowed: {issuer ?? "missing"}");
+            return TokenVerification.Fail($"issuer not allowed: {(issuer is null ? "missing" : TokenVerification.Echo(issuer))}");
         }
 
         var kid = header.TryGetProperty("kid", out var k) && k.ValueKind == JsonValueKind.String ? k.GetString() : null;
         var keys = await source.GetKeysAsync(kid, ct);
         if (keys.Count == 0)
         {
-            return TokenVerification.Fail(kid is null ? "no published keys for issuer" : $"unknown kid: {kid}");
+            return TokenVerification.Fail(kid is null ? "no published keys for issuer" : $"unknown kid: {TokenVerification.Echo(kid)}");
         }
 
         var now = time.GetUtcNow();

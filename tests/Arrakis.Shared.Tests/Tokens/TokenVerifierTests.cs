@@ -175,6 +175,20 @@ public sealed class TokenVerifierTests
         return AssertRejectedAsync(other, "unknown kid: nope");
     }
 
+    /// <summary>
+    /// The refusal repeats the token's kid (and issuer, and alg) in the 401 and the log: at most 64 characters of it,
+    /// with control characters replaced, however long or odd the caller made it.
+    /// </summary>
+    [Fact]
+    public async Task A_refusal_repeats_at_most_64_characters_of_a_caller_chosen_value()
+    {
+        var kid = "k\n" + new string('x', 10_000);
+        var other = TokenIssuer.Mint(new ECDsaSecurityKey(ECDsa.Create(ECCurve.NamedCurves.nistP256)) { KeyId = kid }, "arrakis", "loa-finn",
+            new Dictionary<string, object>(), TimeSpan.FromMinutes(1), _time.GetUtcNow(), includeKid: true);
+        var result = await _verifier.VerifyAsync(other, _policy, TestContext.Current.CancellationToken);
+        Assert.Equal("unknown kid: k?" + new string('x', 62) + "…", result.Failure);
+    }
+
     [Fact]
     public Task A_token_signed_by_an_unpublished_key_without_kid_is_rejected()
     {
