@@ -142,6 +142,8 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                     $"The monthly budget has {budget} micro-USD left; this call needs up to {amountMicro}."), false);
             }
 
+            // The budget row is this transaction's (and SQLite has one writer): expire what is due before the wallet is asked.
+            await ExpireDueLotsAsync(c, tx, communityId, at);
             var held = await c.ExecAsync(
                 """
                 UPDATE ledger_accounts SET debits_pending = debits_pending + @amount
@@ -407,29 +409,59 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         {
             count += await WriteAsync(async (c, tx) =>
             {
-                var wallet = LedgerIds.Wallet(communityId);
-                await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted WHERE id = @id", new { id = wallet }, tx); // takes the wallet lock
-                var remaining = await c.RowAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
-                var amount = Math.Min(remaining, await WalletAvailableAsync(c, tx, communityId));
-                if (amount <= 0)
-                {
-                    return (0, false);
-                }
-
-                var at = time.GetUtcNow().ToUnixTimeMilliseconds();
-                var transferId = $"lx:{lotId}:{remaining}";
-                await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id", new { id = wallet, amount }, tx);
-                await c.ExecAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id", new { id = LedgerIds.Expired(communityId), amount }, tx);
-                await c.ExecAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @amount WHERE id = @id", new { id = lotId, amount }, tx);
-                await c.ExecAsync(
-                    "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'expiry', @amount, @at)",
-                    new { lot = lotId, transfer = transferId, community = communityId, amount, at }, tx);
-                await InsertTransferAsync(c, tx, transferId, communityId, "lot_expiry", wallet, LedgerIds.Expired(communityId), amount, null, at);
-                return (1, true);
+                await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted WHERE id = @id", new { id = LedgerIds.Wallet(communityId) }, tx); // takes the wallet lock
+                var expired = await ExpireLotAsync(c, tx, lotId, communityId, time.GetUtcNow().ToUnixTimeMilliseconds());
+                return (expired ? 1 : 0, expired);
             }, ct);
         }
 
         return count;
+    }
+
+    /// <summary>
+    /// Moves what is left of one expired lot out of the wallet, but never what pending holds need of the expired credit;
+    /// the wallet row is already locked by this transaction. False when nothing could move. Holds draw on lots
+    /// earliest-expiry-first, so expired credit pays them before any valid lot: what may expire is the wallet's available
+    /// balance less the valid lots' credit. (Capping at the available balance alone let a hold "use" a valid lot's
+    /// credit while the expired lot's was burned: the community lost the valid credit.)
+    /// </summary>
+    static async Task<bool> ExpireLotAsync(DbConnection c, DbTransaction tx, string lotId, string communityId, long at)
+    {
+        var wallet = LedgerIds.Wallet(communityId);
+        var remaining = await c.RowAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = @id", new { id = lotId }, tx);
+        var valid = await c.RowAsync<long?>(
+            "SELECT CAST(SUM(remaining_micro) AS BIGINT) FROM credit_lots WHERE community_id = @community AND (expires_at IS NULL OR expires_at > @at)",
+            new { community = communityId, at }, tx) ?? 0;
+        var amount = Math.Min(remaining, await WalletAvailableAsync(c, tx, communityId) - valid);
+        if (amount <= 0)
+        {
+            return false;
+        }
+
+        var transferId = $"lx:{lotId}:{remaining}";
+        await c.ExecAsync("UPDATE ledger_accounts SET debits_posted = debits_posted + @amount WHERE id = @id", new { id = wallet, amount }, tx);
+        await c.ExecAsync("UPDATE ledger_accounts SET credits_posted = credits_posted + @amount WHERE id = @id", new { id = LedgerIds.Expired(communityId), amount }, tx);
+        await c.ExecAsync("UPDATE credit_lots SET remaining_micro = remaining_micro - @amount WHERE id = @id", new { id = lotId, amount }, tx);
+        await c.ExecAsync(
+            "INSERT INTO lot_entries (lot_id, transfer_id, community_id, kind, amount_micro, created_at) VALUES (@lot, @transfer, @community, 'expiry', @amount, @at)",
+            new { lot = lotId, transfer = transferId, community = communityId, amount, at }, tx);
+        await InsertTransferAsync(c, tx, transferId, communityId, "lot_expiry", wallet, LedgerIds.Expired(communityId), amount, null, at);
+        return true;
+    }
+
+    /// <summary>
+    /// Expires the community's lots that are due, inside a reserve that already locked the wallet row: a reserve must not
+    /// hold credit that expired and that the reaper (every few seconds, or never if it stopped) has not moved out yet.
+    /// </summary>
+    static async Task ExpireDueLotsAsync(DbConnection c, DbTransaction tx, string communityId, long at)
+    {
+        var due = await c.RowsAsync<LotBalance>(
+            "SELECT id AS Id, remaining_micro AS Remaining FROM credit_lots WHERE community_id = @community AND expires_at IS NOT NULL AND expires_at <= @at AND remaining_micro > 0 ORDER BY id",
+            new { community = communityId, at }, tx);
+        foreach (var lot in due)
+        {
+            await ExpireLotAsync(c, tx, lot.Id, communityId, at);
+        }
     }
 
     /// <summary>Current state of a reservation, or null.</summary>

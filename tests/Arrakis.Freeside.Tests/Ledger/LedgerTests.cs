@@ -184,6 +184,57 @@ public sealed class LedgerTests
     }
 
     /// <summary>
+    /// Credit that expired cannot be held, even before the lot reaper has moved it out (it runs every few seconds, or never
+    /// if it stopped): the reserve expires the community's due lots itself first. Before, a lot that expired half an hour
+    /// ago was reserved and spent whole. A lot kept alive by a hold made while it was valid still pays that hold.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_reserve_cannot_hold_credit_that_has_expired_before_the_reaper_runs(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1_000);
+        await w.Ledger.GrantAsync("c1", "short", 100_000, "purchase", LedgerWorld.Start.AddMinutes(30));
+        await w.Ledger.GrantAsync("c1", "long", 30_000, "purchase", LedgerWorld.Start.AddDays(60));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "held", 60_000)).Status); // while "short" is valid
+
+        w.Time.Advance(TimeSpan.FromHours(1)); // "short" expired half an hour ago; no reaper has run
+        var late = await w.Ledger.ReserveAsync("c1", "late", 50_000);
+        Assert.Equal((ReserveStatus.WalletInsufficient, 30_000L), (late.Status, late.WalletAvailableMicro)); // only "long" is left to hold
+        Assert.Equal(FinalizeStatus.Finalized, (await w.Ledger.FinalizeAsync("held", 60_000, new UsageRecord())).Status); // paid by "short"
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "fits", 30_000)).Status); // "long", whole
+        Assert.Equal(0, await w.Ledger.ExpireLotsAsync()); // nothing left for the reaper
+        // Of "short", the 60,000 the hold needed paid it and the other 40,000 expired; "long" lost nothing to the expiry.
+        Assert.Equal(40_000, await w.ScalarAsync<long>("SELECT credits_posted FROM ledger_accounts WHERE id = 'c1:expired'"));
+        Assert.Equal((0L, 30_000L), (await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'short'"),
+            await w.ScalarAsync<long>("SELECT remaining_micro FROM credit_lots WHERE id = 'long'")));
+        await w.AssertConservedAsync();
+    }
+
+    /// <summary>
+    /// The reaper keeps of an expired lot only what pending holds need of it, not what they could take from a valid lot:
+    /// holds draw on the earliest-expiring credit first. It capped the expiry at the wallet's available balance alone, so
+    /// with a 60,000 hold, an expired lot of 100,000 and a valid one of 30,000 it burned 70,000 (the valid lot's 30,000
+    /// was then spent on the hold) instead of 40,000.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task The_reaper_expires_only_the_expired_credit_that_holds_do_not_need(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1_000);
+        await w.Ledger.GrantAsync("c1", "short", 100_000, "purchase", LedgerWorld.Start.AddMinutes(30));
+        await w.Ledger.GrantAsync("c1", "long", 30_000, "purchase", LedgerWorld.Start.AddDays(60));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "held", 60_000)).Status);
+
+        w.Time.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(1, await w.Ledger.ExpireLotsAsync());
+        Assert.Equal(40_000, await w.ScalarAsync<long>("SELECT credits_posted FROM ledger_accounts WHERE id = 'c1:expired'"));
+        Assert.Equal(30_000, (await w.Ledger.ReserveAsync("c1", "probe", 1_000_000)).WalletAvailableMicro); // "long" is still all there
+        await w.AssertConservedAsync();
+    }
+
+    /// <summary>
     /// The reaper walks every expired lot, not one page of them. Community "held" has more expired lots than a page, all
     /// kept alive by a pending hold on its whole wallet (nothing of them may expire); community "later", created after,
     /// has one expired lot and no holds. With one unordered page the held lots filled it on every pass and the later
