@@ -29,5 +29,5 @@ public static partial class RoutingKey
     /// other key is kept as it is.
     /// </summary>
     public static string Canonical(string key) =>
-        ContractPrefix().IsMatch(key) ? string.Concat(key.AsSpan(0, 46).ToString().ToLowerInvariant(), key.AsSpan(46)) : key;
+        ContractPrefix().IsMatch(key) ? key[..46].ToLowerInvariant() + key[46..] : key; // "nft:0x" and 40 hex digits
 }

@@ -26,13 +26,7 @@ public sealed record TokenVerification(JsonWebToken? Token, string? Failure)
     public static string Echo(string value)
     {
         var shown = value.Length > 64 ? value[..64] + "…" : value;
-        return string.Create(shown.Length, shown, static (span, s) =>
-        {
-            for (var i = 0; i < s.Length; i++)
-            {
-                span[i] = char.IsControl(s[i]) ? '?' : s[i];
-            }
-        });
+        return new string(shown.Select(ch => char.IsControl(ch) ? '?' : ch).ToArray());
     }
 }
 
