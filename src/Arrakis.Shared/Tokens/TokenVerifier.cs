@@ -105,6 +105,13 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
             return TokenVerification.Fail($"algorithm not allowed: {(alg is null ? "missing" : TokenVerification.Echo(alg))} (only ES256)");
         }
 
+        // RFC 7515 §4.1.11: a recipient must refuse a token whose "crit" names an extension it does not process, and
+        // this verifier processes none (no token we issue carries one).
+        if (header.TryGetProperty("crit", out _))
+        {
+            return TokenVerification.Fail("critical header extensions are not supported (\"crit\")");
+        }
+
         byte[] signature;
         try
         {

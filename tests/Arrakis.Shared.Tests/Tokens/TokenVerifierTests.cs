@@ -60,6 +60,25 @@ public sealed class TokenVerifierTests
         return signingInput + "." + Base64UrlEncoder.Encode(_ecdsa.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256));
     }
 
+    /// <summary>A correctly signed ES256 token with this header and a valid payload.</summary>
+    string SignWithHeader(string headerJson)
+    {
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        var payload = $$"""{"iss":"arrakis","aud":"loa-finn","tenant_id":"t","jti":"{{Guid.NewGuid():N}}","iat":{{now}},"exp":{{now + 60}}}""";
+        var signingInput = B64(headerJson) + "." + B64(payload);
+        return signingInput + "." + Base64UrlEncoder.Encode(_ecdsa.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256));
+    }
+
+    [Fact]
+    public async Task A_token_is_accepted_with_a_plain_header_and_refused_when_it_names_critical_extensions()
+    {
+        var plain = await _verifier.VerifyAsync(SignWithHeader("""{"alg":"ES256","typ":"JWT","kid":"k1"}"""), _policy, TestContext.Current.CancellationToken);
+        Assert.True(plain.Succeeded, plain.Failure);
+
+        // RFC 7797 unencoded payload: a recipient that ignored "crit" would verify a different signing input than the sender meant.
+        await AssertRejectedAsync(SignWithHeader("""{"alg":"ES256","typ":"JWT","kid":"k1","b64":false,"crit":["b64"]}"""), "critical header extensions are not supported");
+    }
+
     [Theory]
     [InlineData(99_999_999_999_999L, "token issued in the future")] // past year 9999: DateTimeOffset cannot hold it
     [InlineData(-99_999_999_999_999L, "token iat is before 1970")]
