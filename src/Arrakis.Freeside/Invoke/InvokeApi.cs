@@ -164,9 +164,12 @@ static class InvokeResponses
         {
             http.Response.ContentType = "text/event-stream";
             http.Response.Headers.CacheControl = "no-cache";
+            // The frames a live stream sends, in its order and with its ids: start, one delta with the whole content, done.
             using var doc = JsonDocument.Parse(stored.Body);
-            var content = doc.RootElement.TryGetProperty("content", out var c) ? c.GetString() ?? "" : "";
-            var frames = InvokeStreaming.Frame("delta", new { type = "delta", content }) + InvokeStreaming.Frame("done", Encoding.UTF8.GetString(stored.Body), raw: true);
+            string? Text(string name) => doc.RootElement.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+            var frames = InvokeStreaming.Frame("start", InvokeStreaming.Start(Text("trace_id") ?? "", Text("pool") ?? "", idempotencyKey), id: 0)
+                + InvokeStreaming.Frame("delta", new { type = "delta", content = Text("content") ?? "" }, id: 1)
+                + InvokeStreaming.Frame("done", Encoding.UTF8.GetString(stored.Body), raw: true, id: 2);
             await http.Response.WriteAsync(frames);
             return;
         }

@@ -19,6 +19,10 @@ static class InvokeStreaming
     public static string Frame(string name, object data, bool raw = false, long? id = null) =>
         (id is { } i ? $"id: {i}\n" : "") + $"event: {name}\ndata: {(raw ? (string)data : JsonSerializer.Serialize(data, InvokeResponse.Json))}\n\n";
 
+    /// <summary>The <c>start</c> frame's data, live and replayed.</summary>
+    public static object Start(string traceId, string pool, string idempotencyKey) =>
+        new { type = "start", trace_id = traceId, pool, idempotency_key = idempotencyKey };
+
     public static async Task RunAsync(HttpContext http, InvokePipeline pipeline, Admitted a, Stopwatch sw)
     {
         var response = http.Response;
@@ -71,7 +75,7 @@ static class InvokeStreaming
         Usage? lastUsage = null;
         FinnInvokeResult? done = null;
         UpstreamError? failed = null;
-        await WriteAsync(Frame("start", new { type = "start", trace_id = a.TraceId, pool = a.Pool.Id, idempotency_key = a.IdempotencyKey }, id: seq++));
+        await WriteAsync(Frame("start", Start(a.TraceId, a.Pool.Id, a.IdempotencyKey), id: seq++));
         using (pipeline.Hold(a))
         {
             try

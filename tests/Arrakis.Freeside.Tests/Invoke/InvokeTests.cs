@@ -131,7 +131,10 @@ public sealed class InvokeTests
         Assert.Equal(0, (await BudgetAsync(p)).GetProperty("reservedMicro").GetInt64());
     }
 
-    /// <summary>A streamed call's key replays as SSE: one delta with the whole content and the same done frame, charged once.</summary>
+    /// <summary>
+    /// A streamed call's key replays as SSE, framed as a live stream: the same start frame, one delta with the whole
+    /// content, the same done frame, each with an increasing <c>id:</c>; charged once.
+    /// </summary>
     [Fact]
     public async Task A_streamed_key_replays_the_same_done_frame_as_sse_and_charges_once()
     {
@@ -139,13 +142,16 @@ public sealed class InvokeTests
         const string body = """{"prompt":"Say hi","model":"cheap","stream":true,"idempotency_key":"stream-replay-1"}""";
         var before = (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64();
 
-        static (string Content, string Done) Read(string text)
+        static (string Start, string Content, string Done) Read(string text)
         {
-            var frames = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
-            string Data(string f) => f.Split('\n').Single(l => l.StartsWith("data:", StringComparison.Ordinal))[5..].TrimStart();
-            var content = string.Concat(frames.Where(f => f.Contains("event: delta", StringComparison.Ordinal))
-                .Select(f => JsonDocument.Parse(Data(f)).RootElement.GetProperty("content").GetString()));
-            return (content, Data(frames.Single(f => f.Contains("event: done", StringComparison.Ordinal))));
+            var frames = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Where(f => !f.StartsWith(':')).ToList();
+            string Line(string f, string field) => f.Split('\n').Single(l => l.StartsWith(field + ":", StringComparison.Ordinal))[(field.Length + 1)..].TrimStart();
+            Assert.Equal("start", Line(frames[0], "event"));
+            Assert.Equal("done", Line(frames[^1], "event"));
+            var ids = frames.Select(f => long.Parse(Line(f, "id"), System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            Assert.Equal(Enumerable.Range(0, frames.Count).Select(i => (long)i), ids);
+            var content = string.Concat(frames.Where(f => Line(f, "event") == "delta").Select(f => JsonDocument.Parse(Line(f, "data")).RootElement.GetProperty("content").GetString()));
+            return (Line(frames[0], "data"), content, Line(frames[^1], "data"));
         }
 
         using var first = await InvokeAsync(p, body, sse: true);
@@ -158,6 +164,7 @@ public sealed class InvokeTests
         var replayed = Read(await second.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
 
         Assert.Equal(live, replayed);
+        Assert.Equal("stream-replay-1", JsonDocument.Parse(live.Start).RootElement.GetProperty("idempotency_key").GetString());
         var cost = JsonDocument.Parse(live.Done).RootElement.GetProperty("cost_micro").GetInt64();
         Assert.True(cost > 0);
         Assert.Equal(before + cost, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
