@@ -163,12 +163,15 @@ public sealed class PaymentFlow(
     /// <summary>settling → settled with exactly one credit note; replays the stored result if another worker finished first.</summary>
     public async Task<IResult> FinishAsync(PaymentRow row, string transaction, CancellationToken ct)
     {
-        var credit = Math.Max(0, row.ValueMicro - (row.CostMicro ?? 0));
+        var remainder = Math.Max(0, row.ValueMicro - (row.CostMicro ?? 0));
+        // A payment made without a community token has nowhere to put its remainder: the note says so instead of
+        // naming an amount no lot holds.
+        var credit = row.CommunityId is null ? 0 : remainder;
         var noteId = "cn_" + row.Id;
-        var lotId = row.CommunityId is null || credit == 0 ? null : "x402:" + row.Id;
+        var lotId = credit == 0 ? null : "x402:" + row.Id;
         JsonObject body = row.InvokeBody is { } text && JsonNode.Parse(text) is JsonObject obj ? obj
             : row.InvokeBody is { } other ? new JsonObject { ["result"] = JsonNode.Parse(other) } : [];
-        body["creditNote"] = new JsonObject
+        var note = new JsonObject
         {
             ["id"] = noteId,
             ["amountMicro"] = credit,
@@ -177,6 +180,14 @@ public sealed class PaymentFlow(
             ["communityId"] = row.CommunityId,
             ["payer"] = row.Payer,
         };
+        if (remainder > credit)
+        {
+            note["uncreditedMicro"] = remainder - credit;
+            note["detail"] = $"The payment came without a community's bearer token, so its remainder of {remainder - credit} micro-USD "
+                + "(paid minus what the call cost) was not credited to anyone. Pay with a user token to receive the remainder as credit.";
+        }
+
+        body["creditNote"] = note;
         body["payment"] = new JsonObject
         {
             ["id"] = row.Id,

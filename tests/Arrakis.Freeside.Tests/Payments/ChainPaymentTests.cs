@@ -150,6 +150,31 @@ public sealed class ChainPaymentTests
         Assert.Equal(paid, await rig.Chain.BalanceAsync(rig.PayTo));
     }
 
+    /// <summary>
+    /// A payment without a bearer token pays for its call, but its remainder has no community to go to: the note says
+    /// nothing was credited and how much was not, and no lot is granted.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_payment_without_a_token_says_its_remainder_was_not_credited(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await StartAsync(engine, "Direct", ct);
+        var (header, _, amount) = await SignAsync(rig, Body, ct, extra: 5_000);
+
+        using var response = await rig.Host.PostAsync(Body, V2(header), token: null, ct);
+        var body = await JsonAsync(response, ct);
+        Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
+        var note = body["creditNote"]!.AsObject();
+        Assert.Equal(0, note["amountMicro"]!.GetValue<long>());
+        Assert.Equal(amount + 5_000 - Cost, note["uncreditedMicro"]!.GetValue<long>());
+        Assert.Null(note["lotId"]);
+        Assert.Null(note["communityId"]);
+        Assert.Contains("not credited", note["detail"]!.GetValue<string>(), StringComparison.Ordinal);
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(amount + 5_000, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
     [Theory]
     [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
     public async Task Thirty_two_identical_submissions_settle_once_with_one_credit_note(string engine)
