@@ -71,7 +71,7 @@ public sealed class InferenceEngine(
 
             for (var attempt = 1; attempt <= _options.MaxAttempts; attempt++)
             {
-                if (!breakers.TryAcquire(model.Id))
+                if (!breakers.TryAcquire(model.Id, out var probe))
                 {
                     break;
                 }
@@ -95,9 +95,9 @@ public sealed class InferenceEngine(
                     InferenceLog.Failed(logger, pool.Id, model.Id, provider.Name, attempt, kind, sw.ElapsedMilliseconds, request.TraceId, ex.Message);
                     if (ex.AboutTheRequest)
                     {
-                        breakers.Release(model.Id); // no verdict on the model, but a half-open probe must not stay in flight
+                        breakers.Release(model.Id, probe); // no verdict on the model, but a half-open probe must not stay in flight
                     }
-                    else if (breakers.RecordFailure(model.Id))
+                    else if (breakers.RecordFailure(model.Id, probe))
                     {
                         InferenceLog.BreakerOpened(logger, model.Id, pool.Id);
                     }
@@ -114,9 +114,10 @@ public sealed class InferenceEngine(
                     // Nothing reached the caller, so a failed attempt's usage (e.g. a vendor's message_start count) is not charged.
                     last = ex.PartialUsage is null ? ex : new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex);
                     // A vendor that asks for a longer pause than retries may wait is not asked again now: the next
-                    // candidate is tried instead (retrying sooner would only meet the same 429).
+                    // candidate is tried instead (retrying sooner would only meet the same 429). Nor is a model whose
+                    // breaker this failure opened (or that another call's probe holds): no backoff before the fallback.
                     if (!UpstreamFailures.Retryable(ex.Failure) || attempt == _options.MaxAttempts
-                        || ex.RetryAfter > TimeSpan.FromMilliseconds(_options.RetryMaxDelayMs))
+                        || ex.RetryAfter > TimeSpan.FromMilliseconds(_options.RetryMaxDelayMs) || !breakers.IsAvailable(model.Id))
                     {
                         break;
                     }
@@ -126,7 +127,7 @@ public sealed class InferenceEngine(
                 catch (OperationCanceledException) when (ct.IsCancellationRequested)
                 {
                     // The caller went away: generation stopped with the cancellation; record what was streamed.
-                    breakers.Release(model.Id);
+                    breakers.Release(model.Id, probe);
                     metrics.Call(pool.Id, model.Id, provider.Name, "cancelled", sw.Elapsed.TotalMilliseconds);
                     InferenceLog.Call(logger, pool.Id, model.Id, provider.Name, attempt, "cancelled", sw.ElapsedMilliseconds,
                         Tokenizer.PromptTokens(request.Messages), Tokenizer.Count(state.Text.ToString()), request.TraceId);
@@ -135,7 +136,7 @@ public sealed class InferenceEngine(
                 catch
                 {
                     // Not the provider's failure (e.g. writing to the client broke): no verdict on the model, but never leave a probe in flight.
-                    breakers.Release(model.Id);
+                    breakers.Release(model.Id, probe);
                     throw;
                 }
             }

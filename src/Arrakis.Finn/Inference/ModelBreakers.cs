@@ -56,8 +56,17 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
     }
 
     /// <summary>Claims the right to call the model; in half-open state only one caller gets it.</summary>
-    public bool TryAcquire(string model)
+    public bool TryAcquire(string model) => TryAcquire(model, out _);
+
+    /// <summary>
+    /// Claims the right to call the model; in half-open state only one caller gets it, and <paramref name="probe"/>
+    /// says whether this caller holds that probe. Only the probe's holder frees its slot
+    /// (<see cref="RecordFailure"/>, <see cref="Release"/>): a call that began before the breaker opened and ends
+    /// while a probe is in flight must not let a second probe through.
+    /// </summary>
+    public bool TryAcquire(string model, out bool probe)
     {
+        probe = false;
         var b = _breakers.GetOrAdd(model, _ => new Breaker());
         lock (b)
         {
@@ -68,6 +77,7 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
                 case BreakerState.HalfOpen when !b.ProbeInFlight:
                     b.State = BreakerState.HalfOpen;
                     b.ProbeInFlight = true;
+                    probe = true;
                     return true;
                 default:
                     return false;
@@ -86,16 +96,25 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
         }
     }
 
-    /// <summary>Records a failure; returns true when this failure opened the breaker.</summary>
-    public bool RecordFailure(string model)
+    /// <summary>
+    /// Records a failure; returns true when this failure opened the breaker. <paramref name="probe"/>: whether the
+    /// caller holds the half-open probe (see <see cref="TryAcquire(string, out bool)"/>); only then is its slot freed.
+    /// </summary>
+    public bool RecordFailure(string model, bool probe = true)
     {
         var b = _breakers.GetOrAdd(model, _ => new Breaker());
         lock (b)
         {
             b.ConsecutiveFailures++;
-            var wasHalfOpen = b.State == BreakerState.HalfOpen;
-            b.ProbeInFlight = false;
-            if (wasHalfOpen || (b.State == BreakerState.Closed && b.ConsecutiveFailures >= _options.BreakerFailureThreshold))
+            // Effective, not stored: an open period that elapsed while a probe was still in flight reads as half-open,
+            // so the probe's failure re-opens the breaker instead of leaving it open with no wait.
+            var state = Effective(b);
+            if (probe)
+            {
+                b.ProbeInFlight = false;
+            }
+
+            if (state == BreakerState.HalfOpen || (state == BreakerState.Closed && b.ConsecutiveFailures >= _options.BreakerFailureThreshold))
             {
                 b.State = BreakerState.Open;
                 b.OpenUntil = time.GetUtcNow() + OpenDuration();
@@ -106,10 +125,13 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
         }
     }
 
-    /// <summary>Releases a half-open probe that ended without a verdict (the client went away).</summary>
-    public void Release(string model)
+    /// <summary>
+    /// Releases a half-open probe that ended without a verdict (the client went away, the vendor refused the request
+    /// itself). A caller that does not hold the probe (<paramref name="probe"/> false) leaves it in flight.
+    /// </summary>
+    public void Release(string model, bool probe = true)
     {
-        if (_breakers.TryGetValue(model, out var b))
+        if (probe && _breakers.TryGetValue(model, out var b))
         {
             lock (b)
             {

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
 using Arrakis.Finn.Inference;
 using Arrakis.Finn.Inference.Providers;
 using Arrakis.Shared.Contracts;
@@ -107,5 +109,166 @@ public sealed class InferenceEngineTests
 
         Assert.Equal(BreakerState.HalfOpen, breakers.StateOf("local-mini-a"));
         Assert.True(breakers.IsAvailable("local-mini-a"));
+    }
+
+    /// <summary>
+    /// In half-open only the probe goes through, whatever a call that began before the breaker opened does meanwhile.
+    /// Call X starts while the model is healthy; the breaker then opens (three failures elsewhere), half-opens, and P
+    /// takes the probe. X now ends: its caller goes away, the vendor refuses X's request (a 400, no verdict on the
+    /// model), or X fails. Before, each of these cleared the probe's slot, so a third call Q reached the model as a
+    /// second probe while P was still in flight; now only P's own outcome frees it. And P's failure re-opens the
+    /// breaker even when the open period X's failure started has elapsed meanwhile (before, it left the breaker
+    /// half-open at once).
+    /// </summary>
+    [Theory]
+    [InlineData("cancelled", "ok")]
+    [InlineData("rejected", "ok")]
+    [InlineData("failed", "ok")]
+    [InlineData("cancelled", "fail")]
+    [InlineData("failed", "fail")]
+    public async Task A_call_from_before_the_breaker_opened_cannot_free_the_half_open_probe(string xEnds, string pEnds)
+    {
+        var time = new FakeTimeProvider();
+        var held = new HeldProvider();
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Inference:MaxAttempts"] = "1",
+            ["Inference:AttemptTimeoutMs"] = "600000",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddMetrics();
+        services.AddSingleton<TimeProvider>(time);
+        services.AddInference(configuration);
+        services.AddSingleton<IInferenceProvider>(held);
+        await using var sp = services.BuildServiceProvider();
+        var engine = sp.GetRequiredService<InferenceEngine>();
+        var breakers = sp.GetRequiredService<ModelBreakers>();
+        var pool = new PoolDefinition
+        {
+            Id = "solo", InputMicroPerMillion = 1_000_000, OutputMicroPerMillion = 1_000_000,
+            Models = [new PoolModel { Id = "held-model", Provider = held.Name }],
+        };
+        var request = Request() with { Pool = "solo", Stream = false };
+        var ct = TestContext.Current.CancellationToken;
+
+        using var xGone = new CancellationTokenSource();
+        var x = engine.InvokeAsync(request, pool, null, xGone.Token);
+        var xCall = await held.NextCallAsync();
+        for (var i = 0; i < 3; i++)
+        {
+            breakers.RecordFailure("held-model");
+        }
+
+        time.Advance(TimeSpan.FromSeconds(40));
+        var p = engine.InvokeAsync(request, pool, null, ct);
+        var pCall = await held.NextCallAsync();
+        Assert.False(breakers.IsAvailable("held-model"));
+
+        switch (xEnds)
+        {
+            case "cancelled":
+                await xGone.CancelAsync();
+                await Assert.ThrowsAnyAsync<OperationCanceledException>(() => x);
+                break;
+            case "rejected":
+                xCall.SetResult("reject");
+                Assert.Equal(UpstreamFailure.Rejected, (await Assert.ThrowsAsync<UpstreamException>(() => x)).Failure);
+                break;
+            default:
+                xCall.SetResult("fail");
+                Assert.Equal(UpstreamFailure.ServerError, (await Assert.ThrowsAsync<UpstreamException>(() => x)).Failure);
+                break;
+        }
+
+        // P is still in flight, however long it takes: nobody else reaches the model.
+        time.Advance(TimeSpan.FromSeconds(40));
+        Assert.False(breakers.IsAvailable("held-model"));
+        var q = await Assert.ThrowsAsync<UpstreamException>(() => engine.InvokeAsync(request, pool, null, ct));
+        Assert.Equal(UpstreamFailure.NoHealthyModel, q.Failure);
+        Assert.Equal(2, held.Calls);
+
+        pCall.SetResult(pEnds);
+        if (pEnds == "ok")
+        {
+            // The probe's own success closes the breaker.
+            Assert.Equal("ok", (await p).Content);
+            Assert.Equal(BreakerState.Closed, breakers.StateOf("held-model"));
+            return;
+        }
+
+        // The probe's own failure re-opens it for a new open period, even when the last one elapsed while it ran.
+        Assert.Equal(UpstreamFailure.ServerError, (await Assert.ThrowsAsync<UpstreamException>(() => p)).Failure);
+        Assert.Equal(BreakerState.Open, breakers.StateOf("held-model"));
+        Assert.False(breakers.IsAvailable("held-model"));
+        time.Advance(TimeSpan.FromSeconds(40));
+        Assert.Equal(BreakerState.HalfOpen, breakers.StateOf("held-model"));
+        Assert.True(breakers.IsAvailable("held-model"));
+    }
+
+    /// <summary>
+    /// A failure that opens the model's breaker (here the third in a row; likewise a failed half-open probe) ends that
+    /// model's attempts at once: the next model of the pool answers without a backoff first. Before, the engine slept the
+    /// backoff (here 1 s on a clock that never moves, so it never woke up) only to find the breaker open and fall back then.
+    /// </summary>
+    [Fact]
+    public async Task A_failure_that_opens_the_breaker_falls_back_without_waiting_the_backoff()
+    {
+        var time = new FakeTimeProvider();
+        await using var sp = Services(time, new()
+        {
+            ["Inference:RetryBaseDelayMs"] = "1000",
+            ["Inference:RetryMaxDelayMs"] = "1000",
+            ["Providers:Local:Models:local-mini-a:FailureRate"] = "1",
+        });
+        var breakers = sp.GetRequiredService<ModelBreakers>();
+        breakers.RecordFailure("local-mini-a");
+        breakers.RecordFailure("local-mini-a");
+
+        var invoke = sp.GetRequiredService<InferenceEngine>().InvokeAsync(Request() with { Stream = false }, new PoolCatalog().Pools["cheap"], null, TestContext.Current.CancellationToken);
+        var finished = await Task.WhenAny(invoke, Task.Delay(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+
+        Assert.True(finished == invoke, "the invoke waited for a backoff before falling back");
+        Assert.Equal("local-mini-b", (await invoke).Model);
+        Assert.Equal(BreakerState.Open, breakers.StateOf("local-mini-a"));
+    }
+
+    /// <summary>A provider whose every call waits until the test says how it ends: "ok", "fail" (a 5xx) or "reject" (a 400).</summary>
+    sealed class HeldProvider : IInferenceProvider
+    {
+        readonly ConcurrentQueue<TaskCompletionSource<string>> _pending = new();
+        readonly SemaphoreSlim _started = new(0);
+        int _calls;
+
+        public string Name => "held";
+
+        public bool Simulated => true;
+
+        public int Calls => Volatile.Read(ref _calls);
+
+        public async Task<TaskCompletionSource<string>> NextCallAsync()
+        {
+            Assert.True(await _started.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "the provider was not called");
+            Assert.True(_pending.TryDequeue(out var call));
+            return call;
+        }
+
+        public async IAsyncEnumerable<ProviderChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken ct)
+        {
+            Interlocked.Increment(ref _calls);
+            var outcome = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _pending.Enqueue(outcome);
+            _started.Release();
+            switch (await outcome.Task.WaitAsync(ct))
+            {
+                case "fail":
+                    throw UpstreamException.FromStatus(503, Name, "overloaded", null);
+                case "reject":
+                    throw UpstreamException.FromStatus(400, Name, "prompt is too long", null);
+            }
+
+            yield return new ProviderChunk("ok");
+            yield return new ProviderChunk(null, new Usage(1, 1), "stop");
+        }
     }
 }
