@@ -150,7 +150,10 @@ public sealed class InferenceEngine(
         var timeoutAfter = TimeSpan.FromMilliseconds(_options.AttemptTimeoutMs);
         using var timeout = new CancellationTokenSource(timeoutAfter, time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
-        var providerRequest = ProviderRequestFor(model, request, pool);
+        var providerRequest = ProviderRequestFor(model, request, pool) with
+        {
+            Stream = request.Stream || (_options.StreamVendorAnswers && provider.StreamReportsUsage),
+        };
         var text = new StringBuilder();
         Usage? usage = null;
         string? finish = null;

@@ -17,6 +17,14 @@ public sealed class InferenceOptions
     /// <summary>Time allowed for the first chunk of an attempt, and between chunks after it.</summary>
     public int AttemptTimeoutMs { get; set; } = 30_000;
 
+    /// <summary>
+    /// Ask the vendor for a stream even when finn's caller wants JSON (finn gathers the answer), so that
+    /// <see cref="AttemptTimeoutMs"/> bounds the vendor's silence rather than the whole generation: a long answer is not
+    /// cut off, and not counted against its model, at 30 s. Not for a provider whose stream would not report exact
+    /// usage (OpenAI with <c>Providers:OpenAI:StreamUsage=false</c>): that one is still asked for JSON.
+    /// </summary>
+    public bool StreamVendorAnswers { get; set; } = true;
+
     public int KeepAliveSeconds { get; set; } = 15;
 
     public int BreakerFailureThreshold { get; set; } = 3;

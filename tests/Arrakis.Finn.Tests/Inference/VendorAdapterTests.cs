@@ -40,6 +40,8 @@ public sealed class VendorAdapterTests : IAsyncLifetime
             ["Inference:RetryBaseDelayMs"] = "5",
             ["Inference:RetryMaxDelayMs"] = "20",
             ["Inference:AttemptTimeoutMs"] = attemptTimeoutMs.ToString(),
+            // These tests speak each wire format as the caller asked (JSON or SSE); StreamVendorAnswers is tested on its own.
+            ["Inference:StreamVendorAnswers"] = "false",
         };
         if (withLocalBackup)
         {
@@ -91,6 +93,36 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         var deltas = new List<string>();
         var result = await engine.InvokeAsync(request, pool, request.Stream ? (d, _) => { deltas.Add(d); return ValueTask.CompletedTask; } : null, TestContext.Current.CancellationToken);
         return (result, deltas);
+    }
+
+    /// <summary>
+    /// Inference:StreamVendorAnswers (the default): a JSON call is streamed from the vendor, so the attempt timeout bounds
+    /// the vendor's silence, not the whole answer. Here the answer takes 5 × 150 ms against a 400 ms timeout: asked for
+    /// JSON, the vendor would be cut off (and the model charged with a failure) before it finished.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task A_json_call_streams_from_the_vendor_so_a_long_answer_is_not_cut_off(string vendor)
+    {
+        _server.Behavior = (ctx, call, _) => VendorServer.SuccessAsync(ctx, call, "Hello there, friend!", pieceDelay: TimeSpan.FromMilliseconds(150));
+        await using var sp = Services(vendor, attemptTimeoutMs: 400, extra: new() { ["Inference:StreamVendorAnswers"] = "true", ["Inference:MaxAttempts"] = "1" });
+        var (result, deltas) = await InvokeAsync(sp, Request(stream: false));
+
+        Assert.Equal("Hello there, friend!", result.Content);
+        Assert.Equal(new Usage(11, 5), result.Usage); // the stream's exact usage, not an estimate
+        Assert.Empty(deltas);
+        Assert.True(Assert.Single(_server.Calls).Stream);
+    }
+
+    /// <summary>An OpenAI server without stream usage is still asked for JSON when the caller wants JSON: exact usage beats an estimate.</summary>
+    [Fact]
+    public async Task A_json_call_to_an_openai_server_without_stream_usage_stays_json()
+    {
+        await using var sp = Services("openai", extra: new() { ["Inference:StreamVendorAnswers"] = "true", ["Providers:OpenAI:StreamUsage"] = "false" });
+        var (result, _) = await InvokeAsync(sp, Request(stream: false));
+
+        Assert.Equal(new Usage(11, 5), result.Usage);
+        Assert.False(Assert.Single(_server.Calls).Stream);
     }
 
     /// <summary>Providers:OpenAI:StreamUsage=false: a stream does not send stream_options, which some servers refuse.</summary>

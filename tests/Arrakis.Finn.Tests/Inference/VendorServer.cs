@@ -65,13 +65,18 @@ internal sealed class VendorServer : IAsyncDisposable
 
     public static bool IsAnthropic(VendorCall call) => call.Path == "/v1/messages";
 
-    public static async Task SuccessAsync(HttpContext ctx, VendorCall call, string text, int inputTokens = 11, int? outputTokens = null)
+    /// <summary>
+    /// A successful answer in the format the call asked for. <paramref name="pieceDelay"/>: the time the vendor takes per
+    /// piece of text (before each delta of a stream; all of it before a JSON answer), as a long generation would.
+    /// </summary>
+    public static async Task SuccessAsync(HttpContext ctx, VendorCall call, string text, int inputTokens = 11, int? outputTokens = null, TimeSpan pieceDelay = default)
     {
         var pieces = Pieces(text);
         var output = outputTokens ?? pieces.Count;
         var model = call.Body.GetProperty("model").GetString();
         if (!call.Stream)
         {
+            await Task.Delay(pieceDelay * pieces.Count, ctx.RequestAborted);
             JsonObject json = IsAnthropic(call)
                 ? new()
                 {
@@ -110,6 +115,7 @@ internal sealed class VendorServer : IAsyncDisposable
             await EventAsync(ctx, "ping", new JsonObject { ["type"] = "ping" });
             foreach (var piece in pieces)
             {
+                await Task.Delay(pieceDelay, ctx.RequestAborted);
                 await EventAsync(ctx, "content_block_delta", new JsonObject
                 {
                     ["type"] = "content_block_delta", ["index"] = 0, ["delta"] = new JsonObject { ["type"] = "text_delta", ["text"] = piece },
@@ -134,6 +140,7 @@ internal sealed class VendorServer : IAsyncDisposable
         await EventAsync(ctx, null, Chunk(new JsonObject { ["role"] = "assistant", ["content"] = "" }, null));
         foreach (var piece in pieces)
         {
+            await Task.Delay(pieceDelay, ctx.RequestAborted);
             await EventAsync(ctx, null, Chunk(new JsonObject { ["content"] = piece }, null));
         }
 

@@ -20,6 +20,9 @@ public interface IInferenceProvider
     /// <summary>True for the built-in simulator, so results say <c>simulated:true</c>.</summary>
     bool Simulated { get; }
 
+    /// <summary>Whether a streamed answer reports the vendor's exact usage (else finn's tokenizer estimates it).</summary>
+    bool StreamReportsUsage => true;
+
     IAsyncEnumerable<ProviderChunk> StreamAsync(ProviderRequest request, CancellationToken ct);
 }
 

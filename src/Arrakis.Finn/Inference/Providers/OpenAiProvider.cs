@@ -40,6 +40,8 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
 
     public bool Simulated => false;
 
+    public bool StreamReportsUsage => _options.StreamUsage;
+
     public async IAsyncEnumerable<ProviderChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken ct)
     {
         var body = new JsonObject
