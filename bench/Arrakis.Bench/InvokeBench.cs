@@ -395,6 +395,8 @@ static class InvokeBench
                     all["Pools:Pools:cheap:Models:0:Id"] = "bench-model";
                     all["Pools:Pools:cheap:Models:0:Provider"] = "openai";
                     all["Pools:Pools:cheap:Models:0:VendorModel"] = "bench-model";
+                    // The stub speaks JSON only, and the baseline is the same JSON call made directly: finn asks it for JSON too.
+                    all["Inference:StreamVendorAnswers"] = "false";
                 }
 
                 return all.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
