@@ -134,8 +134,8 @@ for input in TF_STATE_BUCKET TF_VAR_certificate_arn TF_VAR_x402_pay_to TF_VAR_x4
     missing=$((missing + 1))
   fi
 done
-run aws sts get-caller-identity --query Account --output text
 if $DRY_RUN; then
+  run aws sts get-caller-identity --query Account --output text
   ECR_REGISTRY="${ECR_REGISTRY:-<account>.dkr.ecr.$AWS_REGION.amazonaws.com}"
   [[ $missing -gt 0 ]] && echo "  (dry run: $missing pre-flight item(s) missing; a real run stops here)"
 else
@@ -143,7 +143,16 @@ else
     echo "Pre-flight failed: $missing item(s) missing" >&2
     exit 1
   fi
-  ECR_REGISTRY="${ECR_REGISTRY:-$(aws sts get-caller-identity --query Account --output text).dkr.ecr.$AWS_REGION.amazonaws.com}"
+  # Checked, not run under set -e: without credentials aws exits 255 and the deploy ended there with no verdict.
+  echo "  \$ aws sts get-caller-identity --query Account --output text"
+  if AWS_ACCOUNT="$(aws sts get-caller-identity --query Account --output text)" && [[ -n "$AWS_ACCOUNT" ]]; then
+    echo "  ✓ AWS identity (account $AWS_ACCOUNT)"
+  else
+    echo "  ✗ AWS identity — aws sts get-caller-identity failed: no usable credentials (aws configure, AWS_PROFILE or AWS_ACCESS_KEY_ID)"
+    echo "Pre-flight failed: no AWS identity" >&2
+    exit 1
+  fi
+  ECR_REGISTRY="${ECR_REGISTRY:-$AWS_ACCOUNT.dkr.ecr.$AWS_REGION.amazonaws.com}"
 fi
 mkdir -p "$ARTIFACTS_DIR" 2>/dev/null || true
 

@@ -38,7 +38,9 @@ internal static class LoaProgram
         configuration.Error = error;
         try
         {
-            return await Root().Parse(args).InvokeAsync(configuration, ct);
+            var parse = Root().Parse(args);
+            var exit = await parse.InvokeAsync(configuration, ct);
+            return parse.Errors.Count > 0 && UsageErrorsExit2(parse.CommandResult.Command) ? 2 : exit;
         }
         catch (Exception ex) when (Describe(ex) is { } message)
         {
@@ -46,6 +48,14 @@ internal static class LoaProgram
             return ex is OperationCanceledException ? 130 : 1;
         }
     }
+
+    /// <summary>
+    /// An unknown option, a missing argument or a value that does not parse is a usage error: exit 2, as each command's
+    /// own checks of its values answer, so that a script can tell a typo from a failure (for <c>audit</c>, exit 1 means
+    /// an invariant broke). Not for <c>gate</c>, whose contract says 1 (freeside-launch-gate.md §2), nor <c>deploy</c>,
+    /// whose 2 means READY_DEGRADED and which exits 1 on its pipeline's own usage errors.
+    /// </summary>
+    static bool UsageErrorsExit2(Command command) => command.Name is not ("gate" or "deploy");
 
     /// <summary>A one-line account of an environmental failure, or null for anything else.</summary>
     internal static string? Describe(Exception ex)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Yarp.ReverseProxy.Configuration;
@@ -21,16 +22,27 @@ internal static class BalanceCommand
         command.SetAction(async (parse, ct) =>
         {
             var targets = parse.GetValue(to)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            if (targets.Length == 0 || targets.Any(t => !Uri.TryCreate(t, UriKind.Absolute, out _)))
+            if (targets.Length == 0 || targets.Any(t => !Uri.TryCreate(t, UriKind.Absolute, out var u) || u.Scheme is not ("http" or "https")))
             {
-                Console.Error.WriteLine("error: --to needs one or more absolute URLs, e.g. http://127.0.0.1:3010,http://127.0.0.1:3011");
+                Console.Error.WriteLine("error: --to needs one or more absolute http(s) URLs, e.g. http://127.0.0.1:3010,http://127.0.0.1:3011");
+                return 2;
+            }
+
+            // Checked here: Kestrel refuses a bad address (or https, which this slim host has no certificate for) only when it
+            // starts, with an exception that crashed loa.
+            var address = parse.GetValue(listen)!;
+            if (!IsListenAddress(address))
+            {
+                Console.Error.WriteLine($"error: --listen needs an http:// URL with a port from 1 to 65535, e.g. http://127.0.0.1:3100 (not '{address}')");
                 return 2;
             }
 
             // No configuration file watching: it watches the working directory recursively, .loa/ and all.
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] });
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
-            builder.WebHost.UseUrls(parse.GetValue(listen)!);
+            // A start that fails (the port in use) is loa's one line on stderr, not also the host's stack trace on stdout.
+            builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.None);
+            builder.WebHost.UseUrls(address);
             builder.Services.AddReverseProxy().LoadFromMemory(
                 [new RouteConfig { RouteId = "all", ClusterId = "replicas", Match = new RouteMatch { Path = "{**catch-all}" } }],
                 [new ClusterConfig
@@ -41,8 +53,9 @@ internal static class BalanceCommand
                 }]);
             var app = builder.Build();
             app.MapReverseProxy();
-            Console.WriteLine($"balancing {parse.GetValue(listen)} -> {string.Join(", ", targets)}");
             await app.StartAsync(ct);
+
+            Console.WriteLine($"balancing {address} -> {string.Join(", ", targets)}");
 
             // Stop on Ctrl-C (the command's token) or SIGTERM (the host's lifetime), whichever comes first.
             var stop = new TaskCompletionSource();
@@ -53,5 +66,18 @@ internal static class BalanceCommand
             return 0;
         });
         return command;
+    }
+
+    static bool IsListenAddress(string address)
+    {
+        try
+        {
+            var parsed = BindingAddress.Parse(address);
+            return parsed.Scheme == "http" && parsed.Port is >= 1 and <= 65_535;
+        }
+        catch (FormatException)
+        {
+            return false;
+        }
     }
 }

@@ -98,6 +98,14 @@ internal static class KeysCommand
         var command = new Command("import", "Make an operator's P-256 PEM key the active signing key.") { service, pem, kid, CliContext.DataDir };
         command.SetAction(async (parse, ct) => await RunAsync(parse, service, async keyring =>
         {
+            if (parse.GetValue(kid) is { } id && (id.Length is 0 or > 128 || id.Any(c => c is <= ' ' or > '~')))
+            {
+                // An empty kid (--kid "$KID" with KID unset) was imported as the active signing key under the kid "";
+                // a space or newline split the key's row in 'keys list' and every log line naming it.
+                Console.Error.WriteLine("error: --kid must be 1-128 printable ASCII characters without spaces (or leave it out for the key's thumbprint)");
+                return 2;
+            }
+
             var file = parse.GetValue(pem)!;
             if (!file.Exists)
             {
@@ -107,8 +115,8 @@ internal static class KeysCommand
 
             try
             {
-                var id = await keyring.ImportAsync(await File.ReadAllTextAsync(file.FullName, ct), parse.GetValue(kid), ct);
-                Console.WriteLine($"IMPORTED kid={id} status=active");
+                var imported = await keyring.ImportAsync(await File.ReadAllTextAsync(file.FullName, ct), parse.GetValue(kid), ct);
+                Console.WriteLine($"IMPORTED kid={imported} status=active");
                 return 0;
             }
             catch (Exception ex) when (ex is FormatException or InvalidOperationException)

@@ -93,16 +93,23 @@ public sealed class RateLimiter(IRateLimitCounter counter, RateLimitOptions opti
         var now = time.GetUtcNow();
         var window = now.ToUnixTimeMilliseconds() / (long)Window.TotalMilliseconds;
         var retry = TimeSpan.FromMilliseconds((window + 1) * (long)Window.TotalMilliseconds - now.ToUnixTimeMilliseconds());
-        var community = await counter.HitAsync($"{bucket}c:{communityId}:{window}", Window, ct);
-        var decision = Decide(community, limits.CommunityPerMinute, retry, $"{limits.CommunityPerMinute};w=60;scope=community");
-        if (!decision.Allowed || string.IsNullOrEmpty(userId))
+        // The user's window first: a request refused by the user's own limit must not count in the community's, or one
+        // user retrying past their limit would use up the minute of every other user of the community. (A request the
+        // community refuses still counts in its user's window: that costs only this user, in a minute that is full anyway.)
+        RateLimitDecision? perUser = null;
+        if (!string.IsNullOrEmpty(userId))
         {
-            return decision;
+            var user = await counter.HitAsync($"{bucket}u:{communityId}:{userId}:{window}", Window, ct);
+            perUser = Decide(user, limits.UserPerMinute, retry, $"{limits.UserPerMinute};w=60;scope=user");
+            if (!perUser.Allowed)
+            {
+                return perUser;
+            }
         }
 
-        var user = await counter.HitAsync($"{bucket}u:{communityId}:{userId}:{window}", Window, ct);
-        var perUser = Decide(user, limits.UserPerMinute, retry, $"{limits.UserPerMinute};w=60;scope=user");
-        return !perUser.Allowed || perUser.Remaining < decision.Remaining ? perUser : decision;
+        var community = await counter.HitAsync($"{bucket}c:{communityId}:{window}", Window, ct);
+        var decision = Decide(community, limits.CommunityPerMinute, retry, $"{limits.CommunityPerMinute};w=60;scope=community");
+        return decision.Allowed && perUser is not null && perUser.Remaining < decision.Remaining ? perUser : decision;
     }
 
     static RateLimitDecision Decide(long count, int limit, TimeSpan retry, string policy) =>

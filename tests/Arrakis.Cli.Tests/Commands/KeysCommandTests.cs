@@ -33,4 +33,36 @@ public sealed class KeysCommandTests : IDisposable
             Assert.DoesNotContain("   at ", error, StringComparison.Ordinal);
         }
     }
+
+    /// <summary>
+    /// <c>keys import --kid</c> took any string: <c>--kid ""</c> (a script's <c>--kid "$KID"</c> with KID unset) made
+    /// the operator's key the active signing key under an empty kid, and a kid with a space or a newline broke the rows of
+    /// <c>keys list</c>. Each is refused, exit 2, and the keyring is left as it was.
+    /// </summary>
+    [Theory]
+    [InlineData("")]
+    [InlineData("two words")]
+    [InlineData("line\nbreak")]
+    [InlineData("caf\u00e9")]
+    public async Task Import_refuses_a_kid_that_is_empty_or_not_printable_ascii_and_changes_nothing(string kid)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var (code, before, err) = await LoaProcess.RunAsync("keys", "list", "--data-dir", _dataDir);
+        Assert.True(code == 0, err);
+        using var ecdsa = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var pem = Path.Combine(_dataDir, "operator.pem");
+        await File.WriteAllTextAsync(pem, ecdsa.ExportPkcs8PrivateKeyPem(), ct);
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync("keys", "import", "--data-dir", _dataDir, "--pem", pem, "--kid", kid);
+
+        Assert.True(exit == 2, $"exit {exit}: {stdout}{stderr}");
+        Assert.Contains("--kid must be 1-128 printable ASCII characters", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("IMPORTED", stdout, StringComparison.Ordinal);
+        Assert.Equal(before, (await LoaProcess.RunAsync("keys", "list", "--data-dir", _dataDir)).Stdout);
+
+        // The same key under a well-formed kid imports.
+        (exit, stdout, stderr) = await LoaProcess.RunAsync("keys", "import", "--data-dir", _dataDir, "--pem", pem, "--kid", "operator-2026.1");
+        Assert.True(exit == 0, stderr);
+        Assert.Contains("IMPORTED kid=operator-2026.1 status=active", stdout, StringComparison.Ordinal);
+    }
 }

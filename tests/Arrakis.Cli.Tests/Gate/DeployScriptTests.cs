@@ -16,7 +16,9 @@ public sealed class DeployScriptTests
         name="$(basename "$0")"
         echo "$name $*" >> "$SHIM_LOG"
         case "$name $*" in
-          "aws sts get-caller-identity"*) echo 123456789012 ;;
+          "aws sts get-caller-identity"*)
+            [[ -z "${FAKE_NO_CREDENTIALS:-}" ]] || { echo 'Unable to locate credentials. You can configure credentials by running "aws configure".' >&2; exit 255; }
+            echo 123456789012 ;;
           "aws ecr get-login-password"*) echo not-a-password ;;
           "aws ecr describe-images"*) [[ -n "${FAKE_IMAGES_PUSHED:-}" ]] || exit 254 ;;
           "docker login"*) cat > /dev/null ;;
@@ -224,6 +226,22 @@ public sealed class DeployScriptTests
             Assert.Contains("Pre-flight failed", run.Stderr, StringComparison.Ordinal);
             Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal) || c.StartsWith("terraform", StringComparison.Ordinal));
         });
+    }
+
+    /// <summary>
+    /// Without AWS credentials the identity check ran under <c>set -e</c>: the deploy ended there with aws's own exit
+    /// code, 255 (not the documented 1), and no pre-flight verdict. It is now a pre-flight item of its own.
+    /// </summary>
+    [Fact]
+    public async Task Missing_aws_credentials_fail_the_pre_flight_with_exit_1_and_say_so()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_NO_CREDENTIALS"] = "1" }, viaLoa: true);
+
+        Assert.True(run.Exit == 1, $"exit {run.Exit}\n{run.Stdout}\n{run.Stderr}");
+        Assert.Contains("✗ AWS identity — aws sts get-caller-identity failed", run.Stdout, StringComparison.Ordinal);
+        Assert.Contains("Pre-flight failed: no AWS identity", run.Stderr, StringComparison.Ordinal);
+        Assert.Contains("Unable to locate credentials", run.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker", StringComparison.Ordinal) || c.StartsWith("terraform", StringComparison.Ordinal));
     }
 
     [Fact]
