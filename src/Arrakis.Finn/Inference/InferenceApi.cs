@@ -20,6 +20,19 @@ public static class InferenceApi
 {
     static readonly string[] Roles = ["system", "user", "assistant"];
 
+    /// <summary>
+    /// An upstream failure as a problem. "No healthy model" says when to come back (<c>Retry-After</c>, whole seconds:
+    /// the soonest a breaker of the pool half-opens); a vendor's own <c>Retry-After</c> was for finn and is not passed on.
+    /// </summary>
+    internal static IResult UpstreamProblem(UpstreamException ex, string traceId)
+    {
+        var (status, code) = UpstreamFailures.ToHttp(ex.Failure);
+        var headers = ex.Failure == UpstreamFailure.NoHealthyModel && ex.RetryAfter is { } wait
+            ? new Dictionary<string, string> { ["Retry-After"] = ((long)Math.Ceiling(wait.TotalSeconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) }
+            : null;
+        return Problems.Create(status, code, ex.Message, new Dictionary<string, object?> { ["trace_id"] = traceId }, headers);
+    }
+
     public static IEndpointRouteBuilder MapInferenceApi(this IEndpointRouteBuilder app)
     {
         app.MapPost("/" + FinnContract.InvokePath, InvokeAsync)
@@ -107,8 +120,7 @@ public static class InferenceApi
         catch (UpstreamException ex)
         {
             InferenceLog.Invoke(logger, pool.Id, "none", UpstreamFailures.Kind(ex.Failure), (long)time.GetElapsedTime(started).TotalMilliseconds, 0, false, traceId, community);
-            var (status, code) = UpstreamFailures.ToHttp(ex.Failure);
-            return Problems.Create(status, code, ex.Message, new Dictionary<string, object?> { ["trace_id"] = traceId });
+            return UpstreamProblem(ex, traceId);
         }
 
         var elapsedMs = (long)time.GetElapsedTime(started).TotalMilliseconds;
@@ -245,7 +257,7 @@ public static class InferenceApi
                 if (!_started)
                 {
                     _started = true;
-                    await Problems.Create(status, code, ex.Message, new Dictionary<string, object?> { ["trace_id"] = request.TraceId }).ExecuteAsync(http);
+                    await UpstreamProblem(ex, request.TraceId).ExecuteAsync(http);
                     return;
                 }
 

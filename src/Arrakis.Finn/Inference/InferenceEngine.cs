@@ -41,7 +41,7 @@ public sealed class InferenceEngine(
             if (!candidates.Any(c => c.Healthy))
             {
                 throw last ?? new UpstreamException(UpstreamFailure.NoHealthyModel,
-                    $"No healthy model in pool '{pool.Id}': every candidate's circuit breaker is open.");
+                    $"No healthy model in pool '{pool.Id}': every candidate's circuit breaker is open.", RetryAfterNoHealthyModel(pool));
             }
 
             var routing = new RoutingRequest(request.Agent, candidates, request.TraceId);
@@ -217,6 +217,16 @@ public sealed class InferenceEngine(
         }
 
         return (text.ToString(), Cap(usage, request, pool), finish ?? "stop");
+    }
+
+    /// <summary>
+    /// When the pool's first model may be tried again: the earliest end of an open period, at least 1 s (a model whose
+    /// half-open probe is in flight counts as 1 s: the probe settles it soon).
+    /// </summary>
+    TimeSpan RetryAfterNoHealthyModel(PoolDefinition pool)
+    {
+        var soonest = pool.Models.Select(m => breakers.AvailableIn(m.Id) ?? TimeSpan.Zero).DefaultIfEmpty(TimeSpan.Zero).Min();
+        return soonest < TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : soonest;
     }
 
     static ProviderRequest ProviderRequestFor(PoolModel model, FinnInvokeRequest request, PoolDefinition pool) =>

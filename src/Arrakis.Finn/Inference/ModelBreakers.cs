@@ -36,6 +36,28 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
         }
     }
 
+    /// <summary>
+    /// How long until a request may try this model again: zero when it may now, the rest of the open period when its
+    /// breaker is open, and null when that cannot be told (half-open with its probe in flight: it depends on the probe).
+    /// </summary>
+    public TimeSpan? AvailableIn(string model)
+    {
+        if (!_breakers.TryGetValue(model, out var b))
+        {
+            return TimeSpan.Zero;
+        }
+
+        lock (b)
+        {
+            return Effective(b) switch
+            {
+                BreakerState.Closed => TimeSpan.Zero,
+                BreakerState.HalfOpen => b.ProbeInFlight ? null : TimeSpan.Zero,
+                _ => b.OpenUntil - time.GetUtcNow(),
+            };
+        }
+    }
+
     /// <summary>Whether a request may try this model now: closed, or half-open with no probe in flight.</summary>
     public bool IsAvailable(string model)
     {

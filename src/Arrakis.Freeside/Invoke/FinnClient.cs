@@ -10,7 +10,8 @@ using Arrakis.Shared.Tokens;
 namespace Arrakis.Freeside.Invoke;
 
 /// <summary>An upstream failure mapped to the status freeside answers with (YARP style: 502 failed, 503 unavailable, 504 timed out).</summary>
-public sealed record UpstreamError(int Status, string Error, string Detail);
+/// <see cref="RetryAfter"/>: when finn said to come back (its 503 "no healthy model"), passed on to the client.
+public sealed record UpstreamError(int Status, string Error, string Detail, TimeSpan? RetryAfter = null);
 
 /// <summary>What freeside tells finn about the caller, carried in the per-request finn token.</summary>
 public sealed record FinnCaller(string TenantId, string CommunityId, Tier Tier, IReadOnlyList<string> AllowedPools, string ReservationId);
@@ -88,7 +89,7 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer, M
             var text = await response.Content.ReadAsStringAsync(ct);
             if (!response.IsSuccessStatusCode)
             {
-                return (null, FromProblem(response.StatusCode, text));
+                return (null, FromProblem(response.StatusCode, text) with { RetryAfter = RetryAfterOf(response) });
             }
 
             var result = JsonSerializer.Deserialize<FinnInvokeResult>(text, Json);
@@ -110,7 +111,7 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer, M
             response = await clients.CreateClient(IdentitySetup.FinnClient).SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct);
             if (!response.IsSuccessStatusCode)
             {
-                failure = FromProblem(response.StatusCode, await response.Content.ReadAsStringAsync(ct));
+                failure = FromProblem(response.StatusCode, await response.Content.ReadAsStringAsync(ct)) with { RetryAfter = RetryAfterOf(response) };
             }
         }
         catch (Exception ex) when (Classify(ex, ct) is { } error)
@@ -218,6 +219,11 @@ public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer, M
             ? u.Deserialize<Usage>(Json)
             : null;
     }
+
+    /// <summary>finn's <c>Retry-After</c> on a 503 (whole seconds, 1 to 3600), else null.</summary>
+    static TimeSpan? RetryAfterOf(HttpResponseMessage response) =>
+        response.StatusCode == HttpStatusCode.ServiceUnavailable && response.Headers.RetryAfter?.Delta is { } delta
+            && delta >= TimeSpan.FromSeconds(1) && delta <= TimeSpan.FromHours(1) ? delta : null;
 
     static UpstreamError FromProblem(HttpStatusCode status, string text)
     {

@@ -137,7 +137,9 @@ public sealed record InvokeResponse(
 
 static class InvokeResponses
 {
-    public static IResult Upstream(UpstreamError e) => Shared.Http.Problems.Create(e.Status, e.Error, e.Detail);
+    public static IResult Upstream(UpstreamError e) => Shared.Http.Problems.Create(e.Status, e.Error, e.Detail, headers: e.RetryAfter is { } wait
+        ? new Dictionary<string, string> { ["Retry-After"] = ((long)Math.Ceiling(wait.TotalSeconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) }
+        : null);
 
     public const string FinalizeFailedDetail = "The call's charge could not be recorded, so nothing was charged; retry with the same idempotency key.";
 

@@ -285,10 +285,14 @@ public sealed class InvokeApiTests
             Assert.Equal("PROVIDER_ERROR", (await JsonAsync(r)).GetProperty("error").GetString());
         }
 
-        using (var r = await PostAsync(platform, Body("Hi", stream: true), sse: true))
+        // Every breaker of the pool is open: 503, with the soonest half-open time (30 s ± 20 %) as Retry-After.
+        foreach (var stream in new[] { true, false })
         {
+            using var r = await PostAsync(platform, Body("Hi", stream: stream), sse: stream);
             Assert.Equal(HttpStatusCode.ServiceUnavailable, r.StatusCode);
             Assert.Equal("NO_HEALTHY_MODEL", (await JsonAsync(r)).GetProperty("error").GetString());
+            var wait = r.Headers.RetryAfter?.Delta;
+            Assert.True(wait >= TimeSpan.FromSeconds(20) && wait <= TimeSpan.FromSeconds(37), $"Retry-After {r.Headers.RetryAfter}");
         }
     }
 

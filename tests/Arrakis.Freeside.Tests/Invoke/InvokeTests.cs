@@ -457,6 +457,15 @@ public sealed class InvokeTests
         using var response = await InvokeAsync(p, """{"prompt":"Hi","model":"cheap"}""");
 
         Assert.True((int)response.StatusCode is 502 or 503, $"got {(int)response.StatusCode}");
+
+        // Every breaker of the pool is open now: the next call is 503 and says when to come back (finn's Retry-After:
+        // the soonest a breaker half-opens, 30 s ± 20 %), without a model being tried.
+        using var next = await InvokeAsync(p, """{"prompt":"Hi again","model":"cheap"}""");
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, next.StatusCode);
+        Assert.Equal("NO_HEALTHY_MODEL", (await next.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("error").GetString());
+        var wait = next.Headers.RetryAfter?.Delta;
+        Assert.True(wait >= TimeSpan.FromSeconds(20) && wait <= TimeSpan.FromSeconds(37), $"Retry-After {next.Headers.RetryAfter}");
+
         var after = await BudgetAsync(p);
         Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
         Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
