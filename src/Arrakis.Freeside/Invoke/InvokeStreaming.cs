@@ -156,7 +156,11 @@ static class InvokeStreaming
                 await pipeline.FailAsync(a, failed, CancellationToken.None);
             }
 
-            await WriteAsync(Frame("error", new { type = "error", error = failed.Error, detail = failed.Detail, status = failed.Status }, id: seq));
+            // A stream's status line has gone out, so finn's Retry-After (no healthy model) travels in the frame.
+            object frame = failed.RetryAfter is { } wait
+                ? new { type = "error", error = failed.Error, detail = failed.Detail, status = failed.Status, retry_after = (long)Math.Ceiling(wait.TotalSeconds) }
+                : new { type = "error", error = failed.Error, detail = failed.Detail, status = failed.Status };
+            await WriteAsync(Frame("error", frame, id: seq));
             pipeline.Complete(a, failed.Status, "upstream_failed", null, sw.Elapsed, chargedBeforeFailure);
             return;
         }

@@ -466,6 +466,14 @@ public sealed class InvokeTests
         var wait = next.Headers.RetryAfter?.Delta;
         Assert.True(wait >= TimeSpan.FromSeconds(20) && wait <= TimeSpan.FromSeconds(37), $"Retry-After {next.Headers.RetryAfter}");
 
+        // A stream has sent its status line already: the error frame carries the wait.
+        using var streamed = await InvokeAsync(p, """{"prompt":"Hi stream","model":"cheap","stream":true}""", sse: true);
+        var errorData = (await streamed.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).Split("\n\n")
+            .Single(f => f.Contains("event: error", StringComparison.Ordinal)).Split('\n').Single(l => l.StartsWith("data:", StringComparison.Ordinal))[5..];
+        var frame = JsonDocument.Parse(errorData).RootElement;
+        Assert.Equal("NO_HEALTHY_MODEL", frame.GetProperty("error").GetString());
+        Assert.InRange(frame.GetProperty("retry_after").GetInt64(), 20, 37);
+
         var after = await BudgetAsync(p);
         Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
         Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
