@@ -40,6 +40,19 @@ resource "random_password" "redis" {
   special = false
 }
 
+# noeviction: Redis holds the replay cache (every token id until it expires) and the rate-limit windows, all with TTLs.
+# The default policy (volatile-lru) evicts exactly those keys under memory pressure, which would accept a replayed
+# token or reset a rate limit without a word; a full Redis must refuse writes instead (the agent-redis-evictions alarm
+# and the launch checklist expect no evictions).
+resource "aws_elasticache_parameter_group" "redis" {
+  name   = "${local.prefix}-redis7"
+  family = "redis7"
+  parameter {
+    name  = "maxmemory-policy"
+    value = "noeviction"
+  }
+}
+
 resource "aws_elasticache_replication_group" "main" {
   replication_group_id       = "${local.prefix}-redis"
   description                = "Arrakis replay cache and invalidation bus"
@@ -49,6 +62,7 @@ resource "aws_elasticache_replication_group" "main" {
   num_cache_clusters         = 2
   automatic_failover_enabled = true
   port                       = 6379
+  parameter_group_name       = aws_elasticache_parameter_group.redis.name
   subnet_group_name          = aws_elasticache_subnet_group.main.name
   security_group_ids         = [aws_security_group.data.id]
   at_rest_encryption_enabled = true

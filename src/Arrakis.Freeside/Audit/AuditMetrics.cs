@@ -26,7 +26,8 @@ public sealed class AuditMetrics
         agent.CreateObservableGauge("budget_reserved_cents", () => Observe(b => b.ReservedMicro), "{cent}");
         agent.CreateObservableGauge("budget_available_cents", () => Observe(b => b.AvailableMicro), "{cent}");
         agent.CreateObservableGauge("budget_limit_cents", () => Observe(b => b.LimitMicro), "{cent}");
-        agent.CreateObservableGauge("agent_budget_overspend_cents", () => Observe(b => b.OverspendMicro), "{cent}");
+        // Rounded up: an overspend of a fraction of a cent is still a breach, and the alarm fires on anything above 0.
+        agent.CreateObservableGauge("agent_budget_overspend_cents", () => Observe(b => b.OverspendMicro, roundUp: true), "{cent}");
     }
 
     public void Record(ConservationReport report)
@@ -46,6 +47,6 @@ public sealed class AuditMetrics
         }
     }
 
-    IEnumerable<Measurement<long>> Observe(Func<BudgetGaugeValues, long> micro) =>
-        _last.Select(a => new Measurement<long>(micro(a.Budget) / 10_000, new KeyValuePair<string, object?>("community_id", a.CommunityId)));
+    IEnumerable<Measurement<long>> Observe(Func<BudgetGaugeValues, long> micro, bool roundUp = false) =>
+        _last.Select(a => new Measurement<long>((micro(a.Budget) + (roundUp ? 9_999 : 0)) / 10_000, new KeyValuePair<string, object?>("community_id", a.CommunityId)));
 }

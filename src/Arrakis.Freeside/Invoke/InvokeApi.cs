@@ -43,10 +43,20 @@ public static class InvokeApi
         using var buffer = new MemoryStream();
         await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
         var wantsSse = http.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);
-        var admission = await pipeline.AdmitAsync(http, buffer.ToArray(), wantsSse, http.RequestAborted);
+        Admission admission;
+        try
+        {
+            admission = await pipeline.AdmitAsync(http, buffer.ToArray(), wantsSse, http.RequestAborted);
+        }
+        catch (Exception ex) when (Failed(pipeline, http, ex, wantsSse, sw.Elapsed))
+        {
+            throw; // never runs: the filter logs INVOKE_COMPLETE and lets the error handler answer
+        }
+
         if (admission.Rejection is { } rejection)
         {
             await rejection.ExecuteAsync(http);
+            pipeline.Refused(http.Response.StatusCode, "rejected", admission.CommunityId, admission.Pool, wantsSse, sw.Elapsed);
             return;
         }
 
@@ -110,6 +120,19 @@ public static class InvokeApi
         http.Response.Headers["Idempotency-Key"] = admitted.IdempotencyKey;
         await JsonBody.WriteAsync(http.Response, 200, body); // with its length: the client has it before the log line below
         pipeline.Complete(admitted, 200, "ok", result, sw.Elapsed, settled.ChargedMicro);
+    }
+
+    /// <summary>
+    /// An admission that threw still logs its INVOKE_COMPLETE line, with the status the error handler answers (503 for
+    /// an unreachable database or Redis, else 500; 499 when the client left). Returns false, so the exception goes on.
+    /// </summary>
+    static bool Failed(InvokePipeline pipeline, HttpContext http, Exception ex, bool stream, TimeSpan elapsed)
+    {
+        var (status, outcome) = ex is OperationCanceledException && http.RequestAborted.IsCancellationRequested
+            ? (499, "client_disconnected")
+            : Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null ? (503, "unavailable") : (500, "error");
+        pipeline.Refused(status, outcome, null, null, stream, elapsed);
+        return false;
     }
 }
 

@@ -36,7 +36,8 @@ public sealed record Admitted(
     public FinnCall? Prepared { get; init; }
 }
 
-public sealed record Admission(Admitted? Admitted, IResult? Rejection);
+/// <summary>An admitted invoke, or the refusal to answer with the community and pool it concerned, when known by then.</summary>
+public sealed record Admission(Admitted? Admitted, IResult? Rejection, string? CommunityId = null, string? Pool = null);
 
 public enum SettlementStatus
 {
@@ -79,6 +80,10 @@ public sealed class InvokePipeline(
 {
     public async Task<Admission> AdmitAsync(HttpContext http, byte[] body, bool wantsSse, CancellationToken ct)
     {
+        string? communityId = null;
+        string? poolId = null;
+        Admission Reject(IResult result) => new(null, result, communityId, poolId);
+
         var token = http.VerifiedToken();
         var tenant = token.TryGetPayloadValue<string>("tenant_id", out var t) ? t : null;
         if (string.IsNullOrEmpty(tenant))
@@ -91,6 +96,8 @@ public sealed class InvokePipeline(
         {
             return Reject(Problems.Create(403, "FORBIDDEN", $"Tenant '{tenant}' is not mapped to a community."));
         }
+
+        communityId = community.Id;
 
         var user = token.Subject is { Length: > 0 } sub ? sub : tenant;
         var limit = await rateLimiter.CheckAsync(community.Tier, community.Id, user, ct);
@@ -110,11 +117,13 @@ public sealed class InvokePipeline(
             return Reject(Problems.Invalid(invalid.Field, invalid.Detail));
         }
 
-        var poolId = request!.Pool ?? catalog.DefaultPoolFor(community.Tier);
-        if (!catalog.Pools.TryGetValue(poolId, out var pool))
+        var requestedPool = request!.Pool ?? catalog.DefaultPoolFor(community.Tier);
+        if (!catalog.Pools.TryGetValue(requestedPool, out var pool))
         {
-            return Reject(Problems.Invalid("model", $"Unknown pool '{poolId}'. Pools: {string.Join(", ", catalog.Pools.Keys)}."));
+            return Reject(Problems.Invalid("model", $"Unknown pool '{requestedPool}'. Pools: {string.Join(", ", catalog.Pools.Keys)}."));
         }
+
+        poolId = pool.Id;
 
         var maxTokens = request.MaxTokens ?? pool.DefaultMaxTokens;
         if (maxTokens > pool.MaxTokensLimit)
@@ -231,8 +240,6 @@ public sealed class InvokePipeline(
 
         return new Admission(admitted, null);
     }
-
-    static Admission Reject(IResult result) => new(null, result);
 
     IReadOnlyList<string> AllowedPools(Microsoft.IdentityModel.JsonWebTokens.JsonWebToken token, Tier tier)
     {
@@ -420,6 +427,14 @@ public sealed class InvokePipeline(
     /// <summary>Cost of what a stream produced before it stopped, from finn's running usage.</summary>
     public static long PartialCost(PoolDefinition pool, Usage? usage) =>
         usage is null ? 0 : PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens);
+
+    /// <summary>
+    /// The INVOKE_COMPLETE line of an invoke refused before it held a reservation (429, 402, 400, 403, 409; nothing was
+    /// charged), or of one whose admission threw (<paramref name="status"/> 503 or 500). Only the log line: the invoke
+    /// metrics describe calls that ran.
+    /// </summary>
+    public void Refused(int status, string outcome, string? communityId, string? pool, bool stream, TimeSpan elapsed) =>
+        logger.InvokeComplete(status, outcome, pool, null, (long)elapsed.TotalMilliseconds, communityId ?? "", TraceId(), 0, 0, 0, stream);
 
     public void Complete(Admitted a, int status, string outcome, FinnInvokeResult? result, TimeSpan elapsed, long? chargedMicro = null)
     {

@@ -3,7 +3,10 @@ using Microsoft.Extensions.Logging;
 
 namespace Arrakis.Freeside.Payments;
 
-/// <summary>Meter <c>Arrakis.Payments</c>: PaymentCreated, PaymentFinished, PaymentFailed, CreditsMinted (micro-USD).</summary>
+/// <summary>
+/// Meter <c>Arrakis.Payments</c>: PaymentCreated, PaymentFinished, PaymentFailed, and CreditsMinted (micro-USD granted from
+/// x402 payments; Prometheus only: the dashboards' CreditsMinted is the ledger's, which counts these grants too).
+/// </summary>
 public sealed class PaymentMetrics
 {
     public const string MeterName = "Arrakis.Payments";

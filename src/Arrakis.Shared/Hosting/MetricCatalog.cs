@@ -118,7 +118,8 @@ public static class MetricCatalog
         Counter("Arrakis/Billing", MetricNames.PaymentsMeter, MetricNames.PaymentCreated, "{payment}"),
         Counter("Arrakis/Billing", MetricNames.PaymentsMeter, MetricNames.PaymentFinished, "{payment}"),
         Counter("Arrakis/Billing", MetricNames.PaymentsMeter, MetricNames.PaymentFailed, "{payment}"),
-        Counter("Arrakis/Billing", MetricNames.PaymentsMeter, MetricNames.CreditsMinted, "{lot}"),
+        // Not Arrakis.Payments' own CreditsMinted: an x402 credit note is granted through the ledger, whose CreditsMinted
+        // above already counts it (source x402); both under one name counted every x402 note twice.
 
         // Arrakis/Auth: TokenVerifier in every service
         new("Arrakis/Auth", "JwtValidationFailure", "Count", MetricSource.Instrument, MetricNames.AuthMeter, MetricNames.JwtValidationFailure,

@@ -895,6 +895,66 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// DESIGN §8: freeside logs INVOKE_COMPLETE for every invoke, failed ones included (the CloudWatch filters and the
+    /// operator count calls by it). A call refused before it runs (an invalid max_tokens' 400, the budget's 402) logs its
+    /// line too: its status, community and pool, a numeric duration and nothing charged; so does one whose reservation
+    /// threw (the 500 the error handler answers). Before, only calls that held a reservation logged one, so a community
+    /// refused all day by its budget left no INVOKE_COMPLETE line at all.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task An_invoke_refused_before_it_runs_still_logs_its_invoke_complete_line(string engine)
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(engine, RaisedRateLimits(), logs);
+        var ct = TestContext.Current.CancellationToken;
+        using (var ok = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap"}"""))
+        {
+            Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+        }
+
+        using (var tooLong = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","max_tokens":1000000}"""))
+        {
+            Assert.Equal(HttpStatusCode.BadRequest, tooLong.StatusCode);
+        }
+
+        // The reservation's write fails: the error handler answers 500, and the line says so.
+        var ledger = p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Ledger.Ledger>();
+        ledger.FaultPoint = "reserve.after-insert";
+        using (var failed = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap"}"""))
+        {
+            Assert.Equal(HttpStatusCode.InternalServerError, failed.StatusCode);
+        }
+
+        ledger.FaultPoint = null;
+        await using (var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(ct))
+        {
+            await Dapper.SqlMapper.ExecuteAsync(c, "UPDATE budget_months SET limit_micro = committed_micro + reserved_micro WHERE community_id = @community", new { community = Community });
+        }
+
+        using (var refused = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap"}"""))
+        {
+            Assert.Equal(HttpStatusCode.PaymentRequired, refused.StatusCode);
+        }
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (logs.WithEvent("INVOKE_COMPLETE").Count() < 4 && waited.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(50, ct);
+        }
+
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([200, 400, 500, 402], lines.Select(l => (int)l.Properties["Status"]!));
+        Assert.Equal(["ok", "rejected", "error", "rejected"], lines.Select(l => (string)l.Properties["Outcome"]!));
+        var refusals = lines.Where(l => (string)l.Properties["Outcome"]! == "rejected").Prepend(lines[0]).ToList();
+        Assert.All(refusals, l => Assert.Equal(Community, l.Properties["CommunityId"]));
+        Assert.All(refusals, l => Assert.Equal("cheap", l.Properties["Pool"]));
+        Assert.All(lines, l => Assert.IsType<long>(l.Properties["DurationMs"]));
+        Assert.All(lines.Skip(1), l => Assert.Equal(0L, l.Properties["CostMicro"]));
+        Assert.All(lines, l => Assert.False(string.IsNullOrEmpty((string?)l.Properties["TraceId"])));
+    }
+
+    /// <summary>
     /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
     /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
     /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.

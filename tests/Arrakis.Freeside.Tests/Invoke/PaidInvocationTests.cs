@@ -1,7 +1,14 @@
+using System.Diagnostics.Metrics;
+using System.Net.Http.Headers;
 using System.Text;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Payments;
+using Arrakis.Freeside.Seeding;
 using Arrakis.Freeside.Tests.Payments;
+using Arrakis.Shared.Hosting;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 
@@ -40,7 +47,35 @@ public sealed class PaidInvocationTests
         Assert.Equal("reasoning", answer["pool"]!.GetValue<string>());
     }
 
-    static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings)
+    /// <summary>
+    /// A paid call by a member of a community grants its credit note into the ledger as one x402 lot. The CloudWatch
+    /// metric Arrakis/Billing CreditsMinted (the EMF writer over freeside's meters) must count that grant once: the
+    /// payment flow's own CreditsMinted (meter Arrakis.Payments) was catalogued under the same name, so every x402 credit
+    /// note was counted twice, once by the ledger's grant and once by the payment flow.
+    /// </summary>
+    [Fact]
+    public async Task An_x402_credit_note_is_counted_once_in_the_cloudwatch_credits_minted()
+    {
+        var emf = new StringWriter();
+        var answer = await PayTheQuoteAsync("sqlite", new JsonObject { ["prompt"] = "Say hi", ["model"] = "cheap" }, new Dictionary<string, string?>(), emf);
+        var note = answer["creditNote"]!["amountMicro"]!.GetValue<long>();
+        Assert.True(note > 0);
+
+        var minted = emf.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => JsonDocument.Parse(l).RootElement.Clone())
+            .Where(l => l.GetProperty("_aws").GetProperty("CloudWatchMetrics")[0] is var cw
+                && cw.GetProperty("Namespace").GetString() == "Arrakis/Billing" && cw.GetProperty("Metrics")[0].GetProperty("Name").GetString() == "CreditsMinted")
+            .ToList();
+        Assert.NotEmpty(minted);
+        Assert.Equal(note, (long)minted.Sum(l => l.GetProperty("CreditsMinted").GetDouble()));
+    }
+
+    /// <summary>
+    /// Pays the 402's quote. With <paramref name="emf"/>, the call is made by a member of the seeded community (so the
+    /// credit note is granted into its ledger) and the CloudWatch EMF lines freeside's meters produce meanwhile are
+    /// written there.
+    /// </summary>
+    static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings, StringWriter? emf = null)
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
@@ -52,10 +87,28 @@ public sealed class PaidInvocationTests
         settings["X402:Settler"] = "Direct";
         settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
         await using var p = await Platform.StartAsync(engine, settings);
+        string? member = null;
+        if (emf is not null)
+        {
+            await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(ct);
+            member = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+            {
+                ["v"] = 1,
+                ["tenant_id"] = "test-tenant",
+                ["access_level"] = "free",
+            }, TimeSpan.FromMinutes(5));
+        }
+
+        using var writer = emf is null ? null : new EmfMetricWriter(new EmfOptions { Enabled = true }, TimeProvider.System, emf, p.Freeside.Services.GetRequiredService<IMeterFactory>());
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
         HttpRequestMessage Request(string? payment)
         {
             var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath) { Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json") };
+            if (member is not null)
+            {
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", member);
+            }
+
             if (payment is not null)
             {
                 request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
@@ -77,7 +130,19 @@ public sealed class PaidInvocationTests
         Assert.True(200 == (int)paid.StatusCode, answer.ToJsonString());
         Assert.False(string.IsNullOrEmpty(answer["content"]?.GetValue<string>()));
         Assert.Equal(amount, await chain.BalanceAsync(payTo));
-        Assert.Equal(amount - answer["payment"]!["costMicro"]!.GetValue<long>(), answer["creditNote"]!["amountMicro"]!.GetValue<long>());
+        // The remainder is credited to the token's community; without one it is reported as not credited (and no lot holds it).
+        var remainder = amount - answer["payment"]!["costMicro"]!.GetValue<long>();
+        var note = answer["creditNote"]!;
+        Assert.Equal(member is null ? (0L, remainder) : (remainder, 0L), (note["amountMicro"]!.GetValue<long>(), note["uncreditedMicro"]?.GetValue<long>() ?? 0));
+        if (member is not null)
+        {
+            // The note became the community's x402 lot.
+            await using var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(ct);
+            var lots = (await Dapper.SqlMapper.QueryAsync<long>(c, "SELECT amount_micro FROM credit_lots WHERE source = 'x402' AND community_id = @community", new { community = Seeder.CommunityId })).ToList();
+            Assert.Equal(remainder, Assert.Single(lots));
+        }
+
+        writer?.Flush();
         return answer;
     }
 }

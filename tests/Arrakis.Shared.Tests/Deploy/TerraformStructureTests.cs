@@ -162,6 +162,25 @@ public sealed class TerraformStructureTests
         Assert.Equal("NOT_FOUND", JsonDocument.Parse(response.GetProperty("message_body").GetString()!).RootElement.GetProperty("error").GetString());
     }
 
+    /// <summary>
+    /// G-1 "Redis accessible and no evictions": Redis holds the token replay cache and the rate-limit windows, every key
+    /// with a TTL, which the default ElastiCache policy (volatile-lru) evicts first under memory pressure. The replication
+    /// group must use a parameter group of its engine's family with maxmemory-policy noeviction.
+    /// </summary>
+    [Fact]
+    public void Redis_never_evicts_the_replay_cache()
+    {
+        var redis = DeployFiles.Resource("aws_elasticache_replication_group", "main");
+        Assert.True(redis.TryGetProperty("parameter_group_name", out var groupRef), "the replication group uses the default parameter group (maxmemory-policy volatile-lru)");
+        var name = Regex.Match(groupRef.GetString()!, @"^\$\{aws_elasticache_parameter_group\.(\w+)\.name\}$");
+        Assert.True(name.Success, "parameter_group_name should reference a parameter group defined here: " + groupRef.GetString());
+        var group = DeployFiles.Resource("aws_elasticache_parameter_group", name.Groups[1].Value);
+        var major = Str(redis, "engine_version").Split('.')[0];
+        Assert.Equal(Str(redis, "engine") + major, Str(group, "family"));
+        var policy = Assert.Single(group.GetProperty("parameter").EnumerateArray(), p => Str(p, "name") == "maxmemory-policy");
+        Assert.Equal("noeviction", Str(policy, "value"));
+    }
+
     [Fact]
     public void Every_replica_pool_fits_the_database_at_the_autoscaling_maximum()
     {
