@@ -76,6 +76,7 @@ internal static class LoaProgram
             TimeoutException timeout => "timed out: " + Chain(timeout),
             UnauthorizedAccessException or IOException => Chain(ex),
             Arrakis.Shared.Tokens.KeyringMasterKeyException key => key.Message,
+            Arrakis.Shared.Storage.ConnectionStringException connection => connection.Message,
             Arrakis.Freeside.Seeding.SeedFailedException seed => seed.Message,
             Arrakis.Shared.Hosting.ServiceStartException start => $"{start.Service} did not start: {Chain(start.InnerException!)}",
             _ => null,

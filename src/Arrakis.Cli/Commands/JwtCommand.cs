@@ -32,7 +32,7 @@ internal static class JwtCommand
             if (lifetime < 1)
             {
                 Console.Error.WriteLine($"JWT signing failed: --ttl must be at least 1 second, got {lifetime} (the token would be expired when printed)");
-                return 1;
+                return 2;
             }
 
             // Operator tokens (aud arrakis-admin) have their own limit; user tokens go by Keyring:MaxTokenLifetime.
@@ -60,7 +60,7 @@ internal static class JwtCommand
                     if (eq <= 0)
                     {
                         Console.Error.WriteLine($"JWT signing failed: --claim expects name=value, got '{pair}'");
-                        return 1;
+                        return 2;
                     }
 
                     extra[pair[..eq]] = pair[(eq + 1)..];

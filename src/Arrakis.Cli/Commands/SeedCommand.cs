@@ -58,19 +58,44 @@ internal static class SeedCommand
 
             if (parse.GetValue(FreesideUrl) is { Length: > 0 } url)
             {
+                if (!Uri.TryCreate(url.TrimEnd('/') + "/", UriKind.Absolute, out var baseAddress) || baseAddress.Scheme is not ("http" or "https"))
+                {
+                    Console.Error.WriteLine($"error: --freeside-url needs an absolute http(s) URL, e.g. http://localhost:3000 (not '{url}')");
+                    return 2;
+                }
+
                 if (parse.GetValue(Key) is not { Exists: true } pem)
                 {
                     Console.Error.WriteLine("--freeside-url needs --key PEM (freeside's signing key, e.g. .loa/staging.pem)");
                     return 2;
                 }
 
-                using var ecdsa = Keyring.ParsePem(File.ReadAllText(pem.FullName));
-                using var http = new HttpClient { BaseAddress = new Uri(url.TrimEnd('/') + "/") };
-                Print(await Seeder.SeedOverHttpAsync(http, () => OperatorToken(ecdsa), ct));
+                System.Security.Cryptography.ECDsa ecdsa;
+                try
+                {
+                    ecdsa = Keyring.ParsePem(File.ReadAllText(pem.FullName));
+                }
+                catch (FormatException ex)
+                {
+                    Console.Error.WriteLine($"error: --key {pem.FullName}: {ex.Message}");
+                    return 1;
+                }
+
+                using (ecdsa)
+                {
+                    using var http = new HttpClient { BaseAddress = baseAddress };
+                    Print(await Seeder.SeedOverHttpAsync(http, () => OperatorToken(ecdsa), ct));
+                }
+
                 return 0;
             }
 
             await using var db = await OpenAsync(parse);
+            if (db is null)
+            {
+                return 2;
+            }
+
             Print(await Seeder.For(db).SeedAsync(ct));
             return 0;
         });
@@ -84,6 +109,11 @@ internal static class SeedCommand
         command.SetAction(async (parse, ct) =>
         {
             await using var db = await OpenAsync(parse);
+            if (db is null)
+            {
+                return 2;
+            }
+
             var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
             var audit = new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance);
             var report = await audit.RunAsync(ct);
@@ -123,13 +153,26 @@ internal static class SeedCommand
             + """--overrides '{"containerOverrides":[{"name":"migrate","command":["seed"]}]}'""";
     }
 
-    static async Task<Database> OpenAsync(ParseResult parse)
+    /// <summary>freeside's database, migrated; null, with the error on stderr, when <c>--db-url</c> is not a PostgreSQL connection string or URL.</summary>
+    static async Task<Database?> OpenAsync(ParseResult parse)
     {
         var config = CliContext.Configuration(parse.GetValue(CliContext.DataDir));
         if (parse.GetValue(DbUrl) is { Length: > 0 } url)
         {
+            string connectionString;
+            try
+            {
+                connectionString = PostgresUrl.ToNpgsql(url);
+                _ = new Npgsql.NpgsqlConnectionStringBuilder(connectionString);
+            }
+            catch (Exception ex) when (ex is FormatException or ArgumentException)
+            {
+                Console.Error.WriteLine($"error: --db-url is not a PostgreSQL connection string or postgres:// URL: {ex.Message}");
+                return null;
+            }
+
             config = new ConfigurationBuilder().AddConfiguration(config)
-                .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = PostgresUrl.ToNpgsql(url) }).Build();
+                .AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = connectionString }).Build();
         }
 
         return await CliContext.OpenMigratedAsync(config, "freeside", typeof(Arrakis.Freeside.FreesideService).Assembly);

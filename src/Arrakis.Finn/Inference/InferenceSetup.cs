@@ -49,29 +49,10 @@ public static class InferenceSetup
         return services;
     }
 
-    /// <summary>
-    /// The pool catalog, where a pool's configured <c>Models</c> list replaces the default candidates instead of being
-    /// appended to them (the configuration binder appends to lists), so a config block can switch a pool to a vendor.
-    /// </summary>
+    /// <summary>The pool catalog (<see cref="PoolCatalog.FromConfiguration"/>), refused at start-up when a pool is unusable.</summary>
     public static PoolCatalog LoadCatalog(IConfiguration configuration)
     {
         var catalog = PoolCatalog.FromConfiguration(configuration);
-        foreach (var (id, pool) in catalog.Pools)
-        {
-            var models = configuration.GetSection($"{PoolCatalog.Section}:Pools:{id}:Models");
-            if (models.Exists())
-            {
-                pool.Models = models.GetChildren()
-                    .OrderBy(c => int.TryParse(c.Key, out var i) ? i : int.MaxValue)
-                    .Select(c => c.Get<PoolModel>() ?? new PoolModel())
-                    .ToList();
-                foreach (var model in pool.Models)
-                {
-                    model.VendorModel ??= model.Id;
-                }
-            }
-        }
-
         Validate(catalog);
         return catalog;
     }

@@ -61,6 +61,11 @@ public sealed class PoolCatalog
         ["enterprise"] = "reviewer",
     };
 
+    /// <summary>
+    /// The catalog with the configuration's changes. A list the configuration gives (a pool's <c>Models</c>, a tier's
+    /// <c>TierPools</c>) replaces the default one instead of being appended to it, as the binder would: a config block
+    /// can then switch a pool to a vendor, or take a pool away from a tier.
+    /// </summary>
     public static PoolCatalog FromConfiguration(IConfiguration configuration)
     {
         var catalog = new PoolCatalog();
@@ -73,14 +78,28 @@ public sealed class PoolCatalog
         foreach (var (id, pool) in catalog.Pools)
         {
             pool.Id = id;
+            var models = section.GetSection($"Pools:{id}:Models");
+            if (models.Exists())
+            {
+                pool.Models = Ordered(models).Select(c => c.Get<PoolModel>() ?? new PoolModel()).ToList();
+            }
+
             foreach (var model in pool.Models)
             {
                 model.VendorModel ??= model.Id;
             }
         }
 
+        foreach (var tier in section.GetSection(nameof(TierPools)).GetChildren())
+        {
+            catalog.TierPools[tier.Key] = Ordered(tier).Select(c => c.Value).OfType<string>().ToList();
+        }
+
         return catalog;
     }
+
+    static IEnumerable<IConfigurationSection> Ordered(IConfigurationSection list) =>
+        list.GetChildren().OrderBy(c => int.TryParse(c.Key, out var i) ? i : int.MaxValue);
 
     public bool TierAllows(Tier tier, string pool) =>
         TierPools.TryGetValue(tier.ToString(), out var pools) && pools.Contains(pool, StringComparer.Ordinal);

@@ -26,16 +26,17 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
         var pg = configuration[key];
         if (!string.IsNullOrWhiteSpace(pg))
         {
+            Npgsql.NpgsqlConnectionStringBuilder builder;
             try
             {
-                pg = PostgresUrl.ToNpgsql(pg);
+                builder = new Npgsql.NpgsqlConnectionStringBuilder(PostgresUrl.ToNpgsql(pg));
             }
-            catch (FormatException ex)
+            catch (Exception ex) when (ex is FormatException or ArgumentException)
             {
-                throw new InvalidOperationException(key + ": " + ex.Message, ex);
+                // A keyword Npgsql does not know, or a value it cannot read, is a setting to fix, not a defect.
+                throw new ConnectionStringException(key + ": " + ex.Message, ex);
             }
 
-            var builder = new Npgsql.NpgsqlConnectionStringBuilder(pg);
             var schema = string.IsNullOrWhiteSpace(builder.SearchPath) ? service.ToLowerInvariant() : builder.SearchPath;
             builder.SearchPath = schema;
             return new StorageOptions(service, StorageEngine.Postgres, builder.ConnectionString, schema);
@@ -56,3 +57,6 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
 
     static string Capitalize(string s) => char.ToUpperInvariant(s[0]) + s[1..];
 }
+
+/// <summary>A <c>ConnectionStrings:&lt;Service&gt;</c> setting that is neither an Npgsql connection string nor a <c>postgres://</c> URL.</summary>
+public sealed class ConnectionStringException(string message, Exception inner) : InvalidOperationException(message, inner);

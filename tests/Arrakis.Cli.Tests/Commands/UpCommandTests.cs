@@ -164,7 +164,7 @@ public sealed class UpCommandTests
         foreach (var bad in new[] { "0", "-60" })
         {
             var (code, token, err) = await LoaProcess.RunAsync("jwt", "sign", "--key", pem, "--ttl", bad);
-            Assert.Equal(1, code);
+            Assert.Equal(2, code); // a malformed value is a usage error
             Assert.Equal("", token);
             Assert.Contains("--ttl must be at least 1 second", err, StringComparison.Ordinal);
         }

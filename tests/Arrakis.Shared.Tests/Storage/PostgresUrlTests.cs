@@ -92,7 +92,7 @@ public sealed class PostgresUrlTests
         Assert.Contains("postgres://user:password@host:5432/database?sslmode=require", ex.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("cret", ex.Message, StringComparison.Ordinal);
 
-        var startup = Assert.Throws<InvalidOperationException>(() => Resolve(url));
+        var startup = Assert.Throws<ConnectionStringException>(() => Resolve(url));
         Assert.StartsWith("ConnectionStrings:Freeside: Not a usable PostgreSQL URL: ", startup.Message, StringComparison.Ordinal);
     }
 

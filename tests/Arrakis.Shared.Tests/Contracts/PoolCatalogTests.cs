@@ -1,0 +1,52 @@
+using Arrakis.Shared.Contracts;
+
+namespace Arrakis.Shared.Tests.Contracts;
+
+public sealed class PoolCatalogTests
+{
+    static PoolCatalog Catalog(Dictionary<string, string?> settings) =>
+        PoolCatalog.FromConfiguration(new ConfigurationBuilder().AddInMemoryCollection(settings).Build());
+
+    /// <summary>
+    /// docs/providers.md: freeside and finn bind <c>TierPools</c> for tier access. The binder appended a configured list
+    /// to the default one, so <c>Pools__TierPools__pro__0=cheap</c> left pro with cheap, fast-code and reviewer: a pool
+    /// could never be taken away from a tier.
+    /// </summary>
+    [Fact]
+    public void A_configured_tier_list_replaces_the_default_pools_of_that_tier()
+    {
+        var catalog = Catalog(new()
+        {
+            ["Pools:TierPools:pro:0"] = "cheap",
+            ["Pools:TierPools:Enterprise:0"] = "reasoning",
+            ["Pools:TierPools:Enterprise:1"] = "cheap",
+        });
+
+        Assert.Equal(["cheap"], catalog.TierPools["pro"]);
+        Assert.True(catalog.TierAllows(Tier.Pro, "cheap"));
+        Assert.False(catalog.TierAllows(Tier.Pro, "fast-code"));
+        Assert.False(catalog.TierAllows(Tier.Pro, "reviewer"));
+        Assert.Equal(["reasoning", "cheap"], catalog.TierPools["enterprise"]);
+        Assert.False(catalog.TierAllows(Tier.Enterprise, "architect"));
+        Assert.Equal(["cheap"], catalog.TierPools["free"]); // a tier the configuration does not name keeps its defaults
+    }
+
+    /// <summary>freeside's catalog (the same call) sees a pool's configured models as finn does, in index order.</summary>
+    [Fact]
+    public void A_configured_models_list_replaces_the_default_candidates_for_both_services()
+    {
+        var catalog = Catalog(new()
+        {
+            ["Pools:Pools:cheap:Models:1:Id"] = "local-mini-a",
+            ["Pools:Pools:cheap:Models:0:Id"] = "gpt-4o-mini",
+            ["Pools:Pools:cheap:Models:0:Provider"] = "openai",
+            ["Pools:Pools:cheap:OutputMicroPerMillion"] = "700000",
+        });
+
+        Assert.Equal(["gpt-4o-mini", "local-mini-a"], catalog.Pools["cheap"].Models.Select(m => m.Id));
+        Assert.Equal(["gpt-4o-mini", "local-mini-a"], catalog.Pools["cheap"].Models.Select(m => m.VendorModel));
+        Assert.Equal(700_000, catalog.Pools["cheap"].OutputMicroPerMillion);
+        Assert.Equal(150_000, catalog.Pools["cheap"].InputMicroPerMillion);
+        Assert.Equal(["local-coder"], catalog.Pools["fast-code"].Models.Select(m => m.Id));
+    }
+}
