@@ -12,38 +12,54 @@ namespace Arrakis.Freeside.Invoke;
 /// Runs an x402-paid invoke: the payment covers this one call (and unlocks its pool), so no community budget is
 /// reserved; finn meters it and the unused part of the payment comes back as a credit note.
 /// </summary>
-public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microsoft.Extensions.Options.IOptions<Payments.X402Options> options) : IPaidInvocation
+public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microsoft.Extensions.Options.IOptions<Payments.X402Options> options,
+    InvokeMetrics metrics, Microsoft.Extensions.Logging.ILogger<PaidInvocation> logger) : IPaidInvocation
 {
     public async Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
     {
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var traceId = System.Diagnostics.Activity.Current?.TraceId.ToHexString() ?? Guid.NewGuid().ToString("N");
+        var community = request.CommunityId ?? "";
+
+        // A paid call is an invoke too: one INVOKE_COMPLETE line each (DESIGN §8), and the invoke metrics for one that ran.
+        PaidInvocationResult Refused(int status, string error, string detail, string? field, string? pool)
+        {
+            logger.InvokeComplete(status, "rejected", pool, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
+            return Failure(status, error, detail, field);
+        }
+
         var (parsed, invalid) = InvokeRequestParser.Parse(JsonSerializer.SerializeToUtf8Bytes(request.Body));
         if (invalid is not null)
         {
-            return Failure(400, "INVALID_REQUEST", invalid.Detail, invalid.Field);
+            return Refused(400, "INVALID_REQUEST", invalid.Detail, invalid.Field, null);
         }
 
         var poolId = parsed!.Pool ?? options.Value.DefaultPool; // the pool the 402 quote priced (PaymentQuote)
         if (!catalog.Pools.TryGetValue(poolId, out var pool))
         {
-            return Failure(400, "INVALID_REQUEST", $"Unknown pool '{poolId}'.", "model");
+            return Refused(400, "INVALID_REQUEST", $"Unknown pool '{poolId}'.", "model", null);
         }
 
         var maxTokens = Math.Min(parsed.MaxTokens ?? pool.DefaultMaxTokens, pool.MaxTokensLimit);
         var worst = PoolCatalog.CostMicro(pool, TokenMath.InputUpperBound(parsed.Messages), maxTokens);
         if (worst > request.MaxCostMicro)
         {
-            return Failure(402, "PAYMENT_TOO_SMALL", $"This request may cost {worst} micro-USD; the payment covers {request.MaxCostMicro}.", "amount");
+            return Refused(402, "PAYMENT_TOO_SMALL", $"This request may cost {worst} micro-USD; the payment covers {request.MaxCostMicro}.", "amount", pool.Id);
         }
 
-        var traceId = System.Diagnostics.Activity.Current?.TraceId.ToHexString() ?? Guid.NewGuid().ToString("N");
         var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
         var (result, error) = await finn.InvokeAsync(new FinnInvokeRequest(parsed.Messages, pool.Id, maxTokens, parsed.Agent, false, traceId), caller, ct);
         if (error is not null)
         {
+            metrics.Completed(pool.Id, "upstream_failed", started.Elapsed.TotalMilliseconds, 0);
+            logger.InvokeComplete(error.Status, "upstream_failed", pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
             return Failure(error.Status, error.Error, error.Detail, null);
         }
 
         var cost = Math.Clamp(result!.CostMicro, 0, worst);
+        metrics.Completed(pool.Id, "paid", started.Elapsed.TotalMilliseconds, cost);
+        logger.InvokeComplete(200, "paid", pool.Id, result.Model, started.ElapsedMilliseconds, community, traceId, cost,
+            result.Usage.PromptTokens, result.Usage.CompletionTokens, false);
         var body = new JsonObject
         {
             ["content"] = result.Content,

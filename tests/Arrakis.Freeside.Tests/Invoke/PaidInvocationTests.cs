@@ -10,6 +10,7 @@ using Arrakis.Shared.Hosting;
 using Arrakis.Shared.Storage;
 using Arrakis.Shared.Tokens;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Arrakis.Freeside.Tests.Invoke;
@@ -33,6 +34,20 @@ public sealed class PaidInvocationTests
             ["model"] = "cheap",
         };
         await PayTheQuoteAsync(engine, body, new Dictionary<string, string?>());
+    }
+
+    /// <summary>A paid call is an invoke: it logs its one INVOKE_COMPLETE line (DESIGN §8), with what it cost.</summary>
+    [Fact]
+    public async Task A_paid_call_logs_its_invoke_complete_line()
+    {
+        var logs = new RecordingLoggerProvider();
+        var answer = await PayTheQuoteAsync("sqlite", new JsonObject { ["prompt"] = "Say hi", ["model"] = "cheap" }, new Dictionary<string, string?>(), logs: logs);
+
+        var line = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"));
+        Assert.Equal((200, "paid", "cheap"), ((int)line.Properties["Status"]!, (string)line.Properties["Outcome"]!, (string)line.Properties["Pool"]!));
+        Assert.Equal(answer["cost_micro"]!.GetValue<long>(), (long)line.Properties["CostMicro"]!);
+        Assert.Equal(answer["trace_id"]!.GetValue<string>(), (string)line.Properties["TraceId"]!);
+        Assert.IsType<long>(line.Properties["DurationMs"]);
     }
 
     /// <summary>
@@ -75,7 +90,8 @@ public sealed class PaidInvocationTests
     /// credit note is granted into its ledger) and the CloudWatch EMF lines freeside's meters produce meanwhile are
     /// written there.
     /// </summary>
-    static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings, StringWriter? emf = null)
+    static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings, StringWriter? emf = null,
+        RecordingLoggerProvider? logs = null)
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
@@ -86,7 +102,13 @@ public sealed class PaidInvocationTests
         settings["X402:RpcUrl"] = chain.RpcUrl;
         settings["X402:Settler"] = "Direct";
         settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
-        await using var p = await Platform.StartAsync(engine, settings);
+        await using var p = await Platform.StartAsync(engine, settings, logs is null ? null : (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+            }
+        });
         string? member = null;
         if (emf is not null)
         {
