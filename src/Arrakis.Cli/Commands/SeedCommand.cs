@@ -114,8 +114,27 @@ internal static class SeedCommand
                 return 2;
             }
 
+            // C4 judges a reused idempotency key by the retention the services run with (Idempotency__Retention).
+            var idempotency = new Arrakis.Freeside.Idempotency.IdempotencyOptions();
+            try
+            {
+                CliContext.Configuration(parse.GetValue(CliContext.DataDir)).GetSection(Arrakis.Freeside.Idempotency.IdempotencyOptions.Section).Bind(idempotency);
+            }
+            catch (InvalidOperationException ex)
+            {
+                Console.Error.WriteLine($"error: Idempotency__Retention: {ex.InnerException?.Message ?? ex.Message}");
+                return 2;
+            }
+
+            var invalid = new List<System.ComponentModel.DataAnnotations.ValidationResult>();
+            if (!System.ComponentModel.DataAnnotations.Validator.TryValidateObject(idempotency, new(idempotency), invalid, validateAllProperties: true))
+            {
+                Console.Error.WriteLine("error: " + invalid[0].ErrorMessage);
+                return 2;
+            }
+
             var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
-            var audit = new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance);
+            var audit = new ConservationAudit(db, TimeProvider.System, new AuditMetrics(meters), NullLogger<ConservationAudit>.Instance, idempotency);
             var report = await audit.RunAsync(ct);
             foreach (var community in report.Communities)
             {

@@ -134,6 +134,51 @@ public sealed class SeedCommandTests
     }
 }
 
+public sealed class AuditCommandTests
+{
+    /// <summary>
+    /// <c>loa audit</c> judges a reused idempotency key (C4) by the retention the services run with: a key charged twice
+    /// two days apart is a second charge under a 3-day retention, and a new request under the default 25 h.
+    /// </summary>
+    [Fact]
+    public async Task Audit_judges_reused_keys_by_the_configured_idempotency_retention()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var dataDir = TestStorage.TempDir();
+        var env = new Dictionary<string, string> { ["LOA_DATA_DIR"] = dataDir };
+        var (seeded, _, seedError) = await LoaProcess.RunAsync(env, "seed", "--data-dir", dataDir);
+        Assert.True(seeded == 0, seedError);
+
+        // Two calls charged under one key two days apart, through the ledger as invokes are.
+        await using (var db = new Database(StorageOptions.Resolve(Arrakis.Cli.Commands.CliContext.Configuration(dataDir), "freeside")))
+        {
+            var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+            var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow - TimeSpan.FromDays(2));
+            var ledger = new Arrakis.Freeside.Ledger.Ledger(db, time, new Arrakis.Freeside.Ledger.LedgerOptions(), new Arrakis.Freeside.Ledger.LedgerMetrics(meters));
+            foreach (var call in new[] { "call-1", "call-2" })
+            {
+                Assert.True((await ledger.ReserveAsync(Seeder.CommunityId, call, 10_000, ct: ct)).Admitted);
+                await ledger.FinalizeAsync(call, 5_000, new Arrakis.Freeside.Ledger.UsageRecord("agent-1", "cheap", "m1", 1, 2, "trace-" + call, "key-reused"), null, ct);
+                time.Advance(TimeSpan.FromDays(2));
+            }
+        }
+
+        string C4(string stdout) => stdout.Split('\n').Single(l => l.StartsWith(Seeder.CommunityId + " C4 ", StringComparison.Ordinal));
+
+        var (defaultExit, defaultOut, defaultErr) = await LoaProcess.RunAsync(env, "audit", "--data-dir", dataDir);
+        Assert.True(defaultExit == 0, defaultOut + defaultErr);
+        Assert.EndsWith("C4 PASS", C4(defaultOut), StringComparison.Ordinal);
+
+        var (longExit, longOut, _) = await LoaProcess.RunAsync(new Dictionary<string, string>(env) { ["Idempotency__Retention"] = "3.00:00:00" }, "audit", "--data-dir", dataDir);
+        Assert.Equal(1, longExit);
+        Assert.Contains("C4 FAIL idempotency key 'key-reused' charged 2 times", C4(longOut), StringComparison.Ordinal);
+
+        var (badExit, _, badErr) = await LoaProcess.RunAsync(new Dictionary<string, string>(env) { ["Idempotency__Retention"] = "00:10:00" }, "audit", "--data-dir", dataDir);
+        Assert.Equal(2, badExit);
+        Assert.Contains("Idempotency:Retention must be between 1 and 30 days", badErr, StringComparison.Ordinal);
+    }
+}
+
 public sealed class LoaProgramTests
 {
     [Theory]
