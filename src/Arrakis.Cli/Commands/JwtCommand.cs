@@ -17,6 +17,7 @@ internal static class JwtCommand
         var key = new Option<FileInfo>("--key") { Description = "PKCS#8 (or SEC1) P-256 PEM, e.g. .loa/staging.pem", Required = true };
         var tenant = new Option<string>("--tenant") { Description = "tenant_id claim", DefaultValueFactory = _ => "test-tenant" };
         var access = new Option<string>("--access-level") { Description = "access_level claim (free|pro|enterprise)", DefaultValueFactory = _ => "free" };
+        access.AcceptOnlyFromAmong("free", "pro", "enterprise");
         var pool = new Option<string>("--pool") { Description = "pool_id claim", DefaultValueFactory = _ => "cheap" };
         var pools = new Option<string>("--allowed-pools") { Description = "comma-separated allowed_pools claim", DefaultValueFactory = _ => "cheap" };
         var iss = new Option<string>("--iss") { Description = "issuer", DefaultValueFactory = _ => "arrakis" };

@@ -29,6 +29,7 @@ public sealed class UsageErrorTests : IDisposable
     [InlineData("soon", "keys", "rotate", "--propagation-seconds", "soon")]
     [InlineData("--to", "balance", "--listen", "http://127.0.0.1:3100")]
     [InlineData("--bogus", "jwt", "sign", "--bogus")]
+    [InlineData("gold", "jwt", "sign", "--key", "k.pem", "--access-level", "gold")]
     [InlineData("bogus", "bogus")]
     public async Task A_usage_error_is_exit_2_with_the_error_on_stderr(string named, params string[] args)
     {
