@@ -23,6 +23,8 @@ public static class InvokeApi
         builder.Services.AddSingleton<FinnClient>();
         builder.Services.AddSingleton<InvokeMetrics>();
         builder.Services.AddSingleton<InvokePipeline>();
+        builder.Services.AddSingleton<ReleaseRetries>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<ReleaseRetries>());
         builder.Services.AddSingleton<Quality.IInvocationLookup, UsageInvocationLookup>();
         builder.Services.AddSingleton<Payments.IPaidInvocation, PaidInvocation>();
         builder.Services.AddSingleton<Payments.ICreditNoteSink, LedgerCreditNoteSink>();

@@ -75,6 +75,7 @@ public sealed class InvokePipeline(
     InvokeMetrics metrics,
     Payments.PaymentRequirementsBuilder payments,
     LedgerOptions ledgerOptions,
+    ReleaseRetries releaseRetries,
     TimeProvider time,
     ILogger<InvokePipeline> logger)
 {
@@ -337,12 +338,15 @@ public sealed class InvokePipeline(
     public Task ClientLeftAsync(Admitted a) => ReleaseAsync(a, CancellationToken.None);
 
     /// <summary>
-    /// Releases the hold and frees the key. A step whose write fails is logged (INVOKE_RELEASE_FAILED) and left to the
-    /// reaper (within one TTL) or the key's lease, so the caller still answers what happened to the call: an exception here
-    /// would turn an upstream error into a 500, or cut a stream off without its error frame.
+    /// Releases the hold and frees the key. A step whose write fails is logged (INVOKE_RELEASE_FAILED), so the caller still
+    /// answers what happened to the call: an exception here would turn an upstream error into a 500, or cut a stream off
+    /// without its error frame. When the database was unreachable, both steps are tried again once it answers
+    /// (<see cref="ReleaseRetries"/>), so the retry the answer invites is not refused as still in progress; otherwise
+    /// the reaper (within one TTL) and the key's lease free them.
     /// </summary>
     async Task ReleaseAsync(Admitted a, CancellationToken ct)
     {
+        var unreachable = false;
         try
         {
             await ledger.ReleaseAsync(a.ReservationId, ct);
@@ -350,6 +354,7 @@ public sealed class InvokePipeline(
         catch (Exception ex)
         {
             logger.ReleaseFailed("reservation", a.ReservationId, a.TraceId, ex);
+            unreachable |= Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null;
         }
 
         try
@@ -359,6 +364,12 @@ public sealed class InvokePipeline(
         catch (Exception ex)
         {
             logger.ReleaseFailed("idempotency key", a.IdempotencyKey, a.TraceId, ex);
+            unreachable |= Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null;
+        }
+
+        if (unreachable)
+        {
+            releaseRetries.Add(a);
         }
     }
 

@@ -26,7 +26,7 @@ static partial class InvokeLog
     public const string WriteFailed = "WriteFailed";
 
     [LoggerMessage(EventId = 4004, EventName = "INVOKE_RELEASE_FAILED", Level = LogLevel.Error,
-        Message = "Releasing the {What} {Id} failed; the reaper or the key's lease frees it trace={TraceId}")]
+        Message = "Releasing the {What} {Id} failed; it is tried again once the database answers (when it was unreachable), else the reaper or the key's lease frees it trace={TraceId}")]
     public static partial void ReleaseFailed(this ILogger logger, string what, string id, string traceId, Exception exception);
 
     [LoggerMessage(EventId = 4005, EventName = "INVOKE_UNEXPECTED_ERROR", Level = LogLevel.Error,

@@ -50,6 +50,21 @@ public sealed class RedisInvalidationBus(IConnectionMultiplexer redis, RedisName
     public Task PublishAsync(string channel, string message) =>
         redis.GetSubscriber().PublishAsync(RedisChannel.Literal(names.Key("inval:" + channel)), message);
 
-    public void Subscribe(string channel, Action<string> handler) =>
-        redis.GetSubscriber().Subscribe(RedisChannel.Literal(names.Key("inval:" + channel)), (_, value) => handler(value.ToString()));
+    /// <summary>
+    /// Subscribes now, or when Redis answers again: the multiplexer records the subscription before it sends it and
+    /// re-sends every recorded one on each reconnect. A service started while Redis was unreachable threw here instead,
+    /// from the constructor of the cache that subscribes, so every request that used the cache (dixie's anonymous
+    /// reputation query, which needs no Redis) got a 503 until Redis returned, and each added one more handler.
+    /// </summary>
+    public void Subscribe(string channel, Action<string> handler)
+    {
+        try
+        {
+            redis.GetSubscriber().Subscribe(RedisChannel.Literal(names.Key("inval:" + channel)), (_, value) => handler(value.ToString()));
+        }
+        catch (Exception ex) when (ex is RedisConnectionException or RedisTimeoutException)
+        {
+            // Recorded, not yet sent: the reconnect sends it. Until then this replica's entries expire by their TTL.
+        }
+    }
 }

@@ -34,14 +34,31 @@ public interface IHealthContributor
 
 public sealed class DatabaseHealth(Database database) : IHealthContributor
 {
+    static readonly TimeSpan PingTimeout = TimeSpan.FromSeconds(3);
+
     public string Name => "database";
 
+    /// <summary>
+    /// Unhealthy when the ping fails or takes longer than <see cref="PingTimeout"/>. The check stops waiting then, whatever
+    /// the ping does: against a database that is black-holed (connections open, nothing answers, as in a failover or a
+    /// network partition) cancelling the ping itself waits for a cancel request that never gets through, and health took
+    /// a minute to answer.
+    /// </summary>
     public async Task<HealthCheckResult> CheckAsync(CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timeout.CancelAfter(TimeSpan.FromSeconds(3));
-        var ok = await database.PingAsync(timeout.Token);
+        timeout.CancelAfter(PingTimeout);
+        bool ok;
+        try
+        {
+            ok = await database.PingAsync(timeout.Token).WaitAsync(PingTimeout, ct);
+        }
+        catch (TimeoutException)
+        {
+            ok = false;
+        }
+
         var data = new { engine = database.Engine.ToString().ToLowerInvariant(), latency_ms = sw.ElapsedMilliseconds };
         return ok ? new HealthCheckResult(HealthState.Healthy, null, data) : new HealthCheckResult(HealthState.Unhealthy, "database_unreachable", data);
     }
@@ -76,6 +93,13 @@ public static class HealthApi
     // the first health request, so uptime read 0 however long the service had been up.
     static readonly DateTimeOffset Started = new(Process.GetCurrentProcess().StartTime.ToUniversalTime(), TimeSpan.Zero);
 
+    /// <summary>
+    /// How long health waits for one check before it reports it unhealthy. A check that reads the database (the quality
+    /// outbox's) has no timeout of its own, and against a database that stopped answering it waited for the command
+    /// timeout and for a cancel request that could not get through: health took a minute to answer.
+    /// </summary>
+    public static readonly TimeSpan ContributorTimeout = TimeSpan.FromSeconds(4);
+
     public static string Version { get; } = typeof(HealthApi).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
 
     /// <summary>Health routes answer HEAD too (monitors probe with it); Kestrel sends a HEAD answer's headers only.</summary>
@@ -94,7 +118,11 @@ public static class HealthApi
             {
                 try
                 {
-                    return (c.Name, c.IsUpstream, Result: await c.CheckAsync(ct));
+                    return (c.Name, c.IsUpstream, Result: await c.CheckAsync(ct).WaitAsync(ContributorTimeout, ct));
+                }
+                catch (TimeoutException)
+                {
+                    return (c.Name, c.IsUpstream, Result: new HealthCheckResult(HealthState.Unhealthy, c.Name + "_timeout"));
                 }
                 catch (Exception ex) when (ex is not OperationCanceledException || !ct.IsCancellationRequested)
                 {

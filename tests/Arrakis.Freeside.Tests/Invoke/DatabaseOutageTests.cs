@@ -1,0 +1,174 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using Arrakis.Freeside.Audit;
+using Arrakis.Freeside.Seeding;
+using Arrakis.Shared.Storage;
+using Arrakis.Shared.Tokens;
+using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
+
+namespace Arrakis.Freeside.Tests.Invoke;
+
+/// <summary>freeside on PostgreSQL behind a proxy that cuts the database away and gives it back, as a failover does.</summary>
+public sealed class DatabaseOutageTests
+{
+    const string Community = "test-community-staging-001";
+    static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(60) };
+
+    static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task A_call_cut_off_by_an_outage_answers_503_and_its_retry_after_recovery_runs_and_charges_once()
+    {
+        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
+        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
+        pg.Host = "127.0.0.1";
+        pg.Port = proxy.Port;
+        pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        pg.Timeout = 3;
+        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
+            ["Providers:Local:TokenDelayMs"] = "20",
+            ["RateLimits:Free:CommunityPerMinute"] = "1000",
+            ["RateLimits:Free:UserPerMinute"] = "1000",
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
+        var before = await BudgetAsync(p);
+
+        const string body = """{"prompt":"Write a long story about dunes","model":"cheap","max_tokens":100,"idempotency_key":"outage-1"}""";
+        var call = InvokeAsync(p, body);
+        await Task.Delay(500, Ct); // finn is generating (20 ms a token)
+        proxy.Cut();
+        NpgsqlConnection.ClearAllPools();
+        var sw = Stopwatch.StartNew();
+        using (var failed = await call)
+        {
+            var text = await failed.Content.ReadAsStringAsync(Ct);
+            Assert.True(failed.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)failed.StatusCode} {text}");
+            Assert.Equal(("SERVICE_UNAVAILABLE", "database"), (JsonDocument.Parse(text).RootElement.GetProperty("error").GetString(), JsonDocument.Parse(text).RootElement.GetProperty("dependency").GetString()));
+        }
+
+        // A new call during the outage fails fast with the same answer.
+        sw.Restart();
+        using (var refused = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","idempotency_key":"outage-2"}"""))
+        {
+            var text = await refused.Content.ReadAsStringAsync(Ct);
+            Assert.True(refused.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)refused.StatusCode} {text}");
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
+        }
+
+        proxy.Restore();
+        await WaitHealthyAsync(p);
+
+        // The answer said "retry with the same idempotency key": the retry runs (within a few seconds, not after the key's
+        // 10-minute lease) and is charged once; the cut-off call's hold is gone without waiting for the reaper's 300 s TTL.
+        var retried = Stopwatch.StartNew();
+        string answer;
+        HttpStatusCode status;
+        do
+        {
+            await Task.Delay(250, Ct);
+            using var retry = await InvokeAsync(p, body);
+            (status, answer) = (retry.StatusCode, await retry.Content.ReadAsStringAsync(Ct));
+        }
+        while (status == HttpStatusCode.Conflict && retried.Elapsed < TimeSpan.FromSeconds(10));
+
+        Assert.True(status == HttpStatusCode.OK, $"{(int)status} {answer}");
+        var cost = JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64();
+        Assert.True(cost > 0);
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64() + cost, after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        using (var replay = await InvokeAsync(p, body))
+        {
+            Assert.Equal("true", replay.Headers.GetValues("Idempotency-Replayed").Single());
+            Assert.Equal(cost, (await replay.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("cost_micro").GetInt64());
+        }
+
+        Assert.Equal(after.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// A black-holed database (connections stay open, nothing answers: a failover or a network partition) makes health
+    /// answer 503 unhealthy within its 3 s ping timeout. It took a minute: cancelling the ping waited on a cancel request
+    /// that could not get through either.
+    /// </summary>
+    [Fact]
+    public async Task Health_answers_503_within_seconds_when_the_database_stops_answering()
+    {
+        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
+        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
+        pg.Host = "127.0.0.1";
+        pg.Port = proxy.Port;
+        pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        pg.Remove("Timeout"); // Npgsql's defaults, as production runs
+        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = pg.ConnectionString });
+        await WaitHealthyAsync(p);
+
+        proxy.Freeze();
+        var sw = Stopwatch.StartNew();
+        using var health = await Http.GetAsync(p.FreesideUrl + "/health", Ct);
+        sw.Stop();
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        var report = await health.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        Assert.Equal(("unhealthy", "database_unreachable"), (report.GetProperty("status").GetString(), report.GetProperty("error").GetString()));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(6), $"health took {sw.Elapsed}");
+    }
+
+    static async Task WaitHealthyAsync(Platform p)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            using var r = await Http.GetAsync(p.FreesideUrl + "/health", Ct);
+            if (r.StatusCode == HttpStatusCode.OK)
+            {
+                return;
+            }
+
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(30), "freeside did not become healthy again");
+            await Task.Delay(100, Ct);
+        }
+    }
+
+    static string UserToken(Platform p) =>
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+        {
+            ["v"] = 1,
+            ["tenant_id"] = "test-tenant",
+            ["access_level"] = "free",
+            ["pool_id"] = "cheap",
+            ["allowed_pools"] = new[] { "cheap" },
+        }, TimeSpan.FromMinutes(5));
+
+    static async Task<HttpResponseMessage> InvokeAsync(Platform p, string body)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+        {
+            Content = new StringContent(body, Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        return await Http.SendAsync(request, Ct);
+    }
+
+    static async Task<JsonElement> BudgetAsync(Platform p)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"{p.FreesideUrl}/api/v1/communities/{Community}/budget");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", UserToken(p));
+        using var response = await Http.SendAsync(request, Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+    }
+
+    static async Task AssertConservedAsync(Platform p)
+    {
+        var report = await p.Freeside.Services.GetRequiredService<ConservationAudit>().RunAsync(Ct);
+        Assert.True(report.Passed, string.Join("\n", report.Communities.SelectMany(c => c.Checks).SelectMany(c => c.Violations)));
+    }
+}
