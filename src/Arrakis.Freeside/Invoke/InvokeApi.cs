@@ -66,7 +66,7 @@ public static class InvokeApi
         if (admitted.Replay is { } replay)
         {
             await InvokeResponses.WriteReplayAsync(http, replay, admitted.Stream, admitted.IdempotencyKey);
-            pipeline.Complete(admitted, 200, "replayed", null, sw.Elapsed);
+            pipeline.Complete(admitted, replay.Status, "replayed", null, sw.Elapsed); // the stored answer's status, e.g. 409 REQUEST_INCOMPLETE
             return;
         }
 

@@ -95,7 +95,39 @@ public sealed class PoolCatalog
             catalog.TierPools[tier.Key] = Ordered(tier).Select(c => c.Value).OfType<string>().ToList();
         }
 
+        if (catalog.TierProblem() is { } problem)
+        {
+            throw new Microsoft.Extensions.Options.OptionsValidationException(Section, typeof(PoolCatalog), [problem]);
+        }
+
         return catalog;
+    }
+
+    /// <summary>
+    /// A tier list that names an unknown pool, or a tier's default pool outside its (non-empty) list: every call of that
+    /// tier that names no model would be refused (402 TIER_UPGRADE_REQUIRED), so both services refuse the configuration at
+    /// start-up instead.
+    /// </summary>
+    string? TierProblem()
+    {
+        foreach (var tier in Enum.GetValues<Tier>())
+        {
+            var name = tier.ToString().ToLowerInvariant();
+            var pools = TierPools.TryGetValue(name, out var p) ? p : [];
+            if (pools.FirstOrDefault(id => !Pools.ContainsKey(id)) is { } unknown)
+            {
+                return $"Pools:TierPools:{name} names pool '{unknown}', which does not exist (pools: {string.Join(", ", Pools.Keys)}).";
+            }
+
+            var fallback = DefaultPoolFor(tier);
+            if (pools.Count > 0 && !pools.Contains(fallback, StringComparer.Ordinal))
+            {
+                return $"Pools:DefaultPool:{name} is '{fallback}', which Pools:TierPools:{name} does not include ({string.Join(", ", pools)}); "
+                    + $"set Pools__DefaultPool__{name} to one of them.";
+            }
+        }
+
+        return null;
     }
 
     static IEnumerable<IConfigurationSection> Ordered(IConfigurationSection list) =>

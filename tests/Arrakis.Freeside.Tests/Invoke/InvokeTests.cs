@@ -518,10 +518,15 @@ public sealed class InvokeTests
         await AssertConservedAsync(p);
     }
 
+    /// <summary>
+    /// A client that leaves mid-stream is charged what it was sent, and a retry with its key replays how the call ended:
+    /// 409 REQUEST_INCOMPLETE, which the retry's INVOKE_COMPLETE line logs as its status (it said 200 for every replay).
+    /// </summary>
     [Fact]
     public async Task A_client_that_leaves_mid_stream_is_charged_exactly_what_was_streamed_and_nothing_stays_reserved()
     {
-        await using var p = await StartSeededAsync(settings: new Dictionary<string, string?> { ["Providers:Local:TokenDelayMs"] = "40" });
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(settings: new Dictionary<string, string?> { ["Providers:Local:TokenDelayMs"] = "40" }, logs: logs);
         var before = await BudgetAsync(p);
         // "at length": the local provider answers at length, so the answer (256 tokens, 40 ms apart) outlasts the client.
         const string body = """{"prompt":"Write a story at length about dunes","model":"cheap","stream":true,"max_tokens":256,"idempotency_key":"leaves-mid-stream"}""";
@@ -553,6 +558,15 @@ public sealed class InvokeTests
         Assert.Equal(usage.CompletionTokens, problem.GetProperty("usage").GetProperty("completion_tokens").GetInt64());
         Assert.False(string.IsNullOrEmpty(problem.GetProperty("content").GetString()));
         Assert.Equal(after.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (!logs.WithEvent("INVOKE_COMPLETE").Any(l => (string)l.Properties["Outcome"]! == "replayed") && waited.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+
+        var replayed = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"), l => (string)l.Properties["Outcome"]! == "replayed");
+        Assert.Equal(409, (int)replayed.Properties["Status"]!);
     }
 
     /// <summary>

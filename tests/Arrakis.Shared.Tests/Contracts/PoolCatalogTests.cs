@@ -20,6 +20,8 @@ public sealed class PoolCatalogTests
             ["Pools:TierPools:pro:0"] = "cheap",
             ["Pools:TierPools:Enterprise:0"] = "reasoning",
             ["Pools:TierPools:Enterprise:1"] = "cheap",
+            ["Pools:DefaultPool:pro"] = "cheap",
+            ["Pools:DefaultPool:enterprise"] = "reasoning",
         });
 
         Assert.Equal(["cheap"], catalog.TierPools["pro"]);
@@ -29,6 +31,31 @@ public sealed class PoolCatalogTests
         Assert.Equal(["reasoning", "cheap"], catalog.TierPools["enterprise"]);
         Assert.False(catalog.TierAllows(Tier.Enterprise, "architect"));
         Assert.Equal(["cheap"], catalog.TierPools["free"]); // a tier the configuration does not name keeps its defaults
+    }
+
+    /// <summary>
+    /// A tier's list that leaves out the tier's default pool (docs/providers.md's own <c>Pools__TierPools__pro__0=cheap</c>,
+    /// with pro's default still fast-code) made every pro call that names no model a 402 TIER_UPGRADE_REQUIRED ("needs the
+    /// enterprise tier"); a list naming a pool that does not exist gave the tier nothing. Both services build the catalog
+    /// here, so both refuse such a configuration at start-up, saying which setting to change.
+    /// </summary>
+    [Fact]
+    public void A_tier_list_without_its_default_pool_or_with_an_unknown_pool_is_refused_at_start_up()
+    {
+        var withoutDefault = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => Catalog(new() { ["Pools:TierPools:pro:0"] = "cheap" }));
+        Assert.Contains("Pools:DefaultPool:pro is 'fast-code', which Pools:TierPools:pro does not include (cheap)", withoutDefault.Message, StringComparison.Ordinal);
+
+        var unknown = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => Catalog(new()
+        {
+            ["Pools:TierPools:free:0"] = "cheap",
+            ["Pools:TierPools:free:1"] = "chaep",
+        }));
+        Assert.Contains("Pools:TierPools:free names pool 'chaep', which does not exist", unknown.Message, StringComparison.Ordinal);
+
+        // Moving the default along with the list is a valid configuration: pro's calls without a model run cheap.
+        var moved = Catalog(new() { ["Pools:TierPools:pro:0"] = "cheap", ["Pools:DefaultPool:pro"] = "cheap" });
+        Assert.Equal("cheap", moved.DefaultPoolFor(Tier.Pro));
+        Assert.True(moved.TierAllows(Tier.Pro, moved.DefaultPoolFor(Tier.Pro)));
     }
 
     /// <summary>freeside's catalog (the same call) sees a pool's configured models as finn does, in index order.</summary>
