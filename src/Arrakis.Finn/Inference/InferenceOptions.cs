@@ -1,3 +1,4 @@
+using Arrakis.Shared.Contracts;
 using Microsoft.Extensions.Options;
 
 namespace Arrakis.Finn.Inference;
@@ -37,7 +38,7 @@ public sealed class InferenceOptions
     public int? BreakerSeed { get; set; }
 
     /// <summary>Largest request body finn reads.</summary>
-    public int MaxBodyBytes { get; set; } = 1 << 20;
+    public int MaxBodyBytes { get; set; } = FinnContract.MaxBodyBytes;
 }
 
 internal sealed class InferenceOptionsValidator : IValidateOptions<InferenceOptions>

@@ -38,7 +38,11 @@ public sealed record FinnCall(byte[] Body, string Token, bool Stream)
 /// </summary>
 public sealed class FinnClient(IHttpClientFactory clients, TokenIssuer issuer, Microsoft.Extensions.Configuration.IConfiguration configuration)
 {
-    static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    /// <summary>
+    /// Text other than ASCII is written as UTF-8, not as \uXXXX escapes (6 bytes a character): finn reads JSON, never
+    /// HTML, and a prompt within freeside's length limit then fits finn's body limit.
+    /// </summary>
+    internal static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web) { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     readonly TimeSpan _idleTimeout = IdentitySetup.FinnStreamIdleTimeout(configuration);
 
     /// <summary>

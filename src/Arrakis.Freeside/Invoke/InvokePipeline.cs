@@ -156,9 +156,11 @@ public sealed class InvokePipeline(
                 extensions.TryAdd(name, value);
             }
 
-            return Reject(Problems.Create(402, "TIER_UPGRADE_REQUIRED",
-                $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}. Upgrade, or pay for this call with x402.",
-                extensions, challenge.Headers.ToDictionary()));
+            // The tier may allow the pool while the token's allowed_pools leaves it out: then an upgrade would not help.
+            var detail = catalog.TierAllows(community.Tier, pool.Id)
+                ? $"This token's allowed_pools do not include pool '{pool.Id}' (it allows: {(allowed.Count == 0 ? "none" : string.Join(", ", allowed))}). Use a token that allows it, or pay for this call with x402."
+                : $"Pool '{pool.Id}' needs the {needed?.ToString().ToLowerInvariant() ?? "enterprise"} tier; this community is {community.Tier.ToString().ToLowerInvariant()}. Upgrade, or pay for this call with x402.";
+            return Reject(Problems.Create(402, "TIER_UPGRADE_REQUIRED", detail, extensions, challenge.Headers.ToDictionary()));
         }
 
         using var json = JsonDocument.Parse(body);

