@@ -28,8 +28,20 @@ public static partial class ServiceDefaults
         ApplicationName = service.GetName().Name,
     };
 
+    /// <summary>
+    /// The largest request body any route reads, unless <c>Kestrel:Limits:MaxRequestBodySize</c> says otherwise (Kestrel's
+    /// own default is 30 MB). An invoke's prompt and messages must fit finn's 1 MiB body; this leaves room for a client
+    /// that escapes every character (up to 6 bytes each) and bounds what one request can make a service buffer.
+    /// </summary>
+    public const long MaxRequestBodyBytes = 8 << 20;
+
     public static WebApplicationBuilder AddServiceDefaults(this WebApplicationBuilder builder, string service)
     {
+        if (builder.Configuration["Kestrel:Limits:MaxRequestBodySize"] is null)
+        {
+            Microsoft.AspNetCore.Hosting.WebHostBuilderKestrelExtensions.ConfigureKestrel(builder.WebHost, k => k.Limits.MaxRequestBodySize = MaxRequestBodyBytes);
+        }
+
         builder.Logging.ClearProviders();
         builder.Logging.AddConsole(o => o.FormatterName = JsonLinesFormatter.FormatterName)
             .AddConsoleFormatter<JsonLinesFormatter, JsonLinesFormatterOptions>(o => o.Service = service);

@@ -111,9 +111,10 @@ public sealed class HealthTests
             using var tcp = new System.Net.Sockets.TcpClient();
             await tcp.ConnectAsync(uri.Host, uri.Port, Ct);
             await using var stream = tcp.GetStream();
-            // The declared length is over Kestrel's 30 MB limit, so reading the body fails at once; nothing more is sent.
+            // The declared length is over the services' 8 MiB limit (Kestrel's own is 30 MB), so reading the body fails
+            // at once; nothing more is sent.
             await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(
-                $"{method} {path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {token()}\r\nContent-Type: application/json\r\nContent-Length: 40000000\r\nConnection: close\r\n\r\n{{\"prompt\":\""), Ct);
+                $"{method} {path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {token()}\r\nContent-Type: application/json\r\nContent-Length: 9000000\r\nConnection: close\r\n\r\n{{\"prompt\":\""), Ct);
             using var reader = new StreamReader(stream);
             var head = new List<string>();
             while (await reader.ReadLineAsync(Ct) is { Length: > 0 } line)
@@ -126,7 +127,7 @@ public sealed class HealthTests
             var body = await reader.ReadToEndAsync(Ct); // chunked: the JSON sits between chunk sizes
             Assert.True(body.Contains("\"error\":\"REQUEST_TOO_LARGE\"", StringComparison.Ordinal), $"{method} {path}: {body}");
             Assert.Contains("\"status\":413", body, StringComparison.Ordinal);
-            Assert.Contains("30000000 bytes", body, StringComparison.Ordinal);
+            Assert.Contains("8388608 bytes", body, StringComparison.Ordinal);
         }
     }
 
