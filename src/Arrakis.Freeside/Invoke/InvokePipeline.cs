@@ -95,7 +95,7 @@ public sealed class InvokePipeline(
         var community = await communities.FindForTenantAsync(tenant, ct);
         if (community is null)
         {
-            return Reject(Problems.Create(403, "FORBIDDEN", $"Tenant '{tenant}' is not mapped to a community."));
+            return Reject(Problems.Create(403, "FORBIDDEN", $"Tenant '{Shared.Tokens.TokenVerification.Echo(tenant)}' is not mapped to a community."));
         }
 
         communityId = community.Id;

@@ -474,6 +474,26 @@ public sealed class InvokeTests
         Assert.Equal("order 42/#a~", ok.Headers.GetValues("Idempotency-Key").Single());
     }
 
+    /// <summary>A tenant no community knows is 403, and the refusal repeats at most 64 characters of the caller's value.</summary>
+    [Fact]
+    public async Task An_unmapped_tenant_is_403_and_its_refusal_repeats_at_most_64_characters_of_it()
+    {
+        await using var p = await StartSeededAsync();
+        var tenant = "nobody-" + new string('x', 20_000);
+        var token = p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "arrakis",
+            new Dictionary<string, object> { ["tenant_id"] = tenant, ["access_level"] = "free" }, TimeSpan.FromMinutes(5));
+        using var request = new HttpRequestMessage(HttpMethod.Post, p.FreesideUrl + "/api/agents/invoke")
+        {
+            Content = new StringContent("""{"prompt":"Hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        var detail = (await response.Content.ReadFromJsonAsync<JsonElement>(TestContext.Current.CancellationToken)).GetProperty("detail").GetString()!;
+        Assert.Equal($"Tenant '{tenant[..64]}…' is not mapped to a community.", detail);
+    }
+
     [Fact]
     public async Task When_every_model_fails_the_caller_gets_502_and_the_reservation_is_released()
     {
