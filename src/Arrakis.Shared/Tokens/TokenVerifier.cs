@@ -212,6 +212,8 @@ public sealed partial class TokenVerifier(IReplayCache replay, TimeProvider time
         SecurityTokenInvalidAlgorithmException => "algorithm not allowed",
         SecurityTokenNoExpirationException => "missing exp",
         SecurityTokenMalformedException => "malformed token",
+        // The handler reads registered claims by type: a string aud, numeric exp/iat/nbf. Anything else throws this.
+        ArgumentException => "malformed token: a registered claim (aud, exp, iat, nbf, sub, jti) has the wrong JSON type",
         null => "invalid token",
         _ => "invalid token: " + ex.GetType().Name.Replace("SecurityToken", "", StringComparison.Ordinal).Replace("Exception", "", StringComparison.Ordinal),
     };

@@ -69,6 +69,17 @@ public sealed class TokenVerifierTests
         return signingInput + "." + Base64UrlEncoder.Encode(_ecdsa.SignData(Encoding.ASCII.GetBytes(signingInput), HashAlgorithmName.SHA256));
     }
 
+    /// <summary>A registered claim of the wrong JSON type is refused with a reason that says so (it said "invalid token: Argument").</summary>
+    [Theory]
+    [InlineData("\"aud\":5")]
+    [InlineData("\"aud\":\"loa-finn\",\"iat\":\"yesterday\"")]
+    [InlineData("\"aud\":\"loa-finn\",\"nbf\":{\"at\":1}")]
+    public Task A_registered_claim_of_the_wrong_type_is_refused_saying_so(string claims)
+    {
+        var now = _time.GetUtcNow().ToUnixTimeSeconds();
+        return AssertRejectedAsync(SignRaw($$"""{"iss":"arrakis",{{claims}},"jti":"{{Guid.NewGuid():N}}","exp":{{now + 60}}}"""), "wrong JSON type");
+    }
+
     [Fact]
     public async Task A_token_is_accepted_with_a_plain_header_and_refused_when_it_names_critical_extensions()
     {
