@@ -14,21 +14,6 @@ namespace Arrakis.Shared.Tests.Deploy;
 /// </summary>
 public sealed partial class LogFilterTests
 {
-    sealed class FormatterLogger(JsonLinesFormatter formatter, string category, List<string> lines) : ILogger
-    {
-        public IDisposable? BeginScope<TState>(TState state)
-            where TState : notnull => null;
-
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> format)
-        {
-            var writer = new StringWriter();
-            formatter.Write(new Microsoft.Extensions.Logging.Abstractions.LogEntry<TState>(logLevel, category, eventId, state, exception, format), null, writer);
-            lines.Add(writer.ToString().TrimEnd('\n'));
-        }
-    }
-
     // Shaped like the services' messages (TokenVerifier's JWT_VALIDATION_FAILED is copied exactly).
     [LoggerMessage(EventId = 2001, EventName = "JWT_VALIDATION_FAILED", Level = LogLevel.Warning, Message = "JWT_VALIDATION_FAILED policy={Policy} reason={Reason}")]
     static partial void JwtFailed(ILogger logger, string policy, string reason);
@@ -60,11 +45,8 @@ public sealed partial class LogFilterTests
         var lines = new Dictionary<string, List<string>>();
         foreach (var service in new[] { "freeside", "finn", "dixie" })
         {
-            var options = new OptionsMonitor<JsonLinesFormatterOptions>(
-                new OptionsFactory<JsonLinesFormatterOptions>([new ConfigureNamedOptions<JsonLinesFormatterOptions>(Options.DefaultName, o => o.Service = service)], []),
-                [], new OptionsCache<JsonLinesFormatterOptions>());
             var list = new List<string>();
-            var logger = new FormatterLogger(new JsonLinesFormatter(options), "Arrakis." + service, list);
+            var logger = new Hosting.FormatterLogger(Hosting.FormatterLogging.Formatter(service), "Arrakis." + service, list);
             JwtFailed(logger, "community", "token expired at 2026-11-27T00:00:00Z");
             OtherTimedEvent(logger, "/api/v1/x y", 200, 77);
             Refused(logger, "c-1");

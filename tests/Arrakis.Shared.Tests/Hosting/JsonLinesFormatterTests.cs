@@ -14,38 +14,6 @@ namespace Arrakis.Shared.Tests.Hosting;
 
 public sealed class JsonLinesFormatterTests
 {
-    /// <summary>Writes every entry through the services' real formatter, as their console does.</summary>
-    sealed class FormatterLoggerProvider(List<string> lines) : ILoggerProvider
-    {
-        readonly JsonLinesFormatter _formatter = new(new OptionsMonitor<JsonLinesFormatterOptions>(
-            new OptionsFactory<JsonLinesFormatterOptions>([new ConfigureNamedOptions<JsonLinesFormatterOptions>(Options.DefaultName, o => o.Service = "freeside")], []),
-            [], new OptionsCache<JsonLinesFormatterOptions>()));
-
-        public ILogger CreateLogger(string categoryName) => new Logger(_formatter, categoryName, lines);
-
-        public void Dispose()
-        {
-        }
-
-        sealed class Logger(JsonLinesFormatter formatter, string category, List<string> lines) : ILogger
-        {
-            public IDisposable? BeginScope<TState>(TState state)
-                where TState : notnull => null;
-
-            public bool IsEnabled(LogLevel logLevel) => true;
-
-            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> format)
-            {
-                var writer = new StringWriter();
-                formatter.Write(new LogEntry<TState>(logLevel, category, eventId, state, exception, format), null, writer);
-                lock (lines)
-                {
-                    lines.Add(writer.ToString());
-                }
-            }
-        }
-    }
-
     /// <summary>
     /// An anonymous caller chooses the kid its token names, and the refusal repeats it: a kid of "budget_exceeded" wrote
     /// the conservation alarm's lowercase term into a log line (DESIGN §8 forbids it in any line), so one unauthenticated
@@ -55,7 +23,7 @@ public sealed class JsonLinesFormatterTests
     public async Task A_caller_chosen_value_never_writes_the_conservation_term_into_a_log_line()
     {
         var lines = new List<string>();
-        using var logs = new LoggerFactory([new FormatterLoggerProvider(lines)]);
+        using var logs = new LoggerFactory([new FormatterLoggerProvider("freeside", lines)]);
         var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>();
         var verifier = new TokenVerifier(new MemoryReplayCache(TimeProvider.System), TimeProvider.System, logs.CreateLogger<TokenVerifier>(), meters);
         var policy = new TokenPolicy("user", new Dictionary<string, IKeySource> { ["arrakis"] = new NoKeys() }, ["arrakis"], TimeSpan.FromMinutes(15));
