@@ -77,8 +77,12 @@ public sealed class InvokePipeline(
     LedgerOptions ledgerOptions,
     ReleaseRetries releaseRetries,
     TimeProvider time,
-    ILogger<InvokePipeline> logger)
+    ILogger<InvokePipeline> logger,
+    Microsoft.Extensions.Configuration.IConfiguration configuration)
 {
+    /// <summary>How long one write to a streaming client may stay blocked (see <see cref="InvokeStreaming.WriteTimeout"/>).</summary>
+    public TimeSpan StreamWriteTimeout { get; } = InvokeStreaming.WriteTimeout(configuration);
+
     public async Task<Admission> AdmitAsync(HttpContext http, byte[] body, bool wantsSse, CancellationToken ct)
     {
         string? communityId = null;

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Arrakis.Shared.Contracts;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
 
 namespace Arrakis.Freeside.Invoke;
 
@@ -10,11 +11,23 @@ namespace Arrakis.Freeside.Invoke;
 /// SSE on the invoke path: <c>event: delta</c> frames with content, one <c>event: done</c> frame with the full result and
 /// usage (or <c>event: error</c>), and a <c>: keepalive</c> comment every 15 s. A client that leaves mid-stream is charged
 /// exactly what was streamed to it: the running usage of the last delta it was sent. A stream that ends before any content
-/// reached the client charges nothing, whatever finn had sent before (a keepalive starts its answer too).
+/// reached the client charges nothing, whatever finn had sent before (a keepalive starts its answer too). A client that
+/// keeps its connection open but stops reading is one that left, once a write has been blocked for the write timeout.
 /// </summary>
 static class InvokeStreaming
 {
     public static readonly TimeSpan KeepAliveInterval = TimeSpan.FromSeconds(15);
+
+    public static readonly TimeSpan DefaultWriteTimeout = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// How long one write to a streaming client may stay blocked (<c>Invoke:StreamWriteTimeout</c>) before the stream is
+    /// ended as a disconnect. A client that stops reading fills the socket buffers and the write waits; Kestrel's minimum
+    /// data rate allows it a second per 240 bytes already sent (hours, after megabytes), and all the while the call's
+    /// hold and key are renewed and finn's and the vendor's calls stay open.
+    /// </summary>
+    public static TimeSpan WriteTimeout(IConfiguration configuration) =>
+        configuration.GetValue<TimeSpan?>("Invoke:StreamWriteTimeout") is { } t && t > TimeSpan.Zero ? t : DefaultWriteTimeout;
 
     public static string Frame(string name, object data, bool raw = false, long? id = null) =>
         (id is { } i ? $"id: {i}\n" : "") + $"event: {name}\ndata: {(raw ? (string)data : JsonSerializer.Serialize(data, InvokeResponse.Json))}\n\n";
@@ -33,24 +46,37 @@ static class InvokeStreaming
         response.Headers["Idempotency-Key"] = a.IdempotencyKey;
         var aborted = http.RequestAborted;
         var gate = new SemaphoreSlim(1, 1);
+        // One write at a time (the gate), so one deadline serves them all; once it fires, every later write fails at once.
+        using var writeDeadline = CancellationTokenSource.CreateLinkedTokenSource(aborted);
 
         async Task<bool> WriteAsync(string text)
         {
             await gate.WaitAsync(CancellationToken.None);
             try
             {
-                await response.WriteAsync(text, Encoding.UTF8, aborted);
-                await response.Body.FlushAsync(aborted);
-                return true;
+                writeDeadline.CancelAfter(pipeline.StreamWriteTimeout);
+                await response.WriteAsync(text, Encoding.UTF8, writeDeadline.Token);
+                await response.Body.FlushAsync(writeDeadline.Token);
+                if (!writeDeadline.IsCancellationRequested)
+                {
+                    writeDeadline.CancelAfter(Timeout.InfiniteTimeSpan);
+                    return true;
+                }
             }
             catch (Exception ex) when (ex is OperationCanceledException or IOException or ObjectDisposedException)
             {
-                return false;
             }
             finally
             {
                 gate.Release();
             }
+
+            if (!aborted.IsCancellationRequested)
+            {
+                http.Abort(); // the client stopped reading: drop its connection, and the call ends as if it had left
+            }
+
+            return false;
         }
 
         using var keepAliveStop = CancellationTokenSource.CreateLinkedTokenSource(aborted);

@@ -823,6 +823,84 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// A client sends a stream request, reads a few bytes (its headers and start frame) and then stops reading, its
+    /// connection left open. Once the socket buffers are full, freeside's write blocks; after Invoke:StreamWriteTimeout
+    /// the stream ends as a disconnect (499): the client is charged what was written to it (less than the whole answer),
+    /// nothing stays reserved, C1-C5 hold, and a retry replays REQUEST_INCOMPLETE. Meanwhile another call of the same
+    /// community runs to its done frame. Before, the blocked write waited on Kestrel's minimum data rate (a second per
+    /// 240 bytes already sent: hours here), the call's hold and key renewed and finn's call open all along.
+    /// </summary>
+    [Fact]
+    public async Task A_client_that_stops_reading_a_stream_is_cut_off_after_the_write_timeout_and_charged_what_was_written()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(settings: new Dictionary<string, string?> { ["Invoke:StreamWriteTimeout"] = "00:00:02" }, logs: logs);
+        var before = await BudgetAsync(p);
+        // Every sentence of the essay carries the prompt's topic, one 40,000-letter word: megabytes, more than the buffers hold.
+        var prompt = "Write an essay about " + new string('d', 40_000);
+        var whole = Math.Min(8192, Arrakis.Finn.Inference.Providers.Tokenizer.Count(
+            Arrakis.Finn.Inference.Providers.LocalProvider.Compose([new Arrakis.Shared.Contracts.ChatMessage("user", prompt)])));
+        var body = JsonSerializer.Serialize(new { prompt, model = "cheap", stream = true, max_tokens = 8192, idempotency_key = "stops-reading" });
+
+        var uri = new Uri(p.FreesideUrl);
+        using var stalled = new System.Net.Sockets.TcpClient { ReceiveBufferSize = 4096 };
+        await stalled.ConnectAsync(uri.Host, uri.Port, ct);
+        var socket = stalled.GetStream();
+        var sent = System.Diagnostics.Stopwatch.StartNew();
+        await socket.WriteAsync(Encoding.UTF8.GetBytes(
+            $"POST {Arrakis.Freeside.Invoke.InvokeApi.Path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {UserToken(p)}\r\nAccept: text/event-stream\r\n"
+            + $"Content-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(body)}\r\n\r\n{body}"), ct);
+        var head = new StringBuilder();
+        var one = new byte[1];
+        while (System.Text.RegularExpressions.Regex.Match(head.ToString(), "\"trace_id\":\"([0-9a-f]+)\"") is not { Success: true } && head.Length < 4096)
+        {
+            Assert.Equal(1, await socket.ReadAsync(one, ct));
+            head.Append((char)one[0]);
+        }
+
+        Assert.StartsWith("HTTP/1.1 200", head.ToString(), StringComparison.Ordinal);
+        var traceId = System.Text.RegularExpressions.Regex.Match(head.ToString(), "\"trace_id\":\"([0-9a-f]+)\"").Groups[1].Value;
+        Assert.NotEmpty(traceId); // from here on the client reads nothing
+
+        // The stalled call runs (its write blocked), and another call of the community is served meanwhile.
+        string other;
+        using (var response = await SendStreamAsync(p, """{"prompt":"Say hi","model":"cheap","stream":true}"""))
+        {
+            other = await response.Content.ReadAsStringAsync(ct);
+        }
+
+        Assert.Contains("event: done", other, StringComparison.Ordinal);
+        Assert.DoesNotContain(logs.WithEvent("INVOKE_COMPLETE"), l => (string)l.Properties["TraceId"]! == traceId); // still held then
+        var otherCost = JsonDocument.Parse(other.Split('\n').Last(l => l.StartsWith("data:", StringComparison.Ordinal))[5..]).RootElement.GetProperty("cost_micro").GetInt64();
+
+        RecordedLog? complete = null;
+        while (complete is null)
+        {
+            Assert.True(sent.Elapsed < TimeSpan.FromSeconds(30), $"the stalled stream still held its call {sent.Elapsed.TotalSeconds:0} s on; pending reservations: {await PendingReservationsAsync(p)}");
+            await Task.Delay(100, ct);
+            complete = logs.WithEvent("INVOKE_COMPLETE").FirstOrDefault(l => (string)l.Properties["TraceId"]! == traceId);
+        }
+
+        Assert.Equal((499, "client_disconnected"), ((int)complete.Properties["Status"]!, (string)complete.Properties["Outcome"]!));
+        Assert.True((long)complete.Properties["DurationMs"]! >= 2000, "the call ended before any write had been blocked for the write timeout");
+        var usage = await WaitForUsageAsync(p, traceId);
+        var after = await WaitUntilNothingReservedAsync(p);
+        var pool = new Arrakis.Shared.Contracts.PoolCatalog().Pools["cheap"];
+        Assert.Equal(Arrakis.Shared.Contracts.PoolCatalog.CostMicro(pool, usage.PromptTokens, usage.CompletionTokens), usage.CostMicro);
+        Assert.Equal(usage.CostMicro, (long)complete.Properties["CostMicro"]!);
+        Assert.Equal(usage.CostMicro + otherCost, after.GetProperty("committedMicro").GetInt64() - before.GetProperty("committedMicro").GetInt64());
+        Assert.InRange(usage.CompletionTokens, 1, whole - 1); // what was written before the write blocked, never the whole answer
+        Assert.Equal(0, await PendingReservationsAsync(p));
+        await AssertConservedAsync(p);
+
+        using var retry = await InvokeAsync(p, body, sse: true);
+        Assert.Equal(HttpStatusCode.Conflict, retry.StatusCode);
+        var problem = await retry.Content.ReadFromJsonAsync<JsonElement>(ct);
+        Assert.Equal(("REQUEST_INCOMPLETE", usage.CostMicro), (problem.GetProperty("error").GetString(), problem.GetProperty("cost_micro").GetInt64()));
+    }
+
+    /// <summary>
     /// The finn call throws something it was never meant to (a defect; here a handler on freeside's finn client): the
     /// call is failed like an upstream error. JSON: 500 INTERNAL_ERROR, the hold released and the key freed at once, so the
     /// same key runs once the fault is gone. SSE: the deltas already delivered are charged, an error frame ends the stream,
