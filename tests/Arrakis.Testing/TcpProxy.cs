@@ -45,6 +45,9 @@ public sealed class TcpProxy : IAsyncDisposable
     /// <summary>Keeps every connection open but forwards no more bytes: no data, no FIN, no reset.</summary>
     public void Freeze() => _frozen = true;
 
+    /// <summary>Lets the frozen connections (and the bytes they held) through again.</summary>
+    public void Thaw() => _frozen = false;
+
     async Task AcceptLoopAsync()
     {
         while (!_stop.IsCancellationRequested)

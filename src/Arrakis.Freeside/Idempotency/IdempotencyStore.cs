@@ -66,7 +66,10 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// Claims the key for <paramref name="owner"/> (the caller's reservation id), or says what holds it: a finished
     /// request to replay, another body, or a request still running.
     /// </summary>
-    public async Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, string owner, CancellationToken ct = default)
+    public Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, string owner, CancellationToken ct = default) =>
+        db.WithinRequestTimeoutAsync(t => BeginCoreAsync(scope, key, requestHash, owner, t), ct);
+
+    async Task<IdempotencyBegin> BeginCoreAsync(string scope, string key, string requestHash, string owner, CancellationToken ct)
     {
         await using var writer = await db.OpenWriterAsync(ct);
         var c = writer.Connection;
@@ -124,8 +127,7 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     public async Task CompleteAsync(string scope, string key, string owner, int status, string body, string contentType, CancellationToken ct = default)
     {
         var write = Completion(scope, key, owner, status, body, contentType);
-        await using var writer = await db.OpenWriterAsync(ct);
-        await writer.Connection.ExecAsync(write.Sql, write.Parameters);
+        await WriteAsync(write.Sql, write.Parameters, ct);
     }
 
     /// <summary>
@@ -145,13 +147,12 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// </summary>
     public async Task ReplaceAsync(string scope, string key, string owner, int status, string body, string contentType, CancellationToken ct = default)
     {
-        await using var writer = await db.OpenWriterAsync(ct);
-        await writer.Connection.ExecAsync(
+        await WriteAsync(
             """
             UPDATE idempotency_keys SET response_status = @status, response_body = @body, content_type = @contentType, updated_at = @now
             WHERE scope = @scope AND idem_key = @key AND state = 'complete' AND owner = @owner
             """,
-            new { scope, key, owner, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() });
+            new { scope, key, owner, status, body, contentType, now = time.GetUtcNow().ToUnixTimeMilliseconds() }, ct);
     }
 
     /// <summary>How long an in-progress key may go without <see cref="RenewAsync"/> before another request takes it over.</summary>
@@ -163,10 +164,9 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// </summary>
     public async Task<bool> RenewAsync(string scope, string key, string owner, CancellationToken ct = default)
     {
-        await using var writer = await db.OpenWriterAsync(ct);
-        return await writer.Connection.ExecAsync(
+        return await WriteAsync(
             "UPDATE idempotency_keys SET updated_at = @now WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner",
-            new { scope, key, owner, now = time.GetUtcNow().ToUnixTimeMilliseconds() }) == 1;
+            new { scope, key, owner, now = time.GetUtcNow().ToUnixTimeMilliseconds() }, ct) == 1;
     }
 
     /// <summary>
@@ -175,10 +175,17 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// </summary>
     public async Task AbandonAsync(string scope, string key, string owner, CancellationToken ct = default)
     {
-        await using var writer = await db.OpenWriterAsync(ct);
-        await writer.Connection.ExecAsync(
-            "DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner", new { scope, key, owner });
+        await WriteAsync(
+            "DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner", new { scope, key, owner }, ct);
     }
+
+    /// <summary>One statement through the writer, within the request-path timeout (<see cref="Database.WithinRequestTimeoutAsync{T}"/>).</summary>
+    Task<int> WriteAsync(string sql, object args, CancellationToken ct) =>
+        db.WithinRequestTimeoutAsync(async t =>
+        {
+            await using var writer = await db.OpenWriterAsync(t);
+            return await writer.Connection.ExecAsync(sql, args);
+        }, ct);
 
     /// <summary>Keys one purge statement deletes.</summary>
     public const int PurgeBatch = 1_000;

@@ -52,7 +52,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct = default)
     {
         using var activity = Activities.StartActivity("ledger.reserve");
-        var result = await ReserveCoreAsync(communityId, reservationId, amountMicro, ttl, key, ct);
+        var result = await db.WithinRequestTimeoutAsync(t => ReserveCoreAsync(communityId, reservationId, amountMicro, ttl, key, t), ct);
         activity?.SetTag("ledger.status", result.Status.ToString());
         return result;
     }
@@ -179,7 +179,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     public async Task<FinalizeResult> FinalizeAsync(string reservationId, long actualMicro, UsageRecord usage, LedgerSideWrite? alongside, CancellationToken ct = default)
     {
         using var activity = Activities.StartActivity("ledger.finalize");
-        var result = await FinalizeCoreAsync(reservationId, actualMicro, usage, alongside, ct);
+        var result = await db.WithinRequestTimeoutAsync(t => FinalizeCoreAsync(reservationId, actualMicro, usage, alongside, t), ct);
         activity?.SetTag("ledger.status", result.Status.ToString());
         return result;
     }
@@ -269,18 +269,18 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         }
 
         var until = time.GetUtcNow().ToUnixTimeMilliseconds() + (long)life.TotalMilliseconds;
-        var renewed = await CallAsync(c => c.ExecAsync(
+        var renewed = await db.WithinRequestTimeoutAsync(t => CallAsync(c => c.ExecAsync(
             """
             UPDATE reservations SET expires_at = CASE WHEN expires_at < @until THEN @until ELSE expires_at END
             WHERE id = @id AND status = 'pending'
             """,
-            new { id = reservationId, until }), ct);
+            new { id = reservationId, until }), t), ct);
         return renewed > 0;
     }
 
     public Task<ReleaseResult> ReleaseAsync(string reservationId, CancellationToken ct = default) =>
         LedgerIds.IsValid(reservationId)
-            ? ResolveWithoutChargeAsync(reservationId, "voided", ct)
+            ? db.WithinRequestTimeoutAsync(t => ResolveWithoutChargeAsync(reservationId, "voided", t), ct)
             : Task.FromResult(new ReleaseResult(ReleaseStatus.Invalid, reservationId, 0, LedgerIds.Rule("reservationId")));
 
     /// <summary>Expires every pending reservation whose TTL has passed; returns how many this call expired.</summary>

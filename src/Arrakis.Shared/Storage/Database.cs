@@ -204,6 +204,49 @@ public sealed class Database : IAsyncDisposable
         _ => false,
     };
 
+    /// <summary>
+    /// Runs a short request-path operation (one function call or a few statements) within <see cref="StorageOptions.RequestTimeout"/>
+    /// on PostgreSQL, so a caller gets 503 promptly when the database stops answering without closing its connections (a
+    /// failover, a network partition). Npgsql alone took 30 s (the command timeout) and then twice the connect timeout for
+    /// a cancel request that cannot get through either, and every transient retry opened a connection that waited the
+    /// connect timeout again: the first call after the freeze hung for over a minute. Past the deadline the operation's
+    /// token is cancelled (its queueing, connection opening and retries stop) and this throws an
+    /// <see cref="NpgsqlException"/> (a timeout: 503, dependency database). A command still in flight is left to Npgsql,
+    /// which breaks its connection (never returned to the pool) once its own timeout and cancel request ran out. On
+    /// SQLite (in-process) the work runs as it is.
+    /// </summary>
+    public Task<T> WithinRequestTimeoutAsync<T>(Func<CancellationToken, Task<T>> work, CancellationToken ct = default) =>
+        _npgsql is null ? work(ct) : BoundedAsync(work, ct);
+
+    async Task<T> BoundedAsync<T>(Func<CancellationToken, Task<T>> work, CancellationToken ct)
+    {
+        var limit = Options.RequestTimeout;
+        var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(limit);
+        Task<T> task;
+        try
+        {
+            task = work(deadline.Token);
+        }
+        catch
+        {
+            deadline.Dispose();
+            throw;
+        }
+
+        // The token stays valid until the work is over, even when this stops waiting for it; its late failure is observed.
+        _ = task.ContinueWith(static (t, state) => { _ = t.Exception; ((CancellationTokenSource)state!).Dispose(); }, deadline,
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        try
+        {
+            return await task.WaitAsync(limit, ct);
+        }
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException && !ct.IsCancellationRequested)
+        {
+            throw new NpgsqlException($"The database did not answer within {limit.TotalSeconds:0.#} s.", ex as TimeoutException ?? new TimeoutException(ex.Message, ex));
+        }
+    }
+
     public async Task<bool> PingAsync(CancellationToken ct)
     {
         try

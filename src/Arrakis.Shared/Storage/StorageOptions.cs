@@ -14,6 +14,19 @@ public enum StorageEngine
 /// </summary>
 public sealed record StorageOptions(string Service, StorageEngine Engine, string ConnectionString, string? Schema)
 {
+    /// <summary>Where <see cref="RequestTimeout"/> is set (<c>Database__RequestTimeout</c>).</summary>
+    public const string RequestTimeoutSetting = "Database:RequestTimeout";
+
+    /// <summary>The default of <see cref="RequestTimeout"/>.</summary>
+    public static readonly TimeSpan DefaultRequestTimeout = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a request-path database operation (the ledger's reserve/finalize/release/renew, the idempotency key's
+    /// claim/complete/renew/abandon) may take on PostgreSQL before it fails as the database being unavailable (503), see
+    /// <see cref="Database.WithinRequestTimeoutAsync{T}"/>. Background work keeps Npgsql's own timeouts.
+    /// </summary>
+    public TimeSpan RequestTimeout { get; init; } = DefaultRequestTimeout;
+
     public static string DataDirectory(IConfiguration configuration)
     {
         var dir = configuration["LOA_DATA_DIR"] ?? Environment.GetEnvironmentVariable("LOA_DATA_DIR");
@@ -39,7 +52,7 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
 
             var schema = string.IsNullOrWhiteSpace(builder.SearchPath) ? service.ToLowerInvariant() : builder.SearchPath;
             builder.SearchPath = schema;
-            return new StorageOptions(service, StorageEngine.Postgres, builder.ConnectionString, schema);
+            return new StorageOptions(service, StorageEngine.Postgres, builder.ConnectionString, schema) { RequestTimeout = ReadRequestTimeout(configuration) };
         }
 
         var dataDir = DataDirectory(configuration);
@@ -55,8 +68,27 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
         return new StorageOptions(service, StorageEngine.Sqlite, sqlite.ConnectionString, null);
     }
 
+    static TimeSpan ReadRequestTimeout(IConfiguration configuration)
+    {
+        var value = configuration[RequestTimeoutSetting];
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return DefaultRequestTimeout;
+        }
+
+        if (!TimeSpan.TryParse(value, System.Globalization.CultureInfo.InvariantCulture, out var timeout) || timeout < TimeSpan.FromSeconds(1) || timeout > TimeSpan.FromMinutes(1))
+        {
+            throw new ConnectionStringException($"{RequestTimeoutSetting} must be between 1 s and 1 min, e.g. 00:00:05; it is '{value}'.");
+        }
+
+        return timeout;
+    }
+
     static string Capitalize(string s) => char.ToUpperInvariant(s[0]) + s[1..];
 }
 
-/// <summary>A <c>ConnectionStrings:&lt;Service&gt;</c> setting that is neither an Npgsql connection string nor a <c>postgres://</c> URL.</summary>
-public sealed class ConnectionStringException(string message, Exception inner) : InvalidOperationException(message, inner);
+/// <summary>
+/// A database setting that cannot be used: a <c>ConnectionStrings:&lt;Service&gt;</c> that is neither an Npgsql connection
+/// string nor a <c>postgres://</c> URL, or a <c>Database:RequestTimeout</c> out of range.
+/// </summary>
+public sealed class ConnectionStringException(string message, Exception? inner = null) : InvalidOperationException(message, inner);
