@@ -21,6 +21,12 @@ public sealed partial class LogFilterTests
     [LoggerMessage(EventId = 3001, EventName = "INVOKE_COMPLETE", Level = LogLevel.Information, Message = "INVOKE_COMPLETE community={CommunityId} pool={Pool} status={Status} duration_ms={DurationMs} cost_micro={CostMicro}")]
     static partial void InvokeComplete(ILogger logger, string communityId, string pool, string status, long durationMs, long costMicro);
 
+    static partial class WithOutcome
+    {
+        [LoggerMessage(EventId = 3003, EventName = "INVOKE_COMPLETE", Level = LogLevel.Information, Message = "INVOKE_COMPLETE status={Status} outcome={Outcome} duration_ms={DurationMs}")]
+        public static partial void InvokeComplete(ILogger logger, int status, string outcome, long durationMs);
+    }
+
     static partial class Fractional
     {
         [LoggerMessage(EventId = 3002, EventName = "INVOKE_COMPLETE", Level = LogLevel.Information, Message = "INVOKE_COMPLETE in {DurationMs} ms")]
@@ -54,6 +60,8 @@ public sealed partial class LogFilterTests
             {
                 InvokeComplete(logger, "test-community-staging-001", "cheap", "ok", 1234, 560);
                 Fractional.InvokeComplete(logger, 10500.25);
+                WithOutcome.InvokeComplete(logger, 200, "ok", 812);
+                WithOutcome.InvokeComplete(logger, 429, "rejected", 3); // refused before it ran: not an inference latency
                 ConservationViolation(logger, "c-1", 900, 200, 1000);
             }
 
@@ -103,7 +111,13 @@ public sealed partial class LogFilterTests
                     _ when metric.StartsWith("ReputationQueryLatency", StringComparison.Ordinal) => "REPUTATION_QUERY",
                     _ => throw new InvalidOperationException("unexpected filter metric " + metric),
                 };
-                var expectedLines = lines[service].Where(l => JsonDocument.Parse(l).RootElement.TryGetProperty("event", out var e) && e.GetString() == expectedEvent).ToList();
+                // The latency alarm's JSON form takes invokes with an outcome other than "rejected" (refused before they
+                // ran); freeside's INVOKE_COMPLETE always carries one (InvokeLog), and a selector on a missing field
+                // matches nothing.
+                var excludesRefused = pattern.Contains("$.outcome != \"rejected\"", StringComparison.Ordinal);
+                var expectedLines = lines[service].Where(l => JsonDocument.Parse(l).RootElement is var root
+                    && root.TryGetProperty("event", out var e) && e.GetString() == expectedEvent
+                    && (!excludesRefused || (root.TryGetProperty("outcome", out var o) && o.GetString() != "rejected"))).ToList();
                 Assert.NotEmpty(expectedLines);
                 Assert.True(
                     matched.Select(m => m.Line).SequenceEqual(expectedLines),
@@ -124,6 +138,22 @@ public sealed partial class LogFilterTests
         }
 
         Assert.Equal(["json", "delimited"], kinds.Order().Reverse().ToArray());
+    }
+
+    /// <summary>
+    /// The p99 invoke latency alarm reads the JSON filter's InvokeLatencyMs: an invoke refused before it ran (429, 402, …,
+    /// logged since every invoke logs INVOKE_COMPLETE) takes a few ms, and a flood of them pulled the statistic down
+    /// and hid slow inference. The filter leaves them out, as the Prometheus rule's histogram does (calls that ran).
+    /// </summary>
+    [Fact]
+    public void The_latency_alarms_filter_leaves_out_invokes_refused_before_they_ran()
+    {
+        var filter = DeployFiles.Resources("aws_cloudwatch_log_metric_filter").Single(f => f.Name == "invoke_latency_json").Body;
+        var pattern = filter.GetProperty("pattern").GetString()!;
+        var lines = RealLines()["freeside"].Where(l => l.Contains("INVOKE_COMPLETE status=", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, lines.Count);
+        Assert.Equal(812, LogFilterPattern.Apply(pattern, "$.duration_ms", lines.Single(l => l.Contains("\"outcome\":\"ok\"", StringComparison.Ordinal))));
+        Assert.Null(LogFilterPattern.Apply(pattern, "$.duration_ms", lines.Single(l => l.Contains("\"outcome\":\"rejected\"", StringComparison.Ordinal))));
     }
 
     [Fact]
@@ -166,7 +196,8 @@ internal static partial class LogFilterPattern
                 }
 
                 var expected = m.Groups["value"].Value;
-                if (expected != "*" && (field.ValueKind != JsonValueKind.String || field.GetString() != expected.Trim('"')))
+                var equal = field.ValueKind == JsonValueKind.String && field.GetString() == expected.Trim('"');
+                if (m.Groups["op"].Value == "!=" ? expected == "*" || equal : expected != "*" && !equal)
                 {
                     return null;
                 }
@@ -277,7 +308,7 @@ internal static partial class LogFilterPattern
         return tokens;
     }
 
-    [GeneratedRegex("""^\$\.(?<field>[A-Za-z0-9_]+)\s*=\s*(?<value>\*|"[^"]*")$""")]
+    [GeneratedRegex("""^\$\.(?<field>[A-Za-z0-9_]+)\s*(?<op>!?=)\s*(?<value>\*|"[^"]*")$""")]
     private static partial Regex JsonClause();
 
     [GeneratedRegex("""^(?<name>[A-Za-z_][A-Za-z0-9_]*)(?:\s*=\s*(?<value>"[^"]*"))?$""")]
