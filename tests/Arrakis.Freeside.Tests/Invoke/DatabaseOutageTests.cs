@@ -21,14 +21,22 @@ public sealed class DatabaseOutageTests
 
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    [Fact]
-    public async Task A_call_cut_off_by_an_outage_answers_503_and_its_retry_after_recovery_runs_and_charges_once()
+    /// <summary>A connection string to a fresh schema of the test server, through a proxy the test can cut or freeze.</summary>
+    static (NpgsqlConnectionStringBuilder Pg, TcpProxy Proxy) BehindProxy()
     {
         var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
+        var proxy = new TcpProxy(pg.Host!, pg.Port);
         pg.Host = "127.0.0.1";
         pg.Port = proxy.Port;
         pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        return (pg, proxy);
+    }
+
+    [Fact]
+    public async Task A_call_cut_off_by_an_outage_answers_503_and_its_retry_after_recovery_runs_and_charges_once()
+    {
+        var (pg, proxy) = BehindProxy();
+        await using var _ = proxy;
         pg.Timeout = 3;
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
         {
@@ -102,11 +110,8 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task Health_answers_503_within_seconds_when_the_database_stops_answering()
     {
-        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
-        pg.Host = "127.0.0.1";
-        pg.Port = proxy.Port;
-        pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        var (pg, proxy) = BehindProxy();
+        await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = pg.ConnectionString });
         await WaitHealthyAsync(p);
@@ -132,11 +137,8 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task An_invoke_answers_503_within_seconds_when_the_database_stops_answering_and_runs_again_after()
     {
-        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
-        pg.Host = "127.0.0.1";
-        pg.Port = proxy.Port;
-        pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        var (pg, proxy) = BehindProxy();
+        await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
         {
