@@ -1,10 +1,7 @@
 using System.Diagnostics;
 using System.Net;
-using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text.Json.Nodes;
-using Arrakis.Shared.Storage;
-using Arrakis.Shared.Tokens;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -32,20 +29,8 @@ public sealed class RedisOutageTests
         };
         await using var proxy = new TcpProxy(redis.Item1, redis.Item2);
         proxy.Cut();
-        var storage = p.Dixie.Services.GetRequiredService<StorageOptions>();
-        var url2 = $"http://127.0.0.1:{TestStorage.FreePort()}";
-        var args = new Dictionary<string, string?>
-        {
-            ["urls"] = url2,
-            ["LOA_DATA_DIR"] = p.DataDir,
-            ["ConnectionStrings:Dixie"] = storage.ConnectionString,
-            ["Redis:Configuration"] = $"127.0.0.1:{proxy.Port}",
-            ["Redis:KeyPrefix"] = p.RedisPrefix,
-            ["Services:FreesideUrl"] = p.FreesideUrl,
-            ["Services:FinnUrl"] = p.FinnUrl,
-        }.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
-        await using var replica = await DixieService.CreateAsync(args);
-        await replica.StartAsync(Ct);
+        var (replica, url2) = await DixieReplica.StartAsync(p, $"127.0.0.1:{proxy.Port}", Ct);
+        await using var _ = replica;
 
         using var one = new HttpClient { BaseAddress = new Uri(p.DixieUrl + "/") };
         using var two = new HttpClient { BaseAddress = new Uri(url2 + "/") };
@@ -95,16 +80,7 @@ public sealed class RedisOutageTests
         }
 
         var before = (await two.GetFromJsonAsync<JsonObject>(Query, Ct))!; // cached on replica two for the TTL (5 s)
-        using var request = new HttpRequestMessage(HttpMethod.Post, "api/reputation/events")
-        {
-            Content = JsonContent.Create(new { event_id = eventId, routing_key = "nft:outage", score = "excellent", source = "t", timestamp = 1_800_000_000_000 }),
-        };
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
-            p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "loa-dixie", new Dictionary<string, object> { ["sub"] = "t" }));
-        using (var response = await one.SendAsync(request, Ct))
-        {
-            response.EnsureSuccessStatusCode();
-        }
+        await DixieReplica.PostEventAsync(p, one, eventId, "nft:outage", Ct);
 
         sw.Restart();
         JsonObject seen;

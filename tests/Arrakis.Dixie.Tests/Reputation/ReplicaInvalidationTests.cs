@@ -1,11 +1,6 @@
 using System.Diagnostics;
-using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text.Json.Nodes;
-using Arrakis.Shared.Storage;
-using Arrakis.Shared.Tokens;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Arrakis.Dixie.Tests.Reputation;
 
@@ -23,41 +18,17 @@ public sealed class ReplicaInvalidationTests
 
         var ct = TestContext.Current.CancellationToken;
         await using var p = await Platform.StartAsync("postgres");
-        var storage = p.Dixie.Services.GetRequiredService<StorageOptions>();
-        var url2 = $"http://127.0.0.1:{TestStorage.FreePort()}";
-        var args = new Dictionary<string, string?>
-        {
-            ["urls"] = url2,
-            ["LOA_DATA_DIR"] = p.DataDir,
-            ["ConnectionStrings:Dixie"] = storage.ConnectionString,
-            ["Redis:Configuration"] = TestStorage.Redis,
-            ["Redis:KeyPrefix"] = p.RedisPrefix, // replicas of one deployment share its prefix
-            ["Services:FreesideUrl"] = p.FreesideUrl,
-            ["Services:FinnUrl"] = p.FinnUrl,
-        }.SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
-        await using var replica = await DixieService.CreateAsync(args);
-        await replica.StartAsync(ct);
+        var (replica, url2) = await DixieReplica.StartAsync(p, TestStorage.Redis, ct);
+        await using var _ = replica;
 
         using var one = new HttpClient { BaseAddress = new Uri(p.DixieUrl + "/") };
         using var two = new HttpClient { BaseAddress = new Uri(url2 + "/") };
         const string query = "api/reputation/query?routingKey=nft:replica";
         Assert.Null((await two.GetFromJsonAsync<JsonObject>(query, ct))!["score"]); // cached as "no data" on replica two
 
-        async Task PostAsync(string id, string key)
-        {
-            using var request = new HttpRequestMessage(HttpMethod.Post, "api/reputation/events")
-            {
-                Content = JsonContent.Create(new { event_id = id, routing_key = key, score = "excellent", source = "t", timestamp = 1_800_000_000_000 }),
-            };
-            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
-                p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "loa-dixie", new Dictionary<string, object> { ["sub"] = "t" }));
-            using var response = await one.SendAsync(request, ct);
-            response.EnsureSuccessStatusCode();
-        }
-
-        await PostAsync("warm-up", "nft:warm"); // the first token makes dixie fetch freeside's JWKS
+        await DixieReplica.PostEventAsync(p, one, "warm-up", "nft:warm", ct); // the first token makes dixie fetch freeside's JWKS
         var sw = Stopwatch.StartNew();
-        await PostAsync("r-1", "nft:replica");
+        await DixieReplica.PostEventAsync(p, one, "r-1", "nft:replica", ct);
 
         JsonObject seen;
         do
