@@ -117,11 +117,7 @@ public sealed class PaymentFlowTests
             ["X402:FacilitatorTimeoutSeconds"] = "2",
             ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
         });
-        var (required, _) = await host.ChallengeAsync(Body, ct);
-        var accepted = required["accepts"]![0]!.AsObject();
-        var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0,
-            DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 120);
-        var header = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
+        var header = await PayTheChallengeAsync(host, ct);
 
         using var bounded = CancellationTokenSource.CreateLinkedTokenSource(ct);
         bounded.CancelAfter(TimeSpan.FromSeconds(30));
@@ -132,6 +128,16 @@ public sealed class PaymentFlowTests
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
         Assert.Equal(0, host.Invocation.Calls);
         Assert.Equal(1, await host.Store.CountAsync(PaymentStates.Failed, ct));
+    }
+
+    /// <summary>A v2 payment header for exactly the amount the host's 402 asks for <see cref="Body"/>, signed by the test payer.</summary>
+    static async Task<string> PayTheChallengeAsync(PaymentHost host, CancellationToken ct)
+    {
+        var (required, _) = await host.ChallengeAsync(Body, ct);
+        var accepted = required["accepts"]![0]!.AsObject();
+        var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0,
+            DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 120);
+        return PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
     }
 
     /// <summary>
@@ -163,11 +169,7 @@ public sealed class PaymentFlowTests
                 ["X402:FacilitatorUrl"] = facilitator.Urls.Single(),
                 ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
             });
-            var (required, _) = await host.ChallengeAsync(Body, ct);
-            var accepted = required["accepts"]![0]!.AsObject();
-            var a = PaymentSigning.Authorization(PaymentSigning.PayerKey, host.Options.PayTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0,
-                DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 120);
-            var header = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(host.Options, a, PaymentSigning.PayerKey)));
+            var header = await PayTheChallengeAsync(host, ct);
 
             using var response = await host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
             var body = await ChainPaymentTests.JsonAsync(response, ct);
