@@ -105,6 +105,7 @@ static class InvokeBench
                     // The paths take turns in short slices, so a slow spell of the machine falls on all of them alike.
                     var samples = targets.ToDictionary(t => t.Name, _ => new List<double>());
                     var busy = targets.ToDictionary(t => t.Name, _ => 0.0);
+                    var cpu = targets.ToDictionary(t => t.Name, _ => TimeSpan.Zero);
                     // Warm-up: until tiered compilation has finished promoting the hot paths to optimized code, as it has in
                     // a service that has been up for a while. On 2 busy cores the background JIT needs tens of seconds for
                     // that; measured before it is done, the paths run partly in instrumented tier-0 code.
@@ -116,13 +117,15 @@ static class InvokeBench
                     {
                         foreach (var (name, make) in targets)
                         {
+                            var cpuBefore = ProcessCpu();
                             var (latencies, elapsed) = await Measure(make, seconds / Rounds, round);
+                            cpu[name] += ProcessCpu() - cpuBefore;
                             samples[name].AddRange(latencies);
                             busy[name] += elapsed;
                         }
                     }
 
-                    var measured = targets.ToDictionary(t => t.Name, t => Summarize(samples[t.Name], busy[t.Name]));
+                    var measured = targets.ToDictionary(t => t.Name, t => Summarize(samples[t.Name], busy[t.Name], cpu[t.Name]));
                     foreach (var (name, _) in targets)
                     {
                         rows.Add(Row(engine, provider, name, ClientsLabel(clients, onlyClients is not null), measured[name], null));
@@ -148,13 +151,15 @@ static class InvokeBench
                         if (gateway is not null && measured.TryGetValue(baselineName, out var baseline))
                         {
                             rows.Add($"| {engine} | {provider} | **added by {label}** (vs {baselineName}) | {ClientsLabel(clients, onlyClients is not null)} | | " +
-                                $"**{gateway.P50 - baseline.P50:0.00}** | **{gateway.P99 - baseline.P99:0.00}** | {gateway.P50 / baseline.P50:0.0}× |");
+                                $"**{gateway.P50 - baseline.P50:0.00}** | **{gateway.P99 - baseline.P99:0.00}** | {gateway.P50 / baseline.P50:0.0}× | {gateway.CpuMsPerCall - baseline.CpuMsPerCall:0.000} |");
                         }
                     }
                 }
             }
         }
 
+        var (signUs, verifyUs) = MeasureEs256();
+        Console.Error.WriteLine($"ES256: sign {signUs:0.0} µs, verify {verifyUs:0.0} µs");
         var table = string.Join('\n', rows);
         Console.Error.WriteLine(table);
         var breakdownTable = string.Join('\n', breakdownRows);
@@ -171,10 +176,11 @@ static class InvokeBench
                 - Every request is a non-streaming `{"prompt":"{{Prompt}}","model":"cheap"}` with a fresh single-use ES256 token minted outside the timed part; latency is measured at the client from send to the last body byte.
                 - "provider direct" = the loopback OpenAI-compatible server, which answers at once (or, in the "answers in {{slowMs}} ms" rows, after that delay, like a short real completion: those rows start calls at random (Poisson) times, {{(slowMs > 0 ? 32_000 / slowMs : 0)}} a second on average, so that 32 are in flight on average: a load this machine serves without a standing queue, so they show the overhead at that concurrency. They are not the issue's measure, which takes the provider at 0 ms); "finn direct" = finn's `/api/v1/invoke` with a freeside-audience token; "freeside → finn" = the public `/api/agents/invoke` (rate limit, idempotency, reserve, finn token, finn → provider, finalize + usage record, stored response).
                 - "added by" rows = the freeside path minus a baseline at the same percentile and concurrency, measured in the same run: "added by freeside+finn" against the provider called directly (with the local provider, whose answer takes 0 ms inside finn, that is all of freeside and finn: the issue's measure), "added by freeside" against finn called directly. Anchors: LiteLLM median overhead 4.34 ms, Portkey 2.37 ms; our target is p50 ≤ 2 ms and p99 ≤ 10 ms added by freeside+finn.
+                - "CPU ms/call" = the CPU time this whole process (client, services, provider and their background work, on all cores) used during a path's slices, divided by the calls answered in them; on "added by" rows, the difference. The client mints a token for each finn and freeside call (one ES256 signature), none for the provider. ES256 in this run, one thread: sign {{signUs:0}} µs, verify {{verifyUs:0}} µs (P-256, .NET's ECDsa over OpenSSL); a call through freeside needs three (freeside verifies the user's token and signs finn's, finn verifies that). With {{Environment.ProcessorCount}} cores, 32 closed-loop clients see a median near 32 / (calls per second), so a 2 ms median needs about 16,000 calls a second: at most {{Environment.ProcessorCount * 1000.0 / 16_000:0.000}} ms of CPU a call for everything.
                 - Measured {{DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm}} UTC: per row {{seconds}} s in {{Rounds}} slices that take turns with the other paths (so a slow spell of this shared machine falls on all of them), after a warm-up of each path that lasted until the JIT had gone quiet (at least {{warmUpSeconds}} s each; the longest took {{warmedUp:0}} s in all{{(everQuiet ? "" : "; in at least one the JIT was still busy when the --warmup-max limit ended it")}}).
 
-                | engine | provider | path | clients | req/s | p50 ms | p99 ms | p50 ratio |
-                |---|---|---|---|---|---|---|---|
+                | engine | provider | path | clients | req/s | p50 ms | p99 ms | p50 ratio | CPU ms/call |
+                |---|---|---|---|---|---|---|---|---|
                 {{table}}
 
                 ### Where a call's time goes
@@ -226,12 +232,12 @@ static class InvokeBench
         return (clock.Elapsed.TotalSeconds, false);
     }
 
-    sealed record Stats(double Rate, double P50, double P99);
+    sealed record Stats(double Rate, double P50, double P99, double CpuMsPerCall);
 
     static string ClientsLabel(int clients, bool openLoop) => openLoop ? $"{clients} in flight (mean; open loop)" : clients.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     static string Row(string engine, string provider, string path, string clients, Stats s, string? ratio) =>
-        $"| {engine} | {provider} | {path} | {clients} | {s.Rate:0} | {s.P50:0.00} | {s.P99:0.00} | {ratio} |";
+        $"| {engine} | {provider} | {path} | {clients} | {s.Rate:0} | {s.P50:0.00} | {s.P99:0.00} | {ratio} | {s.CpuMsPerCall:0.000} |";
 
     static HttpClient NewClient() =>
         new(new SocketsHttpHandler { MaxConnectionsPerServer = 256, PooledConnectionLifetime = TimeSpan.FromMinutes(10) });
@@ -300,10 +306,58 @@ static class InvokeBench
         return (all, started.Elapsed.TotalSeconds);
     }
 
-    static Stats Summarize(List<double> latencies, double seconds)
+    static Stats Summarize(List<double> latencies, double seconds, TimeSpan cpu)
     {
         var sorted = latencies.Order().ToArray();
-        return new Stats(sorted.Length / seconds, Pct(sorted, 0.50), Pct(sorted, 0.99));
+        return new Stats(sorted.Length / seconds, Pct(sorted, 0.50), Pct(sorted, 0.99), sorted.Length == 0 ? 0 : cpu.TotalMilliseconds / sorted.Length);
+    }
+
+    /// <summary>CPU time used so far by this process on all its threads (client, services, provider, background work).</summary>
+    static TimeSpan ProcessCpu()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.TotalProcessorTime;
+    }
+
+    /// <summary>
+    /// What one ES256 signature and one verification cost on this machine (P-256 with SHA-256 over a token-sized input,
+    /// .NET's ECDsa as the token handlers use it, one thread): the floor under the three an invoke through freeside needs.
+    /// </summary>
+    static (double SignUs, double VerifyUs) MeasureEs256()
+    {
+        using var key = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        var input = new byte[600];
+        new Random(7).NextBytes(input);
+        var hash = System.Security.Cryptography.HashAlgorithmName.SHA256;
+        var format = System.Security.Cryptography.DSASignatureFormat.IeeeP1363FixedFieldConcatenation;
+        var signature = key.SignData(input, hash, format);
+        double PerOpUs(Action op, int times)
+        {
+            for (var i = 0; i < times / 10; i++)
+            {
+                op();
+            }
+
+            var clock = Stopwatch.StartNew();
+            for (var i = 0; i < times; i++)
+            {
+                op();
+            }
+
+            return clock.Elapsed.TotalMicroseconds / times;
+        }
+
+        var signUs = PerOpUs(() => key.SignData(input, hash, format), 3000);
+        var verifyUs = PerOpUs(
+            () =>
+            {
+                if (!key.VerifyData(input, signature, hash, format))
+                {
+                    throw new InvalidOperationException("ES256 self-check failed");
+                }
+            },
+            3000);
+        return (signUs, verifyUs);
     }
 
     static double Pct(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
