@@ -37,10 +37,7 @@ public static partial class ServiceDefaults
 
     public static WebApplicationBuilder AddServiceDefaults(this WebApplicationBuilder builder, string service)
     {
-        if (builder.Configuration["Kestrel:Limits:MaxRequestBodySize"] is null)
-        {
-            Microsoft.AspNetCore.Hosting.WebHostBuilderKestrelExtensions.ConfigureKestrel(builder.WebHost, k => k.Limits.MaxRequestBodySize = MaxRequestBodyBytes);
-        }
+        RequestLimits.Apply(builder, MaxRequestBodyBytes);
 
         builder.Logging.ClearProviders();
         builder.Logging.AddConsole(o => o.FormatterName = JsonLinesFormatter.FormatterName)
@@ -146,6 +143,7 @@ public static partial class ServiceDefaults
     public static WebApplication UseServiceDefaults(this WebApplication app)
     {
         app.Use(RequestMetrics.Middleware);
+        app.Use(RequestLimits.RefuseOversizedHeadAsync);
         app.UseExceptionHandler();
         app.UseStatusCodePages(async ctx =>
         {
