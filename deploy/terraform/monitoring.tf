@@ -79,8 +79,9 @@ resource "aws_cloudwatch_log_metric_filter" "conservation_violation" {
 resource "aws_cloudwatch_log_metric_filter" "invoke_latency_json" {
   name           = "${local.prefix}-invoke-latency-json"
   log_group_name = aws_cloudwatch_log_group.service["freeside"].name
-  # Invokes refused before they ran (outcome "rejected": 400, 402, 403, 409, 429) take milliseconds; left out, so a
-  # flood of them cannot pull the p99 latency alarm's statistic down. Calls that ran and failed slowly still count.
+  # Invokes refused before they ran (outcome "rejected": 400, 401, 402, 403, 409, 413, 429) take milliseconds; left
+  # out, so a flood of them cannot pull the p99 latency alarm's statistic down. Calls that ran and failed slowly still
+  # count.
   pattern = "{ $.event = \"INVOKE_COMPLETE\" && $.duration_ms = * && $.outcome != \"rejected\" }"
   metric_transformation {
     name      = "InvokeLatencyMs"

@@ -40,6 +40,7 @@ public static class FreesideService
         configure?.Invoke(builder);
 
         var app = builder.Build();
+        app.Use(InvokeApi.LogAnsweredBeforeTheHandlerAsync); // ahead of the token check: a refused invoke logs its line too
         app.UseServiceDefaults();
         app.Services.GetRequiredService<Payments.PaymentMetrics>(); // its counters exist from the first scrape
         app.MapHealth("/health", Name);

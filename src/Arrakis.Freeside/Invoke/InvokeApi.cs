@@ -34,23 +34,68 @@ public static class InvokeApi
 
     public static IEndpointRouteBuilder MapInvokeApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost(Path, InvokeAsync).RequireToken(IdentitySetup.UserPolicy).WithTags("Agents").WithName("InvokeAgent");
+        app.MapPost(Path, InvokeAsync).RequireToken(IdentitySetup.UserPolicy).WithMetadata(InvokeEndpoint.Instance).WithTags("Agents").WithName("InvokeAgent");
         return app;
     }
+
+    /// <summary>Marks the invoke route for <see cref="LogAnsweredBeforeTheHandlerAsync"/>.</summary>
+    sealed class InvokeEndpoint
+    {
+        public static readonly InvokeEndpoint Instance = new();
+    }
+
+    /// <summary>Set by the handler: from then on it logs the invoke's INVOKE_COMPLETE line itself.</summary>
+    const string HandlerRanKey = "arrakis.invoke.handler";
+
+    /// <summary>
+    /// Middleware, ahead of <c>UseServiceDefaults</c>' token check: an invoke answered before its handler ran logs its
+    /// INVOKE_COMPLETE line too (DESIGN §8: every invoke), with the status it was answered. That is a token the check
+    /// refused (401, missing, expired, badly signed or replayed: outcome <c>rejected</c>), or a check that threw (503
+    /// for an unreachable replay cache, else 500). The answer itself is left as it was; other routes pass through.
+    /// </summary>
+    public static async Task LogAnsweredBeforeTheHandlerAsync(HttpContext http, RequestDelegate next)
+    {
+        if (http.GetEndpoint()?.Metadata.GetMetadata<InvokeEndpoint>() is null)
+        {
+            await next(http);
+            return;
+        }
+
+        var sw = Stopwatch.StartNew();
+        await next(http);
+        if (!http.Items.ContainsKey(HandlerRanKey))
+        {
+            var status = http.Response.StatusCode;
+            http.RequestServices.GetRequiredService<InvokePipeline>().Refused(status, OutcomeOf(status), null, null, WantsSse(http.Request), sw.Elapsed);
+        }
+    }
+
+    static bool WantsSse(HttpRequest request) => request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>The outcome an invoke that never held a reservation logs for the status it was answered.</summary>
+    static string OutcomeOf(int status) => status switch
+    {
+        499 => "client_disconnected",
+        503 => "unavailable",
+        >= 500 => "error",
+        _ => "rejected",
+    };
 
     /// <summary>JSON, or SSE when the client sends <c>Accept: text/event-stream</c> or <c>"stream":true</c>.</summary>
     static async Task InvokeAsync(HttpContext http, InvokePipeline pipeline, ILoggerFactory logs)
     {
         var sw = Stopwatch.StartNew();
+        http.Items[HandlerRanKey] = true;
+        var wantsSse = WantsSse(http.Request);
         using var buffer = new MemoryStream();
-        await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
-        var wantsSse = http.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);
         Admission admission;
         try
         {
+            // Reading the body may fail too (over Kestrel's MaxRequestBodySize, or the client left mid-body): logged below.
+            await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
             admission = await pipeline.AdmitAsync(http, buffer.ToArray(), wantsSse, http.RequestAborted);
         }
-        catch (Exception ex) when (Failed(pipeline, http, ex, wantsSse, sw.Elapsed))
+        catch (Exception ex) when (Failed(pipeline, http, ex, wantsSse, sw.Elapsed, http.Request.ContentLength > buffer.Length))
         {
             throw; // never runs: the filter logs INVOKE_COMPLETE and lets the error handler answer
         }
@@ -125,15 +170,18 @@ public static class InvokeApi
     }
 
     /// <summary>
-    /// An admission that threw still logs its INVOKE_COMPLETE line, with the status the error handler answers (503 for
-    /// an unreachable database or Redis, else 500; 499 when the client left). Returns false, so the exception goes on.
+    /// A body read or an admission that threw still logs its INVOKE_COMPLETE line, with the status the error handler
+    /// answers: 499 when the client left (a cancellation or a broken read once the request was aborted, or a body that
+    /// ended before its Content-Length: the client closed the connection mid-body, and the error handler's 400 reaches no
+    /// one), 413 for a body over the size limit, 415 for one it cannot read and 400 for any other bad body (outcome
+    /// <c>rejected</c>), 503 for an unreachable database or Redis, else 500. Returns false, so the exception goes on.
     /// </summary>
-    static bool Failed(InvokePipeline pipeline, HttpContext http, Exception ex, bool stream, TimeSpan elapsed)
+    static bool Failed(InvokePipeline pipeline, HttpContext http, Exception ex, bool stream, TimeSpan elapsed, bool bodyEndedEarly)
     {
-        var (status, outcome) = ex is OperationCanceledException && http.RequestAborted.IsCancellationRequested
-            ? (499, "client_disconnected")
-            : Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null ? (503, "unavailable") : (500, "error");
-        pipeline.Refused(status, outcome, null, null, stream, elapsed);
+        var status = (ex is OperationCanceledException or IOException) && http.RequestAborted.IsCancellationRequested ? 499
+            : ex is BadHttpRequestException bad ? bad.StatusCode is 413 or 415 ? bad.StatusCode : bodyEndedEarly ? 499 : 400
+            : Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null ? 503 : 500;
+        pipeline.Refused(status, OutcomeOf(status), null, null, stream, elapsed);
         return false;
     }
 }

@@ -47,13 +47,35 @@ public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microso
             return Refused(402, "PAYMENT_TOO_SMALL", $"This request may cost {worst} micro-USD; the payment covers {request.MaxCostMicro}.", "amount", pool.Id);
         }
 
-        var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
-        var (result, error) = await finn.InvokeAsync(new FinnInvokeRequest(parsed.Messages, pool.Id, maxTokens, parsed.Agent, false, traceId), caller, ct);
+        // A call that throws logs its line too, with the status its caller is answered: the 502 X402_INVOKE_FAILED the
+        // payment flow answers for a paid invoke that threw; a cancellation goes on to the error handler: 499 when the
+        // client left, else 500.
+        bool Threw(Exception ex)
+        {
+            var (status, outcome) = ex is not OperationCanceledException ? (502, "error")
+                : ct.IsCancellationRequested ? (499, "client_disconnected") : (500, "error");
+            logger.InvokeComplete(status, outcome, pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
+            return false;
+        }
+
+        FinnInvokeResult? result;
+        UpstreamError? error;
+        try
+        {
+            var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
+            (result, error) = await finn.InvokeAsync(new FinnInvokeRequest(parsed.Messages, pool.Id, maxTokens, parsed.Agent, false, traceId), caller, ct);
+        }
+        catch (Exception ex) when (Threw(ex))
+        {
+            throw; // never runs: the filter logs INVOKE_COMPLETE and lets the exception go on
+        }
+
         if (error is not null)
         {
             metrics.Completed(pool.Id, "upstream_failed", started.Elapsed.TotalMilliseconds, 0);
             logger.InvokeComplete(error.Status, "upstream_failed", pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
-            return Failure(error.Status, error.Error, error.Detail, null);
+            // finn's Retry-After (its 503 "no healthy model") is passed on, as the invoke route does.
+            return Failure(error.Status, error.Error, error.Detail, null) with { RetryAfter = error.RetryAfter };
         }
 
         var cost = Math.Clamp(result!.CostMicro, 0, worst);

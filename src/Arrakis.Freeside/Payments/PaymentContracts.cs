@@ -10,8 +10,11 @@ namespace Arrakis.Freeside.Payments;
 /// <param name="MaxCostMicro">The worst-case cost the payment covers; the metered cost must not exceed it.</param>
 public sealed record PaidInvocationRequest(string PaymentId, JsonObject Body, JsonWebToken? UserToken, string? CommunityId, string Payer, long MaxCostMicro);
 
-/// <summary>The invoke's outcome: only a success is settled. <paramref name="CostMicro"/> is the metered cost.</summary>
-public sealed record PaidInvocationResult(bool Success, int StatusCode, long CostMicro, JsonNode? Body);
+/// <summary>
+/// The invoke's outcome: only a success is settled. <paramref name="CostMicro"/> is the metered cost;
+/// <paramref name="RetryAfter"/>, when a failure says when to come back (finn's 503 "no healthy model").
+/// </summary>
+public sealed record PaidInvocationResult(bool Success, int StatusCode, long CostMicro, JsonNode? Body, TimeSpan? RetryAfter = null);
 
 /// <summary>Runs a paid invoke through the invoke pipeline (implemented and registered by the invoke feature).</summary>
 public interface IPaidInvocation

@@ -111,7 +111,10 @@ public sealed class PaymentFlow(
             // Never settle when the paid call fails: the payer keeps the funds (the authorization simply expires). The
             // stored answer is the one sent, so a replay gets the same error status.
             var failure = result.Body ?? ErrorBody(X402Errors.InvokeFailed, "The paid invoke failed; nothing was settled.");
-            return await FailAsync(row, X402Errors.InvokeFailed, result.StatusCode >= 400 ? result.StatusCode : 502, failure, ct);
+            var retryAfter = result.RetryAfter is { } wait
+                ? new KeyValuePair<string, string>("Retry-After", ((long)Math.Ceiling(wait.TotalSeconds)).ToString(CultureInfo.InvariantCulture))
+                : (KeyValuePair<string, string>?)null;
+            return await FailAsync(row, X402Errors.InvokeFailed, result.StatusCode >= 400 ? result.StatusCode : 502, failure, ct, header: retryAfter);
         }
 
         var cost = Math.Clamp(result.CostMicro, 0, row.ValueMicro);

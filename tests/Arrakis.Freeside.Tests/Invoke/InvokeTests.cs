@@ -1098,6 +1098,147 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// DESIGN §8: every invoke logs INVOKE_COMPLETE, those the token check refuses included (a missing token, a badly
+    /// signed one, a replayed one): status 401, outcome rejected (left out of the latency alarm's filter), and the 401's
+    /// JSON body and WWW-Authenticate as before. Before, the check answered before the invoke handler ran, so no line was
+    /// logged. A 401 on another route is not an invoke and logs none.
+    /// </summary>
+    [Fact]
+    public async Task An_invoke_refused_by_the_token_check_logs_its_invoke_complete_line_and_no_other_route_does()
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(settings: RaisedRateLimits(), logs: logs);
+        var ct = TestContext.Current.CancellationToken;
+
+        async Task<HttpResponseMessage> SendAsync(HttpMethod method, string path, string? token, bool sse = false)
+        {
+            using var request = new HttpRequestMessage(method, p.FreesideUrl + path);
+            if (method == HttpMethod.Post)
+            {
+                request.Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json");
+            }
+
+            if (token is not null)
+            {
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            }
+
+            if (sse)
+            {
+                request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("text/event-stream"));
+            }
+
+            return await Http.SendAsync(request, ct);
+        }
+
+        async Task AssertUnauthorizedAsync(HttpResponseMessage response)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+            Assert.Equal("Bearer error=\"invalid_token\"", response.Headers.WwwAuthenticate.ToString());
+            Assert.Equal("UNAUTHORIZED", (await response.Content.ReadFromJsonAsync<JsonElement>(ct)).GetProperty("error").GetString());
+        }
+
+        using (var budget = await SendAsync(HttpMethod.Get, $"/api/v1/communities/{Community}/budget", null))
+        {
+            await AssertUnauthorizedAsync(budget); // another route's 401: no INVOKE_COMPLETE
+        }
+
+        using (var missing = await SendAsync(HttpMethod.Post, "/api/agents/invoke", null, sse: true))
+        {
+            await AssertUnauthorizedAsync(missing);
+        }
+
+        var token = UserToken(p);
+        using (var badlySigned = await SendAsync(HttpMethod.Post, "/api/agents/invoke", token[..^4] + (token[^4..] == "AAAA" ? "BBBB" : "AAAA")))
+        {
+            await AssertUnauthorizedAsync(badlySigned);
+        }
+
+        using (var ok = await SendAsync(HttpMethod.Post, "/api/agents/invoke", token))
+        {
+            Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+        }
+
+        using (var replayed = await SendAsync(HttpMethod.Post, "/api/agents/invoke", token))
+        {
+            await AssertUnauthorizedAsync(replayed);
+        }
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (logs.WithEvent("INVOKE_COMPLETE").Count() < 4 && waited.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(50, ct);
+        }
+
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([401, 401, 200, 401], lines.Select(l => (int)l.Properties["Status"]!));
+        Assert.Equal(["rejected", "rejected", "ok", "rejected"], lines.Select(l => (string)l.Properties["Outcome"]!));
+        Assert.Equal([true, false, false, false], lines.Select(l => (bool)l.Properties["Stream"]!));
+        Assert.All(lines, l => Assert.IsType<long>(l.Properties["DurationMs"]));
+        Assert.All(lines, l => Assert.False(string.IsNullOrEmpty((string?)l.Properties["TraceId"])));
+        Assert.All(lines.Where(l => (int)l.Properties["Status"]! == 401), l => Assert.Equal(0L, l.Properties["CostMicro"]));
+    }
+
+    /// <summary>
+    /// A body that fails while it is read logs its INVOKE_COMPLETE line too: one over Kestrel's MaxRequestBodySize is
+    /// answered 413 REQUEST_TOO_LARGE and logged 413 (outcome rejected), one whose client leaves mid-body is logged 499
+    /// (client_disconnected, as a client that leaves later is). Before, the body was read outside the handler's logging,
+    /// so neither logged a line.
+    /// </summary>
+    [Fact]
+    public async Task An_invoke_whose_body_cannot_be_read_logs_its_invoke_complete_line()
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await StartSeededAsync(settings: RaisedRateLimits(), logs: logs);
+        var ct = TestContext.Current.CancellationToken;
+        var uri = new Uri(p.FreesideUrl);
+        string Head(long length) =>
+            $"POST {Arrakis.Freeside.Invoke.InvokeApi.Path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {UserToken(p)}\r\n"
+            + $"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{\"prompt\":\"";
+
+        using (var tooLarge = new System.Net.Sockets.TcpClient())
+        {
+            await tooLarge.ConnectAsync(uri.Host, uri.Port, ct);
+            var socket = tooLarge.GetStream();
+            await socket.WriteAsync(Encoding.UTF8.GetBytes(Head(Arrakis.Shared.Hosting.ServiceDefaults.MaxRequestBodyBytes + 1)), ct);
+            var answer = await new StreamReader(socket).ReadToEndAsync(ct);
+            Assert.StartsWith("HTTP/1.1 413", answer, StringComparison.Ordinal);
+            Assert.Contains("\"error\":\"REQUEST_TOO_LARGE\"", answer, StringComparison.Ordinal);
+        }
+
+        var first = await WaitForLogAsync(logs, "INVOKE_COMPLETE");
+        Assert.Equal((413, "rejected"), ((int)first.Properties["Status"]!, (string)first.Properties["Outcome"]!));
+
+        // The client goes away a few bytes into the 1000 it promised: closing its connection (FIN), or resetting it (RST).
+        foreach (var reset in new[] { false, true })
+        {
+            using var leaves = new System.Net.Sockets.TcpClient();
+            await leaves.ConnectAsync(uri.Host, uri.Port, ct);
+            await leaves.GetStream().WriteAsync(Encoding.UTF8.GetBytes(Head(1000)), ct);
+            await Task.Delay(500, ct); // the handler is reading the body
+            if (reset)
+            {
+                leaves.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
+            }
+
+            leaves.Close();
+        }
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (logs.WithEvent("INVOKE_COMPLETE").Count() < 3 && waited.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(50, ct);
+        }
+
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal(3, lines.Count);
+        Assert.All(lines.Skip(1), l => Assert.Equal((499, "client_disconnected"), ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        Assert.All(lines, l => Assert.IsType<long>(l.Properties["DurationMs"]));
+        Assert.All(lines, l => Assert.Equal(0L, l.Properties["CostMicro"]));
+        Assert.Equal(0, await PendingReservationsAsync(p));
+    }
+
+    /// <summary>
     /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
     /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
     /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.

@@ -51,6 +51,113 @@ public sealed class PaidInvocationTests
     }
 
     /// <summary>
+    /// finn answers a paid call 503 NO_HEALTHY_MODEL with Retry-After (every breaker of the pool open): the payer gets the
+    /// wait as the invoke route's caller does, in Retry-After. Before, the paid path dropped it. Each failed call logs its
+    /// one INVOKE_COMPLETE line.
+    /// </summary>
+    [Fact]
+    public async Task A_paid_call_refused_for_no_healthy_model_passes_finns_retry_after_on()
+    {
+        var logs = new RecordingLoggerProvider();
+        var answers = await PayForEachAsync(new Dictionary<string, string?>
+        {
+            ["Providers:Local:FailureRate"] = "1",
+            ["Inference:RetryBaseDelayMs"] = "1",
+            ["Inference:RetryMaxDelayMs"] = "2",
+        }, calls: 2, logs);
+
+        Assert.True(answers[0].Status is 502 or 503, answers[0].Body.ToJsonString()); // every model fails: the breakers open
+        var (status, retryAfter, body) = answers[1];
+        Assert.Equal(503, status);
+        Assert.Equal("NO_HEALTHY_MODEL", body["error"]!.GetValue<string>());
+        Assert.True(retryAfter >= TimeSpan.FromSeconds(20) && retryAfter <= TimeSpan.FromSeconds(37), $"Retry-After {retryAfter}");
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal(answers.Select(a => a.Status), lines.Select(l => (int)l.Properties["Status"]!));
+        Assert.All(lines, l => Assert.Equal("upstream_failed", l.Properties["Outcome"]));
+    }
+
+    /// <summary>
+    /// A paid call whose finn call throws (a defect; here a handler on freeside's finn client) is answered 502
+    /// X402_INVOKE_FAILED and nothing is settled; it still logs its one INVOKE_COMPLETE line (DESIGN §8: every invoke),
+    /// with that status. Before, the exception left the paid call without a line.
+    /// </summary>
+    [Fact]
+    public async Task A_paid_call_that_throws_logs_its_invoke_complete_line_with_the_status_it_is_answered()
+    {
+        var logs = new RecordingLoggerProvider();
+        var answers = await PayForEachAsync(new Dictionary<string, string?>(), calls: 1, logs,
+            b => b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new ThrowingHandler()));
+
+        var (status, _, body) = Assert.Single(answers);
+        Assert.Equal((502, X402Errors.InvokeFailed), (status, body["error"]!.GetValue<string>()));
+        var line = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"));
+        Assert.Equal((502, "error", "cheap"), ((int)line.Properties["Status"]!, (string)line.Properties["Outcome"]!, (string)line.Properties["Pool"]!));
+        Assert.Equal(0L, line.Properties["CostMicro"]);
+        Assert.IsType<long>(line.Properties["DurationMs"]);
+    }
+
+    sealed class ThrowingHandler : DelegatingHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken ct) =>
+            throw new InvalidOperationException("injected: an error no part of the finn call expects");
+    }
+
+    /// <summary>
+    /// On one platform, pays the 402's quote for <paramref name="calls"/> calls in turn (a fresh authorization each, no
+    /// user token) and returns each paid answer's status, Retry-After and body. <paramref name="freeside"/> configures
+    /// freeside's host.
+    /// </summary>
+    static async Task<List<(int Status, TimeSpan? RetryAfter, JsonObject Body)>> PayForEachAsync(Dictionary<string, string?> settings, int calls,
+        RecordingLoggerProvider logs, Action<Microsoft.AspNetCore.Builder.WebApplicationBuilder>? freeside = null)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var chain = await AnvilChain.StartAsync(ct);
+        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
+        var payerKey = PaymentSigning.FreshKey();
+        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
+        settings["X402:PayTo"] = payTo;
+        settings["X402:RpcUrl"] = chain.RpcUrl;
+        settings["X402:Settler"] = "Direct";
+        settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
+        await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+                freeside?.Invoke(b);
+            }
+        });
+        var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        HttpRequestMessage Request(string? payment)
+        {
+            var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
+            {
+                Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
+            };
+            if (payment is not null)
+            {
+                request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
+            }
+
+            return request;
+        }
+
+        var answers = new List<(int, TimeSpan?, JsonObject)>();
+        for (var i = 0; i < calls; i++)
+        {
+            using var unpaid = await http.SendAsync(Request(null), ct);
+            Assert.Equal(402, (int)unpaid.StatusCode);
+            var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
+            var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+            using var paid = await http.SendAsync(Request(PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey)))), ct);
+            answers.Add(((int)paid.StatusCode, paid.Headers.RetryAfter?.Delta, JsonNode.Parse(await paid.Content.ReadAsStringAsync(ct))!.AsObject()));
+        }
+
+        return answers;
+    }
+
+    /// <summary>
     /// A body that names no model is priced on X402:DefaultPool, so the paid call must run that pool too (it ran the free
     /// tier's default pool, whatever the quote had priced).
     /// </summary>
