@@ -67,7 +67,14 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// request to replay, another body, or a request still running.
     /// </summary>
     public Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, string owner, CancellationToken ct = default) =>
-        db.WithinRequestTimeoutAsync(t => BeginCoreAsync(scope, key, requestHash, owner, t), ct);
+        BeginAsync(scope, key, requestHash, owner, null, ct);
+
+    /// <summary>
+    /// As above; when the caller stopped waiting (the request-path timeout, or <paramref name="ct"/>) before the claim
+    /// ended, <paramref name="abandoned"/> gets it once it has: it may have claimed the key after all.
+    /// </summary>
+    public Task<IdempotencyBegin> BeginAsync(string scope, string key, string requestHash, string owner, Action<Task<IdempotencyBegin>>? abandoned, CancellationToken ct = default) =>
+        db.WithinRequestTimeoutAsync(t => BeginCoreAsync(scope, key, requestHash, owner, t), abandoned, ct);
 
     async Task<IdempotencyBegin> BeginCoreAsync(string scope, string key, string requestHash, string owner, CancellationToken ct)
     {
@@ -173,10 +180,10 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
     /// Forgets a started request that failed before charging, so the client may retry with the same key. Only its owner's
     /// claim goes: a call whose key was taken over must not free the claim of the call that runs it now.
     /// </summary>
-    public async Task AbandonAsync(string scope, string key, string owner, CancellationToken ct = default)
+    public async Task<bool> AbandonAsync(string scope, string key, string owner, CancellationToken ct = default)
     {
-        await WriteAsync(
-            "DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner", new { scope, key, owner }, ct);
+        return await WriteAsync(
+            "DELETE FROM idempotency_keys WHERE scope = @scope AND idem_key = @key AND state = 'in_progress' AND owner = @owner", new { scope, key, owner }, ct) == 1;
     }
 
     /// <summary>One statement through the writer, within the request-path timeout (<see cref="Database.WithinRequestTimeoutAsync{T}"/>).</summary>

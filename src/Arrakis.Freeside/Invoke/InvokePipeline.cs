@@ -182,7 +182,8 @@ public sealed class InvokePipeline(
         var traceId = TraceId();
         var admitted = new Admitted(community.Id, tenant, community.Tier, pool, request, maxTokens, worst, reservationId, key, traceId, stream, null, allowed);
         // Fast path: the key is claimed with the reservation, in one transaction (SQLite) or one function call (PostgreSQL).
-        var reserving = ledger.ReserveAsync(community.Id, reservationId, worst, null, new LedgerKeyClaim(community.Id, key, hash), ct);
+        var reserving = ledger.ReserveAsync(community.Id, reservationId, worst, null, new LedgerKeyClaim(community.Id, key, hash),
+            Abandoned<ReserveResult>(admitted, r => !r.Admitted), ct);
         if (!reserving.IsCompleted)
         {
             // The reservation is waiting on the database (PostgreSQL's round trip, or SQLite's writer queue): use the wait
@@ -198,12 +199,13 @@ public sealed class InvokePipeline(
             }
         }
 
-        var reserve = await reserving;
+        var reserve = await UncertainAsync(admitted, reserving);
         var claimedApart = false;
         if (reserve.Status == ReserveStatus.KeyTaken)
         {
             // The key is already there: replay it, refuse, or (a crashed or expired claim) take it over and reserve.
-            var begin = await idempotency.BeginAsync(community.Id, key, hash, reservationId, ct);
+            var begin = await UncertainAsync(admitted, idempotency.BeginAsync(community.Id, key, hash, reservationId,
+                Abandoned<IdempotencyBegin>(admitted, b => b.State != IdempotencyState.Started), ct));
             switch (begin.State)
             {
                 case IdempotencyState.Replay:
@@ -216,7 +218,16 @@ public sealed class InvokePipeline(
             }
 
             claimedApart = true;
-            reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, null, ct);
+            try
+            {
+                // Whatever becomes of this reserve, the key claimed apart is this call's until it is freed.
+                reserve = await ledger.ReserveAsync(community.Id, reservationId, worst, null, null, Abandoned<ReserveResult>(admitted, _ => false), ct);
+            }
+            catch
+            {
+                releaseRetries.Add(admitted);
+                throw;
+            }
         }
 
         if (!reserve.Admitted)
@@ -246,6 +257,38 @@ public sealed class InvokePipeline(
         }
 
         return new Admission(admitted, null);
+    }
+
+    /// <summary>
+    /// The hook for a reserve or key claim that the call stopped waiting for (it answered 503 after the request-path
+    /// timeout, or its client left) and that may have committed when the database answered again: unless it ended
+    /// having written nothing, the call's hold and key go to <see cref="ReleaseRetries"/> (a no-op for what is not
+    /// there). Otherwise the retry the 503 invites got 409 REQUEST_IN_PROGRESS until the key's lease lapsed (10 min)
+    /// and the hold kept the budget until the reaper's TTL. Only this call's own reservation and claim are touched.
+    /// </summary>
+    Action<Task<T>> Abandoned<T>(Admitted a, Func<T, bool> wroteNothing) => work =>
+    {
+        if (!work.IsCompletedSuccessfully || !wroteNothing(work.Result))
+        {
+            releaseRetries.Add(a);
+        }
+    };
+
+    /// <summary>
+    /// A reserve or key claim that failed because the database could not be reached may have committed all the same
+    /// (the connection broke after the commit, before the answer): its hold and key go to <see cref="ReleaseRetries"/>.
+    /// </summary>
+    async Task<T> UncertainAsync<T>(Admitted a, Task<T> work)
+    {
+        try
+        {
+            return await work;
+        }
+        catch (Exception ex) when (Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) == "database")
+        {
+            releaseRetries.Add(a);
+            throw;
+        }
     }
 
     IReadOnlyList<string> AllowedPools(Microsoft.IdentityModel.JsonWebTokens.JsonWebToken token, Tier tier)

@@ -10,7 +10,9 @@ namespace Arrakis.Freeside.Invoke;
 /// Finishes the releases a database outage stopped. A call that ends while the database is unreachable (its finalize
 /// failed, finn failed, or its client left) cannot release its hold or free its idempotency key, yet its answer tells the
 /// client to retry with the same key: the retry got 409 REQUEST_IN_PROGRESS until the key's lease lapsed (10 min by
-/// default), and the hold kept the budget until the reaper's TTL. Such calls are remembered here and released every
+/// default), and the hold kept the budget until the reaper's TTL. The same holds for a reserve (or key claim) that
+/// freeside stopped waiting for (503 after <c>Database__RequestTimeout</c>, or its client left) and that committed later
+/// when the database answered again. Such calls are remembered here and released every
 /// <see cref="Interval"/> once the database answers. Each step is a no-op if something else got there first: a reservation
 /// resolves once (C4) and only the key's owner frees it. A call is forgotten after the key's lease, past
 /// <see cref="Capacity"/>, or when freeside stops: the reaper and the lease then free it, as after a crash.
@@ -30,12 +32,15 @@ public sealed partial class ReleaseRetries(Ledger.Ledger ledger, IdempotencyStor
     /// <summary>Calls waiting for their release.</summary>
     public int Count => _pending.Count;
 
-    /// <summary>Remembers a call whose release failed because the database could not be reached.</summary>
+    /// <summary>
+    /// Remembers a call whose release failed because the database could not be reached, or whose reserve may have
+    /// committed after it was answered. Adding it again (its late reserve ended) has it released once more.
+    /// </summary>
     public void Add(Admitted a)
     {
         if (_pending.Count < Capacity)
         {
-            _pending.TryAdd(a.ReservationId, new Pending(a.ReservationId, a.CommunityId, a.IdempotencyKey, a.TraceId, time.GetUtcNow()));
+            _pending[a.ReservationId] = new Pending(a.ReservationId, a.CommunityId, a.IdempotencyKey, a.TraceId, time.GetUtcNow());
         }
     }
 
@@ -60,19 +65,24 @@ public sealed partial class ReleaseRetries(Ledger.Ledger ledger, IdempotencyStor
         var released = 0;
         foreach (var call in _pending.Values)
         {
+            // Only this entry goes: one added again meanwhile (its late reserve just ended) stays for the next tick.
+            var entry = KeyValuePair.Create(call.ReservationId, call);
             if (time.GetUtcNow() - call.Since > idempotency.LeaseTimeout)
             {
-                _pending.TryRemove(call.ReservationId, out _); // the lease frees the key now, and the reaper freed the hold long ago
+                _pending.TryRemove(entry); // the lease frees the key now, and the reaper freed the hold long ago
                 continue;
             }
 
             try
             {
-                await ledger.ReleaseAsync(call.ReservationId, ct);
-                await idempotency.AbandonAsync(call.CommunityId, call.IdempotencyKey, call.ReservationId, ct);
-                _pending.TryRemove(call.ReservationId, out _);
+                var release = await ledger.ReleaseAsync(call.ReservationId, ct);
+                var freed = await idempotency.AbandonAsync(call.CommunityId, call.IdempotencyKey, call.ReservationId, ct);
+                _pending.TryRemove(entry);
                 released++;
-                LogReleased(call.ReservationId, call.IdempotencyKey, call.TraceId);
+                if (release.Status == Ledger.ReleaseStatus.Released || freed)
+                {
+                    LogReleased(call.ReservationId, call.IdempotencyKey, call.TraceId);
+                }
             }
             catch (Exception ex) when (!ct.IsCancellationRequested)
             {
@@ -81,7 +91,7 @@ public sealed partial class ReleaseRetries(Ledger.Ledger ledger, IdempotencyStor
                     break; // still unreachable: the next tick tries again
                 }
 
-                _pending.TryRemove(call.ReservationId, out _);
+                _pending.TryRemove(entry);
                 logger.ReleaseFailed("reservation", call.ReservationId, call.TraceId, ex);
             }
         }

@@ -49,10 +49,19 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     /// function call (PostgreSQL): a key already there reserves nothing (<see cref="ReserveStatus.KeyTaken"/>), and a
     /// refusal takes the claim back, so the claim commits exactly when the reservation does.
     /// </summary>
-    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct = default)
+    public Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key, CancellationToken ct = default) =>
+        ReserveAsync(communityId, reservationId, amountMicro, ttl, key, null, ct);
+
+    /// <summary>
+    /// As above; when the caller stopped waiting (the request-path timeout, or <paramref name="ct"/>) before the reserve
+    /// ended, <paramref name="abandoned"/> gets it once it has: it may have reserved (and claimed the key) after all
+    /// (<see cref="Database.WithinRequestTimeoutAsync{T}(Func{CancellationToken, Task{T}}, Action{Task{T}}?, CancellationToken)"/>).
+    /// </summary>
+    public async Task<ReserveResult> ReserveAsync(string communityId, string reservationId, long amountMicro, TimeSpan? ttl, LedgerKeyClaim? key,
+        Action<Task<ReserveResult>>? abandoned, CancellationToken ct = default)
     {
         using var activity = Activities.StartActivity("ledger.reserve");
-        var result = await db.WithinRequestTimeoutAsync(t => ReserveCoreAsync(communityId, reservationId, amountMicro, ttl, key, t), ct);
+        var result = await db.WithinRequestTimeoutAsync(t => ReserveCoreAsync(communityId, reservationId, amountMicro, ttl, key, t), abandoned, ct);
         activity?.SetTag("ledger.status", result.Status.ToString());
         return result;
     }

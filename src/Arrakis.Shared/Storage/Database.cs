@@ -212,13 +212,23 @@ public sealed class Database : IAsyncDisposable
     /// connect timeout again: the first call after the freeze hung for over a minute. Past the deadline the operation's
     /// token is cancelled (its queueing, connection opening and retries stop) and this throws an
     /// <see cref="NpgsqlException"/> (a timeout: 503, dependency database). A command still in flight is left to Npgsql,
-    /// which breaks its connection (never returned to the pool) once its own timeout and cancel request ran out. On
-    /// SQLite (in-process) the work runs as it is.
+    /// which breaks its connection (never returned to the pool) once its own timeout and cancel request ran out; should the
+    /// database answer before then, it commits after the caller was told it failed (the overload with a hook lets the
+    /// caller undo that). On SQLite (in-process) the work runs as it is.
     /// </summary>
     public Task<T> WithinRequestTimeoutAsync<T>(Func<CancellationToken, Task<T>> work, CancellationToken ct = default) =>
-        _npgsql is null ? work(ct) : BoundedAsync(work, ct);
+        WithinRequestTimeoutAsync(work, null, ct);
 
-    async Task<T> BoundedAsync<T>(Func<CancellationToken, Task<T>> work, CancellationToken ct)
+    /// <summary>
+    /// As <see cref="WithinRequestTimeoutAsync{T}(Func{CancellationToken, Task{T}}, CancellationToken)"/>; when the caller
+    /// stopped waiting (the deadline passed, or <paramref name="ct"/> was cancelled) while the work was still running,
+    /// <paramref name="abandoned"/> gets the work once it has ended. What it wrote may have committed after the caller was
+    /// told it failed (the database answered again before the connection broke): the caller cleans that up there.
+    /// </summary>
+    public Task<T> WithinRequestTimeoutAsync<T>(Func<CancellationToken, Task<T>> work, Action<Task<T>>? abandoned, CancellationToken ct = default) =>
+        _npgsql is null ? work(ct) : BoundedAsync(work, abandoned, ct);
+
+    async Task<T> BoundedAsync<T>(Func<CancellationToken, Task<T>> work, Action<Task<T>>? abandoned, CancellationToken ct)
     {
         var limit = Options.RequestTimeout;
         var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -235,15 +245,47 @@ public sealed class Database : IAsyncDisposable
         }
 
         // The token stays valid until the work is over, even when this stops waiting for it; its late failure is observed.
-        _ = task.ContinueWith(static (t, state) => { _ = t.Exception; ((CancellationTokenSource)state!).Dispose(); }, deadline,
-            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        // Whichever comes second, the work's end or the caller giving up on it, hands the work to `abandoned`.
+        var ends = 0;
+        _ = task.ContinueWith((t, state) =>
+        {
+            _ = t.Exception;
+            ((CancellationTokenSource)state!).Dispose();
+            if (Interlocked.Increment(ref ends) == 2)
+            {
+                Abandoned(abandoned!, t);
+            }
+        }, deadline, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
             return await task.WaitAsync(limit, ct);
         }
-        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException && !ct.IsCancellationRequested)
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
         {
+            // The caller stops waiting: the work may still commit what it sent.
+            if (abandoned is not null && Interlocked.Increment(ref ends) == 2)
+            {
+                Abandoned(abandoned, task);
+            }
+
+            if (ct.IsCancellationRequested)
+            {
+                throw;
+            }
+
             throw new NpgsqlException($"The database did not answer within {limit.TotalSeconds:0.#} s.", ex as TimeoutException ?? new TimeoutException(ex.Message, ex));
+        }
+    }
+
+    static void Abandoned<T>(Action<Task<T>> abandoned, Task<T> work)
+    {
+        try
+        {
+            abandoned(work);
+        }
+        catch (Exception)
+        {
+            // a clean-up hook must not fault the work's continuation (nor turn the caller's 503 into something else)
         }
     }
 

@@ -179,6 +179,161 @@ public sealed class DatabaseOutageTests
         await AssertConservedAsync(p);
     }
 
+    /// <summary>
+    /// A reserve freeside stopped waiting for (503 at Database__RequestTimeout) that the database runs once it answers
+    /// again, before the connection breaks: it holds the worst case and claims the key for a call that will never run.
+    /// The retry with the same key, which the 503 invites, got 409 REQUEST_IN_PROGRESS until the key's 10-minute lease
+    /// lapsed, and the hold kept the budget until the reaper's 300 s TTL. Now both are freed once the late reserve ends,
+    /// and the retry runs and is charged once.
+    /// </summary>
+    [Fact]
+    public async Task A_reserve_that_commits_after_its_503_neither_locks_the_retry_out_nor_keeps_the_budget()
+    {
+        var (pg, proxy) = BehindProxy();
+        await using var _ = proxy;
+        pg.Remove("Timeout"); // Npgsql's defaults, as production runs: the frozen command is not broken for 30 s
+        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
+            [StorageOptions.RequestTimeoutSetting] = "00:00:02",
+            ["RateLimits:Free:CommunityPerMinute"] = "1000",
+            ["RateLimits:Free:UserPerMinute"] = "1000",
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
+        using (var warm = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","idempotency_key":"late-warm"}"""))
+        {
+            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+        }
+
+        var before = await BudgetAsync(p);
+        var direct = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres()) { SearchPath = pg.SearchPath };
+        await using var db = new NpgsqlConnection(direct.ConnectionString);
+        await db.OpenAsync(Ct);
+        async Task<long> CountAsync(string sql)
+        {
+            await using var command = new NpgsqlCommand(sql, db);
+            return Convert.ToInt64(await command.ExecuteScalarAsync(Ct));
+        }
+
+        var reservations = await CountAsync("SELECT count(*) FROM reservations");
+
+        const string body = """{"prompt":"Say hi late","model":"cheap","idempotency_key":"late-1"}""";
+        proxy.Freeze();
+        using (var timedOut = await InvokeAsync(p, body))
+        {
+            var text = await timedOut.Content.ReadAsStringAsync(Ct);
+            Assert.True(timedOut.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)timedOut.StatusCode} {text}");
+            Assert.Equal("database", JsonDocument.Parse(text).RootElement.GetProperty("dependency").GetString());
+        }
+
+        // The database answers again; the reserve the proxy held reaches it and commits.
+        proxy.Thaw();
+        var landed = Stopwatch.StartNew();
+        while (await CountAsync("SELECT count(*) FROM reservations") == reservations)
+        {
+            Assert.True(landed.Elapsed < TimeSpan.FromSeconds(20), "the held reserve never reached the database");
+            await Task.Delay(50, Ct);
+        }
+
+        await WaitHealthyAsync(p);
+        var retried = Stopwatch.StartNew();
+        string answer;
+        HttpStatusCode status;
+        while (true)
+        {
+            using var retry = await InvokeAsync(p, body);
+            (status, answer) = (retry.StatusCode, await retry.Content.ReadAsStringAsync(Ct));
+            if (status != HttpStatusCode.Conflict || retried.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                break;
+            }
+
+            await Task.Delay(250, Ct);
+        }
+
+        Assert.True(status == HttpStatusCode.OK, $"{(int)status} after {retried.Elapsed}: {answer}");
+        var cost = JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64();
+        Assert.True(cost > 0);
+        var after = await BudgetAsync(p);
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64() + cost, after.GetProperty("committedMicro").GetInt64());
+        Assert.Equal(0, after.GetProperty("reservedMicro").GetInt64()); // the late hold is released, not left to the reaper
+        Assert.Equal((0L, 1L), (await CountAsync("SELECT count(*) FROM reservations WHERE status = 'pending'"), await CountAsync("SELECT count(*) FROM reservations WHERE status = 'voided'")));
+        Assert.Equal(1, await CountAsync("SELECT count(*) FROM usage_records WHERE idempotency_key = 'late-1'")); // charged once
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// A finalize freeside stopped waiting for (503 at Database__RequestTimeout), once the database answers again. Either
+    /// it lands first: the call is charged once and its answer stored with the charge, so the retry with the same key
+    /// replays that answer, and the releases tried after it (freeside's, then ReleaseRetries') find the reservation posted
+    /// and the key complete and change nothing. Or a release lands first: the finalize finds the reservation voided and
+    /// posts nothing, and the retry runs and is charged once. Never twice (C4), and never a 409 for the key's lease.
+    /// </summary>
+    [Fact]
+    public async Task A_finalize_that_commits_after_its_503_charges_once_and_its_retry_replays_it_or_runs_once()
+    {
+        var (pg, proxy) = BehindProxy();
+        await using var _ = proxy;
+        pg.Remove("Timeout");
+        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
+            [StorageOptions.RequestTimeoutSetting] = "00:00:02",
+            ["Providers:Local:TokenDelayMs"] = "100",
+            ["RateLimits:Free:CommunityPerMinute"] = "1000",
+            ["RateLimits:Free:UserPerMinute"] = "1000",
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
+        using (var warm = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","max_tokens":5,"idempotency_key":"late-fin-warm"}"""))
+        {
+            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+        }
+
+        var before = await BudgetAsync(p);
+        var direct = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres()) { SearchPath = pg.SearchPath };
+        await using var db = new NpgsqlConnection(direct.ConnectionString);
+        await db.OpenAsync(Ct);
+        async Task<string> QueryAsync(string sql)
+        {
+            await using var command = new NpgsqlCommand(sql, db);
+            return Convert.ToString(await command.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture) ?? "";
+        }
+
+        const string body = """{"prompt":"Write a long story about dunes","model":"cheap","max_tokens":100,"idempotency_key":"late-fin"}""";
+        var call = InvokeAsync(p, body);
+        await Task.Delay(700, Ct); // reserved; finn is generating (100 ms a token, about 3 s)
+        proxy.Freeze();
+        using (var timedOut = await call)
+        {
+            var text = await timedOut.Content.ReadAsStringAsync(Ct);
+            Assert.True(timedOut.StatusCode == HttpStatusCode.ServiceUnavailable, $"{(int)timedOut.StatusCode} {text}");
+        }
+
+        proxy.Thaw();
+        var landed = Stopwatch.StartNew();
+        while (await QueryAsync("SELECT count(*) FROM reservations WHERE status = 'pending'") != "0")
+        {
+            Assert.True(landed.Elapsed < TimeSpan.FromSeconds(20), "the held finalize never reached the database");
+            await Task.Delay(50, Ct);
+        }
+
+        // Which landed first decides the late call's reservation: posted by its finalize, or voided by a release.
+        var late = await QueryAsync("SELECT status FROM reservations ORDER BY created_at DESC, id LIMIT 1");
+        Assert.Contains(late, new[] { "posted", "voided" });
+        await WaitHealthyAsync(p);
+        using var retry = await InvokeAsync(p, body);
+        var answer = await retry.Content.ReadAsStringAsync(Ct);
+        Assert.True(retry.StatusCode == HttpStatusCode.OK, $"{(int)retry.StatusCode}: {answer}");
+        Assert.Equal(late == "posted", retry.Headers.Contains("Idempotency-Replayed")); // a posted call is replayed, never run again
+        Assert.Equal("1", await QueryAsync("SELECT count(*) FROM usage_records WHERE idempotency_key = 'late-fin'")); // charged once
+        var charged = long.Parse(await QueryAsync("SELECT cost_micro FROM usage_records WHERE idempotency_key = 'late-fin'"), System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(charged > 0);
+        Assert.Equal(charged, JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64()); // the answer says what was charged
+        Assert.Equal("0", await QueryAsync("SELECT count(*) FROM reservations WHERE status = 'pending'"));
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64() + charged, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
     static async Task WaitHealthyAsync(Platform p)
     {
         var sw = Stopwatch.StartNew();

@@ -48,6 +48,44 @@ public sealed class RequestTimeoutTests
         await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(1), Ct); // its queueing, opening and retries are told to stop
     }
 
+    /// <summary>
+    /// A command the caller stopped waiting for may still commit (the database answers again before the connection
+    /// breaks): the caller's hook gets the work once it has ended, with its outcome, so it can undo what landed. Work
+    /// that ends in time never reaches the hook.
+    /// </summary>
+    [Fact]
+    public async Task On_postgres_work_that_ends_after_the_caller_stopped_waiting_is_handed_to_the_hook_once_it_ends()
+    {
+        await using var db = new Database(Resolve("Host=127.0.0.1;Username=postgres", "00:00:01"));
+        var handed = new List<Task<int>>();
+        void Hook(Task<int> work)
+        {
+            lock (handed)
+            {
+                handed.Add(work);
+            }
+        }
+
+        Assert.Equal(3, await db.WithinRequestTimeoutAsync(_ => Task.FromResult(3), Hook, Ct));
+        Assert.Equal(4, await db.WithinRequestTimeoutAsync(async _ => { await Task.Delay(50, CancellationToken.None); return 4; }, Hook, Ct));
+
+        var late = new TaskCompletionSource<int>();
+        await Assert.ThrowsAsync<NpgsqlException>(() => db.WithinRequestTimeoutAsync(_ => late.Task, Hook, Ct));
+        Assert.Empty(handed); // still running: nothing to clean up yet
+        late.SetResult(5); // it committed after all
+        Assert.Equal(5, await Assert.Single(handed));
+
+        // The caller's own cancellation (its client left) stops the wait as well.
+        handed.Clear();
+        using var leaving = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var running = new TaskCompletionSource<int>();
+        var call = db.WithinRequestTimeoutAsync(_ => running.Task, Hook, leaving.Token);
+        leaving.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+        running.SetException(new InvalidOperationException("the connection broke"));
+        Assert.True(Assert.Single(handed).IsFaulted);
+    }
+
     [Fact]
     public async Task On_sqlite_an_operation_runs_as_it_is()
     {
