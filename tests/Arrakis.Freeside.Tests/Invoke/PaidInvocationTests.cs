@@ -103,6 +103,22 @@ public sealed class PaidInvocationTests
     }
 
     /// <summary>
+    /// A fresh payee, and a payer holding 1 USDC on <paramref name="chain"/>; <paramref name="settings"/> have freeside
+    /// settle there itself (no facilitator) with the test relayer.
+    /// </summary>
+    static async Task<(string PayTo, string PayerKey)> PayOnChainAsync(AnvilChain chain, Dictionary<string, string?> settings)
+    {
+        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
+        var payerKey = PaymentSigning.FreshKey();
+        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
+        settings["X402:PayTo"] = payTo;
+        settings["X402:RpcUrl"] = chain.RpcUrl;
+        settings["X402:Settler"] = "Direct";
+        settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
+        return (payTo, payerKey);
+    }
+
+    /// <summary>
     /// On one platform, pays the 402's quote for <paramref name="calls"/> calls in turn (a fresh authorization each, no
     /// user token) and returns each paid answer's status, Retry-After and body. <paramref name="freeside"/> configures
     /// freeside's host.
@@ -112,13 +128,7 @@ public sealed class PaidInvocationTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
-        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
-        var payerKey = PaymentSigning.FreshKey();
-        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
-        settings["X402:PayTo"] = payTo;
-        settings["X402:RpcUrl"] = chain.RpcUrl;
-        settings["X402:Settler"] = "Direct";
-        settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
+        var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
         await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
         {
             if (service == "freeside")
@@ -220,13 +230,7 @@ public sealed class PaidInvocationTests
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
-        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
-        var payerKey = PaymentSigning.FreshKey();
-        await chain.MintAsync(PaymentSigning.AddressOf(payerKey), 1_000_000);
-        settings["X402:PayTo"] = payTo;
-        settings["X402:RpcUrl"] = chain.RpcUrl;
-        settings["X402:Settler"] = "Direct";
-        settings["X402:RelayerKey"] = PaymentSigning.RelayerKey;
+        var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
         await using var p = await Platform.StartAsync(engine, settings, logs is null ? null : (service, b) =>
         {
             if (service == "freeside")
