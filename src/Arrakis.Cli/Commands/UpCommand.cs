@@ -1,4 +1,8 @@
 using System.CommandLine;
+using System.Net;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text.Json;
 using Arrakis.Dixie;
 using Arrakis.Finn;
 using Arrakis.Freeside;
@@ -27,16 +31,16 @@ internal static class UpCommand
         command.SetAction(async (parse, ct) =>
         {
             var dataDir = StorageOptions.DataDirectory(CliContext.Configuration(parse.GetValue(CliContext.DataDir)));
-            Directory.CreateDirectory(dataDir);
-            var bind = parse.GetValue(host)!;
+            using var dataLock = LockDataDirectory(dataDir);
+            var (bind, reach) = Hosts(parse.GetValue(host)!);
             var ports = (Freeside: parse.GetValue(freesidePort), Dixie: parse.GetValue(dixiePort), Finn: parse.GetValue(finnPort));
             var urls = (
-                Freeside: $"http://{bind}:{ports.Freeside}",
-                Dixie: $"http://{bind}:{ports.Dixie}",
-                Finn: $"http://{bind}:{ports.Finn}");
-            string[] Args(string url) =>
+                Freeside: $"http://{reach}:{ports.Freeside}",
+                Dixie: $"http://{reach}:{ports.Dixie}",
+                Finn: $"http://{reach}:{ports.Finn}");
+            string[] Args(int port) =>
             [
-                "--urls", url,
+                "--urls", $"http://{bind}:{port}",
                 "--LOA_DATA_DIR", dataDir,
                 "--Services:FreesideUrl", urls.Freeside,
                 "--Services:DixieUrl", urls.Dixie,
@@ -44,9 +48,9 @@ internal static class UpCommand
             ];
 
             // A service that cannot be built or started (a refused setting, a port in use) is one line naming it, exit 1.
-            var freeside = await Step("freeside", () => FreesideService.CreateAsync(Args(urls.Freeside)));
-            var finn = await Step("finn", () => FinnService.CreateAsync(Args(urls.Finn)));
-            var dixie = await Step("dixie", () => DixieService.CreateAsync(Args(urls.Dixie)));
+            var freeside = await Step("freeside", () => FreesideService.CreateAsync(Args(ports.Freeside)));
+            var finn = await Step("finn", () => FinnService.CreateAsync(Args(ports.Finn)));
+            var dixie = await Step("dixie", () => DixieService.CreateAsync(Args(ports.Dixie)));
             WebApplication[] apps = [freeside, finn, dixie];
             foreach (var (app, name) in apps.Zip(["freeside", "finn", "dixie"]))
             {
@@ -72,7 +76,6 @@ internal static class UpCommand
             Console.WriteLine($"finn      {urls.Finn}  (health {urls.Finn}/health)");
             Console.WriteLine($"data      {dataDir}");
             Console.WriteLine($"TEST_KEY_PATH={keyPath}");
-            Console.WriteLine("LOA_READY");
             Console.Out.Flush();
 
             var stop = new TaskCompletionSource();
@@ -80,6 +83,12 @@ internal static class UpCommand
             foreach (var app in apps)
             {
                 app.Lifetime.ApplicationStopping.Register(() => stop.TrySetResult());
+            }
+
+            if (await WaitHealthyAsync([("freeside", urls.Freeside + "/health"), ("dixie", urls.Dixie + "/api/health"), ("finn", urls.Finn + "/health")], stop.Task))
+            {
+                Console.WriteLine("LOA_READY");
+                Console.Out.Flush();
             }
 
             await stop.Task;
@@ -92,6 +101,116 @@ internal static class UpCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>
+    /// The host to bind and the host to call the services on. A wildcard (0.0.0.0, ::) cannot be called: .NET refuses it
+    /// as a target, so with <c>--host 0.0.0.0</c> every call between the services failed (invokes 503 FINN_UNAVAILABLE,
+    /// dixie unhealthy) while LOA_READY was printed. They call the loopback address of its family instead. An IPv6
+    /// address goes in brackets in a URL.
+    /// </summary>
+    static (string Bind, string Reach) Hosts(string host)
+    {
+        if (!IPAddress.TryParse(host.Trim('[', ']'), out var ip))
+        {
+            return (host, host);
+        }
+
+        static string InUrl(IPAddress a) => a.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{a}]" : a.ToString();
+        var reach = ip.Equals(IPAddress.Any) ? IPAddress.Loopback : ip.Equals(IPAddress.IPv6Any) ? IPAddress.IPv6Loopback : ip;
+        return (InUrl(ip), InUrl(reach));
+    }
+
+    /// <summary>The lock file a running <c>loa up</c> holds in its data directory.</summary>
+    const string LockFileName = "loa-up.lock";
+
+    /// <summary>
+    /// Creates the data directory and holds its lock for as long as this <c>loa up</c> runs. A second <c>loa up</c> on
+    /// the same directory (on other ports) ran beside the first on the same SQLite files, each with its own in-memory
+    /// jti replay cache and rate limits: a token refused as a replay by one was accepted by the other. A directory that
+    /// is a file, or that cannot be written, is said as such here rather than as a SQLite error that names no path.
+    /// </summary>
+    static FileStream LockDataDirectory(string dataDir)
+    {
+        if (File.Exists(dataDir))
+        {
+            throw new IOException($"the data directory {dataDir} is a file; give --data-dir (or LOA_DATA_DIR) a directory");
+        }
+
+        var lockPath = Path.Combine(dataDir, LockFileName);
+        try
+        {
+            Directory.CreateDirectory(dataDir);
+            return new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (UnauthorizedAccessException ex)
+        {
+            throw new IOException($"the data directory {dataDir} is not writable: {ex.Message}", ex);
+        }
+        catch (IOException) when (File.Exists(lockPath))
+        {
+            // The lock file is there and may be written, yet cannot be opened: another process holds it (the HRESULT
+            // of that is an errno, which differs between systems).
+            throw new IOException($"the data directory {dataDir} is in use by another loa up; stop that one, or give this one another --data-dir");
+        }
+        catch (IOException ex)
+        {
+            throw new IOException($"cannot use the data directory {dataDir}: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>
+    /// Waits until every service's full health route answers as the launch gate's P0-1 wants it (2xx, status
+    /// <c>healthy</c> or <c>degraded</c>). Started is not healthy: with an unreachable Redis all three answered 503 while
+    /// <c>LOA_READY</c> was already printed. What a service still reports goes to stderr, once each time it changes.
+    /// Returns false when asked to stop first.
+    /// </summary>
+    static async Task<bool> WaitHealthyAsync((string Service, string Url)[] routes, Task stop)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+        string? said = null;
+        while (!stop.IsCompleted)
+        {
+            var problems = await Task.WhenAll(routes.Select(async r => await HealthProblemAsync(http, r.Url) is { } problem ? $"{r.Service} {problem}" : null));
+            var waiting = problems.OfType<string>().ToList();
+            if (waiting.Count == 0)
+            {
+                return true;
+            }
+
+            var line = "loa: waiting for the services to answer healthy: " + string.Join("; ", waiting);
+            if (line != said)
+            {
+                await Console.Error.WriteLineAsync(line);
+                said = line;
+            }
+
+            await Task.WhenAny(stop, Task.Delay(TimeSpan.FromSeconds(1)));
+        }
+
+        return false;
+    }
+
+    /// <summary>Null when <paramref name="url"/> answers healthy or degraded, else what it answered.</summary>
+    static async Task<string?> HealthProblemAsync(HttpClient http, string url)
+    {
+        try
+        {
+            using var response = await http.GetAsync(url);
+            var body = await response.Content.ReadFromJsonAsync<JsonElement>();
+            var status = body.ValueKind == JsonValueKind.Object && body.TryGetProperty("status", out var s) ? s.ToString() : null;
+            if (response.IsSuccessStatusCode && status is "healthy" or "degraded")
+            {
+                return null;
+            }
+
+            var error = body.ValueKind == JsonValueKind.Object && body.TryGetProperty("error", out var e) ? $" ({e})" : "";
+            return $"{(int)response.StatusCode} {status}{error}";
+        }
+        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or JsonException)
+        {
+            return "does not answer: " + ex.Message;
+        }
     }
 
     static async Task<T> Step<T>(string service, Func<Task<T>> step)

@@ -1,6 +1,8 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Text;
 using System.Text.Json;
 
 namespace Arrakis.Cli.Tests.Commands;
@@ -73,6 +75,254 @@ public sealed class UpCommandTests
 
         var exit = await up.InterruptAsync();
         Assert.True(exit == 0, $"loa up exited {exit}:\n{up.Output}");
+    }
+
+    /// <summary>
+    /// A second <c>loa up</c> on the data directory of a running one (on other ports) ran beside it on the same SQLite
+    /// files, with its own in-memory jti replay cache and rate limits: a token already used on one was accepted by the
+    /// other. It is refused with one line, before it touches the data; the first runs on.
+    /// </summary>
+    [Fact]
+    public async Task A_second_loa_up_on_the_data_directory_of_a_running_one_is_refused_with_one_line()
+    {
+        var dataDir = TestStorage.TempDir();
+        await using var first = await LoaProcess.Up.StartAsync(dataDir);
+
+        await using var second = LoaRun.Start(null, ["up", "--data-dir", dataDir, .. FreshPorts()]);
+        var exit = await second.WaitForExitAsync(TimeSpan.FromSeconds(60));
+
+        Assert.True(exit == 1, $"the second loa up exited {exit}:\n{second.Output}");
+        Assert.Equal(
+            $"loa: the data directory {dataDir} is in use by another loa up; stop that one, or give this one another --data-dir",
+            Assert.Single(second.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries)));
+        Assert.DoesNotContain("LOA_READY", second.Output, StringComparison.Ordinal);
+
+        using var health = await Http.GetAsync(first.FreesideUrl + "/health", TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Equal(0, await first.InterruptAsync());
+
+        // The lock goes with the process that held it: the directory is free again.
+        await using var again = await LoaProcess.Up.StartAsync(dataDir);
+        Assert.Equal(0, await again.InterruptAsync());
+    }
+
+    /// <summary>A data directory that is a file was "The file '…' already exists.", which does not say what is wrong.</summary>
+    [Fact]
+    public async Task A_data_directory_that_is_a_file_is_one_line_saying_so()
+    {
+        var file = Path.Combine(TestStorage.TempDir(), "not-a-directory");
+        await File.WriteAllTextAsync(file, "x", TestContext.Current.CancellationToken);
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync(["up", "--data-dir", file, .. FreshPorts()]);
+
+        Assert.Equal(1, exit);
+        Assert.Equal(
+            $"loa: the data directory {file} is a file; give --data-dir (or LOA_DATA_DIR) a directory",
+            Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries)));
+        Assert.DoesNotContain("LOA_READY", stdout, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// LOA_READY means the platform answers healthy. With Redis unreachable the three services started, every health
+    /// route answered 503, and LOA_READY was printed anyway. Now loa up says on stderr what the services report, prints
+    /// LOA_READY once all three answer healthy, and a SIGTERM while it waits still stops it cleanly.
+    /// </summary>
+    [Fact]
+    public async Task Loa_ready_is_printed_only_once_all_three_services_answer_healthy()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var (redisHost, redisPort) = TestStorage.Redis is { } configured
+            ? StackExchange.Redis.ConfigurationOptions.Parse(configured).EndPoints.Single() switch
+            {
+                DnsEndPoint dns => (dns.Host, dns.Port),
+                IPEndPoint ip => (ip.Address.ToString(), ip.Port),
+                var other => throw new InvalidOperationException($"unexpected endpoint {other}"),
+            }
+            : ("127.0.0.1", TestStorage.FreePort()); // nothing listens there: the Redis never comes back
+        await using var proxy = new TcpProxy(redisHost, redisPort);
+        proxy.Cut();
+        var ports = FreshPorts();
+        await using var up = LoaRun.Start(
+            new Dictionary<string, string> { ["Redis__Configuration"] = $"127.0.0.1:{proxy.Port}", ["Redis__KeyPrefix"] = $"arrakis-test-{Guid.NewGuid():N}:" },
+            ["up", "--data-dir", TestStorage.TempDir(), .. ports]);
+
+        var first = await up.WaitForLineAsync(l => l.Contains("LOA_READY", StringComparison.Ordinal) || l.StartsWith("loa: waiting", StringComparison.Ordinal), TimeSpan.FromSeconds(90));
+        Assert.True(first is not null && first.StartsWith("loa: waiting for the services to answer healthy: ", StringComparison.Ordinal), up.Output);
+        foreach (var service in new[] { "freeside", "dixie", "finn" })
+        {
+            Assert.Contains($"{service} 503 unhealthy (redis_unreachable)", first, StringComparison.Ordinal);
+        }
+
+        if (TestStorage.Redis is null)
+        {
+            Assert.Equal(0, await up.TerminateAsync());
+            Assert.DoesNotContain("LOA_READY", up.Output, StringComparison.Ordinal);
+            return;
+        }
+
+        proxy.Restore();
+        Assert.NotNull(await up.WaitForLineAsync(l => l.Contains("LOA_READY", StringComparison.Ordinal), TimeSpan.FromSeconds(60)));
+        foreach (var url in new[] { $"http://127.0.0.1:{ports[1]}/health", $"http://127.0.0.1:{ports[3]}/api/health", $"http://127.0.0.1:{ports[5]}/health" })
+        {
+            using var health = await Http.GetAsync(url, ct);
+            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        }
+
+        Assert.Equal(0, await up.TerminateAsync());
+    }
+
+    /// <summary>
+    /// <c>--host 0.0.0.0</c> (to be reached from outside the machine or a container) had the services call each other
+    /// at http://0.0.0.0:…, which .NET refuses as a target: LOA_READY was printed, dixie answered unhealthy
+    /// (finn_unreachable), every invoke 503 FINN_UNAVAILABLE and the token chain 502. They call the loopback address.
+    /// </summary>
+    [Fact]
+    public async Task Loa_up_bound_to_every_interface_still_serves_the_chain_between_its_services()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var dataDir = TestStorage.TempDir();
+        await using var up = await LoaProcess.Up.StartAsync(dataDir, null, "--host", "0.0.0.0");
+
+        using (var health = await Http.GetAsync(up.DixieUrl + "/api/health", ct))
+        {
+            Assert.Equal("healthy", (await health.Content.ReadFromJsonAsync<JsonElement>(ct)).GetProperty("status").GetString());
+        }
+
+        var (code, token, stderr) = await LoaProcess.RunAsync("jwt", "sign", "--key", Path.Combine(dataDir, "staging.pem"));
+        Assert.True(code == 0, stderr);
+        using var request = new HttpRequestMessage(HttpMethod.Post, up.FreesideUrl + "/api/v1/auth/chain");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        using var chain = await Http.SendAsync(request, ct);
+        Assert.True(chain.StatusCode == HttpStatusCode.OK, await chain.Content.ReadAsStringAsync(ct));
+        Assert.Equal(0, await up.InterruptAsync());
+    }
+
+    static string[] FreshPorts() =>
+    [
+        "--freeside-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+        "--dixie-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+        "--finn-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),
+    ];
+
+    /// <summary>A <c>loa</c> process whose lines are read as they come; disposing kills it if it still runs.</summary>
+    sealed class LoaRun : IAsyncDisposable
+    {
+        readonly Process _process;
+        readonly StringBuilder _out = new();
+        readonly StringBuilder _err = new();
+        readonly List<(Func<string, bool> Match, TaskCompletionSource<string?> Seen)> _waiters = [];
+
+        LoaRun(Process process) => _process = process;
+
+        public string Output
+        {
+            get
+            {
+                lock (_out)
+                {
+                    return _out.ToString();
+                }
+            }
+        }
+
+        public string Stderr
+        {
+            get
+            {
+                lock (_out)
+                {
+                    return _err.ToString();
+                }
+            }
+        }
+
+        public static LoaRun Start(IDictionary<string, string>? env, params string[] args)
+        {
+            var psi = LoaProcess.StartInfo(args);
+            foreach (var (k, v) in env ?? new Dictionary<string, string>())
+            {
+                psi.Environment[k] = v;
+            }
+
+            var run = new LoaRun(Process.Start(psi)!);
+            run._process.OutputDataReceived += (_, e) => run.OnLine(e.Data, stderr: false);
+            run._process.ErrorDataReceived += (_, e) => run.OnLine(e.Data, stderr: true);
+            run._process.BeginOutputReadLine();
+            run._process.BeginErrorReadLine();
+            return run;
+        }
+
+        void OnLine(string? line, bool stderr)
+        {
+            if (line is null)
+            {
+                return;
+            }
+
+            lock (_out)
+            {
+                _out.AppendLine(line);
+                if (stderr)
+                {
+                    _err.AppendLine(line);
+                }
+
+                foreach (var waiter in _waiters.Where(w => w.Match(line)).ToList())
+                {
+                    waiter.Seen.TrySetResult(line);
+                    _waiters.Remove(waiter);
+                }
+            }
+        }
+
+        /// <summary>The first line from now on that matches, or null if none came within <paramref name="timeout"/> or the process ended.</summary>
+        public async Task<string?> WaitForLineAsync(Func<string, bool> match, TimeSpan timeout)
+        {
+            var seen = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_out)
+            {
+                _waiters.Add((match, seen));
+            }
+
+            await Task.WhenAny(seen.Task, _process.WaitForExitAsync(), Task.Delay(timeout));
+            return seen.Task.IsCompleted ? await seen.Task : null;
+        }
+
+        /// <summary>The exit code, or null if it still ran after <paramref name="timeout"/>.</summary>
+        public async Task<int?> WaitForExitAsync(TimeSpan timeout)
+        {
+            await Task.WhenAny(_process.WaitForExitAsync(), Task.Delay(timeout));
+            if (!_process.HasExited)
+            {
+                return null;
+            }
+
+            await _process.WaitForExitAsync(); // the output read to its end
+            return _process.ExitCode;
+        }
+
+        /// <summary>SIGTERM, as a process manager stops it; the exit code, or null if it did not exit within 30 s.</summary>
+        public async Task<int?> TerminateAsync()
+        {
+            if (!_process.HasExited)
+            {
+                using var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+                await kill!.WaitForExitAsync();
+            }
+
+            return await WaitForExitAsync(TimeSpan.FromSeconds(30));
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+                await _process.WaitForExitAsync();
+            }
+
+            _process.Dispose();
+        }
     }
 
     [Fact]
