@@ -15,6 +15,8 @@ public sealed class DeployScriptTests
         #!/usr/bin/env bash
         name="$(basename "$0")"
         echo "$name $*" >> "$SHIM_LOG"
+        svc=""; prev=""
+        for a in "$@"; do [[ "$prev" == "--service" || "$prev" == "--services" ]] && svc="$a"; prev="$a"; done
         case "$name $*" in
           "aws sts get-caller-identity"*)
             [[ -z "${FAKE_NO_CREDENTIALS:-}" ]] || { echo 'Unable to locate credentials. You can configure credentials by running "aws configure".' >&2; exit 255; }
@@ -22,14 +24,22 @@ public sealed class DeployScriptTests
           "aws ecr get-login-password"*) echo not-a-password ;;
           "aws ecr describe-images"*) [[ -n "${FAKE_IMAGES_PUSHED:-}" ]] || exit 254 ;;
           "docker login"*) cat > /dev/null ;;
+          "docker push"*) exit "${FAKE_PUSH_EXIT:-0}" ;;
           "terraform "*" plan "*) exit "${FAKE_PLAN_EXIT:-2}" ;;
           "terraform "*"output -raw cluster_name") echo arrakis-staging ;;
           "terraform "*"output -raw migrate_task_definition") echo arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-migrate:7 ;;
           "terraform "*"output -json private_subnets") echo '["subnet-a","subnet-b"]' ;;
           "terraform "*"output -raw services_security_group") echo sg-services ;;
           "aws ecs run-task"*) echo arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e ;;
+          "aws ecs wait tasks-stopped"*) exit "${FAKE_TASK_WAIT_EXIT:-0}" ;;
+          "aws ecs describe-tasks"*"stoppedReason"*) echo "CannotPullContainerError: pull image manifest has been retried 5 time(s)" ;;
           "aws ecs describe-tasks"*) echo "${FAKE_MIGRATE_EXIT:-0}" ;;
-          "aws ecs update-service"*) echo updated ;;
+          "aws ecs describe-services"*"--services freeside finn dixie"*)
+            for s in freeside finn dixie; do printf '%s\tarn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-%s:6\n' "$s" "$s"; done ;;
+          "aws ecs update-service"*) echo "ecs-svc/$svc-new" ;;
+          # The circuit breaker's rollback is a new primary deployment on the previous revision.
+          "aws ecs describe-services"*"PRIMARY"*)
+            if [[ "$svc" == "${FAKE_ROLLED_BACK:-none}" ]]; then printf 'ecs-svc/%s-rollback\tCOMPLETED\n' "$svc"; else printf 'ecs-svc/%s-new\tCOMPLETED\n' "$svc"; fi ;;
           "aws ecs wait services-stable"*"--services ${FAKE_UNSTABLE:-none}") exit 255 ;;
           "aws cloudwatch list-dashboards"*) echo 4 ;;
           "aws cloudwatch describe-alarms"*) echo 0 ;;
@@ -38,12 +48,25 @@ public sealed class DeployScriptTests
         exit 0
         """;
 
-    // The gate: the quick smoke passes; with --json it writes a results document to stderr, as `loa gate --json` does.
+    // The gate: the quick smoke passes; with --json it writes a results document to stderr, as `loa gate --json` does
+    // (FAKE_GATE_NO_KEY: the document of a run without a test key, its keyed P0 checks skipped).
     const string FakeSmoke = """
         #!/usr/bin/env bash
         echo "smoke $*" >> "$SHIM_LOG"
         case " $* " in
           *" --json "*)
+            if [[ -n "${FAKE_GATE_NO_KEY:-}" ]]; then
+              cat >&2 <<'JSON'
+        {"timestamp":"2026-11-27T00:00:00Z","p0":{"pass":3,"fail":0,"skip":3},"p1":{"pass":0,"fail":0,"skip":0},"exit_code":0,
+         "results":[{"priority":"P0","phase":"health","name":"freeside health","status":"PASS","elapsed_ms":12},
+                    {"priority":"P0","phase":"health","name":"dixie health","status":"PASS","elapsed_ms":11},
+                    {"priority":"P0","phase":"jwks","name":"JWKS","status":"PASS","elapsed_ms":8},
+                    {"priority":"P0","phase":"jwt-roundtrip","name":"JWT round-trip","status":"SKIP","elapsed_ms":0},
+                    {"priority":"P0","phase":"invoke","name":"Agent invoke","status":"SKIP","elapsed_ms":0},
+                    {"priority":"P0","phase":"budget","name":"Budget conservation","status":"SKIP","elapsed_ms":0}]}
+        JSON
+              exit 0
+            fi
             cat >&2 <<'JSON'
         {"timestamp":"2026-11-27T00:00:00Z","p0":{"pass":7,"fail":0,"skip":0},"p1":{"pass":8,"fail":0,"skip":0},"exit_code":0,
          "results":[{"priority":"P0","phase":"health","name":"freeside health","status":"PASS","elapsed_ms":12},
@@ -79,12 +102,14 @@ public sealed class DeployScriptTests
         return (bin, Path.Combine(dir, "calls.log"));
     }
 
-    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null, bool viaLoa = false)
+    static async Task<Run> DeployAsync(IDictionary<string, string>? extraEnv = null, string[]? args = null, Action<string>? beforeRun = null, bool viaLoa = false,
+        Action<string>? beforeCommit = null)
     {
         var dir = TestStorage.TempDir();
         var root = Path.Combine(dir, "repo");
         Directory.CreateDirectory(Path.Combine(root, "scripts"));
         File.Copy(Path.Combine(ScriptTests.RepoRoot, "scripts", "staging-deploy-all.sh"), Path.Combine(root, "scripts", "staging-deploy-all.sh"));
+        beforeCommit?.Invoke(root);
         var (bin, log) = await StandInsAsync(dir);
         var (code, _, err) = await ScriptTests.RunAsync("bash", ["-c",
             $"cd '{root}' && git init -q -b staging && git add -A && git -c user.name=t -c user.email=t@example.com commit -q -m deploy"]);
@@ -162,7 +187,7 @@ public sealed class DeployScriptTests
 
         // Terraform's ECS services are named freeside, finn and dixie; their task-definition families <prefix>-<name>.
         var rolled = new[] { "freeside", "finn", "dixie" }.Select(s => (
-            Update: IndexOf(run, $"aws ecs update-service --cluster arrakis-staging --service {s} --task-definition arrakis-staging-{s} --force-new-deployment --query service.serviceName --output text"),
+            Update: IndexOf(run, $"aws ecs update-service --cluster arrakis-staging --service {s} --task-definition arrakis-staging-{s} --force-new-deployment --query service.deployments[?status==`PRIMARY`].id | [0] --output text"),
             Stable: IndexOf(run, $"aws ecs wait services-stable --cluster arrakis-staging --services {s}"))).ToList();
 
         Assert.True(login < built.Min());
@@ -416,5 +441,103 @@ public sealed class DeployScriptTests
         Assert.Equal(1, run.Exit);
         Assert.Contains("uncommitted or untracked files", run.Stdout, StringComparison.Ordinal);
         Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker build", StringComparison.Ordinal));
+    }
+
+    const string Revision = "arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-";
+
+    /// <summary>
+    /// The services have deployment circuit breakers with rollback (deploy/terraform/ecs.tf): a new revision whose tasks
+    /// keep failing is rolled back, and <c>aws ecs wait services-stable</c> then succeeds on the old revision. The
+    /// pipeline took that for a finished roll, went on to the next service and ran the gate against the old code.
+    /// </summary>
+    [Fact]
+    public async Task A_service_the_circuit_breaker_rolled_back_fails_the_deploy_instead_of_counting_as_stable()
+    {
+        var finn = await DeployAsync(new Dictionary<string, string> { ["FAKE_ROLLED_BACK"] = "finn" });
+        var freeside = await DeployAsync(new Dictionary<string, string> { ["FAKE_ROLLED_BACK"] = "freeside" }, args: ["--parallel"]);
+
+        Assert.True(finn.Exit == 1, $"exit {finn.Exit}\n{finn.Stdout}\n{finn.Stderr}");
+        Assert.Contains("✗ finn: the new deployment ecs-svc/finn-new failed and ECS rolled the service back (primary deployment now: ecs-svc/finn-rollback COMPLETED)",
+            finn.Stderr, StringComparison.Ordinal);
+        Assert.Contains("aws ecs describe-services --cluster arrakis-staging --services finn --query services[0].deployments[?status==`PRIMARY`] | [0].[id,rolloutState] --output text",
+            finn.Calls);
+        Assert.DoesNotContain(finn.Calls, c => c.StartsWith("aws ecs update-service --cluster arrakis-staging --service dixie", StringComparison.Ordinal));
+        Assert.DoesNotContain(finn.Calls, c => c.StartsWith("smoke ", StringComparison.Ordinal));
+        Assert.Contains("Status: BLOCKED", finn.Stdout, StringComparison.Ordinal);
+        Assert.Contains("G-8 Migration          NOT MET", finn.Stdout, StringComparison.Ordinal);
+        // What the failure left, and how to put freeside back on the revision it ran before.
+        Assert.Contains($"freeside: the new revision ({finn.Tag}); to roll it back: aws ecs update-service --cluster arrakis-staging --service freeside --task-definition {Revision}freeside:6",
+            finn.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"finn: not the new revision; its deployment failed or did not finish, and the circuit breaker returns it to {Revision}finn:6", finn.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"dixie: {Revision}dixie:6 (not rolled)", finn.Stderr, StringComparison.Ordinal);
+
+        Assert.True(freeside.Exit == 1, $"exit {freeside.Exit}\n{freeside.Stdout}\n{freeside.Stderr}");
+        Assert.Contains("✗ freeside: the new deployment ecs-svc/freeside-new failed", freeside.Stderr, StringComparison.Ordinal);
+        Assert.Contains("freeside deploy failed: finn and dixie were not touched", freeside.Stderr, StringComparison.Ordinal);
+        Assert.Single(freeside.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// A command that failed outside the pipeline's checked paths ended the deploy under <c>set -e</c> with its own exit
+    /// code: a push refused with 2 read as READY_DEGRADED, a migration outlasting aws's task waiter as 255, and neither
+    /// said what was left half done.
+    /// </summary>
+    [Fact]
+    public async Task A_command_failing_midway_ends_the_deploy_with_exit_1_and_says_what_it_left()
+    {
+        var push = await DeployAsync(new Dictionary<string, string> { ["FAKE_PUSH_EXIT"] = "2" }, viaLoa: true);
+        var migration = await DeployAsync(new Dictionary<string, string> { ["FAKE_TASK_WAIT_EXIT"] = "255" });
+
+        Assert.True(push.Exit == 1, $"exit {push.Exit}\n{push.Stdout}\n{push.Stderr}");
+        Assert.Contains($"Deploy failed in step \"2. Build and push images ({push.Tag})\": `docker push {Registry}/arrakis-staging/freeside:{push.Tag}` exited 2",
+            push.Stderr, StringComparison.Ordinal);
+        Assert.Contains("no service was changed", push.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(push.Calls, c => c.StartsWith("terraform", StringComparison.Ordinal) || c.StartsWith("smoke ", StringComparison.Ordinal));
+
+        Assert.True(migration.Exit == 1, $"exit {migration.Exit}\n{migration.Stdout}\n{migration.Stderr}");
+        Assert.Contains("Deploy failed in step \"4. Migration hard gate (one-shot arrakis-staging-migrate task: loa migrate)\": `aws ecs wait tasks-stopped --cluster \"$CLUSTER\" --tasks \"$task_arn\"` exited 255", migration.Stderr, StringComparison.Ordinal);
+        Assert.Contains("the migration task arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e may still be running or have failed", migration.Stderr, StringComparison.Ordinal);
+        Assert.Contains("no service was rolled", migration.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(migration.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_migration_task_that_never_ran_says_why_instead_of_exit_none()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_MIGRATE_EXIT"] = "None" });
+
+        Assert.Equal(1, run.Exit);
+        Assert.Contains("The migration task stopped without running loa migrate: CannotPullContainerError: pull image manifest has been retried 5 time(s); nothing was deployed",
+            run.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// G-7 asks for three consecutive full runs (test key and community) with no P0 failure. Without a test key the keyed
+    /// P0 checks skip, and the report counted those runs and called G-7 MET; with GATE_RUNS=1 one run was enough.
+    /// </summary>
+    [Fact]
+    public async Task Gate_runs_that_skipped_the_keyed_p0_checks_do_not_meet_g7()
+    {
+        // The checkout has the key-rotation runbook, G-7's other condition.
+        static void Runbook(string root)
+        {
+            Directory.CreateDirectory(Path.Combine(root, "docs", "runbooks"));
+            File.Copy(Path.Combine(ScriptTests.RepoRoot, "docs", "runbooks", "key-rotation.md"), Path.Combine(root, "docs", "runbooks", "key-rotation.md"));
+        }
+
+        var run = await DeployAsync(new Dictionary<string, string> { ["FAKE_GATE_NO_KEY"] = "1" }, beforeCommit: Runbook);
+        var full = await DeployAsync(beforeCommit: Runbook);
+        var once = await DeployAsync(new Dictionary<string, string> { ["GATE_RUNS"] = "1" }, beforeCommit: Runbook);
+
+        // The verdict follows the gate's exit code (SKIPs never fail a run); the report says which goals are not met.
+        Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
+        Assert.Contains("G-7 Reliability        NOT MET — 0/3 full runs with every P0 check passing (3 needed)", run.Stdout, StringComparison.Ordinal);
+        Assert.Contains("G-1 Infrastructure     MET", run.Stdout, StringComparison.Ordinal);
+        Assert.Contains("G-7 Reliability        MET", full.Stdout, StringComparison.Ordinal);
+        Assert.True(full.Exit == 0, full.Stdout + full.Stderr);
+        // Nor is one green run three: GATE_RUNS=1 is a quicker gate, not G-7.
+        Assert.True(once.Exit == 0, once.Stdout + once.Stderr);
+        Assert.Contains("G-7 Reliability        NOT MET — 1/1 full runs with every P0 check passing (3 needed)", once.Stdout, StringComparison.Ordinal);
     }
 }
