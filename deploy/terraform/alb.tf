@@ -5,6 +5,11 @@ resource "aws_lb" "public" {
   internal           = false
   security_groups    = [aws_security_group.alb.id]
   subnets            = module.vpc.public_subnets
+  # A call that does not stream sends nothing until it answers, and freeside may legitimately take longer than the ALB's
+  # default 60 s: a paid x402 invoke waits for the facilitator's /verify (X402__FacilitatorTimeoutSeconds, 60 s), finn
+  # (60 s) and /settle (60 s), and a plain invoke answers its own 504 when finn times out at 60 s. At the default the
+  # ALB cut those calls first and answered with its own HTML 504. Streams send a keepalive every 15 s.
+  idle_timeout = 240
 }
 
 resource "aws_lb_target_group" "freeside" {

@@ -33,6 +33,13 @@ locals {
   # Configuration every service reads (ASP.NET Core maps __ to :).
   common_environment = [
     { name = "ASPNETCORE_ENVIRONMENT", value = "Production" },
+    # The ALB ends TLS and forwards plain HTTP with X-Forwarded-Proto: https. Without this the services see "http", and
+    # freeside's x402 402 named http://<host>/api/v1/x402/invoke as the resource to pay for. Only the ALB and the other
+    # tasks can reach the tasks (network.tf), and nothing reads the client address.
+    { name = "ASPNETCORE_FORWARDEDHEADERS_ENABLED", value = "true" },
+    # Longer than the ALB's idle timeout (alb.tf, 240 s): the ALB reuses an idle connection until then, and one Kestrel
+    # closed first (its default is 130 s) turns the next request sent on it into a 502.
+    { name = "Kestrel__Limits__KeepAliveTimeout", value = "00:05:00" },
     { name = "Services__FreesideUrl", value = local.service_urls["freeside"] },
     { name = "Services__FinnUrl", value = local.service_urls["finn"] },
     { name = "Services__DixieUrl", value = local.service_urls["dixie"] },

@@ -275,6 +275,68 @@ public sealed class TerraformStructureTests
         }
     }
 
+    static Dictionary<string, string> CommonEnvironment() => DeployFiles.Locals()["common_environment"].EnumerateArray()
+        .ToDictionary(e => e.GetProperty("name").GetString()!, e => DeployFiles.Resolve(e.GetProperty("value").GetString()!));
+
+    static int AlbIdleTimeoutSeconds()
+    {
+        Assert.True(DeployFiles.Resource("aws_lb", "public").TryGetProperty("idle_timeout", out var idle), "aws_lb.public keeps the ALB's default idle timeout, 60 s");
+        return idle.GetInt32();
+    }
+
+    /// <summary>
+    /// A call that does not stream sends nothing until it answers, so the ALB's idle timeout (60 s unless set) bounds it:
+    /// a paid x402 invoke may wait for the facilitator's /verify, then finn, then /settle, each up to its own timeout,
+    /// and must get freeside's JSON answer, not the ALB's HTML 504 with the call cut halfway. The ALB keeps idle
+    /// connections to the tasks open that long too, so Kestrel must not close them first (a 502 for the next request).
+    /// </summary>
+    [Fact]
+    public void The_load_balancer_waits_longer_than_freeside_s_slowest_answer()
+    {
+        var idle = AlbIdleTimeoutSeconds();
+        var facilitator = new Arrakis.Freeside.Payments.X402Options().FacilitatorTimeoutSeconds;
+        var slowest = facilitator + (int)Arrakis.Freeside.Identity.IdentitySetup.FinnTimeout.TotalSeconds + facilitator;
+        Assert.True(idle > slowest, $"idle_timeout {idle} s must exceed /verify + finn + /settle = {slowest} s");
+
+        var keepAlive = CommonEnvironment().TryGetValue("Kestrel__Limits__KeepAliveTimeout", out var configured)
+            ? TimeSpan.Parse(configured, System.Globalization.CultureInfo.InvariantCulture)
+            : new Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerLimits().KeepAliveTimeout;
+        Assert.True(keepAlive > TimeSpan.FromSeconds(idle), $"Kestrel closes idle connections after {keepAlive}, before the ALB's {idle} s");
+    }
+
+    /// <summary>
+    /// The ALB ends TLS and forwards HTTP with <c>X-Forwarded-Proto: https</c>; freeside names its x402 resource from the
+    /// request's scheme. The task settings must make ASP.NET Core apply that header, or every 402 on staging offers
+    /// <c>http://…/api/v1/x402/invoke</c>, a URL the public listener only redirects. Run with the tasks' own settings,
+    /// which also shows the service reads the keep-alive setting under the name Terraform gives it.
+    /// </summary>
+    [Fact]
+    public async Task Behind_the_load_balancer_the_x402_resource_is_the_https_url()
+    {
+        // The tasks' environment variables as the host reads them: an ASPNETCORE_ prefix dropped, "__" for ":".
+        var settings = CommonEnvironment()
+            .Where(e => (e.Key.StartsWith("ASPNETCORE_", StringComparison.Ordinal) && e.Key is not ("ASPNETCORE_URLS" or "ASPNETCORE_ENVIRONMENT")) || e.Key.StartsWith("Kestrel__", StringComparison.Ordinal))
+            .ToDictionary(e => (e.Key.StartsWith("ASPNETCORE_", StringComparison.Ordinal) ? e.Key["ASPNETCORE_".Length..] : e.Key).Replace("__", ":", StringComparison.Ordinal), e => (string?)e.Value);
+        Assert.Contains("FORWARDEDHEADERS_ENABLED", settings.Keys);
+
+        await using var platform = await Platform.StartAsync("sqlite", settings);
+        using var http = new HttpClient();
+        using var request = new HttpRequestMessage(HttpMethod.Post, platform.FreesideUrl + "/api/v1/x402/invoke")
+        {
+            Content = new StringContent("""{"prompt":"behind the ALB","model":"cheap"}""", System.Text.Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Add("X-Forwarded-Proto", "https");
+        using var response = await http.SendAsync(request, TestContext.Current.CancellationToken);
+        Assert.Equal(402, (int)response.StatusCode);
+        using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        var host = new Uri(platform.FreesideUrl).Authority;
+        Assert.Equal($"https://{host}/api/v1/x402/invoke", body.RootElement.GetProperty("accepts")[0].GetProperty("resource").GetString());
+
+        var kestrel = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions
+            .GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>(platform.Freeside.Services).Value;
+        Assert.True(kestrel.Limits.KeepAliveTimeout > TimeSpan.FromSeconds(AlbIdleTimeoutSeconds()), $"freeside's Kestrel keep-alive is {kestrel.Limits.KeepAliveTimeout}");
+    }
+
     [Fact]
     public void Cloud_map_names_and_ports_match_the_configured_service_urls()
     {
