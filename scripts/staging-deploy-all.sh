@@ -24,14 +24,17 @@
 # Environment (defaults in brackets):
 #   AWS_REGION [us-east-1]  ENVIRONMENT [staging]  PREFIX [arrakis-$ENVIRONMENT]  CLUSTER [$PREFIX; then Terraform's cluster_name]
 #   ECR_REGISTRY [<account>.dkr.ecr.$AWS_REGION.amazonaws.com]  IMAGE_TAG [BRANCH's commit, 12 hex digits]
-#   TF_DIR [deploy/terraform]  TF_STATE_BUCKET (the S3 bucket of the Terraform state; required)
+#   TF_DIR [deploy/terraform]  TF_STATE_BUCKET (the S3 bucket of the Terraform state, whose key is arrakis/$ENVIRONMENT/terraform.tfstate; required)
 #   TF_VAR_certificate_arn (the ALB's ACM certificate), TF_VAR_x402_pay_to (the address x402 payments go to) and
 #   TF_VAR_x402_rpc_url (a JSON-RPC endpoint of the payment chain): required; Terraform reads every TF_VAR_*.
 #   The ALB routes the host of DIXIE_URL to dixie (-var dixie_host).
 #   DOCKERFILE [deploy/docker/Dockerfile]
 #   FREESIDE_URL [https://staging.api.arrakis.community]  DIXIE_URL [https://dixie.staging.arrakis.community]
 #   TEST_KEY, COMMUNITY_ID (keyed gate phases; COMMUNITY_ID also comes from --auto-seed)  GATE_RUNS [3]
-#   ARTIFACTS_DIR [artifacts/deploy]  DEPLOY_TIMEOUT_SECONDS [600]  SMOKE [scripts/staging-smoke.sh]
+#   ARTIFACTS_DIR [artifacts/deploy]  SMOKE [scripts/staging-smoke.sh]
+#   DEPLOY_TIMEOUT_SECONDS [600] per service: a rollout takes at most about 2 minutes to start the new tasks, 200 s to
+#   drain the old ones from the ALB and 90 s to stop them (deploy/terraform). aws ecs wait services-stable gives up
+#   after 10 minutes whatever this is.
 # Exit: 0 READY, 2 READY_DEGRADED, 1 NOT_READY or BLOCKED (and on any deploy failure, whatever the failing command's
 # own exit code); 0 for --dry-run.
 set -euo pipefail
@@ -202,7 +205,12 @@ AFTERMATH="Terraform may have applied part of its plan; no migration ran and no 
 TF_PLAN_EXIT="not run"
 DIXIE_HOST="${DIXIE_URL#*://}"; DIXIE_HOST="${DIXIE_HOST%%/*}"; DIXIE_HOST="${DIXIE_HOST%%:*}"
 TF_VARS=(-var "environment=$ENVIRONMENT" -var "region=$AWS_REGION" -var "image_tag=$IMAGE_TAG" -var "dixie_host=$DIXIE_HOST")
-run terraform -chdir="$TF_DIR" init -input=false -backend-config="bucket=${TF_STATE_BUCKET:-<TF_STATE_BUCKET>}" -backend-config="region=$AWS_REGION"
+# One state per environment: with versions.tf's fixed key (staging's), ENVIRONMENT=prod planned against staging's state,
+# that is, to rename every staging resource to arrakis-prod-*. -reconfigure: a checkout initialised for another
+# environment switches to this one's state instead of stopping (or, with -migrate-state, copying that state here).
+TF_STATE_KEY="arrakis/$ENVIRONMENT/terraform.tfstate"
+run terraform -chdir="$TF_DIR" init -input=false -reconfigure -backend-config="bucket=${TF_STATE_BUCKET:-<TF_STATE_BUCKET>}" \
+  -backend-config="key=$TF_STATE_KEY" -backend-config="region=$AWS_REGION"
 if $DRY_RUN; then
   run terraform -chdir="$TF_DIR" plan -input=false -detailed-exitcode "${TF_VARS[@]}" -out=tfplan
   echo "  [dry-run] (exit 0 = nothing to change; 2 = changes, at least the new image tag → terraform -chdir=$TF_DIR apply -input=false tfplan)"

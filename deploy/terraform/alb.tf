@@ -12,12 +12,22 @@ resource "aws_lb" "public" {
   idle_timeout = 240
 }
 
+locals {
+  # How long a task taken off the ALB (a rollout, a scale-in) may finish its calls before ECS sends it SIGTERM. AWS's
+  # default, 300 s, made every rollout wait 5 minutes of the deploy's 600 s per service. A call that does not stream
+  # ends within 180 s (a paid x402 invoke: /verify, finn and /settle, 60 s each; the ALB itself cuts any call silent
+  # for idle_timeout); a stream still open at the end is cut whatever the delay, and its client reconnects.
+  deregistration_delay = 200
+}
+
 resource "aws_lb_target_group" "freeside" {
   name        = "${local.prefix}-freeside"
   port        = local.ports.freeside
   protocol    = "HTTP"
   target_type = "ip"
   vpc_id      = module.vpc.vpc_id
+
+  deregistration_delay = local.deregistration_delay
 
   health_check {
     path                = "/health/live" # liveness: see local.health_paths in ecs.tf
@@ -35,6 +45,8 @@ resource "aws_lb_target_group" "dixie" {
   protocol    = "HTTP"
   target_type = "ip"
   vpc_id      = module.vpc.vpc_id
+
+  deregistration_delay = local.deregistration_delay
 
   health_check {
     path                = "/health/live"

@@ -73,9 +73,13 @@ resource "aws_elasticache_replication_group" "main" {
 # Secrets Manager: database URLs and the Redis configuration are written by Terraform; the keyring master keys are
 # created empty and filled once by the bootstrap in README.md, so they never enter the Terraform state.
 locals {
-  # Connections per replica. At the autoscaling maximum (6 freeside, 6 finn, 3 dixie) that is 6×10 + 6×5 + 3×5 = 105,
-  # within db.t3.small's max_connections with room for the migration task and psql. Freeside's ledger runs at most
-  # 4 calls per core at once (Ledger__MaxConcurrentWrites) and queues the rest in the process, so 10 is enough.
+  # Connections per replica. At the autoscaling maximum (6 freeside, 6 finn, 3 dixie) that is 6×10 + 6×5 + 3×5 = 105.
+  # A rollout starts the new tasks before it stops the old (ECS's deployment maximum_percent, 200): the pipeline rolls
+  # freeside alone (12 tasks, +60), then finn and dixie (+30 +15 with --parallel), so the peak is 165, within
+  # db.t3.small's max_connections (about 199) with room for the migration or a loa keys task and psql. A change that
+  # makes ECS roll all three at once (their network configuration, say) needs 210 at full scale: apply it below the
+  # maximum. Freeside's ledger runs at most 4 calls per core at once (Ledger__MaxConcurrentWrites) and queues the rest
+  # in the process, so 10 is enough.
   pool_sizes = { freeside = 10, dixie = 5, finn = 5 }
   # Services that sign tokens and keep a keyring (dixie only verifies).
   keyring_services = toset(["freeside", "finn"])

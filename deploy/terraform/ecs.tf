@@ -44,6 +44,7 @@ resource "aws_ecs_task_definition" "service" {
     name         = each.key
     image        = local.images[each.key]
     essential    = true
+    stopTimeout  = local.stop_timeout_seconds
     portMappings = [{ containerPort = each.value, protocol = "tcp" }]
     environment = concat(local.common_environment, [
       # ServiceEndpoints binds 127.0.0.1 unless ASPNETCORE_URLS (or Urls) is set.
@@ -228,7 +229,8 @@ resource "aws_ecs_service" "dixie" {
     # Autoscaling owns the count; the pipeline rolls new revisions (after the migration gate), not terraform.
     ignore_changes = [desired_count, task_definition]
   }
-  depends_on = [aws_lb_listener.https]
+  # ECS refuses a target group no listener forwards to: dixie's is attached by the host rule, not the listener.
+  depends_on = [aws_lb_listener_rule.dixie_host]
 }
 
 # Autoscaling: CPU target tracking for each service between its desired and max counts.

@@ -30,6 +30,9 @@ locals {
     loa      = "${aws_ecr_repository.images["loa"].repository_url}:${var.image_tag}"
   }
 
+  # ECS's stopTimeout, from SIGTERM to SIGKILL (Fargate allows 120 s at most): longer than the hosts' shutdownTimeoutSeconds.
+  stop_timeout_seconds = 90
+
   # Configuration every service reads (ASP.NET Core maps __ to :).
   common_environment = [
     { name = "ASPNETCORE_ENVIRONMENT", value = "Production" },
@@ -40,6 +43,10 @@ locals {
     # Longer than the ALB's idle timeout (alb.tf, 240 s): the ALB reuses an idle connection until then, and one Kestrel
     # closed first (its default is 130 s) turns the next request sent on it into a 502.
     { name = "Kestrel__Limits__KeepAliveTimeout", value = "00:05:00" },
+    # On SIGTERM the host stops taking connections and lets the calls in progress finish for this long (HostOptions;
+    # .NET's default, 30 s, cut freeside's calls to finn, which may take 60 s: finn has no ALB draining it first). ECS
+    # kills the task local.stop_timeout_seconds after SIGTERM.
+    { name = "shutdownTimeoutSeconds", value = "75" },
     { name = "Services__FreesideUrl", value = local.service_urls["freeside"] },
     { name = "Services__FinnUrl", value = local.service_urls["finn"] },
     { name = "Services__DixieUrl", value = local.service_urls["dixie"] },

@@ -2,6 +2,13 @@ variable "environment" {
   description = "Environment name; also the CloudWatch Environment dimension and the EMF Metrics__Emf__Environment value."
   type        = string
   default     = "staging"
+  # Every name is built from arrakis-<environment>; the longest within the tightest AWS limit is the target group
+  # arrakis-<environment>-freeside (32 characters), which leaves 15. RDS and ElastiCache identifiers also refuse a
+  # trailing hyphen or two in a row.
+  validation {
+    condition     = length(var.environment) <= 15 && can(regex("^[a-z](-?[a-z0-9])*$", var.environment))
+    error_message = "environment must be at most 15 characters: lowercase letters, digits and single hyphens, starting with a letter and not ending with a hyphen (arrakis-<environment>-freeside names a target group, at most 32 characters)."
+  }
 }
 
 variable "region" {
@@ -53,7 +60,7 @@ variable "alert_email" {
 }
 
 variable "db_instance_class" {
-  description = "RDS class. Its max_connections (about RAM / 9.5 MB) must hold every replica's pool at the autoscaling maximum (local.pool_sizes × local.sizes[*].max, 105 here): db.t3.micro has about 80 usable, db.t3.small about 200."
+  description = "RDS class. Its max_connections (about RAM / 9.5 MB) must hold every replica's pool at the autoscaling maximum (local.pool_sizes × local.sizes[*].max, 105 here) plus the new tasks of a rollout (165 while freeside rolls, see data.tf): db.t3.micro has about 80 usable, db.t3.small about 200."
   type        = string
   default     = "db.t3.small"
 }

@@ -10,7 +10,9 @@ terraform {
       version = "~> 3.6"
     }
   }
-  # State lives in S3 with DynamoDB locking; pass the bucket with -backend-config (see README.md).
+  # State lives in S3 with DynamoDB locking; pass the bucket with -backend-config (see README.md). The key below is
+  # staging's: every other environment must pass its own, -backend-config=key=arrakis/<environment>/terraform.tfstate
+  # (scripts/staging-deploy-all.sh always does), or it plans against staging's state.
   backend "s3" {
     key            = "arrakis/staging/terraform.tfstate"
     dynamodb_table = "arrakis-terraform-locks"

@@ -175,7 +175,8 @@ public sealed class DeployScriptTests
         IndexOf(run, "aws ecr get-login-password --region us-east-1"); // piped into docker login: the two run at once
 
         // Terraform with the state bucket and the new tag, the plan applied (exit 2 = changes).
-        var init = IndexOf(run, "terraform -chdir=deploy/terraform init -input=false -backend-config=bucket=arrakis-tf-state -backend-config=region=us-east-1");
+        var init = IndexOf(run, "terraform -chdir=deploy/terraform init -input=false -reconfigure -backend-config=bucket=arrakis-tf-state " +
+            "-backend-config=key=arrakis/staging/terraform.tfstate -backend-config=region=us-east-1");
         var plan = IndexOf(run, $"terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode -var environment=staging -var region=us-east-1 -var image_tag={run.Tag} -var dixie_host=reputation.example.org -out=tfplan");
         var apply = IndexOf(run, "terraform -chdir=deploy/terraform apply -input=false tfplan");
 
@@ -199,6 +200,22 @@ public sealed class DeployScriptTests
         Assert.Equal(3, gateRuns.Count);
         Assert.True(run.Calls.ToList().FindIndex(c => c.StartsWith("smoke ", StringComparison.Ordinal)) > rolled[2].Stable);
         Assert.Contains("G-8 Migration          MET", run.Stdout, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// deploy/terraform's backend key was arrakis/staging/terraform.tfstate whatever the environment: ENVIRONMENT=prod
+    /// planned against staging's state, to replace every staging resource with an arrakis-prod one.
+    /// </summary>
+    [Fact]
+    public async Task Each_environment_plans_against_its_own_terraform_state()
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["ENVIRONMENT"] = "prod" });
+
+        var init = IndexOf(run, "terraform -chdir=deploy/terraform init -input=false -reconfigure -backend-config=bucket=arrakis-tf-state " +
+            "-backend-config=key=arrakis/prod/terraform.tfstate -backend-config=region=us-east-1");
+        var plan = IndexOf(run, $"terraform -chdir=deploy/terraform plan -input=false -detailed-exitcode -var environment=prod -var region=us-east-1 -var image_tag={run.Tag} -var dixie_host=reputation.example.org -out=tfplan");
+        Assert.True(init < plan);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("terraform", StringComparison.Ordinal) && c.Contains("staging", StringComparison.Ordinal));
     }
 
     [Fact]

@@ -109,6 +109,23 @@ public sealed class TerraformStructureTests
         }
     }
 
+    /// <summary>
+    /// The S3 backend's key was fixed, so ENVIRONMENT=prod planned against staging's state (to rename every staging
+    /// resource arrakis-prod-*). The pipeline passes a key per environment; staging's is the one the state has always had.
+    /// </summary>
+    [Fact]
+    public void Each_environment_keeps_its_own_state_and_staging_keeps_its_key()
+    {
+        var backend = DeployFiles.Hcl().GetProperty("versions.tf").GetProperty("terraform")[0].GetProperty("backend").GetProperty("s3")[0];
+        var script = File.ReadAllText(Path.Combine(DeployFiles.Root, "scripts", "staging-deploy-all.sh"));
+        var key = Regex.Match(script, "TF_STATE_KEY=\"([^\"]+)\"");
+        Assert.True(key.Success, "scripts/staging-deploy-all.sh passes no state key: every environment shares " + Str(backend, "key"));
+        Assert.Contains("$ENVIRONMENT", key.Groups[1].Value, StringComparison.Ordinal);
+        Assert.Contains("-backend-config=\"key=$TF_STATE_KEY\"", script, StringComparison.Ordinal);
+        Assert.Equal(Str(backend, "key"), key.Groups[1].Value.Replace("$ENVIRONMENT", DeployFiles.Environment, StringComparison.Ordinal));
+        Assert.Equal("arrakis/staging/terraform.tfstate", Str(backend, "key"));
+    }
+
     [Fact]
     public void Settings_whose_code_defaults_are_for_development_are_set_for_aws()
     {
@@ -197,9 +214,26 @@ public sealed class TerraformStructureTests
 
         var pools = DeployFiles.Locals()["pool_sizes"];
         var sizes = DeployFiles.Locals()["sizes"];
-        var atMaximum = new[] { "freeside", "finn", "dixie" }.Sum(s => pools.GetProperty(s).GetInt32() * sizes.GetProperty(s).GetProperty("max").GetInt32());
-        const int OneOffTasks = 10; // the migration task's pool and an operator's psql
+        int Pools(string service) => pools.GetProperty(service).GetInt32() * sizes.GetProperty(service).GetProperty("max").GetInt32();
+        var atMaximum = new[] { "freeside", "finn", "dixie" }.Sum(Pools);
+
+        // A rollout starts the new tasks (up to deployment_maximum_percent of the count, ECS's default 200) before it
+        // stops the old ones, whose pools stay open until then. scripts/staging-deploy-all.sh rolls freeside alone, then
+        // finn and dixie (at once with --parallel).
+        int Extra(string service)
+        {
+            var percent = DeployFiles.Resource("aws_ecs_service", service).TryGetProperty("deployment_maximum_percent", out var p) ? p.GetInt32() : 200;
+            var max = sizes.GetProperty(service).GetProperty("max").GetInt32();
+            return pools.GetProperty(service).GetInt32() * (max * percent / 100 - max);
+        }
+
+        var script = File.ReadAllText(Path.Combine(DeployFiles.Root, "scripts", "staging-deploy-all.sh"));
+        Assert.Contains("if ! deploy_service freeside; then", script, StringComparison.Ordinal);
+        Assert.Contains("deploy_service finn & finn_pid=$!\n    deploy_service dixie & dixie_pid=$!", script, StringComparison.Ordinal);
+        var peak = atMaximum + Math.Max(Extra("freeside"), Extra("finn") + Extra("dixie"));
+        const int OneOffTasks = 10; // the migration task's pool (or a loa keys task) and an operator's psql
         Assert.True(atMaximum + OneOffTasks <= capacity, $"{atMaximum} pooled connections at full scale + {OneOffTasks} > about {capacity} on {instance}");
+        Assert.True(peak + OneOffTasks <= capacity, $"{peak} pooled connections while a service rolls at full scale + {OneOffTasks} > about {capacity} on {instance}");
         Assert.Contains("Maximum Pool Size=${local.pool_sizes[each.key]}", Str(DeployFiles.Resource("aws_secretsmanager_secret_version", "database_url"), "secret_string"), StringComparison.Ordinal);
     }
 
@@ -335,6 +369,134 @@ public sealed class TerraformStructureTests
         var kestrel = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions
             .GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>(platform.Freeside.Services).Value;
         Assert.True(kestrel.Limits.KeepAliveTimeout > TimeSpan.FromSeconds(AlbIdleTimeoutSeconds()), $"freeside's Kestrel keep-alive is {kestrel.Limits.KeepAliveTimeout}");
+    }
+
+    /// <summary>
+    /// A rollout (or a scale-in) takes each old freeside or dixie task off the ALB and waits deregistration_delay for
+    /// its calls to finish before ECS sends SIGTERM; stopTimeout later, SIGKILL. The target groups kept AWS's 300 s,
+    /// longer than any call that does not stream can last, so every rollout waited 5 minutes of the pipeline's
+    /// DEPLOY_TIMEOUT_SECONDS. finn is not on the ALB: SIGTERM comes while freeside's calls to it (up to 60 s) run, and
+    /// the host's default 30 s shutdown cut them.
+    /// </summary>
+    [Fact]
+    public async Task A_rollout_lets_calls_in_flight_finish_and_fits_the_deploy_timeout()
+    {
+        var idle = AlbIdleTimeoutSeconds();
+        var facilitator = new Arrakis.Freeside.Payments.X402Options().FacilitatorTimeoutSeconds;
+        var slowest = facilitator + (int)Arrakis.Freeside.Identity.IdentitySetup.FinnTimeout.TotalSeconds + facilitator;
+        var delays = new[] { "freeside", "dixie" }.Select(service =>
+        {
+            var group = DeployFiles.Resource("aws_lb_target_group", service);
+            Assert.True(group.TryGetProperty("deregistration_delay", out var delay), $"aws_lb_target_group.{service} keeps AWS's deregistration delay, 300 s");
+            var seconds = int.Parse(DeployFiles.Resolve(delay.ToString()), System.Globalization.CultureInfo.InvariantCulture);
+            // Longer than the slowest call that does not stream; no longer than the ALB lets a silent call live, past
+            // which only streams are left, and they are cut when the delay ends however long it is.
+            Assert.True(seconds > slowest && seconds <= idle, $"{service}'s deregistration delay {seconds} s: must exceed {slowest} s and not exceed the idle timeout {idle} s");
+            return seconds;
+        }).ToList();
+
+        // SIGTERM: the host lets calls in progress finish for shutdownTimeoutSeconds, before ECS's SIGKILL.
+        Assert.True(CommonEnvironment().TryGetValue("shutdownTimeoutSeconds", out var configured), "the tasks keep .NET's 30 s shutdown timeout");
+        var shutdown = int.Parse(configured, System.Globalization.CultureInfo.InvariantCulture);
+        var containers = DeployFiles.Resource("aws_ecs_task_definition", "service").GetProperty("container_definitions").GetString()!;
+        var stopLocal = Regex.Match(containers, @"stopTimeout\s*=\s*local\.(\w+)");
+        Assert.True(stopLocal.Success, "the services' containers keep ECS's stopTimeout, 30 s");
+        var stop = DeployFiles.Locals()[stopLocal.Groups[1].Value].GetInt32();
+        Assert.True(shutdown > Arrakis.Freeside.Identity.IdentitySetup.FinnTimeout.TotalSeconds, $"shutdown timeout {shutdown} s: freeside's calls to finn take up to 60 s");
+        Assert.True(stop > shutdown && stop <= 120, $"stopTimeout {stop} s must exceed the shutdown timeout {shutdown} s (Fargate allows up to 120 s)");
+
+        // The host reads the setting under the name the tasks give it.
+        await using (var platform = await Platform.StartAsync("sqlite", new Dictionary<string, string?> { ["shutdownTimeoutSeconds"] = configured }))
+        {
+            var options = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions
+                .GetRequiredService<Microsoft.Extensions.Options.IOptions<Microsoft.Extensions.Hosting.HostOptions>>(platform.Finn.Services).Value;
+            Assert.Equal(TimeSpan.FromSeconds(shutdown), options.ShutdownTimeout);
+        }
+
+        // One service's rollout, at worst: Fargate starts the new tasks (allow 2 minutes to place them and pull the
+        // image) and the ALB finds them healthy, the old ones drain, then stop; `aws ecs wait services-stable` polls
+        // every 15 s. The pipeline gives each service DEPLOY_TIMEOUT_SECONDS, which cannot usefully exceed 600 s:
+        // the waiter itself gives up after 40 polls.
+        var check = DeployFiles.Resource("aws_lb_target_group", "freeside").GetProperty("health_check")[0];
+        var healthy = check.GetProperty("healthy_threshold").GetInt32() * check.GetProperty("interval").GetInt32();
+        var worst = 120 + healthy + delays.Max() + stop + 15;
+        var script = File.ReadAllText(Path.Combine(DeployFiles.Root, "scripts", "staging-deploy-all.sh"));
+        var timeout = int.Parse(Regex.Match(script, @"DEPLOY_TIMEOUT_SECONDS=""\$\{DEPLOY_TIMEOUT_SECONDS:-(\d+)\}""").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(worst <= timeout && timeout <= 600, $"a rollout may take {worst} s; DEPLOY_TIMEOUT_SECONDS is {timeout} s");
+    }
+
+    /// <summary>
+    /// ECS refuses to create a service whose target group no listener forwards to yet. dixie's target group is attached
+    /// by the host rule, not by the listener its service depended on, so a first apply could create the service first.
+    /// </summary>
+    [Fact]
+    public void Each_service_waits_for_the_listener_or_rule_that_forwards_to_its_target_group()
+    {
+        var forwards = new List<(string Address, string Group)>();
+        foreach (var (name, body) in DeployFiles.Resources("aws_lb_listener"))
+        {
+            forwards.AddRange(body.GetProperty("default_action").EnumerateArray().Where(a => a.TryGetProperty("target_group_arn", out _))
+                .Select(a => ($"aws_lb_listener.{name}", a.GetProperty("target_group_arn").GetString()!)));
+        }
+
+        foreach (var (name, body) in DeployFiles.Resources("aws_lb_listener_rule"))
+        {
+            forwards.AddRange(body.GetProperty("action").EnumerateArray().Where(a => a.TryGetProperty("target_group_arn", out _))
+                .Select(a => ($"aws_lb_listener_rule.{name}", a.GetProperty("target_group_arn").GetString()!)));
+        }
+
+        foreach (var service in new[] { "freeside", "dixie" })
+        {
+            var body = DeployFiles.Resource("aws_ecs_service", service);
+            var group = body.GetProperty("load_balancer")[0].GetProperty("target_group_arn").GetString()!;
+            var attaching = forwards.Where(f => f.Group == group).Select(f => f.Address).ToList();
+            Assert.NotEmpty(attaching);
+            var dependsOn = body.TryGetProperty("depends_on", out var d) ? d.EnumerateArray().Select(e => e.GetString()!.Trim('$', '{', '}')).ToList() : [];
+            Assert.True(attaching.All(dependsOn.Contains), $"aws_ecs_service.{service} depends on [{string.Join(", ", dependsOn)}], not on {string.Join(", ", attaching)}, which forwards to {group}");
+        }
+    }
+
+    /// <summary>
+    /// Every name is built from arrakis-&lt;environment&gt;, and AWS caps them: a load balancer or target group name at 32
+    /// characters, an ElastiCache replication group id at 40, an RDS identifier at 63, an IAM role name at 64. An
+    /// environment like "production-eu-west" passed plan and failed at apply, with the environment half created.
+    /// </summary>
+    [Fact]
+    public void The_environment_is_validated_so_every_name_built_from_it_fits_aws_limits()
+    {
+        var variable = DeployFiles.Hcl().GetProperty("variables.tf").GetProperty("variable").GetProperty("environment")[0];
+        Assert.True(variable.TryGetProperty("validation", out var validation), "var.environment has no validation");
+        var condition = validation[0].GetProperty("condition").GetString()!;
+        var length = Regex.Match(condition, @"length\(var\.environment\) <= (\d+)");
+        var pattern = Regex.Match(condition, @"regex\(""([^""]+)"", var\.environment\)");
+        Assert.True(length.Success && pattern.Success, condition);
+        var maxLength = int.Parse(length.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        var allowed = new Regex(pattern.Groups[1].Value);
+
+        // RDS and ElastiCache identifiers: a letter first, no trailing hyphen nor two in a row; lower case, or RDS stores
+        // them lowered and every plan shows a change.
+        Assert.Matches(allowed, DeployFiles.Environment);
+        Assert.All(new[] { "prod", "qa-2", new string('a', maxLength) }, e => Assert.Matches(allowed, e));
+        Assert.All(new[] { "Prod", "prod-", "qa--2", "2qa", "qa_2", "qa.2" }, e => Assert.DoesNotMatch(allowed, e));
+
+        var limits = new (string Type, string Attribute, int Max)[]
+        {
+            ("aws_lb", "name", 32), ("aws_lb_target_group", "name", 32), ("aws_elasticache_replication_group", "replication_group_id", 40),
+            ("aws_db_instance", "identifier", 63), ("aws_iam_role", "name", 64),
+        };
+        var prefix = DeployFiles.Locals()["prefix"].GetString()!;
+        List<(string Name, int Max)> Names(string environment) => limits
+            .SelectMany(l => DeployFiles.Resources(l.Type).Select(r => (Template: Str(r.Body, l.Attribute), l.Max, r.Body)))
+            .SelectMany(r => (r.Body.TryGetProperty("for_each", out _) ? ForEachKeys(r.Body) : [""])
+                .Select(key => (DeployFiles.Resolve(r.Template.Replace("${local.prefix}", prefix.Replace("${var.environment}", environment, StringComparison.Ordinal), StringComparison.Ordinal)
+                    .Replace("${each.key}", key, StringComparison.Ordinal)), r.Max)))
+            .ToList();
+
+        var longest = Names(new string('a', maxLength));
+        Assert.Equal(7, longest.Count); // the ALB, two target groups, Redis, PostgreSQL, two roles
+        Assert.All(longest, n => Assert.True(!n.Name.Contains("${", StringComparison.Ordinal) && n.Name.Length <= n.Max, $"{n.Name}: {n.Name.Length} characters, at most {n.Max}"));
+        // The bound is the one the longest name sets, not an arbitrary one.
+        Assert.Contains(Names(new string('a', maxLength + 1)), n => n.Name.Length > n.Max);
     }
 
     [Fact]
