@@ -537,4 +537,204 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         Assert.Null(ex.PartialUsage);
         Assert.Equal(vendor == "anthropic" ? 3 : 1, _server.CallCount);
     }
+
+    /// <summary>
+    /// A reasoning model streams its thinking before any content: an OpenAI-compatible server as <c>reasoning_content</c>
+    /// (vLLM, DeepSeek) or <c>reasoning</c> (OpenRouter, Ollama) deltas, Anthropic as <c>thinking_delta</c>s. The vendor is
+    /// not silent, so the attempt's idle timeout must not fire. Here it thinks for 6 × 150 ms against a 400 ms timeout; the
+    /// old adapters passed nothing on until the first content, so the attempt timed out (504, a breaker failure) while the
+    /// vendor was still generating. Anthropic's keep-alive ping alone does not count as generating.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task Reasoning_deltas_before_the_content_keep_the_attempt_alive(string vendor)
+    {
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            var anthropic = VendorServer.IsAnthropic(call);
+            if (anthropic)
+            {
+                await FrameAsync(ctx, "message_start", AnthropicStart);
+                await FrameAsync(ctx, "content_block_start", """{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}""");
+            }
+            else
+            {
+                await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}""");
+            }
+
+            for (var i = 0; i < 6; i++)
+            {
+                await Task.Delay(150, ctx.RequestAborted);
+                if (anthropic)
+                {
+                    await FrameAsync(ctx, "content_block_delta", """{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think."}}""");
+                }
+                else
+                {
+                    await FrameAsync(ctx, null, $$"""{"choices":[{"index":0,"delta":{"{{(i % 2 == 0 ? "reasoning_content" : "reasoning")}}":"Let me think."},"finish_reason":null}]}""");
+                }
+            }
+
+            if (anthropic)
+            {
+                await FrameAsync(ctx, "content_block_stop", """{"type":"content_block_stop","index":0}""");
+                await FrameAsync(ctx, "content_block_start", """{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}""");
+                await FrameAsync(ctx, "content_block_delta", AnthropicDelta("Hello there, friend!"));
+                await FrameAsync(ctx, "message_delta", """{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":30}}""");
+                await FrameAsync(ctx, "message_stop", """{"type":"message_stop"}""");
+            }
+            else
+            {
+                await FrameAsync(ctx, null, OpenAiDelta("Hello there, friend!"));
+                await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}""");
+                await FrameAsync(ctx, null, """{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":30,"total_tokens":41}}""");
+                await FrameAsync(ctx, null, "[DONE]");
+            }
+        };
+        await using var sp = Services(vendor, attemptTimeoutMs: 400, extra: new() { ["Inference:MaxAttempts"] = "1" });
+        var (result, deltas) = await InvokeAsync(sp, Request(true));
+
+        Assert.Equal("Hello there, friend!", result.Content);
+        Assert.Equal(["Hello there, friend!"], deltas); // the reasoning is not content
+        Assert.Equal(new Usage(11, 30), result.Usage); // the vendor's count, reasoning tokens included
+        Assert.Equal(1, _server.CallCount);
+        Assert.Equal(BreakerState.Closed, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+
+        if (vendor == "anthropic")
+        {
+            // Only pings for as long: the vendor is taken for silent, as before.
+            _server.Behavior = async (ctx, _, _) =>
+            {
+                ctx.Response.ContentType = "text/event-stream";
+                for (var i = 0; i < 6; i++)
+                {
+                    await Task.Delay(150, ctx.RequestAborted);
+                    await FrameAsync(ctx, "ping", """{"type":"ping"}""");
+                }
+            };
+            var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+            Assert.Equal(UpstreamFailure.Timeout, ex.Failure);
+        }
+    }
+
+    /// <summary>
+    /// An OpenAI <c>message.content</c> is nullable: a reasoning model that spends all of max_tokens thinking answers
+    /// <c>"content":null</c> with its <c>reasoning_content</c> (vLLM with a reasoning parser), finish_reason <c>length</c>.
+    /// That is an empty answer, charged the vendor's usage, as the same answer streamed already was. As JSON it was a
+    /// 502 malformed answer, charged nothing and counted against the model's breaker.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task An_openai_answer_with_null_content_is_an_empty_answer(bool stream)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            if (!stream)
+            {
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.WriteAsync("""{"id":"chatcmpl-test","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":null,"reasoning_content":"Let me think about"},"finish_reason":"length"}],"usage":{"prompt_tokens":11,"completion_tokens":64,"total_tokens":75}}""");
+                return;
+            }
+
+            ctx.Response.ContentType = "text/event-stream";
+            await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{"role":"assistant","content":null},"finish_reason":null}]}""");
+            await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{"content":null,"reasoning_content":"Let me think about"},"finish_reason":null}]}""");
+            await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}""");
+            await FrameAsync(ctx, null, """{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":64,"total_tokens":75}}""");
+            await FrameAsync(ctx, null, "[DONE]");
+        };
+        await using var sp = Services("openai");
+        var (result, deltas) = await InvokeAsync(sp, Request(stream));
+
+        Assert.Equal("", result.Content);
+        Assert.Empty(deltas);
+        Assert.Equal(new Usage(11, 64), result.Usage);
+        Assert.Equal(PoolCatalog.CostMicro(sp.GetRequiredService<PoolCatalog>().Pools["vendor"], 11, 64), result.CostMicro);
+        Assert.Equal("length", result.FinishReason);
+        Assert.Equal(1, _server.CallCount);
+        Assert.Equal(stream, Assert.Single(_server.Calls).Stream);
+    }
+
+    /// <summary>A JSON answer whose content is neither a string nor null is still malformed.</summary>
+    [Fact]
+    public async Task An_openai_answer_whose_content_is_not_a_string_is_malformed()
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync("""{"choices":[{"index":0,"message":{"role":"assistant","content":42},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":1}}""");
+        };
+        await using var sp = Services("openai");
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+        Assert.Equal(UpstreamFailure.Malformed, ex.Failure);
+        Assert.Equal(1, _server.CallCount);
+    }
+
+    public static TheoryData<string, bool> VendorsAndBreakPoints() => new()
+    {
+        { "openai", true }, { "openai", false }, { "anthropic", true }, { "anthropic", false },
+    };
+
+    /// <summary>
+    /// The vendor's connection breaks (a reset, a chunked body cut short) instead of ending cleanly. After the vendor has
+    /// finished (OpenAI's finish_reason and usage, Anthropic's message_delta) the answer is whole, as when the stream ends
+    /// cleanly there: it was a 502 error frame after the full content, charged finn's estimate and counted against the
+    /// model's breaker. Broken mid-answer, the failure is charged the vendor's counts so far (Anthropic's message_start
+    /// input, an OpenAI-compatible server's running usage) as a stream that ends early is: they were dropped for finn's
+    /// estimate (20 prompt tokens, 6 output).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(VendorsAndBreakPoints))]
+    public async Task A_vendor_connection_that_breaks_is_metered_like_a_stream_that_ends_there(string vendor, bool afterFinish)
+    {
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            if (VendorServer.IsAnthropic(call))
+            {
+                await FrameAsync(ctx, "message_start", AnthropicStart);
+                await FrameAsync(ctx, "content_block_delta", AnthropicDelta("Hello there,"));
+                await FrameAsync(ctx, "content_block_delta", AnthropicDelta(" my good friend"));
+                if (afterFinish)
+                {
+                    await FrameAsync(ctx, "message_delta", """{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}""");
+                }
+            }
+            else
+            {
+                // A server with running usage in every chunk (vLLM's continuous_usage_stats) or only at the end.
+                var running = afterFinish ? "" : ""","usage":{"prompt_tokens":11,"completion_tokens":9}""";
+                await FrameAsync(ctx, null, OpenAiDelta("Hello there,")[..^1] + running + "}");
+                await FrameAsync(ctx, null, OpenAiDelta(" my good friend")[..^1] + running + "}");
+                if (afterFinish)
+                {
+                    await FrameAsync(ctx, null, """{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}""");
+                    await FrameAsync(ctx, null, """{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}""");
+                }
+            }
+
+            await Task.Delay(100);
+            ctx.Abort();
+        };
+        await using var sp = Services(vendor);
+        if (afterFinish)
+        {
+            var (result, deltas) = await InvokeAsync(sp, Request(true));
+            Assert.Equal("Hello there, my good friend", string.Concat(deltas));
+            Assert.Equal(result.Content, string.Concat(deltas));
+            Assert.Equal(new Usage(11, 7), result.Usage);
+            Assert.Equal("stop", result.FinishReason);
+            Assert.Equal(BreakerState.Closed, sp.GetRequiredService<ModelBreakers>().StateOf("vendor-model"));
+        }
+        else
+        {
+            var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+            Assert.Equal(UpstreamFailure.ServerError, ex.Failure);
+            Assert.Equal(new Usage(11, vendor == "openai" ? 9 : 6), ex.PartialUsage);
+        }
+
+        Assert.Equal(1, _server.CallCount);
+    }
 }

@@ -85,10 +85,32 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
         long? output = null; // message_delta's cumulative count
         string? stop = null;
         var stopped = false;
-        await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
+        await using var events = VendorHttp.ReadEventsAsync(response, ct).GetAsyncEnumerator(ct);
+        while (true)
         {
+            try
+            {
+                if (!await events.MoveNextAsync())
+                {
+                    break;
+                }
+            }
+            catch (UpstreamException) when (stop is not null)
+            {
+                // The connection broke after message_delta's stop_reason: the answer is whole, as when the stream ends there.
+                break;
+            }
+            catch (UpstreamException ex)
+            {
+                // Charged with the vendor's counts so far (message_start's input), as a stream that ends early is.
+                throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = Partial(request, input, output, text.ToString()) };
+            }
+
+            var e = events.Current;
             var json = VendorHttp.ParseEventData(e, Vendor);
-            switch (e.Event ?? VendorHttp.String(json, "type"))
+            var name = e.Event ?? VendorHttp.String(json, "type");
+            string? piece = null;
+            switch (name)
             {
                 case "message_start":
                     if (VendorHttp.Object(json, "message") is { } message && VendorHttp.Object(message, "usage") is { } startUsage)
@@ -100,10 +122,10 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
                     break;
                 case "content_block_delta":
                     if (VendorHttp.Object(json, "delta") is { } delta && VendorHttp.String(delta, "type") == "text_delta"
-                        && VendorHttp.String(delta, "text") is { Length: > 0 } piece)
+                        && VendorHttp.String(delta, "text") is { Length: > 0 } content)
                     {
+                        piece = content;
                         text.Append(piece);
-                        yield return new ProviderChunk(piece);
                     }
 
                     break;
@@ -132,6 +154,13 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
                     {
                         PartialUsage = Partial(request, input, output, text.ToString()),
                     };
+            }
+
+            // Any event but the keep-alive ping (a thinking_delta too) shows the vendor is generating: passed on without
+            // a delta, it restarts the attempt's idle timer.
+            if (name != "ping")
+            {
+                yield return new ProviderChunk(piece);
             }
 
             if (stopped)

@@ -5,7 +5,10 @@ namespace Arrakis.Finn.Inference.Providers;
 /// <summary>One call to a provider: the model, the conversation, the output cap and whether to stream from the vendor.</summary>
 public sealed record ProviderRequest(PoolModel Model, IReadOnlyList<ChatMessage> Messages, int MaxTokens, bool Stream, string TraceId);
 
-/// <summary>A piece of a provider's answer: a content delta, and/or the final usage and finish reason.</summary>
+/// <summary>
+/// A piece of a provider's answer: a content delta, and/or the final usage and finish reason; or neither, when the vendor
+/// sent something that is not content (reasoning, a role or filter chunk), which shows it is still generating.
+/// </summary>
 public sealed record ProviderChunk(string? Delta, Usage? Usage = null, string? FinishReason = null);
 
 /// <summary>

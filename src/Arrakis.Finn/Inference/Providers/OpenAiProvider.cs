@@ -75,11 +75,15 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             }
 
             var choice = choices[0];
-            var content = VendorHttp.Object(choice, "message") is { } message ? VendorHttp.String(message, "content") : null;
-            if (content is null)
+            // content is nullable on the wire: a reasoning model that spent max_tokens thinking (vLLM's reasoning parser)
+            // answers null, which is an empty answer, as the same answer streamed is, not a malformed one.
+            if (VendorHttp.Object(choice, "message") is not { } message
+                || (message.TryGetProperty("content", out var raw) && raw.ValueKind is not (JsonValueKind.String or JsonValueKind.Null)))
             {
-                throw new UpstreamException(UpstreamFailure.Malformed, "openai answered without choices[0].message.content");
+                throw new UpstreamException(UpstreamFailure.Malformed, "openai answered without a choices[0].message with a string content");
             }
+
+            var content = VendorHttp.String(message, "content") ?? "";
 
             yield return new ProviderChunk(content);
             yield return new ProviderChunk(null, UsageOf(VendorHttp.Object(json, "usage"), request, content), VendorHttp.String(choice, "finish_reason") ?? "stop");
@@ -90,8 +94,28 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
         JsonElement? usage = null;
         string? finish = null;
         var done = false;
-        await foreach (var e in VendorHttp.ReadEventsAsync(response, ct))
+        await using var events = VendorHttp.ReadEventsAsync(response, ct).GetAsyncEnumerator(ct);
+        while (true)
         {
+            try
+            {
+                if (!await events.MoveNextAsync())
+                {
+                    break;
+                }
+            }
+            catch (UpstreamException) when (finish is not null)
+            {
+                // The connection broke after the finish_reason (e.g. before the usage chunk or [DONE]): the answer is
+                // whole, as when the stream ends there.
+                break;
+            }
+            catch (UpstreamException ex)
+            {
+                throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = UsageOf(usage, request, text.ToString()) };
+            }
+
+            var e = events.Current;
             if (e.Data == "[DONE]")
             {
                 done = true;
@@ -107,16 +131,21 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             // Read at the end, against all the streamed text: a usage chunk may leave out a count.
             usage = VendorHttp.Object(json, "usage") ?? usage;
 
+            string? piece = null;
             if (json.TryGetProperty("choices", out var choices) && choices.ValueKind == JsonValueKind.Array && choices.GetArrayLength() > 0)
             {
                 var choice = choices[0];
                 finish = VendorHttp.String(choice, "finish_reason") ?? finish;
-                if (VendorHttp.Object(choice, "delta") is { } delta && VendorHttp.String(delta, "content") is { Length: > 0 } piece)
+                if (VendorHttp.Object(choice, "delta") is { } delta && VendorHttp.String(delta, "content") is { Length: > 0 } content)
                 {
+                    piece = content;
                     text.Append(piece);
-                    yield return new ProviderChunk(piece);
                 }
             }
+
+            // A chunk without content (a reasoning model's reasoning_content or reasoning delta, a role or filter chunk)
+            // still shows the vendor is generating: passed on without a delta, it restarts the attempt's idle timer.
+            yield return new ProviderChunk(piece);
         }
 
         if (!done && finish is null)
