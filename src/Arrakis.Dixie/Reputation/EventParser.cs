@@ -25,8 +25,9 @@ public static partial class EventParser
     private static partial Regex Rfc3339Pattern();
 
     /// <summary>
-    /// The smallest unix-millisecond timestamp taken (1973-03-03): a unix time in seconds (about 1.8e9 today) is below it,
-    /// and would otherwise read as January 1970 and carry no weight once decayed from then.
+    /// The earliest timestamp taken (1973-03-03, in either form): a unix time in seconds (about 1.8e9 today) is below it,
+    /// and so are the zero values of a date a client never set (1970-01-01, 0001-01-01); each would otherwise read as a
+    /// rating made decades ago and carry no weight once decayed from then, while counting as a sample.
     /// </summary>
     public const long MinTimestampMs = 100_000_000_000;
 
@@ -105,14 +106,15 @@ public static partial class EventParser
             occurred = ms;
         }
         else if (ts.ValueKind == JsonValueKind.String && Rfc3339Pattern().IsMatch(ts.GetString()!)
-            && DateTimeOffset.TryParse(ts.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.None, out var dto))
+            && DateTimeOffset.TryParse(ts.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.None, out var dto)
+            && dto.ToUnixTimeMilliseconds() >= MinTimestampMs)
         {
             occurred = dto.ToUnixTimeMilliseconds();
         }
         else
         {
             return Fail("timestamp",
-                "timestamp must be an RFC 3339 date-time with an offset (2026-03-04T10:00:00Z) or unix milliseconds (such as 1772618400000; not seconds).");
+                "timestamp must be an RFC 3339 date-time with an offset (2026-03-04T10:00:00Z) or unix milliseconds (such as 1772618400000; not seconds), from 1973-03-03 on.");
         }
 
         return (new ReputationEvent(eventId!, key!, score, source!, model, pool, traceId, occurred), null);

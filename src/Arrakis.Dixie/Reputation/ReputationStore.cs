@@ -79,7 +79,9 @@ public sealed class ReputationStore(Database database, ReputationOptions options
             }
             catch (DbException ex) when (Database.IsUniqueViolation(ex))
             {
-                // Fall through to read the winner's row outside the failed transaction.
+                // Fall through to read the winner's row outside the failed transaction (rolled back by now), on the same
+                // connection: a second one while holding this one lets concurrent duplicates take the whole pool and
+                // wait for each other until the pool's timeout (a 503 for every one of them).
             }
             catch (DbException ex) when (Database.IsTransient(ex) && attempt < 5)
             {
@@ -87,8 +89,7 @@ public sealed class ReputationStore(Database database, ReputationOptions options
                 continue;
             }
 
-            await using var reader = await database.OpenAsync(ct);
-            var existing = await reader.QuerySingleOrDefaultAsync<EventRow>(new CommandDefinition(
+            var existing = await connection.QuerySingleOrDefaultAsync<EventRow>(new CommandDefinition(
                 "SELECT payload_hash, result FROM reputation_events WHERE event_id = @EventId", new { ev.EventId }, cancellationToken: ct));
             if (existing is null)
             {

@@ -179,6 +179,9 @@ public sealed class ReputationApiTests
             ("timestamp", e => { e["timestamp"] = "2026-03-04"; return e; }),
             ("timestamp", e => { e["timestamp"] = "2026-03-04T10:00:00"; return e; }),
             ("timestamp", e => { e["timestamp"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds(); return e; }),
+            // The same floor for a date-time: an unset date (C#'s default, the unix epoch) would count as a sample of no weight.
+            ("timestamp", e => { e["timestamp"] = default(DateTimeOffset).ToString("O"); return e; }),
+            ("timestamp", e => { e["timestamp"] = "1970-01-01T00:00:00Z"; return e; }),
             ("timestamp", e => { e.Remove("timestamp"); return e; }),
             ("colour", e => { e["colour"] = "blue"; return e; }),
             ("body", _ => "[1,2]"),

@@ -1,6 +1,8 @@
+using System.Diagnostics;
 using Arrakis.Dixie.Reputation;
 using Arrakis.Shared.Storage;
 using Dapper;
+using Npgsql;
 
 namespace Arrakis.Dixie.Tests.Reputation;
 
@@ -76,6 +78,33 @@ public sealed class ReputationStoreTests
         Assert.All(scores, s => Assert.Equal(1, s.Evidence.Count));
         await using var connection = await db.OpenAsync(ct);
         Assert.Equal(1, await connection.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM reputation_events"));
+    }
+
+    /// <summary>
+    /// Duplicates sent at once (freeside retrying a delivery that timed out while the first is still in flight) on a pool
+    /// as small as a deployed replica's (5): each duplicate read the stored answer on a second connection while holding
+    /// its first, so duplicates holding every pooled connection waited for each other until the pool's timeout and then
+    /// failed (503 for each). They are answered from the connection they hold.
+    /// </summary>
+    [Fact]
+    public async Task Concurrent_duplicates_on_a_small_pool_are_replayed_without_waiting_for_a_second_connection()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var config = TestStorage.FreshConfig("postgres", "dixie");
+        config["ConnectionStrings:Dixie"] = new NpgsqlConnectionStringBuilder(config["ConnectionStrings:Dixie"]) { MaxPoolSize = 2, Timeout = 5 }.ConnectionString;
+        var db = new Database(StorageOptions.Resolve(new ConfigurationBuilder().AddInMemoryCollection(config).Build(), "dixie"));
+        await using var _ = db;
+        await new Migrator(db).ApplyAsync(Migrator.FromAssembly(typeof(ReputationStore).Assembly, db.Engine), ct);
+        var store = new ReputationStore(db, new ReputationOptions());
+
+        var sw = Stopwatch.StartNew();
+        var results = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(() => store.RecordAsync(Event("dup"), Now, Body, ct), ct)));
+        var replays = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(() => store.RecordAsync(Event("dup"), Now, Body, ct), ct)));
+
+        Assert.Equal([1, 7, 8], new[] { results.Count(r => r.Outcome == RecordOutcome.Accepted), results.Count(r => r.Outcome == RecordOutcome.Replayed), replays.Count(r => r.Outcome == RecordOutcome.Replayed) });
+        Assert.All(results.Concat(replays), r => Assert.Equal(results[0].Body, r.Body));
+        Assert.All(await store.ScoresAsync("nft:store", ct), s => Assert.Equal(1, s.Evidence.Count));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"16 duplicates took {sw.ElapsedMilliseconds} ms on a pool of 2");
     }
 
     [Theory]
