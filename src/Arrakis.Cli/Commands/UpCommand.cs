@@ -22,7 +22,7 @@ internal static class UpCommand
         var freesidePort = new Option<int>("--freeside-port") { Description = "freeside port", DefaultValueFactory = _ => 3000 };
         var dixiePort = new Option<int>("--dixie-port") { Description = "dixie port", DefaultValueFactory = _ => 3001 };
         var finnPort = new Option<int>("--finn-port") { Description = "finn port", DefaultValueFactory = _ => 3002 };
-        var host = new Option<string>("--host") { Description = "address to bind", DefaultValueFactory = _ => "127.0.0.1" };
+        var host = new Option<string>("--host") { Description = "address to bind (0.0.0.0, :: or * for every interface)", DefaultValueFactory = _ => "127.0.0.1" };
         var noSeed = new Option<bool>("--no-seed") { Description = "skip seeding the checklist's test data" };
         var command = new Command("up", "Run freeside, dixie and finn in one process (SQLite under the data directory; no other set-up).")
         {
@@ -30,9 +30,15 @@ internal static class UpCommand
         };
         command.SetAction(async (parse, ct) =>
         {
+            var (bind, reach) = Hosts(parse.GetValue(host)!);
+            if (Uri.CheckHostName(reach.Trim('[', ']')) == UriHostNameType.Unknown)
+            {
+                Console.Error.WriteLine($"error: --host needs an address or host name to bind, e.g. 127.0.0.1, 0.0.0.0, :: or * (not '{parse.GetValue(host)}')");
+                return 2;
+            }
+
             var dataDir = StorageOptions.DataDirectory(CliContext.Configuration(parse.GetValue(CliContext.DataDir)));
             using var dataLock = LockDataDirectory(dataDir);
-            var (bind, reach) = Hosts(parse.GetValue(host)!);
             var ports = (Freeside: parse.GetValue(freesidePort), Dixie: parse.GetValue(dixiePort), Finn: parse.GetValue(finnPort));
             var urls = (
                 Freeside: $"http://{reach}:{ports.Freeside}",
@@ -107,10 +113,17 @@ internal static class UpCommand
     /// The host to bind and the host to call the services on. A wildcard (0.0.0.0, ::) cannot be called: .NET refuses it
     /// as a target, so with <c>--host 0.0.0.0</c> every call between the services failed (invokes 503 FINN_UNAVAILABLE,
     /// dixie unhealthy) while LOA_READY was printed. They call the loopback address of its family instead. An IPv6
-    /// address goes in brackets in a URL.
+    /// address goes in brackets in a URL. Kestrel's own wildcards, <c>*</c> and <c>+</c> (every interface, IPv6 and
+    /// IPv4), are bound as they are and called on 127.0.0.1: as a URL's host they are not even a URI (loa up ended in an
+    /// unhandled UriFormatException).
     /// </summary>
     static (string Bind, string Reach) Hosts(string host)
     {
+        if (host is "*" or "+")
+        {
+            return (host, IPAddress.Loopback.ToString());
+        }
+
         if (!IPAddress.TryParse(host.Trim('[', ']'), out var ip))
         {
             return (host, host);
@@ -147,10 +160,8 @@ internal static class UpCommand
         {
             throw new IOException($"the data directory {dataDir} is not writable: {ex.Message}", ex);
         }
-        catch (IOException) when (File.Exists(lockPath))
+        catch (IOException ex) when (File.Exists(lockPath) && HeldByAnotherProcess(ex))
         {
-            // The lock file is there and may be written, yet cannot be opened: another process holds it (the HRESULT
-            // of that is an errno, which differs between systems).
             throw new IOException($"the data directory {dataDir} is in use by another loa up; stop that one, or give this one another --data-dir");
         }
         catch (IOException ex)
@@ -158,6 +169,15 @@ internal static class UpCommand
             throw new IOException($"cannot use the data directory {dataDir}: {ex.Message}", ex);
         }
     }
+
+    /// <summary>
+    /// Whether the lock file could not be opened because another process holds its lock. .NET reports the lock's
+    /// EWOULDBLOCK as an <see cref="IOException"/> whose HResult is that errno (11 on Linux, 35 on macOS and the BSDs);
+    /// Windows, as a sharing or lock violation. Any other failure to open a lock file that is there (a data directory on a
+    /// read-only file system, EROFS) is not a second <c>loa up</c>, and was reported as one.
+    /// </summary>
+    static bool HeldByAnotherProcess(IOException ex) =>
+        OperatingSystem.IsWindows() ? (ex.HResult & 0xFFFF) is 32 or 33 : ex.HResult == (OperatingSystem.IsLinux() ? 11 : 35);
 
     /// <summary>
     /// Waits until every service's full health route answers as the launch gate's P0-1 wants it (2xx, status

@@ -139,12 +139,17 @@ public sealed class IdempotencyStore(Database db, TimeProvider time, Idempotency
 
     /// <summary>
     /// The write <see cref="CompleteAsync"/> makes, for a ledger operation to commit together with its own (the invoke
-    /// path stores its response in the finalize transaction).
+    /// path stores its response in the finalize transaction). It leaves the key alone when the owner's reservation was
+    /// released (voided): a finalize that lands after its call gave up on it and released (PostgreSQL: it committed after
+    /// its 503) posts nothing, and its answer, which says what it expected to charge, must not be replayed. The release's
+    /// abandon frees the key, and the retry runs once. (A reservation the reaper expired still stores the answer; the
+    /// caller rewrites it with what was charged, nothing.)
     /// </summary>
     public Ledger.LedgerSideWrite Completion(string scope, string key, string owner, int status, string body, string contentType) => new(
         """
         UPDATE idempotency_keys SET state = 'complete', response_status = @idemStatus, response_body = @idemBody, content_type = @idemContentType, updated_at = @idemNow
         WHERE scope = @idemScope AND idem_key = @idemKey AND state = 'in_progress' AND owner = @idemOwner
+          AND NOT EXISTS (SELECT 1 FROM reservations WHERE id = @idemOwner AND status = 'voided')
         """,
         new { idemScope = scope, idemKey = key, idemOwner = owner, idemStatus = status, idemBody = body, idemContentType = contentType, idemNow = time.GetUtcNow().ToUnixTimeMilliseconds() });
 

@@ -475,8 +475,9 @@ public sealed class InvokePipeline(
     /// <summary>
     /// The finalize is one transaction, so a write that failed posted nothing (nor stored the answer): release the hold
     /// now instead of leaving it to the reaper, and free the key so a retry runs. Should the commit have landed after
-    /// all, the release finds the reservation resolved (C4) and the key complete, and both are no-ops. A release that
-    /// fails as well is left to the reaper, within one TTL.
+    /// all, the release finds the reservation resolved (C4) and the key complete, and both are no-ops; should it land
+    /// after the release, it posts nothing and leaves the key for the abandon to free (<see cref="IdempotencyStore.Completion"/>).
+    /// A release that fails as well is left to the reaper, within one TTL.
     /// </summary>
     async Task ReleaseAfterFailedFinalizeAsync(Admitted a, Exception error)
     {

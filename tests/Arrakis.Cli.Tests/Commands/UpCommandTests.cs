@@ -123,6 +123,30 @@ public sealed class UpCommandTests
     }
 
     /// <summary>
+    /// A lock file that is there but cannot be opened for a reason other than another process's lock was reported as
+    /// "in use by another loa up", sending the operator after a process that does not exist. The case met in practice is
+    /// a data directory used before (the lock file stays) on a read-only mount (EROFS); here something that is not a
+    /// file sits in the lock file's place (a socket: ENXIO), which fails the same way without mounting anything. Only a
+    /// lock held elsewhere is "in use"; anything else says what the system said.
+    /// </summary>
+    [Fact]
+    public async Task A_lock_file_that_cannot_be_opened_is_not_reported_as_another_loa_up()
+    {
+        var dataDir = TestStorage.TempDir();
+        var lockPath = Path.Combine(dataDir, "loa-up.lock");
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(lockPath));
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync(["up", "--data-dir", dataDir, .. FreshPorts()]);
+
+        Assert.Equal(1, exit);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"loa: cannot use the data directory {dataDir}: ", line, StringComparison.Ordinal);
+        Assert.Contains(lockPath, line, StringComparison.Ordinal);
+        Assert.DoesNotContain("LOA_READY", stdout, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// LOA_READY means the platform answers healthy. With Redis unreachable the three services started, every health
     /// route answered 503, and LOA_READY was printed anyway. Now loa up says on stderr what the services report, prints
     /// LOA_READY once all three answer healthy, and a SIGTERM while it waits still stops it cleanly.
@@ -175,13 +199,17 @@ public sealed class UpCommandTests
     /// <c>--host 0.0.0.0</c> (to be reached from outside the machine or a container) had the services call each other
     /// at http://0.0.0.0:…, which .NET refuses as a target: LOA_READY was printed, dixie answered unhealthy
     /// (finn_unreachable), every invoke 503 FINN_UNAVAILABLE and the token chain 502. They call the loopback address.
+    /// Kestrel's own spelling of every interface, <c>*</c>, is not a URI host at all: loa up ended in an unhandled
+    /// UriFormatException (exit 134) while waiting for the services' health.
     /// </summary>
-    [Fact]
-    public async Task Loa_up_bound_to_every_interface_still_serves_the_chain_between_its_services()
+    [Theory]
+    [InlineData("0.0.0.0")]
+    [InlineData("*")]
+    public async Task Loa_up_bound_to_every_interface_still_serves_the_chain_between_its_services(string everyInterface)
     {
         var ct = TestContext.Current.CancellationToken;
         var dataDir = TestStorage.TempDir();
-        await using var up = await LoaProcess.Up.StartAsync(dataDir, null, "--host", "0.0.0.0");
+        await using var up = await LoaProcess.Up.StartAsync(dataDir, null, "--host", everyInterface);
 
         using (var health = await Http.GetAsync(up.DixieUrl + "/api/health", ct))
         {
@@ -195,6 +223,21 @@ public sealed class UpCommandTests
         using var chain = await Http.SendAsync(request, ct);
         Assert.True(chain.StatusCode == HttpStatusCode.OK, await chain.Content.ReadAsStringAsync(ct));
         Assert.Equal(0, await up.InterruptAsync());
+    }
+
+    /// <summary>A --host that cannot be a URL's host is a usage error, one line, before the data directory is touched.</summary>
+    [Fact]
+    public async Task A_host_that_is_not_an_address_or_host_name_is_a_usage_error()
+    {
+        var dataDir = Path.Combine(TestStorage.TempDir(), "never-created");
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync(["up", "--data-dir", dataDir, "--host", "http://0.0.0.0", .. FreshPorts()]);
+
+        Assert.Equal(2, exit);
+        Assert.Equal("error: --host needs an address or host name to bind, e.g. 127.0.0.1, 0.0.0.0, :: or * (not 'http://0.0.0.0')",
+            Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries)));
+        Assert.DoesNotContain("LOA_READY", stdout, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(dataDir));
     }
 
     static string[] FreshPorts() =>

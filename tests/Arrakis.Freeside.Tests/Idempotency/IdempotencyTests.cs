@@ -103,6 +103,34 @@ public sealed class IdempotencyTests
         await w.AssertConservedAsync();
     }
 
+    /// <summary>
+    /// A finalize freeside stopped waiting for (503 after Database__RequestTimeout, on PostgreSQL) that reaches the database
+    /// after the call's release: the finalize posts nothing, and the answer it carries completed the key all the same.
+    /// The abandon that follows a release frees only a key still in progress, so the retry the 503 invited replayed a
+    /// 200 saying what it charged, with nothing charged: the answer for free and a receipt that is not true. Now the key
+    /// stays the call's until that abandon frees it, and the retry runs.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_finalize_that_lands_after_its_release_neither_charges_nor_completes_the_key(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 1_000, creditMicro: 1_000_000_000);
+        var store = w.Idempotency;
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "res-a", 5_000, null, new LedgerKeyClaim("c1", "k", "h"))).Status);
+
+        // The call gave up on its finalize and released its hold; then the finalize it had sent lands, before the abandon.
+        Assert.Equal(ReleaseStatus.Released, (await w.Ledger.ReleaseAsync("res-a")).Status);
+        var late = await w.Ledger.FinalizeAsync("res-a", 4_000, new UsageRecord(), store.Completion("c1", "k", "res-a", 200, "{\"cost_micro\":4000}", "application/json"));
+        Assert.Equal(FinalizeStatus.AlreadyReleased, late.Status);
+        Assert.True(await store.AbandonAsync("c1", "k", "res-a")); // the key was still in progress, the call's to free
+
+        Assert.Equal(IdempotencyState.Started, (await store.BeginAsync("c1", "k", "h", "res-b")).State); // the retry runs
+        Assert.Equal(0, (await w.Budgets.GetAsync("c1"))!.CommittedMicro);
+        Assert.Equal(0, await w.ScalarAsync<long>("SELECT COUNT(*) FROM usage_records"));
+        await w.AssertConservedAsync();
+    }
+
     [Fact]
     public void Key_resolver_reads_header_or_body_refuses_two_different_keys_and_limits_length()
     {

@@ -192,28 +192,10 @@ public sealed class DatabaseOutageTests
         var (pg, proxy) = BehindProxy();
         await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs: the frozen command is not broken for 30 s
-        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
-        {
-            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
-            [StorageOptions.RequestTimeoutSetting] = "00:00:02",
-            ["RateLimits:Free:CommunityPerMinute"] = "1000",
-            ["RateLimits:Free:UserPerMinute"] = "1000",
-        });
-        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
-        using (var warm = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","idempotency_key":"late-warm"}"""))
-        {
-            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
-        }
-
+        await using var p = await StartWithRequestTimeoutAsync(pg, """{"prompt":"Say hi","model":"cheap","idempotency_key":"late-warm"}""");
         var before = await BudgetAsync(p);
-        var direct = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres()) { SearchPath = pg.SearchPath };
-        await using var db = new NpgsqlConnection(direct.ConnectionString);
-        await db.OpenAsync(Ct);
-        async Task<long> CountAsync(string sql)
-        {
-            await using var command = new NpgsqlCommand(sql, db);
-            return Convert.ToInt64(await command.ExecuteScalarAsync(Ct));
-        }
+        await using var db = await DirectAsync(pg);
+        async Task<long> CountAsync(string sql) => long.Parse(await ScalarAsync(db, sql), System.Globalization.CultureInfo.InvariantCulture);
 
         var reservations = await CountAsync("SELECT count(*) FROM reservations");
 
@@ -236,22 +218,9 @@ public sealed class DatabaseOutageTests
         }
 
         await WaitHealthyAsync(p);
-        var retried = Stopwatch.StartNew();
-        string answer;
-        HttpStatusCode status;
-        while (true)
-        {
-            using var retry = await InvokeAsync(p, body);
-            (status, answer) = (retry.StatusCode, await retry.Content.ReadAsStringAsync(Ct));
-            if (status != HttpStatusCode.Conflict || retried.Elapsed > TimeSpan.FromSeconds(10))
-            {
-                break;
-            }
-
-            await Task.Delay(250, Ct);
-        }
-
-        Assert.True(status == HttpStatusCode.OK, $"{(int)status} after {retried.Elapsed}: {answer}");
+        var (retry, answer) = await RetryWhileInProgressAsync(p, body);
+        using var _retry = retry;
+        Assert.True(retry.StatusCode == HttpStatusCode.OK, $"{(int)retry.StatusCode}: {answer}");
         var cost = JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64();
         Assert.True(cost > 0);
         var after = await BudgetAsync(p);
@@ -275,29 +244,11 @@ public sealed class DatabaseOutageTests
         var (pg, proxy) = BehindProxy();
         await using var _ = proxy;
         pg.Remove("Timeout");
-        await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
-        {
-            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
-            [StorageOptions.RequestTimeoutSetting] = "00:00:02",
-            ["Providers:Local:TokenDelayMs"] = "100",
-            ["RateLimits:Free:CommunityPerMinute"] = "1000",
-            ["RateLimits:Free:UserPerMinute"] = "1000",
-        });
-        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
-        using (var warm = await InvokeAsync(p, """{"prompt":"Say hi","model":"cheap","max_tokens":5,"idempotency_key":"late-fin-warm"}"""))
-        {
-            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
-        }
-
+        await using var p = await StartWithRequestTimeoutAsync(pg, """{"prompt":"Say hi","model":"cheap","max_tokens":5,"idempotency_key":"late-fin-warm"}""",
+            ("Providers:Local:TokenDelayMs", "100"));
         var before = await BudgetAsync(p);
-        var direct = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres()) { SearchPath = pg.SearchPath };
-        await using var db = new NpgsqlConnection(direct.ConnectionString);
-        await db.OpenAsync(Ct);
-        async Task<string> QueryAsync(string sql)
-        {
-            await using var command = new NpgsqlCommand(sql, db);
-            return Convert.ToString(await command.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture) ?? "";
-        }
+        await using var db = await DirectAsync(pg);
+        Task<string> QueryAsync(string sql) => ScalarAsync(db, sql);
 
         const string body = """{"prompt":"Write a long story about dunes","model":"cheap","max_tokens":100,"idempotency_key":"late-fin"}""";
         var call = InvokeAsync(p, body);
@@ -321,8 +272,10 @@ public sealed class DatabaseOutageTests
         var late = await QueryAsync("SELECT status FROM reservations ORDER BY created_at DESC, id LIMIT 1");
         Assert.Contains(late, new[] { "posted", "voided" });
         await WaitHealthyAsync(p);
-        using var retry = await InvokeAsync(p, body);
-        var answer = await retry.Content.ReadAsStringAsync(Ct);
+        // A release that landed first is followed by its key's abandon (freeside's own, or ReleaseRetries' within a
+        // second): until then the key is still the late call's (409), never for the key's 10-minute lease.
+        var (retry, answer) = await RetryWhileInProgressAsync(p, body);
+        using var _retry = retry;
         Assert.True(retry.StatusCode == HttpStatusCode.OK, $"{(int)retry.StatusCode}: {answer}");
         Assert.Equal(late == "posted", retry.Headers.Contains("Idempotency-Replayed")); // a posted call is replayed, never run again
         Assert.Equal("1", await QueryAsync("SELECT count(*) FROM usage_records WHERE idempotency_key = 'late-fin'")); // charged once
@@ -332,6 +285,74 @@ public sealed class DatabaseOutageTests
         Assert.Equal("0", await QueryAsync("SELECT count(*) FROM reservations WHERE status = 'pending'"));
         Assert.Equal(before.GetProperty("committedMicro").GetInt64() + charged, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
         await AssertConservedAsync(p);
+    }
+
+    /// <summary>
+    /// freeside on the schema behind the proxy, with a 2 s request-path timeout and rate limits out of the way, seeded,
+    /// its connections warmed by one invoke (<paramref name="warmBody"/>).
+    /// </summary>
+    static async Task<Platform> StartWithRequestTimeoutAsync(NpgsqlConnectionStringBuilder pg, string warmBody, params (string Key, string? Value)[] extra)
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:Freeside"] = pg.ConnectionString,
+            [StorageOptions.RequestTimeoutSetting] = "00:00:02",
+            ["RateLimits:Free:CommunityPerMinute"] = "1000",
+            ["RateLimits:Free:UserPerMinute"] = "1000",
+        };
+        foreach (var (key, value) in extra)
+        {
+            settings[key] = value;
+        }
+
+        var p = await Platform.StartAsync("postgres", settings);
+        try
+        {
+            await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(Ct);
+            using var warm = await InvokeAsync(p, warmBody);
+            Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+            return p;
+        }
+        catch
+        {
+            await p.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="body"/> again while it is answered 409 REQUEST_IN_PROGRESS, for up to 10 s: the time for the
+    /// late call's hold and key to be freed (ReleaseRetries runs every second), far short of the key's 10-minute lease.
+    /// </summary>
+    static async Task<(HttpResponseMessage Response, string Body)> RetryWhileInProgressAsync(Platform p, string body)
+    {
+        var retried = Stopwatch.StartNew();
+        while (true)
+        {
+            var retry = await InvokeAsync(p, body);
+            var answer = await retry.Content.ReadAsStringAsync(Ct);
+            if (retry.StatusCode != HttpStatusCode.Conflict || retried.Elapsed > TimeSpan.FromSeconds(10))
+            {
+                return (retry, answer);
+            }
+
+            retry.Dispose();
+            await Task.Delay(250, Ct);
+        }
+    }
+
+    /// <summary>A connection straight to the test schema, past the proxy: it sees what lands while freeside cannot.</summary>
+    static async Task<NpgsqlConnection> DirectAsync(NpgsqlConnectionStringBuilder pg)
+    {
+        var db = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres()) { SearchPath = pg.SearchPath }.ConnectionString);
+        await db.OpenAsync(Ct);
+        return db;
+    }
+
+    static async Task<string> ScalarAsync(NpgsqlConnection db, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, db);
+        return Convert.ToString(await command.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture) ?? "";
     }
 
     static async Task WaitHealthyAsync(Platform p)
