@@ -437,6 +437,32 @@ public sealed class DeployScriptTests
     }
 
     [Fact]
+    public async Task Staging_smoke_runs_the_gate_here_when_LOA_names_the_cluster_loa()
+    {
+        // The runbook's AWS path exports LOA=scripts/loa-ecs.sh, then runs scripts/staging-smoke.sh by hand. The gate went
+        // through LOA to loa-ecs.sh, which runs only `loa keys` and refused it with exit 2, the gate's "P1 failures only".
+        var dir = TestStorage.TempDir();
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        var log = Path.Combine(dir, "calls.log");
+        await File.WriteAllTextAsync(Path.Combine(bin, "dotnet"), "#!/usr/bin/env bash\necho \"dotnet $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet")])).Exit);
+        var env = new Dictionary<string, string>
+        {
+            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
+            ["SHIM_LOG"] = log,
+            ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa-ecs.sh"),
+        };
+
+        var run = await RunWithinAsync(30, ["scripts/staging-smoke.sh", "--freeside-url", "http://127.0.0.1:9", "--retries", "3"], env);
+
+        Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
+        var call = Assert.Single(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
+        Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
+        Assert.EndsWith(" gate --freeside-url http://127.0.0.1:9 --retries 3", call, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_rerun_for_the_same_commit_reuses_the_images_already_in_ecr()
     {
         // ECR tags are immutable: pushing a rebuilt image under the same tag would fail the re-run.
