@@ -25,12 +25,17 @@ fi
 service=""
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
-  [[ "${args[$i]}" == "--service" && $((i + 1)) -lt ${#args[@]} ]] && service="${args[$((i + 1))]}"
-  if [[ "${args[$i]}" == "--data-dir" || "${args[$i]}" == "--pem" ]]; then
-    echo "loa-ecs.sh: ${args[$i]} names a local file, which the task cannot see" >&2
-    exit 2
-  fi
+  # loa takes an option's value as the next argument, or after '=' or ':' (--service=finn).
+  case "${args[$i]}" in
+    --) break ;;  # what follows is a kid, not an option
+    --service) (( i + 1 < ${#args[@]} )) && service="${args[$((i + 1))]}" ;;
+    --service=*|--service:*) service="${args[$i]:10}" ;;
+    --data-dir|--data-dir[=:]*|--pem|--pem[=:]*)
+      echo "loa-ecs.sh: ${args[$i]%%[=:]*} names a local file, which the task cannot see" >&2
+      exit 2 ;;
+  esac
 done
+service="${service,,}"  # loa reads the service name in any case; the task definitions are lower case
 case "$service" in
   freeside|finn) ;;
   *) echo "loa-ecs.sh: pass --service freeside or --service finn (the services with a keyring)" >&2; exit 2 ;;

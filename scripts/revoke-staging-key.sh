@@ -14,7 +14,8 @@
 #    dixie for a finn key) to drop every cache at once.
 # 5. Run the launch gate, then print the elapsed time against the 300 s budget and the post-incident checklist.
 #
-# Keyring location and env as in rotate-staging-keys.sh. Exit 0 when KID is revoked and the gate has no P0 failure.
+# Keyring location and env as in rotate-staging-keys.sh. Exit 0 when KID is revoked and the gate has no P0 failure
+# (exit 0 or 2); 1 when a step failed, or the gate failed or did not run.
 set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOA="${LOA:-$SCRIPT_DIR/loa.sh}"
@@ -88,9 +89,16 @@ echo "-- 2. Revoke"
 
 echo "-- 3. JWKS no longer lists $KID"
 deadline=$(( $(date +%s) + 40 ))
-until curl -sf --max-time 5 "$JWKS_URL" | jq -e --arg kid "$KID" '[.keys[].kid] | index($kid) == null' >/dev/null 2>&1; do
+while :; do
+  if body="$(curl -sSf --max-time 5 "$JWKS_URL" 2>&1)"; then
+    jq -e --arg kid "$KID" '[.keys[].kid] | index($kid) == null' >/dev/null 2>&1 <<<"$body" && break
+    problem="$JWKS_URL still lists $KID after 40 s: check every replica reads the same keyring database"
+  else
+    # Not the keyring's fault: a wrong or unreachable URL (FREESIDE_URL defaults to localhost, whatever LOA revoked in).
+    problem="could not read $JWKS_URL for 40 s ($body): $KID is revoked in the keyring; point FREESIDE_URL / FINN_URL or --jwks-url at the JWKS of the service whose keyring $LOA changed and check it by hand"
+  fi
   if (( $(date +%s) > deadline )); then
-    echo "error: $JWKS_URL still lists $KID after 40 s: check every replica reads the same keyring database" >&2
+    echo "error: $problem" >&2
     exit 1
   fi
   sleep 2
@@ -130,5 +138,10 @@ Post-incident checklist:
   [ ] Replace any operator test key that was $KID: openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out staging.pem && $LOA keys import ${KEYS_ARGS[*]} --pem staging.pem
   [ ] Record the timeline (start, revoke, JWKS clean, gate green) in the incident report
 CHECKLIST
-[[ $SMOKE -eq 1 ]] && exit 1
-exit 0
+# The gate answers 0 (PASS), 1 (a P0 failed) or 2 (P1 failures only); anything else means it did not run (loa missing
+# or crashed, interrupted), and nothing verified the platform after the revocation.
+case "$SMOKE" in
+  0|2) exit 0 ;;
+  1) exit 1 ;;
+  *) echo "error: the launch gate did not run to the end (exit $SMOKE): $KID is revoked but the platform is not verified; run $SCRIPT_DIR/staging-smoke.sh again" >&2; exit 1 ;;
+esac

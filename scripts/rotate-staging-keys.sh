@@ -18,7 +18,8 @@
 # ConnectionStrings__Finn plus the master key (Keyring__MasterKey) in the environment for PostgreSQL in AWS.
 # Env: FREESIDE_URL [http://localhost:3000], FINN_URL [http://localhost:3002], DIXIE_URL [http://localhost:3001],
 # LOA [scripts/loa.sh]: the loa that runs `loa keys` (e.g. scripts/loa-ecs.sh for the keyring in AWS).
-# Exit 0 when the rotation is verified; 1 when a step failed (the output says how to back out).
+# Exit 0 when the rotation is verified and the gate has no P0 failure (exit 0 or 2); 1 when a step failed (the output
+# says how to back out) or the gate failed or did not run.
 set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOA="${LOA:-$SCRIPT_DIR/loa.sh}"
@@ -63,16 +64,25 @@ esac
 KEYS_ARGS=(--service "$SERVICE")
 [[ -n "$DATA_DIR" ]] && KEYS_ARGS+=(--data-dir "$DATA_DIR")
 
-# Polls the JWKS until the jq test holds (or the deadline passes).
+# Polls the JWKS until the jq test holds (or the deadline passes). JWKS_ERROR is curl's error when the last attempt
+# could not read the JWKS at all (a wrong or unreachable URL), empty when it read one that does not pass the test.
+JWKS_ERROR=""
 wait_jwks() {
-  local test="$1" deadline=$(( $(date +%s) + $2 ))
+  local test="$1" deadline=$(( $(date +%s) + $2 )) body
   while (( $(date +%s) <= deadline )); do
-    if curl -sf --max-time 5 -H 'Cache-Control: no-cache' "$JWKS_URL" | jq -e "$test" >/dev/null 2>&1; then
-      return 0
+    if body="$(curl -sSf --max-time 5 -H 'Cache-Control: no-cache' "$JWKS_URL" 2>&1)"; then
+      JWKS_ERROR=""
+      jq -e "$test" >/dev/null 2>&1 <<<"$body" && return 0
+    else
+      JWKS_ERROR="$body"
     fi
     sleep 2
   done
   return 1
+}
+jwks_unread() {
+  [[ -n "$JWKS_ERROR" ]] || return 1
+  echo "error: could not read $JWKS_URL for 40 s ($JWKS_ERROR): point FREESIDE_URL / FINN_URL or --jwks-url at the JWKS of the service whose keyring $LOA changed." >&2
 }
 
 if $DRY_RUN; then
@@ -107,6 +117,10 @@ NEW_KID="$(sed -n 's/.*kid=\([^ ]*\).*/\1/p' <<<"$rotated")"
 echo "-- 3. JWKS serves both kids"
 if (( PROPAGATION > 0 )); then
   if ! wait_jwks "[.keys[].kid] | (index(\"$OLD_KID\") != null and index(\"$NEW_KID\") != null)" 40; then
+    if jwks_unread; then
+      echo "       $NEW_KID is pending in the keyring, unchecked: check that JWKS by hand, or back out with: $LOA keys revoke ${KEYS_ARGS[*]} -- $NEW_KID" >&2
+      exit 1
+    fi
     echo "error: $JWKS_URL does not list both $OLD_KID and $NEW_KID after 40 s." >&2
     echo "       Back out with: $LOA keys revoke ${KEYS_ARGS[*]} -- $NEW_KID" >&2
     exit 1
@@ -120,7 +134,7 @@ fi
 
 echo "-- 5. Switch: $NEW_KID signs"
 if ! wait_jwks ".keys[0].kid == \"$NEW_KID\"" 40; then
-  echo "error: $NEW_KID is not the first JWKS key 40 s after its promote time." >&2
+  jwks_unread || echo "error: $NEW_KID is not the first JWKS key 40 s after its promote time." >&2
   "$LOA" keys list "${KEYS_ARGS[@]}" >&2 || true
   exit 1
 fi
@@ -153,5 +167,10 @@ env -u LOA "$SCRIPT_DIR/staging-smoke.sh" "${SMOKE_ARGS[@]}"
 smoke=$?
 set -e
 echo "== Rotation of $SERVICE: $OLD_KID → $NEW_KID in $(( $(date +%s) - START ))s; gate exit $smoke =="
-[[ $smoke -eq 1 ]] && exit 1
-exit 0
+# The gate answers 0 (PASS), 1 (a P0 failed) or 2 (P1 failures only); anything else means it did not run (loa missing
+# or crashed, interrupted): nothing verified the deployment, so that is no success either.
+case "$smoke" in
+  0|2) exit 0 ;;
+  1) exit 1 ;;
+  *) echo "error: the launch gate did not run to the end (exit $smoke): the rotation is done but not verified; run $SCRIPT_DIR/staging-smoke.sh again" >&2; exit 1 ;;
+esac

@@ -355,6 +355,35 @@ public sealed class DeployScriptTests
         Assert.Contains("runs only 'loa keys", notKeys.Stderr, StringComparison.Ordinal);
     }
 
+    /// <summary>
+    /// loa takes <c>--service=finn</c> (or <c>:finn</c>, any case) as well as <c>--service finn</c>; loa-ecs.sh refused the
+    /// first with "pass --service freeside or --service finn", and let <c>--data-dir=…</c> through to the task.
+    /// </summary>
+    [Fact]
+    public async Task Loa_ecs_reads_options_given_with_an_equals_sign_as_loa_does()
+    {
+        var dir = TestStorage.TempDir();
+        var (bin, log) = await StandInsAsync(dir);
+        var env = new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log };
+
+        var equals = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "list", "--service=Finn"], env);
+        var colon = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "rotate", "--service:freeside", "--propagation-seconds", "60"], env);
+        var dataDir = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "list", "--service", "finn", "--data-dir=.loa"], env);
+        var pem = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "import", "--service", "finn", "--pem:staging.pem"], env);
+
+        Assert.True(equals.Exit == 0, equals.Stderr);
+        Assert.True(colon.Exit == 0, colon.Stderr);
+        var runs = (await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken)).Where(c => c.StartsWith("aws ecs run-task", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, runs.Count);
+        Assert.Contains("--task-definition arrakis-staging-keys-finn ", runs[0], StringComparison.Ordinal);
+        Assert.Contains("\"command\":[\"keys\",\"list\",\"--service=Finn\"]", runs[0], StringComparison.Ordinal);
+        Assert.Contains("--task-definition arrakis-staging-keys-freeside ", runs[1], StringComparison.Ordinal);
+        Assert.Equal(2, dataDir.Exit);
+        Assert.Contains("loa-ecs.sh: --data-dir names a local file", dataDir.Stderr, StringComparison.Ordinal);
+        Assert.Equal(2, pem.Exit);
+        Assert.Contains("loa-ecs.sh: --pem names a local file", pem.Stderr, StringComparison.Ordinal);
+    }
+
     // A loa that answers `keys list`, `keys rotate` and `keys revoke` as the real one prints them, logging each call.
     const string FakeLoa = """
         #!/usr/bin/env bash
@@ -411,6 +440,80 @@ public sealed class DeployScriptTests
             await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
     }
 
+    /// <summary>
+    /// The gate exits 0, 1 (a P0 failed) or 2 (P1 failures only). The scripts failed only on 1, so a gate that never ran
+    /// (loa crashed, dotnet missing, interrupted) ended a rotation or a revocation with exit 0, as if verified.
+    /// </summary>
+    [Theory]
+    [InlineData(0, 0)]
+    [InlineData(1, 1)]
+    [InlineData(2, 0)]
+    [InlineData(134, 1)]
+    [InlineData(127, 1)]
+    public async Task Rotation_and_revocation_fail_when_the_gate_fails_or_does_not_run(int gateExit, int expected)
+    {
+        var dir = TestStorage.TempDir();
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        var loa = Path.Combine(dir, "fake-loa");
+        var log = Path.Combine(dir, "calls.log");
+        var jwks = Path.Combine(dir, "jwks.json");
+        await File.WriteAllTextAsync(loa, FakeLoa.Replace("\r\n", "\n") + "\n", TestContext.Current.CancellationToken);
+        await File.WriteAllTextAsync(jwks, """{"keys":[{"kid":"kid-2"},{"kid":"kid-1"}]}""", TestContext.Current.CancellationToken);
+        // The gate runs through staging-smoke.sh and scripts/loa.sh, which end in `dotnet`: a stand-in with the gate's exit.
+        await File.WriteAllTextAsync(Path.Combine(bin, "dotnet"), $"#!/usr/bin/env bash\necho \"dotnet $*\" >> \"$SHIM_LOG\"\nexit {gateExit}\n", TestContext.Current.CancellationToken);
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", loa, Path.Combine(bin, "dotnet")])).Exit);
+        var env = new Dictionary<string, string> { ["LOA"] = loa, ["SHIM_LOG"] = log, ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH") };
+
+        var rotate = await RunWithinAsync(30,
+            ["scripts/rotate-staging-keys.sh", "--data-dir", dir, "--jwks-url", "file://" + jwks, "--propagation-seconds", "0"], env);
+        var revoke = await RunWithinAsync(30,
+            ["scripts/revoke-staging-key.sh", "--kid", "kid-9", "--data-dir", dir, "--jwks-url", "file://" + jwks, "--no-wait"], env);
+
+        Assert.True(rotate.Exit == expected, $"rotate exit {rotate.Exit}\n{rotate.Stdout}\n{rotate.Stderr}");
+        Assert.True(revoke.Exit == expected, $"revoke exit {revoke.Exit}\n{revoke.Stdout}\n{revoke.Stderr}");
+        Assert.Contains($"gate exit {gateExit} ==", rotate.Stdout, StringComparison.Ordinal);
+        Assert.Contains($"gate exit {gateExit} ==", revoke.Stdout, StringComparison.Ordinal);
+        Assert.Equal(2, (await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken)).Count(c => c.StartsWith("dotnet ", StringComparison.Ordinal) && c.Contains(" gate --freeside-url ", StringComparison.Ordinal)));
+        if (gateExit > 2)
+        {
+            Assert.Contains($"the launch gate did not run to the end (exit {gateExit})", rotate.Stderr, StringComparison.Ordinal);
+            Assert.Contains($"kid-9 is revoked but the platform is not verified", revoke.Stderr, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>
+    /// A JWKS the scripts cannot read at all (FREESIDE_URL left at its localhost default while LOA changed the keyring in
+    /// AWS) was reported as a keyring fault: "still lists KID: check every replica reads the same keyring database", and
+    /// for a rotation "does not list both … Back out with: loa keys revoke NEW", steering the operator to revoke a good key.
+    /// </summary>
+    [Fact]
+    public async Task An_unreadable_jwks_is_reported_as_such_not_as_a_keyring_fault()
+    {
+        var dir = TestStorage.TempDir();
+        var loa = Path.Combine(dir, "fake-loa");
+        var log = Path.Combine(dir, "calls.log");
+        var missing = "file://" + Path.Combine(dir, "no-such-jwks.json");
+        await File.WriteAllTextAsync(loa, FakeLoa.Replace("\r\n", "\n") + "\n", TestContext.Current.CancellationToken);
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", loa])).Exit);
+        var env = new Dictionary<string, string> { ["LOA"] = loa, ["SHIM_LOG"] = log };
+
+        // Each polls the JWKS for its 40 s before it gives up: run both at once.
+        var runs = await Task.WhenAll(
+            RunWithinAsync(90, ["scripts/rotate-staging-keys.sh", "--jwks-url", missing, "--propagation-seconds", "5", "--skip-smoke"], env),
+            RunWithinAsync(90, ["scripts/revoke-staging-key.sh", "--kid", "kid-9", "--jwks-url", missing, "--no-wait", "--skip-smoke"], env));
+        var (rotate, revoke) = (runs[0], runs[1]);
+
+        Assert.Equal(1, rotate.Exit);
+        Assert.Contains($"error: could not read {missing} for 40 s (curl: (37)", rotate.Stderr, StringComparison.Ordinal);
+        Assert.Contains("kid-2 is pending in the keyring, unchecked", rotate.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("does not list both", rotate.Stderr, StringComparison.Ordinal);
+        Assert.Equal(1, revoke.Exit);
+        Assert.Contains($"error: could not read {missing} for 40 s (curl: (37)", revoke.Stderr, StringComparison.Ordinal);
+        Assert.Contains("kid-9 is revoked in the keyring", revoke.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("still lists", revoke.Stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Loa_sh_with_LOA_naming_itself_runs_the_checkouts_loa_instead_of_itself_for_ever()
     {
@@ -460,6 +563,41 @@ public sealed class DeployScriptTests
         var call = Assert.Single(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
         Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
         Assert.EndsWith(" gate --freeside-url http://127.0.0.1:9 --retries 3", call, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// seed-staging-test-data.sh ran whatever <c>loa</c> was on PATH (an installed tool of any version) before this
+    /// checkout's, unlike staging-smoke.sh beside it; it now runs the checkout's through scripts/loa.sh, as the gate does,
+    /// whatever LOA names (the runbook exports LOA=scripts/loa-ecs.sh, which runs only `loa keys`).
+    /// </summary>
+    [Fact]
+    public async Task Seed_script_runs_the_checkouts_loa_not_one_found_on_PATH_or_named_by_LOA()
+    {
+        var dir = TestStorage.TempDir();
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        var log = Path.Combine(dir, "calls.log");
+        foreach (var tool in new[] { "dotnet", "loa" })
+        {
+            await File.WriteAllTextAsync(Path.Combine(bin, tool), $"#!/usr/bin/env bash\necho \"{tool} $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
+        }
+
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet"), Path.Combine(bin, "loa")])).Exit);
+        var env = new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log };
+
+        var onPath = await RunWithinAsync(30, ["scripts/seed-staging-test-data.sh", "--dry-run"], env);
+        var named = await RunWithinAsync(30, ["scripts/seed-staging-test-data.sh", "--dry-run"],
+            new Dictionary<string, string>(env) { ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa-ecs.sh") });
+
+        Assert.True(onPath.Exit == 0, onPath.Stderr);
+        Assert.True(named.Exit == 0, named.Stderr);
+        var calls = await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken);
+        Assert.Equal(2, calls.Length);
+        Assert.All(calls, call =>
+        {
+            Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
+            Assert.EndsWith(" seed --dry-run", call, StringComparison.Ordinal);
+        });
     }
 
     [Fact]

@@ -96,6 +96,7 @@ public sealed class ScriptTests
     [InlineData("bash", "scripts/test-services.sh")]
     [InlineData("bash", "scripts/loa-ecs.sh")]
     [InlineData("node", "scripts/sign-test-jwt.mjs")]
+    [InlineData("python3", "scripts/summarize-trx.py")]
     public async Task Scripts_answer_help_with_their_usage_and_exit_0(string runner, string script)
     {
         foreach (var flag in new[] { "--help", "-h" })
@@ -114,12 +115,63 @@ public sealed class ScriptTests
     [InlineData("bash", "scripts/ci-gate.sh", "--bogus", "unknown option '--bogus'")]
     [InlineData("bash", "scripts/ci-gate.sh", "--single-only --multi-only", "one option at most")]
     [InlineData("python3", "scripts/check-emitted-metrics.py", "deploy", "usage: check-emitted-metrics.py")]
+    [InlineData("python3", "scripts/summarize-trx.py", "--bogus", "usage: summarize-trx.py")]
     public async Task Scripts_refuse_arguments_they_do_not_take(string runner, string script, string arguments, string message)
     {
         var (exit, _, stderr) = await RunAsync(runner, [script, .. arguments.Split(' ')], timeoutSeconds: 30);
 
         Assert.True(exit == 2, $"{script} {arguments}: exit {exit}\n{stderr}");
         Assert.Contains(message, stderr, StringComparison.Ordinal);
+    }
+
+    // A TRX as VSTest writes it when the test host crashes or the session times out (test.sh sets TestSessionTimeout):
+    // the counters hold only the tests that finished, and the abort is an Error RunInfo.
+    const string AbortedTrx = """
+        <?xml version="1.0" encoding="utf-8"?>
+        <TestRun id="0c1d" name="ci" xmlns="http://microsoft.com/schemas/VisualStudio/TeamTest/2010">
+          <Results>
+            <UnitTestResult testName="Arrakis.X.Passes" duration="00:00:00.0100000" outcome="Passed" />
+            <UnitTestResult testName="Arrakis.X.Breaks" duration="00:00:00.0200000" outcome="Failed">
+              <Output><ErrorInfo><Message>Assert.Equal() Failure: expected 1, actual 2</Message></ErrorInfo></Output>
+            </UnitTestResult>
+          </Results>
+          <ResultSummary outcome="Failed">
+            <Counters total="40" executed="2" passed="1" failed="1" error="0" timeout="0" aborted="0" inconclusive="0" notExecuted="0" />
+            <RunInfos>
+              <RunInfo computerName="ci" outcome="Error" timestamp="2026-11-29T10:00:00.0000000+00:00">
+                <Text>The active test run was aborted. Reason: Test host process crashed : Stack overflow.</Text>
+              </RunInfo>
+              <RunInfo computerName="ci" outcome="Warning" timestamp="2026-11-29T10:00:00.0000000+00:00">
+                <Text>No test matches the given testcase filter</Text>
+              </RunInfo>
+            </RunInfos>
+          </ResultSummary>
+        </TestRun>
+        """;
+
+    /// <summary>
+    /// The closing line of test.sh's log said "1 passed, 1 failed, 0 skipped" for a run whose test host crashed with 38
+    /// tests never run; and for a results directory without any TRX, "0 passed, 0 failed, 0 skipped", exit 0.
+    /// </summary>
+    [Fact]
+    public async Task Summarize_trx_names_an_aborted_run_and_refuses_a_directory_without_results()
+    {
+        var dir = TestStorage.TempDir();
+        await File.WriteAllTextAsync(Path.Combine(dir, "cli.trx"), AbortedTrx, TestContext.Current.CancellationToken);
+        var empty = TestStorage.TempDir();
+
+        var (exit, stdout, stderr) = await RunAsync("python3", ["scripts/summarize-trx.py", dir], timeoutSeconds: 30);
+        var none = await RunAsync("python3", ["scripts/summarize-trx.py", empty], timeoutSeconds: 30);
+
+        Assert.True(exit == 0, stderr);
+        var lines = stdout.TrimEnd('\n').Split('\n');
+        Assert.Equal("1 passed, 1 failed, 0 skipped, 1 runs aborted", lines[^1]);
+        Assert.Contains("FAILED Arrakis.X.Breaks (00:00:00.0200000)\n      Assert.Equal() Failure: expected 1, actual 2", stdout, StringComparison.Ordinal);
+        Assert.Contains("ABORTED cli.trx\n      The active test run was aborted. Reason: Test host process crashed : Stack overflow.", stdout, StringComparison.Ordinal);
+        Assert.DoesNotContain("No test matches", stdout, StringComparison.Ordinal); // a warning is no abort
+        Assert.Equal(1, none.Exit);
+        Assert.Empty(none.Stdout);
+        Assert.Contains($"no TRX files in {empty}", none.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]
