@@ -397,6 +397,26 @@ public sealed class DeployScriptTests
         """;
 
     /// <summary>Runs a script and fails the test, rather than blocking the run, when it does not finish in time.</summary>
+    /// <summary>
+    /// Stand-ins for <paramref name="tools"/> first on PATH, each logging its call (<c>tool args…</c>) instead of running:
+    /// the environment to run a script with, and a reader of the calls logged so far.
+    /// </summary>
+    static async Task<(Dictionary<string, string> Env, Func<Task<string[]>> Calls)> LoggingStandInsAsync(params string[] tools)
+    {
+        var dir = TestStorage.TempDir();
+        var bin = Path.Combine(dir, "bin");
+        Directory.CreateDirectory(bin);
+        var log = Path.Combine(dir, "calls.log");
+        foreach (var tool in tools)
+        {
+            await File.WriteAllTextAsync(Path.Combine(bin, tool), $"#!/usr/bin/env bash\necho \"{tool} $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
+        }
+
+        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", .. tools.Select(t => Path.Combine(bin, t))])).Exit);
+        var env = new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log };
+        return (env, () => File.Exists(log) ? File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken) : Task.FromResult(Array.Empty<string>()));
+    }
+
     static async Task<(int Exit, string Stdout, string Stderr)> RunWithinAsync(int seconds, string[] args, IDictionary<string, string> env)
     {
         try
@@ -518,23 +538,13 @@ public sealed class DeployScriptTests
     public async Task Loa_sh_with_LOA_naming_itself_runs_the_checkouts_loa_instead_of_itself_for_ever()
     {
         // A stand-in dotnet on PATH: scripts/loa.sh, past LOA, runs `dotnet <built loa.dll>` or `dotnet run`.
-        var dir = TestStorage.TempDir();
-        var bin = Path.Combine(dir, "bin");
-        Directory.CreateDirectory(bin);
-        var log = Path.Combine(dir, "calls.log");
-        await File.WriteAllTextAsync(Path.Combine(bin, "dotnet"), "#!/usr/bin/env bash\necho \"dotnet $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
-        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet")])).Exit);
-        var env = new Dictionary<string, string>
-        {
-            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
-            ["SHIM_LOG"] = log,
-            ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa.sh"),
-        };
+        var (env, calls) = await LoggingStandInsAsync("dotnet");
+        env["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa.sh");
 
         var run = await RunWithinAsync(30, ["scripts/loa.sh", "keys", "list", "--service", "finn"], env);
 
         Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
-        var call = Assert.Single(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
+        var call = Assert.Single(await calls());
         Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
         Assert.EndsWith(" keys list --service finn", call, StringComparison.Ordinal);
     }
@@ -544,23 +554,13 @@ public sealed class DeployScriptTests
     {
         // The runbook's AWS path exports LOA=scripts/loa-ecs.sh, then runs scripts/staging-smoke.sh by hand. The gate went
         // through LOA to loa-ecs.sh, which runs only `loa keys` and refused it with exit 2, the gate's "P1 failures only".
-        var dir = TestStorage.TempDir();
-        var bin = Path.Combine(dir, "bin");
-        Directory.CreateDirectory(bin);
-        var log = Path.Combine(dir, "calls.log");
-        await File.WriteAllTextAsync(Path.Combine(bin, "dotnet"), "#!/usr/bin/env bash\necho \"dotnet $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
-        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet")])).Exit);
-        var env = new Dictionary<string, string>
-        {
-            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"),
-            ["SHIM_LOG"] = log,
-            ["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa-ecs.sh"),
-        };
+        var (env, calls) = await LoggingStandInsAsync("dotnet");
+        env["LOA"] = Path.Combine(ScriptTests.RepoRoot, "scripts", "loa-ecs.sh");
 
         var run = await RunWithinAsync(30, ["scripts/staging-smoke.sh", "--freeside-url", "http://127.0.0.1:9", "--retries", "3"], env);
 
         Assert.True(run.Exit == 0, run.Stdout + run.Stderr);
-        var call = Assert.Single(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken));
+        var call = Assert.Single(await calls());
         Assert.StartsWith("dotnet ", call, StringComparison.Ordinal);
         Assert.EndsWith(" gate --freeside-url http://127.0.0.1:9 --retries 3", call, StringComparison.Ordinal);
     }
@@ -573,17 +573,7 @@ public sealed class DeployScriptTests
     [Fact]
     public async Task Seed_script_runs_the_checkouts_loa_not_one_found_on_PATH_or_named_by_LOA()
     {
-        var dir = TestStorage.TempDir();
-        var bin = Path.Combine(dir, "bin");
-        Directory.CreateDirectory(bin);
-        var log = Path.Combine(dir, "calls.log");
-        foreach (var tool in new[] { "dotnet", "loa" })
-        {
-            await File.WriteAllTextAsync(Path.Combine(bin, tool), $"#!/usr/bin/env bash\necho \"{tool} $*\" >> \"$SHIM_LOG\"\n", TestContext.Current.CancellationToken);
-        }
-
-        Assert.Equal(0, (await ScriptTests.RunAsync("chmod", ["+x", Path.Combine(bin, "dotnet"), Path.Combine(bin, "loa")])).Exit);
-        var env = new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log };
+        var (env, logged) = await LoggingStandInsAsync("dotnet", "loa");
 
         var onPath = await RunWithinAsync(30, ["scripts/seed-staging-test-data.sh", "--dry-run"], env);
         var named = await RunWithinAsync(30, ["scripts/seed-staging-test-data.sh", "--dry-run"],
@@ -591,7 +581,7 @@ public sealed class DeployScriptTests
 
         Assert.True(onPath.Exit == 0, onPath.Stderr);
         Assert.True(named.Exit == 0, named.Stderr);
-        var calls = await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken);
+        var calls = await logged();
         Assert.Equal(2, calls.Length);
         Assert.All(calls, call =>
         {

@@ -86,26 +86,9 @@ public sealed class AnthropicProvider(IHttpClientFactory clients, IOptions<Anthr
         string? stop = null;
         var stopped = false;
         await using var events = VendorHttp.ReadEventsAsync(response, ct).GetAsyncEnumerator(ct);
-        while (true)
+        // Finished at message_delta's stop_reason; the counts so far are message_start's input and message_delta's output.
+        while (await VendorHttp.NextEventAsync(events, stop is not null, () => Partial(request, input, output, text.ToString())))
         {
-            try
-            {
-                if (!await events.MoveNextAsync())
-                {
-                    break;
-                }
-            }
-            catch (UpstreamException) when (stop is not null)
-            {
-                // The connection broke after message_delta's stop_reason: the answer is whole, as when the stream ends there.
-                break;
-            }
-            catch (UpstreamException ex)
-            {
-                // Charged with the vendor's counts so far (message_start's input), as a stream that ends early is.
-                throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = Partial(request, input, output, text.ToString()) };
-            }
-
             var e = events.Current;
             var json = VendorHttp.ParseEventData(e, Vendor);
             var name = e.Event ?? VendorHttp.String(json, "type");

@@ -95,26 +95,9 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
         string? finish = null;
         var done = false;
         await using var events = VendorHttp.ReadEventsAsync(response, ct).GetAsyncEnumerator(ct);
-        while (true)
+        // Finished at the finish_reason (the usage chunk and [DONE] may still follow); the counts so far are the last usage.
+        while (await VendorHttp.NextEventAsync(events, finish is not null, () => UsageOf(usage, request, text.ToString())))
         {
-            try
-            {
-                if (!await events.MoveNextAsync())
-                {
-                    break;
-                }
-            }
-            catch (UpstreamException) when (finish is not null)
-            {
-                // The connection broke after the finish_reason (e.g. before the usage chunk or [DONE]): the answer is
-                // whole, as when the stream ends there.
-                break;
-            }
-            catch (UpstreamException ex)
-            {
-                throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = UsageOf(usage, request, text.ToString()) };
-            }
-
             var e = events.Current;
             if (e.Data == "[DONE]")
             {

@@ -62,6 +62,27 @@ internal static class VendorHttp
         }
     }
 
+    /// <summary>
+    /// The next event of a vendor stream, or false at its end. A connection that breaks once the vendor has finished
+    /// (<paramref name="finished"/>) ends the stream as if it had closed there: the answer is whole. Before that, the
+    /// failure carries <paramref name="partialUsage"/>, the vendor's counts so far, as a stream that ends early is charged.
+    /// </summary>
+    public static async ValueTask<bool> NextEventAsync(IAsyncEnumerator<SseEvent> events, bool finished, Func<Arrakis.Shared.Contracts.Usage> partialUsage)
+    {
+        try
+        {
+            return await events.MoveNextAsync();
+        }
+        catch (UpstreamException) when (finished)
+        {
+            return false;
+        }
+        catch (UpstreamException ex)
+        {
+            throw new UpstreamException(ex.Failure, ex.Message, ex.RetryAfter, ex) { PartialUsage = partialUsage() };
+        }
+    }
+
     public static async IAsyncEnumerable<SseEvent> ReadEventsAsync(HttpResponseMessage response, [EnumeratorCancellation] CancellationToken ct)
     {
         await using var stream = await response.Content.ReadAsStreamAsync(ct);
