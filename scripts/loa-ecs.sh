@@ -45,11 +45,15 @@ subnets="$(terraform -chdir="$TF_DIR" output -json private_subnets | jq -r 'join
 security_group="$(terraform -chdir="$TF_DIR" output -raw services_security_group)"
 # One argument per line into a JSON array (jq's --args would read "--service" as its own option).
 overrides="$(printf '%s\n' "$@" | jq -R . | jq -cs '{containerOverrides: [{name: "loa", command: .}]}')"
-task_arn="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$PREFIX-keys-$service" \
+run_task="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$PREFIX-keys-$service" \
   --network-configuration "awsvpcConfiguration={subnets=[$subnets],securityGroups=[$security_group],assignPublicIp=DISABLED}" \
-  --overrides "$overrides" --query 'tasks[0].taskArn' --output text)"
-if [[ -z "$task_arn" || "$task_arn" == "None" ]]; then
-  echo "loa-ecs.sh: the task did not start" >&2
+  --overrides "$overrides" --output json)"
+task_arn="$(jq -r '.tasks[0].taskArn // empty' <<<"$run_task" 2>/dev/null || true)"
+if [[ -z "$task_arn" ]]; then
+  # ECS could not place the task (RESOURCE:MEMORY, no free address in the subnets, …): run-task says why in failures[],
+  # as "reason: detail (arn)".
+  failures="$(jq -r '[.failures[]? | (.reason // "no reason") + (if .detail then ": " + .detail else "" end) + (if .arn then " (" + .arn + ")" else "" end)] | join("; ")' <<<"$run_task" 2>/dev/null || true)"
+  echo "loa-ecs.sh: the task did not start: ${failures:-run-task gave no reason}" >&2
   exit 1
 fi
 aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"

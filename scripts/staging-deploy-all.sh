@@ -8,7 +8,7 @@
 # Pipeline, the same one .github/workflows/deploy-staging.yml runs (it calls this script), against the resources of
 # deploy/terraform:
 #   1. pre-flight: tools, the working tree at BRANCH and clean (images are tagged with its commit), AWS identity, the
-#      Terraform inputs;
+#      Terraform inputs (ENVIRONMENT one var.environment accepts: at most 15 characters, a-z, 0-9 and single hyphens);
 #   2. build and push the four images (freeside, finn, dixie and the loa CLI) to ECR as $PREFIX/<name>:IMAGE_TAG;
 #   3. Terraform (G-8): init, plan -detailed-exitcode with the new image tag (exit 2 applies the plan). This registers
 #      new task-definition revisions; it does not roll the services (they ignore task_definition);
@@ -146,6 +146,17 @@ else
   echo "  ✗ branch $BRANCH — not found locally (git fetch origin $BRANCH:$BRANCH)"
   missing=$((missing + 1))
 fi
+# deploy/terraform/variables.tf's validation of var.environment, checked here so a name Terraform refuses stops the
+# deploy before the images are built and pushed rather than at terraform plan. Keep the two the same
+# (DeployScriptTests reads both).
+ENVIRONMENT_MAX_LENGTH=15
+ENVIRONMENT_PATTERN='^[a-z](-?[a-z0-9])*$'
+if [[ ${#ENVIRONMENT} -le $ENVIRONMENT_MAX_LENGTH && "$ENVIRONMENT" =~ $ENVIRONMENT_PATTERN ]]; then
+  echo "  ✓ ENVIRONMENT $ENVIRONMENT"
+else
+  echo "  ✗ ENVIRONMENT '$ENVIRONMENT' — Terraform's var.environment must be at most $ENVIRONMENT_MAX_LENGTH characters: lowercase letters, digits and single hyphens, starting with a letter and not ending with a hyphen (deploy/terraform/variables.tf)"
+  missing=$((missing + 1))
+fi
 for input in TF_STATE_BUCKET TF_VAR_certificate_arn TF_VAR_x402_pay_to TF_VAR_x402_rpc_url; do
   if [[ -n "${!input:-}" ]]; then
     echo "  ✓ $input"
@@ -240,11 +251,15 @@ else
   task_def="$(terraform -chdir="$TF_DIR" output -raw migrate_task_definition)"
   subnets="$(terraform -chdir="$TF_DIR" output -json private_subnets | jq -r 'join(",")')"
   security_group="$(terraform -chdir="$TF_DIR" output -raw services_security_group)"
-  task_arn="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$task_def" \
+  run_task="$(aws ecs run-task --cluster "$CLUSTER" --launch-type FARGATE --task-definition "$task_def" \
     --network-configuration "awsvpcConfiguration={subnets=[$subnets],securityGroups=[$security_group],assignPublicIp=DISABLED}" \
-    --query 'tasks[0].taskArn' --output text)"
-  if [[ -z "$task_arn" || "$task_arn" == "None" ]]; then
-    echo "The migration task did not start; nothing was deployed" >&2
+    --output json)"
+  task_arn="$(jq -r '.tasks[0].taskArn // empty' <<<"$run_task" 2>/dev/null || true)"
+  if [[ -z "$task_arn" ]]; then
+    # ECS could not place the task (RESOURCE:MEMORY, no free address in the subnets, …): run-task says why in
+    # failures[], as "reason: detail (arn)".
+    failures="$(jq -r '[.failures[]? | (.reason // "no reason") + (if .detail then ": " + .detail else "" end) + (if .arn then " (" + .arn + ")" else "" end)] | join("; ")' <<<"$run_task" 2>/dev/null || true)"
+    echo "The migration task did not start: ${failures:-run-task gave no reason}; nothing was deployed" >&2
     exit 1
   fi
   echo "  migration task: $task_arn"

@@ -4,7 +4,8 @@ variable "environment" {
   default     = "staging"
   # Every name is built from arrakis-<environment>; the longest within the tightest AWS limit is the target group
   # arrakis-<environment>-freeside (32 characters), which leaves 15. RDS and ElastiCache identifiers also refuse a
-  # trailing hyphen or two in a row.
+  # trailing hyphen or two in a row. scripts/staging-deploy-all.sh checks the same rule in its pre-flight
+  # (ENVIRONMENT_MAX_LENGTH, ENVIRONMENT_PATTERN); keep the two the same (DeployScriptTests reads both).
   validation {
     condition     = length(var.environment) <= 15 && can(regex("^[a-z](-?[a-z0-9])*$", var.environment))
     error_message = "environment must be at most 15 characters: lowercase letters, digits and single hyphens, starting with a letter and not ending with a hyphen (arrakis-<environment>-freeside names a target group, at most 32 characters)."

@@ -1,3 +1,5 @@
+using System.Text.RegularExpressions;
+
 namespace Arrakis.Cli.Tests.Gate;
 
 /// <summary>
@@ -30,7 +32,18 @@ public sealed class DeployScriptTests
           "terraform "*"output -raw migrate_task_definition") echo arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-migrate:7 ;;
           "terraform "*"output -json private_subnets") echo '["subnet-a","subnet-b"]' ;;
           "terraform "*"output -raw services_security_group") echo sg-services ;;
-          "aws ecs run-task"*) echo arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e ;;
+          # FAKE_NO_PLACEMENT: ECS could not place the task, and answers with failures[] instead of a task.
+          "aws ecs run-task"*)
+            if [[ -n "${FAKE_NO_PLACEMENT:-}" ]]; then
+              doc='{"tasks":[],"failures":[{"arn":"arn:aws:ecs:us-east-1:123456789012:cluster/arrakis-staging","reason":"RESOURCE:MEMORY"}]}'
+            else
+              doc='{"tasks":[{"taskArn":"arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e","lastStatus":"PROVISIONING"}],"failures":[]}'
+            fi
+            # --query tasks[0].taskArn --output text prints the task's arn, or None when there is none.
+            case " $* " in
+              *" --query tasks[0].taskArn --output text "*) jq -r '.tasks[0].taskArn // "None"' <<<"$doc" ;;
+              *) echo "$doc" ;;
+            esac ;;
           "aws ecs wait tasks-stopped"*) exit "${FAKE_TASK_WAIT_EXIT:-0}" ;;
           "aws ecs describe-tasks"*"stoppedReason"*) echo "CannotPullContainerError: pull image manifest has been retried 5 time(s)" ;;
           "aws ecs describe-tasks"*) echo "${FAKE_MIGRATE_EXIT:-0}" ;;
@@ -183,7 +196,7 @@ public sealed class DeployScriptTests
         // The migration task Terraform defines, in its subnets, and its exit code read back.
         var migrate = IndexOf(run,
             "aws ecs run-task --cluster arrakis-staging --launch-type FARGATE --task-definition arn:aws:ecs:us-east-1:123456789012:task-definition/arrakis-staging-migrate:7 " +
-            "--network-configuration awsvpcConfiguration={subnets=[subnet-a,subnet-b],securityGroups=[sg-services],assignPublicIp=DISABLED} --query tasks[0].taskArn --output text");
+            "--network-configuration awsvpcConfiguration={subnets=[subnet-a,subnet-b],securityGroups=[sg-services],assignPublicIp=DISABLED} --output json");
         var migrated = IndexOf(run, "aws ecs describe-tasks --cluster arrakis-staging --tasks arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e --query tasks[0].containers[0].exitCode --output text");
 
         // Terraform's ECS services are named freeside, finn and dixie; their task-definition families <prefix>-<name>.
@@ -343,7 +356,7 @@ public sealed class DeployScriptTests
         Assert.Contains(
             "aws ecs run-task --cluster arrakis-staging --launch-type FARGATE --task-definition arrakis-staging-keys-finn " +
             "--network-configuration awsvpcConfiguration={subnets=[subnet-a,subnet-b],securityGroups=[sg-services],assignPublicIp=DISABLED} " +
-            "--overrides {\"containerOverrides\":[{\"name\":\"loa\",\"command\":[\"keys\",\"revoke\",\"--service\",\"finn\",\"kid-9\"]}]} --query tasks[0].taskArn --output text",
+            "--overrides {\"containerOverrides\":[{\"name\":\"loa\",\"command\":[\"keys\",\"revoke\",\"--service\",\"finn\",\"kid-9\"]}]} --output json",
             calls);
         Assert.Contains("aws ecs wait tasks-stopped --cluster arrakis-staging --tasks arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e", calls);
         Assert.Contains("aws logs get-log-events --log-group-name /ecs/arrakis-staging/finn --log-stream-name keys/loa/0f1e --start-from-head --query events[].message --output text", calls);
@@ -681,6 +694,67 @@ public sealed class DeployScriptTests
         Assert.Contains("The migration task stopped without running loa migrate: CannotPullContainerError: pull image manifest has been retried 5 time(s); nothing was deployed",
             run.Stderr, StringComparison.Ordinal);
         Assert.DoesNotContain(run.Calls, c => c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// When ECS cannot place a task (Fargate out of memory in the zone, no free address in the subnets), run-task answers
+    /// with no task and the reason in failures[]. The pipeline and loa-ecs.sh read only tasks[0].taskArn and said "did not
+    /// start", with nothing for the operator to act on.
+    /// </summary>
+    [Fact]
+    public async Task A_task_ecs_could_not_place_says_why_from_run_tasks_failures()
+    {
+        var deploy = await DeployAsync(new Dictionary<string, string> { ["FAKE_NO_PLACEMENT"] = "1" });
+        var dir = TestStorage.TempDir();
+        var (bin, log) = await StandInsAsync(dir);
+        var keys = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "list", "--service", "freeside"],
+            new Dictionary<string, string> { ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log, ["FAKE_NO_PLACEMENT"] = "1" });
+
+        const string Why = "RESOURCE:MEMORY (arn:aws:ecs:us-east-1:123456789012:cluster/arrakis-staging)";
+        Assert.True(deploy.Exit == 1, $"exit {deploy.Exit}\n{deploy.Stdout}\n{deploy.Stderr}");
+        Assert.Contains($"The migration task did not start: {Why}; nothing was deployed", deploy.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(deploy.Calls, c => c.StartsWith("aws ecs wait tasks-stopped", StringComparison.Ordinal) || c.StartsWith("aws ecs update-service", StringComparison.Ordinal));
+
+        Assert.True(keys.Exit == 1, $"exit {keys.Exit}\n{keys.Stdout}\n{keys.Stderr}");
+        Assert.Contains($"loa-ecs.sh: the task did not start: {Why}", keys.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken), c => c.StartsWith("aws ecs wait", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// deploy/terraform/variables.tf refuses an environment name longer than 15 characters or outside
+    /// <c>^[a-z](-?[a-z0-9])*$</c>, but the pipeline met that only at terraform plan, after building and pushing the four
+    /// images under the bad prefix.
+    /// </summary>
+    [Theory]
+    [InlineData("Prod_1")]
+    [InlineData("staging-eu-west1")] // 16 characters
+    [InlineData("prod-")]
+    public async Task An_environment_name_terraform_refuses_stops_the_deploy_in_pre_flight(string environment)
+    {
+        var run = await DeployAsync(new Dictionary<string, string> { ["ENVIRONMENT"] = environment });
+
+        Assert.True(run.Exit == 1, $"exit {run.Exit}\n{run.Stdout}\n{run.Stderr}");
+        Assert.Contains($"✗ ENVIRONMENT '{environment}' — Terraform's var.environment must be at most 15 characters", run.Stdout, StringComparison.Ordinal);
+        Assert.Contains("Pre-flight failed", run.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain(run.Calls, c => c.StartsWith("docker ", StringComparison.Ordinal) || c.StartsWith("terraform ", StringComparison.Ordinal)
+            || c.StartsWith("aws ecr ", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task The_pre_flight_environment_rule_is_the_one_in_variables_tf()
+    {
+        var variables = await File.ReadAllTextAsync(Path.Combine(ScriptTests.RepoRoot, "deploy", "terraform", "variables.tf"), TestContext.Current.CancellationToken);
+        var script = await File.ReadAllTextAsync(Path.Combine(ScriptTests.RepoRoot, "scripts", "staging-deploy-all.sh"), TestContext.Current.CancellationToken);
+
+        var terraform = Regex.Match(variables,
+            @"condition\s*=\s*length\(var\.environment\)\s*<=\s*(\d+)\s*&&\s*can\(regex\(""([^""]+)"",\s*var\.environment\)\)");
+        var length = Regex.Match(script, @"(?m)^ENVIRONMENT_MAX_LENGTH=(\d+)$");
+        var pattern = Regex.Match(script, @"(?m)^ENVIRONMENT_PATTERN='([^']+)'$");
+
+        Assert.True(terraform.Success, "variables.tf's environment validation is not length(...) <= N && can(regex(\"...\", ...))");
+        Assert.True(length.Success && pattern.Success, "staging-deploy-all.sh sets no ENVIRONMENT_MAX_LENGTH / ENVIRONMENT_PATTERN");
+        Assert.Equal(terraform.Groups[1].Value, length.Groups[1].Value);
+        Assert.Equal(terraform.Groups[2].Value, pattern.Groups[1].Value);
     }
 
     /// <summary>
