@@ -52,8 +52,14 @@ public sealed class ReputationStore(Database database, ReputationOptions options
     /// <summary>
     /// Records an event once. The event_id primary key is the idempotency guard: a concurrent duplicate fails its
     /// insert (after the first commits) and is answered from the stored row, so N identical sends make one update.
+    /// Runs, retries included, within the request-path timeout (<see cref="Database.WithinRequestTimeoutAsync{T}"/>): a
+    /// database that stops answering fails the call as 503 within seconds. An event that commits after that is answered
+    /// as a replay when the caller retries it with the same event id.
     /// </summary>
-    public async Task<RecordResult> RecordAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody, CancellationToken ct)
+    public Task<RecordResult> RecordAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody, CancellationToken ct) =>
+        database.WithinRequestTimeoutAsync(t => RecordCoreAsync(ev, nowMs, resultBody, t), ct);
+
+    async Task<RecordResult> RecordCoreAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody, CancellationToken ct)
     {
         var hash = ev.PayloadHash();
         for (var attempt = 0; ; attempt++)
@@ -128,15 +134,19 @@ public sealed class ReputationStore(Database database, ReputationOptions options
         return new StoredScore(model, next);
     }
 
-    /// <summary>All scores of one agent (overall first, then models by name); empty when the agent is unknown.</summary>
-    public async Task<IReadOnlyList<StoredScore>> ScoresAsync(string routingKey, CancellationToken ct)
-    {
-        await using var connection = await database.OpenAsync(ct);
-        var rows = await connection.QueryAsync<ScoreRow>(new CommandDefinition(
-            "SELECT model, alpha, beta, event_count, updated_at FROM reputation_scores WHERE routing_key = @routingKey ORDER BY model",
-            new { routingKey }, cancellationToken: ct));
-        return rows.Select(r => new StoredScore(r.model, ToEvidence(r))).ToList();
-    }
+    /// <summary>
+    /// All scores of one agent (overall first, then models by name); empty when the agent is unknown. Within the
+    /// request-path timeout (<see cref="Database.WithinRequestTimeoutAsync{T}"/>).
+    /// </summary>
+    public Task<IReadOnlyList<StoredScore>> ScoresAsync(string routingKey, CancellationToken ct) =>
+        database.WithinRequestTimeoutAsync<IReadOnlyList<StoredScore>>(async t =>
+        {
+            await using var connection = await database.OpenAsync(t);
+            var rows = await connection.QueryAsync<ScoreRow>(new CommandDefinition(
+                "SELECT model, alpha, beta, event_count, updated_at FROM reputation_scores WHERE routing_key = @routingKey ORDER BY model",
+                new { routingKey }, cancellationToken: t));
+            return rows.Select(r => new StoredScore(r.model, ToEvidence(r))).ToList();
+        }, ct);
 
     /// <summary>
     /// Sets the kept agent count from the score rows, once at start-up: replicas of a build before the count (during a

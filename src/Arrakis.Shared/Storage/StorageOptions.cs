@@ -22,7 +22,7 @@ public sealed record StorageOptions(string Service, StorageEngine Engine, string
 
     /// <summary>
     /// How long a request-path database operation (the ledger's reserve/finalize/release/renew, the idempotency key's
-    /// claim/complete/renew/abandon) may take on PostgreSQL before it fails as the database being unavailable (503), see
+    /// claim/complete/renew/abandon; dixie's event recording and score reads) may take on PostgreSQL before it fails as the database being unavailable (503), see
     /// <see cref="Database.WithinRequestTimeoutAsync{T}"/>. Background work keeps Npgsql's own timeouts.
     /// </summary>
     public TimeSpan RequestTimeout { get; init; } = DefaultRequestTimeout;

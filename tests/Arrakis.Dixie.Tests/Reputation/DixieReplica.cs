@@ -33,13 +33,22 @@ internal static class DixieReplica
     /// <summary>Posts an "excellent" rating of <paramref name="routingKey"/> through <paramref name="dixie"/> with a freeside service token.</summary>
     public static async Task PostEventAsync(Platform p, HttpClient dixie, string eventId, string routingKey, CancellationToken ct)
     {
+        using var response = await SendEventAsync(p, dixie, eventId, routingKey, ct);
+        response.EnsureSuccessStatusCode();
+    }
+
+    /// <summary>As <see cref="PostEventAsync"/>, returning the answer whatever it is.</summary>
+    public static async Task<HttpResponseMessage> SendEventAsync(Platform p, HttpClient dixie, string eventId, string routingKey, CancellationToken ct)
+    {
         using var request = new HttpRequestMessage(HttpMethod.Post, "api/reputation/events")
         {
             Content = JsonContent.Create(new { event_id = eventId, routing_key = routingKey, score = "excellent", source = "t", timestamp = 1_800_000_000_000 }),
         };
-        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer",
-            p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "loa-dixie", new Dictionary<string, object> { ["sub"] = "t" }));
-        using var response = await dixie.SendAsync(request, ct);
-        response.EnsureSuccessStatusCode();
+        request.Headers.Authorization = ServiceAuthorization(p);
+        return await dixie.SendAsync(request, ct);
     }
+
+    /// <summary>A freeside service token for dixie's service routes.</summary>
+    public static AuthenticationHeaderValue ServiceAuthorization(Platform p) => new("Bearer",
+        p.Freeside.Services.GetRequiredService<TokenIssuer>().Mint("arrakis", "loa-dixie", new Dictionary<string, object> { ["sub"] = "t" }));
 }
