@@ -73,13 +73,20 @@ public sealed partial class ReputationService(ReputationStore store, ReputationC
             ["model"] = e.Model,
             ["agent"] = ScoreJson(store.AgentMath.View(agent.Evidence, now)),
             ["model_score"] = model is null ? null : ScoreJson(store.ModelMath.View(model.Evidence, now)),
-        }), ct);
+        }), work =>
+        {
+            // The call was answered 503 (or its client left) while the event was still being recorded, and it committed
+            // when the database answered again: it is accepted all the same (its retry is a replay), so its agent's
+            // cached answers go and it is counted, here and only here (the call never saw this outcome).
+            if (work.IsCompletedSuccessfully && work.Result.Outcome == RecordOutcome.Accepted)
+            {
+                _ = AcceptedAsync(ev);
+            }
+        }, ct);
         switch (result.Outcome)
         {
             case RecordOutcome.Accepted:
-                await cache.InvalidateAsync(ev.RoutingKey);
-                metrics.Accepted.Add(1);
-                LogAccepted(ev.EventId, ev.RoutingKey, ev.Score, ev.Model ?? "", ev.Source);
+                await AcceptedAsync(ev);
                 break;
             case RecordOutcome.Replayed:
                 metrics.Replayed.Add(1);
@@ -90,6 +97,13 @@ public sealed partial class ReputationService(ReputationStore store, ReputationC
         }
 
         return result;
+    }
+
+    async Task AcceptedAsync(ReputationEvent ev)
+    {
+        await cache.InvalidateAsync(ev.RoutingKey);
+        metrics.Accepted.Add(1);
+        LogAccepted(ev.EventId, ev.RoutingKey, ev.Score, ev.Model ?? "", ev.Source);
     }
 
     public Task<Dictionary<string, object?>> QueryAsync(string routingKey) =>

@@ -54,10 +54,15 @@ public sealed class ReputationStore(Database database, ReputationOptions options
     /// insert (after the first commits) and is answered from the stored row, so N identical sends make one update.
     /// Runs, retries included, within the request-path timeout (<see cref="Database.WithinRequestTimeoutAsync{T}"/>): a
     /// database that stops answering fails the call as 503 within seconds. An event that commits after that is answered
-    /// as a replay when the caller retries it with the same event id.
+    /// as a replay when the caller retries it with the same event id; <paramref name="abandoned"/> gets the recording once it
+    /// has ended when the caller stopped waiting for it (see <see cref="Database.WithinRequestTimeoutAsync{T}(Func{CancellationToken, Task{T}}, Action{Task{T}}, CancellationToken)"/>).
     /// </summary>
+    public Task<RecordResult> RecordAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody,
+        Action<Task<RecordResult>>? abandoned, CancellationToken ct) =>
+        database.WithinRequestTimeoutAsync(t => RecordCoreAsync(ev, nowMs, resultBody, t), abandoned, ct);
+
     public Task<RecordResult> RecordAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody, CancellationToken ct) =>
-        database.WithinRequestTimeoutAsync(t => RecordCoreAsync(ev, nowMs, resultBody, t), ct);
+        RecordAsync(ev, nowMs, resultBody, null, ct);
 
     async Task<RecordResult> RecordCoreAsync(ReputationEvent ev, long nowMs, Func<ReputationEvent, StoredScore, StoredScore?, string> resultBody, CancellationToken ct)
     {
