@@ -56,7 +56,12 @@ if [[ -z "$task_arn" ]]; then
   echo "loa-ecs.sh: the task did not start: ${failures:-run-task gave no reason}" >&2
   exit 1
 fi
-aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"
+if ! aws ecs wait tasks-stopped --cluster "$CLUSTER" --tasks "$task_arn"; then
+  # The waiter gives up after 10 minutes (exit 255) with its own message, which names no task.
+  echo "loa-ecs.sh: the task $task_arn had not stopped when aws ecs wait gave up; it may still be running." \
+    "Check it with: aws ecs describe-tasks --cluster $CLUSTER --tasks $task_arn" >&2
+  exit 1
+fi
 exit_code="$(aws ecs describe-tasks --cluster "$CLUSTER" --tasks "$task_arn" --query 'tasks[0].containers[0].exitCode' --output text)"
 if ! [[ "$exit_code" =~ ^[0-9]+$ ]]; then
   # The container never ran (an image it could not pull, a secret it could not read): no log stream, but a reason.

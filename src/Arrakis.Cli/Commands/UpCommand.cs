@@ -39,6 +39,8 @@ internal static class UpCommand
 
             var dataDir = StorageOptions.DataDirectory(CliContext.Configuration(parse.GetValue(CliContext.DataDir)));
             using var dataLock = LockDataDirectory(dataDir);
+            var keyPath = Path.Combine(dataDir, "staging.pem");
+            CheckTestKeyWritable(keyPath);
             var ports = (Freeside: parse.GetValue(freesidePort), Dixie: parse.GetValue(dixiePort), Finn: parse.GetValue(finnPort));
             var urls = (
                 Freeside: $"http://{reach}:{ports.Freeside}",
@@ -67,7 +69,6 @@ internal static class UpCommand
                 });
             }
 
-            var keyPath = Path.Combine(dataDir, "staging.pem");
             WriteTestKey(freeside.Services.GetRequiredService<Keyring>(), keyPath);
             if (!parse.GetValue(noSeed))
             {
@@ -167,6 +168,34 @@ internal static class UpCommand
         catch (IOException ex)
         {
             throw new IOException($"cannot use the data directory {dataDir}: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>
+    /// The test key is written once the three services are up. A <c>staging.pem</c> that cannot be written there (a
+    /// directory in its place, a read-only file) failed only then, after all three had started, as "Access to the path …
+    /// is denied". It is checked before any service starts. A key that is not there yet needs no check: the data
+    /// directory is writable, its lock file was just created in it.
+    /// </summary>
+    static void CheckTestKeyWritable(string keyPath)
+    {
+        if (Directory.Exists(keyPath))
+        {
+            throw new IOException($"the test key path {keyPath} is a directory; remove it, or give --data-dir another directory");
+        }
+
+        if (!File.Exists(keyPath))
+        {
+            return;
+        }
+
+        try
+        {
+            using var _ = new FileStream(keyPath, FileMode.Open, FileAccess.Write);
+        }
+        catch (Exception ex) when (ex is UnauthorizedAccessException or IOException)
+        {
+            throw new IOException($"the test key {keyPath} cannot be written: {ex.Message}", ex);
         }
     }
 

@@ -240,6 +240,28 @@ public sealed class UpCommandTests
         Assert.False(Directory.Exists(dataDir));
     }
 
+    /// <summary>
+    /// staging.pem was written only after all three services had started: a path there that cannot be written (here a
+    /// directory) ended loa up with "Access to the path … is denied", after three services had listened and freeside had
+    /// created its database. It is one line naming the path, before any service is built.
+    /// </summary>
+    [Fact]
+    public async Task A_staging_pem_that_cannot_be_written_is_one_line_naming_it_before_any_service_starts()
+    {
+        var dataDir = TestStorage.TempDir();
+        var keyPath = Path.Combine(dataDir, "staging.pem");
+        Directory.CreateDirectory(keyPath);
+
+        var (exit, stdout, stderr) = await LoaProcess.RunAsync(["up", "--data-dir", dataDir, .. FreshPorts()]);
+
+        Assert.Equal(1, exit);
+        Assert.Equal(
+            $"loa: the test key path {keyPath} is a directory; remove it, or give --data-dir another directory",
+            Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries)));
+        Assert.DoesNotContain("LOA_READY", stdout, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(dataDir, "freeside.db")), "freeside was built before the key path was checked");
+    }
+
     static string[] FreshPorts() =>
     [
         "--freeside-port", TestStorage.FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture),

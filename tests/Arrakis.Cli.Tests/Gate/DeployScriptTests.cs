@@ -44,7 +44,9 @@ public sealed class DeployScriptTests
               *" --query tasks[0].taskArn --output text "*) jq -r '.tasks[0].taskArn // "None"' <<<"$doc" ;;
               *) echo "$doc" ;;
             esac ;;
-          "aws ecs wait tasks-stopped"*) exit "${FAKE_TASK_WAIT_EXIT:-0}" ;;
+          "aws ecs wait tasks-stopped"*)
+            [[ "${FAKE_TASK_WAIT_EXIT:-0}" == 0 ]] || echo "Waiter TasksStopped failed: Max attempts exceeded" >&2
+            exit "${FAKE_TASK_WAIT_EXIT:-0}" ;;
           "aws ecs describe-tasks"*"stoppedReason"*) echo "CannotPullContainerError: pull image manifest has been retried 5 time(s)" ;;
           "aws ecs describe-tasks"*) echo "${FAKE_MIGRATE_EXIT:-0}" ;;
           "aws ecs describe-services"*"--services freeside finn dixie"*)
@@ -366,6 +368,31 @@ public sealed class DeployScriptTests
         Assert.Contains("--data-dir names a local file", local.Stderr, StringComparison.Ordinal);
         Assert.Equal(2, notKeys.Exit);
         Assert.Contains("runs only 'loa keys", notKeys.Stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// <c>aws ecs wait tasks-stopped</c> gives up after 10 minutes with exit 255 and "Waiter TasksStopped failed: Max
+    /// attempts exceeded", which names no task: loa-ecs.sh ended with that and exit 255, leaving the operator without the
+    /// arn of a keys task that may still be running. It names the task and how to check it, exit 1.
+    /// </summary>
+    [Fact]
+    public async Task Loa_ecs_names_the_task_still_running_when_the_waiter_gives_up()
+    {
+        var dir = TestStorage.TempDir();
+        var (bin, log) = await StandInsAsync(dir);
+        var env = new Dictionary<string, string>
+        {
+            ["PATH"] = bin + ":" + Environment.GetEnvironmentVariable("PATH"), ["SHIM_LOG"] = log, ["FAKE_TASK_WAIT_EXIT"] = "255",
+        };
+
+        var (exit, stdout, stderr) = await ScriptTests.RunAsync("bash", ["scripts/loa-ecs.sh", "keys", "rotate", "--service", "freeside"], env);
+
+        Assert.True(exit == 1, $"exit {exit}\n{stdout}\n{stderr}");
+        const string task = "arn:aws:ecs:us-east-1:123456789012:task/arrakis-staging/0f1e";
+        Assert.Contains($"loa-ecs.sh: the task {task} had not stopped when aws ecs wait gave up; it may still be running.", stderr, StringComparison.Ordinal);
+        Assert.Contains($"Check it with: aws ecs describe-tasks --cluster arrakis-staging --tasks {task}", stderr, StringComparison.Ordinal);
+        var calls = await File.ReadAllLinesAsync(log, TestContext.Current.CancellationToken);
+        Assert.DoesNotContain(calls, c => c.StartsWith("aws logs get-log-events", StringComparison.Ordinal));
     }
 
     /// <summary>
