@@ -28,6 +28,20 @@ public sealed class TcpProxy : IAsyncDisposable
 
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
 
+    /// <summary>
+    /// A connection string to a fresh schema (<paramref name="schemaPrefix"/> and a random suffix) of the test PostgreSQL,
+    /// through a proxy the test can cut or freeze.
+    /// </summary>
+    public static (Npgsql.NpgsqlConnectionStringBuilder Pg, TcpProxy Proxy) ToTestPostgres(string schemaPrefix)
+    {
+        var pg = new Npgsql.NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
+        var proxy = new TcpProxy(pg.Host!, pg.Port);
+        pg.Host = "127.0.0.1";
+        pg.Port = proxy.Port;
+        pg.SearchPath = TestStorage.TrackSchema(schemaPrefix + Guid.NewGuid().ToString("N")[..12]);
+        return (pg, proxy);
+    }
+
     /// <summary>Drops every open connection and refuses new ones until <see cref="Restore"/>.</summary>
     public void Cut()
     {

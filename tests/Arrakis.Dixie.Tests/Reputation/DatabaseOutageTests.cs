@@ -29,11 +29,8 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task Reputation_routes_answer_503_within_seconds_when_the_database_stops_answering()
     {
-        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
-        pg.Host = "127.0.0.1";
-        pg.Port = proxy.Port;
-        pg.SearchPath = TestStorage.TrackSchema("t_dixie_outage_" + Guid.NewGuid().ToString("N")[..12]);
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_dixie_outage_");
+        await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
         {
@@ -85,11 +82,8 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task An_event_that_commits_after_its_503_drops_the_cached_answer_and_counts_once()
     {
-        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        await using var proxy = new TcpProxy(pg.Host!, pg.Port);
-        pg.Host = "127.0.0.1";
-        pg.Port = proxy.Port;
-        pg.SearchPath = TestStorage.TrackSchema("t_dixie_late_" + Guid.NewGuid().ToString("N")[..12]);
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_dixie_late_");
+        await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
         {

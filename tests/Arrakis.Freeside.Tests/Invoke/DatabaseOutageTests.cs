@@ -21,21 +21,10 @@ public sealed class DatabaseOutageTests
 
     static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    /// <summary>A connection string to a fresh schema of the test server, through a proxy the test can cut or freeze.</summary>
-    static (NpgsqlConnectionStringBuilder Pg, TcpProxy Proxy) BehindProxy()
-    {
-        var pg = new NpgsqlConnectionStringBuilder(TestStorage.RequirePostgres());
-        var proxy = new TcpProxy(pg.Host!, pg.Port);
-        pg.Host = "127.0.0.1";
-        pg.Port = proxy.Port;
-        pg.SearchPath = TestStorage.TrackSchema("t_outage_" + Guid.NewGuid().ToString("N")[..12]);
-        return (pg, proxy);
-    }
-
     [Fact]
     public async Task A_call_cut_off_by_an_outage_answers_503_and_its_retry_after_recovery_runs_and_charges_once()
     {
-        var (pg, proxy) = BehindProxy();
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
         await using var _ = proxy;
         pg.Timeout = 3;
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
@@ -110,7 +99,7 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task Health_answers_503_within_seconds_when_the_database_stops_answering()
     {
-        var (pg, proxy) = BehindProxy();
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
         await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?> { ["ConnectionStrings:Freeside"] = pg.ConnectionString });
@@ -137,7 +126,7 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task An_invoke_answers_503_within_seconds_when_the_database_stops_answering_and_runs_again_after()
     {
-        var (pg, proxy) = BehindProxy();
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
         await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs
         await using var p = await Platform.StartAsync("postgres", new Dictionary<string, string?>
@@ -189,7 +178,7 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task A_reserve_that_commits_after_its_503_neither_locks_the_retry_out_nor_keeps_the_budget()
     {
-        var (pg, proxy) = BehindProxy();
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
         await using var _ = proxy;
         pg.Remove("Timeout"); // Npgsql's defaults, as production runs: the frozen command is not broken for 30 s
         await using var p = await StartWithRequestTimeoutAsync(pg, """{"prompt":"Say hi","model":"cheap","idempotency_key":"late-warm"}""");
@@ -241,7 +230,7 @@ public sealed class DatabaseOutageTests
     [Fact]
     public async Task A_finalize_that_commits_after_its_503_charges_once_and_its_retry_replays_it_or_runs_once()
     {
-        var (pg, proxy) = BehindProxy();
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
         await using var _ = proxy;
         pg.Remove("Timeout");
         await using var p = await StartWithRequestTimeoutAsync(pg, """{"prompt":"Say hi","model":"cheap","max_tokens":5,"idempotency_key":"late-fin-warm"}""",
