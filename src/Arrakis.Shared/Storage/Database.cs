@@ -46,6 +46,9 @@ public sealed class Database : IAsyncDisposable
         }
     }
 
+    /// <summary>The SQLite writer connection's page cache, in KiB.</summary>
+    public const int WriterCacheKib = 32 * 1024;
+
     /// <summary>WAL size (pages) at which a commit checkpoints by itself, when the background checkpointer has fallen behind.</summary>
     public const int FallbackCheckpointPages = 16_000;
 
@@ -104,6 +107,15 @@ public sealed class Database : IAsyncDisposable
             {
                 CloseWriter();
                 var connection = (SqliteConnection)await OpenAsync(ct);
+                await using (var cache = connection.CreateCommand())
+                {
+                    // 32 MiB of page cache (SQLite's default is 2 MiB): the writer's inserts land on index pages all over
+                    // the growing tables (random reservation ids and keys), and each page the cache had dropped is read
+                    // again from the file or its log. Bench, 32 clients: read calls per invoke 18.7 -> 13.
+                    cache.CommandText = $"PRAGMA cache_size=-{WriterCacheKib}";
+                    await cache.ExecuteNonQueryAsync(ct);
+                }
+
                 StatementCache.Attach(connection);
                 _writer = connection;
             }
