@@ -159,9 +159,10 @@ public static partial class EventParser
         }
 
         value = el.GetString()!;
-        if (value.Length == 0 || value.Length > max || value.Any(char.IsControl))
+        // Blank is as empty: a source or model of spaces names nothing (and a model of spaces would get its own score).
+        if (string.IsNullOrWhiteSpace(value) || value.Length > max || value.Any(char.IsControl))
         {
-            problem = Problems.Invalid(name, $"{name} must be 1-{max} printable characters.");
+            problem = Problems.Invalid(name, $"{name} must be 1-{max} printable characters, not all spaces.");
             return false;
         }
 

@@ -156,13 +156,14 @@ public static class QualityApi
                 }
 
                 var source = Str(root, "source");
-                if (source is null || source.Length > 64 || source.Any(char.IsControl))
+                // Blank is refused here as dixie refuses it: an event queued with one could never be delivered (dead).
+                if (string.IsNullOrWhiteSpace(source) || source.Length > 64 || source.Any(char.IsControl))
                 {
                     return Problems.Invalid("source", "source is required: 1-64 printable characters naming who judged the answer.");
                 }
 
                 var traceId = Str(root, "trace_id") ?? Str(root, "traceId");
-                if (traceId is not null && (traceId.Length > 128 || traceId.Any(char.IsControl)))
+                if (traceId is not null && (string.IsNullOrWhiteSpace(traceId) || traceId.Length > 128 || traceId.Any(char.IsControl)))
                 {
                     return Problems.Invalid("trace_id", "trace_id must be 1-128 printable characters.");
                 }

@@ -173,6 +173,10 @@ public sealed class ReputationApiTests
             ("score", e => { e.Remove("score"); return e; }),
             ("source", e => { e.Remove("source"); return e; }),
             ("model", e => { e["model"] = 7; return e; }),
+            // Whitespace alone names nothing, as an empty string does.
+            ("source", e => { e["source"] = "   "; return e; }),
+            ("model", e => { e["model"] = " \u00a0 "; return e; }),
+            ("pool", e => { e["pool"] = "  "; return e; }),
             ("timestamp", e => { e["timestamp"] = "yesterday"; return e; }),
             // Scores decay from the event's timestamp, so it must mean one instant: RFC 3339 with an offset, or unix ms.
             ("timestamp", e => { e["timestamp"] = "03/04/2026"; return e; }),

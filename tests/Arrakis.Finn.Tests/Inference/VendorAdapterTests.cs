@@ -737,4 +737,160 @@ public sealed class VendorAdapterTests : IAsyncLifetime
 
         Assert.Equal(1, _server.CallCount);
     }
+
+    /// <summary>
+    /// A lone CR ends a line in SSE as LF and CRLF do. Over a stream with CR-only endings, each event was passed on only
+    /// when the vendor sent its next bytes (the line reader waited after a CR to see whether an LF followed), so the last
+    /// delta before a pause (a reasoning model thinking, a slow server) stalled with it. Here the vendor sends one delta
+    /// and waits until the caller has it: on the old code the caller got it only after the vendor gave up waiting.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Vendors))]
+    public async Task An_event_with_cr_line_endings_reaches_the_caller_before_the_vendor_sends_more(string vendor)
+    {
+        var delivered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var deliveredInTime = false;
+        _server.Behavior = async (ctx, call, _) =>
+        {
+            var anthropic = VendorServer.IsAnthropic(call);
+            async Task CrFrameAsync(string? name, string data)
+            {
+                await ctx.Response.WriteAsync((name is null ? "" : $"event: {name}\r") + $"data: {data}\r\r");
+                await ctx.Response.Body.FlushAsync();
+            }
+
+            ctx.Response.ContentType = "text/event-stream";
+            if (anthropic)
+            {
+                await CrFrameAsync("message_start", AnthropicStart);
+                await CrFrameAsync("content_block_delta", AnthropicDelta("Hello there,"));
+            }
+            else
+            {
+                await CrFrameAsync(null, OpenAiDelta("Hello there,"));
+            }
+
+            deliveredInTime = await Task.WhenAny(delivered.Task, Task.Delay(3000, ctx.RequestAborted)) == delivered.Task;
+            if (anthropic)
+            {
+                await CrFrameAsync("content_block_delta", AnthropicDelta(" my good friend"));
+                await CrFrameAsync("message_delta", """{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":6}}""");
+                await CrFrameAsync("message_stop", """{"type":"message_stop"}""");
+            }
+            else
+            {
+                await CrFrameAsync(null, OpenAiDelta(" my good friend"));
+                await CrFrameAsync(null, """{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}""");
+                await CrFrameAsync(null, """{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":6,"total_tokens":17}}""");
+                await CrFrameAsync(null, "[DONE]");
+            }
+        };
+        await using var sp = Services(vendor);
+        var engine = sp.GetRequiredService<InferenceEngine>();
+        var request = Request(true);
+        var deltas = new List<string>();
+        var result = await engine.InvokeAsync(request, sp.GetRequiredService<PoolCatalog>().Pools[request.Pool], (d, _) =>
+        {
+            deltas.Add(d);
+            delivered.TrySetResult();
+            return ValueTask.CompletedTask;
+        }, TestContext.Current.CancellationToken);
+
+        Assert.True(deliveredInTime, "the first delta reached the caller while the vendor waited");
+        Assert.Equal(["Hello there,", " my good friend"], deltas);
+        Assert.Equal("Hello there, my good friend", result.Content);
+        Assert.Equal(new Usage(11, 6), result.Usage);
+        Assert.Equal(1, _server.CallCount);
+    }
+
+    const string RoleChunk = """{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}""";
+
+    public static TheoryData<string, string, UpstreamFailure, bool, string> OpenAiCompatibleStreamErrors() => new()
+    {
+        // vLLM: a request its engine refuses (add_request runs inside the stream) is a 400 before the first chunk.
+        { "vllm_400", """data: {"error":{"message":"The decoder prompt (length 5000) is longer than the maximum model length of 4096.","type":"BadRequestError","param":null,"code":400}}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.Rejected, true, "The decoder prompt (length 5000) is longer than the maximum model length of 4096." },
+        { "vllm_old_400", """data: {"object":"error","message":"The decoder prompt (length 5000) is longer than the maximum model length of 4096.","type":"BadRequestError","param":null,"code":400}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.Rejected, true, "The decoder prompt (length 5000) is longer than the maximum model length of 4096." },
+        // Once it is generating, vLLM reports its own faults in-stream as 400 too (a RuntimeError; in older versions, every exception): a server error.
+        { "vllm_400_while_generating", "data: " + RoleChunk + "\n\ndata: " + """{"error":{"message":"CUDA error: an illegal memory access was encountered","type":"BadRequestError","param":null,"code":400}}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.ServerError, false, "CUDA error: an illegal memory access was encountered" },
+        { "vllm_500", """data: {"error":{"message":"Engine core died","type":"InternalServerError","param":null,"code":500}}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.ServerError, false, "Engine core died" },
+        // TGI: a string error with its error_type, no [DONE] after it.
+        { "tgi_validation", """data: {"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 5000 `inputs` tokens and 64 `max_new_tokens`","error_type":"validation"}""" + "\n\n",
+            UpstreamFailure.Rejected, true, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096." },
+        { "tgi_generation", "data: " + RoleChunk + "\n\ndata: " + """{"error":"Request failed during generation: Server error: CUDA out of memory.","error_type":"generation"}""" + "\n\n",
+            UpstreamFailure.ServerError, false, "Request failed during generation: Server error: CUDA out of memory." },
+        { "tgi_overloaded", """data: {"error":"Model is overloaded","error_type":"overloaded"}""" + "\n\n",
+            UpstreamFailure.RateLimited, false, "Model is overloaded" },
+        // llama.cpp: newer servers send a data frame with an error object; older ones an `error:` line, then [DONE].
+        { "llamacpp_500", """data: {"error":{"code":500,"message":"Failed to decode the batch","type":"server_error"}}""" + "\n\n",
+            UpstreamFailure.ServerError, false, "Failed to decode the batch" },
+        { "llamacpp_old_400", """error: {"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error"}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.Rejected, true, "the request exceeds the available context size, try increasing it" },
+        { "llamacpp_old_500", "data: " + RoleChunk + "\n\nerror: " + """{"code":500,"message":"Failed to decode the batch","type":"server_error"}""" + "\n\ndata: [DONE]\n\n",
+            UpstreamFailure.ServerError, false, "Failed to decode the batch" },
+    };
+
+    /// <summary>
+    /// OpenAI-compatible servers report a failure inside a 200 stream, each in its own shape. The failure names the
+    /// server's message. A 4xx the server reports before its first chunk is about the request (as an HTTP 400 is): not
+    /// retried, and it does not count against the model's breaker, so a few oversized prompts cannot take the model away
+    /// from everyone. After the first chunk the server was already generating, so the request was fine and the failure is
+    /// the server's, whatever code it carries (vLLM labels its own faults 400). On the old code vLLM's 400s were server
+    /// errors (retried, opening the breaker), TGI's errors failed as "ended before [DONE]", and llama.cpp's `error:` line
+    /// was skipped, so the failure was an empty answer, charged.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(OpenAiCompatibleStreamErrors))]
+    public async Task An_openai_compatible_server_error_in_the_stream_names_its_message_and_is_classified(
+        string server, string wire, UpstreamFailure failure, bool aboutTheRequest, string message)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            await ctx.Response.WriteAsync(wire);
+        };
+        await using var sp = Services("openai");
+        var breakers = sp.GetRequiredService<ModelBreakers>();
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+
+        Assert.True(failure == ex.Failure, $"{server}: {ex.Failure}, expected {failure} ({ex.Message})");
+        Assert.Equal(aboutTheRequest, ex.AboutTheRequest);
+        Assert.Contains(message, ex.Message);
+        Assert.Null(ex.PartialUsage);
+        Assert.Equal(UpstreamFailures.Retryable(failure) ? 3 : 1, _server.CallCount);
+        Assert.Equal(aboutTheRequest ? BreakerState.Closed : BreakerState.Open, breakers.StateOf("vendor-model"));
+        if (aboutTheRequest)
+        {
+            // Request after request: the model stays available.
+            for (var i = 0; i < 3; i++)
+            {
+                await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(true)));
+            }
+
+            Assert.Equal(4, _server.CallCount);
+            Assert.Equal(BreakerState.Closed, breakers.StateOf("vendor-model"));
+        }
+    }
+
+    /// <summary>A 200 JSON body that is an error (a proxy in front of the server) names the server's message, not "without choices".</summary>
+    [Theory]
+    [InlineData("""{"error":{"message":"Upstream model crashed","type":"server_error","code":502}}""", UpstreamFailure.ServerError, false)]
+    [InlineData("""{"error":"Input validation error: `max_new_tokens` must be <= 4096","error_type":"validation"}""", UpstreamFailure.Rejected, true)]
+    public async Task An_openai_compatible_json_error_body_names_its_message(string body, UpstreamFailure failure, bool aboutTheRequest)
+    {
+        _server.Behavior = async (ctx, _, _) =>
+        {
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync(body);
+        };
+        await using var sp = Services("openai");
+        var ex = await Assert.ThrowsAsync<UpstreamException>(() => InvokeAsync(sp, Request(false)));
+
+        Assert.Equal(failure, ex.Failure);
+        Assert.Equal(aboutTheRequest, ex.AboutTheRequest);
+        Assert.Contains(aboutTheRequest ? "Input validation error: `max_new_tokens` must be <= 4096" : "Upstream model crashed", ex.Message);
+    }
 }

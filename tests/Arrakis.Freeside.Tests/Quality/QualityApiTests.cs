@@ -303,8 +303,8 @@ public sealed class QualityApiTests
 
     /// <summary>
     /// A key with a trailing newline (which <c>$</c> let through), text that cannot be stored, a repeated name, and a
-    /// field given under both of its spellings with different values: 400 naming the field, and nothing reaches the
-    /// outbox.
+    /// field given under both of its spellings with different values, a blank source or trace id (which dixie refuses):
+    /// 400 naming the field, and nothing reaches the outbox.
     /// </summary>
     [Fact]
     public async Task Bad_keys_invalid_text_and_repeated_names_are_400_and_nothing_is_queued()
@@ -322,6 +322,9 @@ public sealed class QualityApiTests
             ("quality", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","quality":"bad","source":"t"}""")),
             ("routingKey", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","routing_key":"nft:2","quality":"good","source":"t"}""")),
             ("trace_id", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","source":"t","trace_id":"tr-1","traceId":"tr-2"}""")),
+            // Blank text, which dixie refuses: queued, the event could only die in the outbox.
+            ("source", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","source":"   "}""")),
+            ("trace_id", Encoding.UTF8.GetBytes("""{"routingKey":"nft:1","quality":"good","source":"t","traceId":" "}""")),
         };
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl + "/") };
         var wrong = new List<string>();

@@ -71,7 +71,7 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             var json = await VendorHttp.ReadJsonAsync(response, Vendor, ct);
             if (!json.TryGetProperty("choices", out var choices) || choices.ValueKind != JsonValueKind.Array || choices.GetArrayLength() == 0)
             {
-                throw new UpstreamException(UpstreamFailure.Malformed, "openai answered without choices");
+                throw ReportedError(null, json, generating: false) ?? new UpstreamException(UpstreamFailure.Malformed, "openai answered without choices");
             }
 
             var choice = choices[0];
@@ -94,6 +94,7 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
         JsonElement? usage = null;
         string? finish = null;
         var done = false;
+        var generating = false; // a chunk came: the server accepted the request
         await using var events = VendorHttp.ReadEventsAsync(response, ct).GetAsyncEnumerator(ct);
         // Finished at the finish_reason (the usage chunk and [DONE] may still follow); the counts so far are the last usage.
         while (await VendorHttp.NextEventAsync(events, finish is not null, () => UsageOf(usage, request, text.ToString())))
@@ -106,10 +107,12 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
             }
 
             var json = VendorHttp.ParseEventData(e, Vendor);
-            if (VendorHttp.Object(json, "error") is { } error)
+            if (ReportedError(e, json, generating) is { } error)
             {
-                throw new UpstreamException(UpstreamFailure.ServerError, "openai streamed an error: " + (VendorHttp.String(error, "message") ?? "unknown"));
+                throw error;
             }
+
+            generating = true;
 
             // Read at the end, against all the streamed text: a usage chunk may leave out a count.
             usage = VendorHttp.Object(json, "usage") ?? usage;
@@ -140,6 +143,55 @@ public sealed class OpenAiProvider(IHttpClientFactory clients, IOptions<OpenAiPr
         }
 
         yield return new ProviderChunk(null, UsageOf(usage, request, text.ToString()), finish ?? "stop");
+    }
+
+    /// <summary>
+    /// The failure an OpenAI-compatible server reports in a 200 body or stream, in its own shape, or null: OpenAI's,
+    /// vLLM's and llama.cpp's <c>{"error":{"message","type","code"}}</c>, older vLLM's
+    /// <c>{"object":"error","message","type","code"}</c>, older llama.cpp's <c>error: {"code","message","type"}</c> line,
+    /// TGI's <c>{"error":"…","error_type":"…"}</c>. A 4xx code before the first chunk is about the request, as the same
+    /// status over HTTP is (vLLM checks a request as its stream starts): not retried, no breaker failure. Once the server
+    /// has sent a chunk it had accepted the request, so a failure is its own whatever the code: vLLM reports its own
+    /// faults mid-stream as 400 too (a RuntimeError; in older versions, every exception).
+    /// </summary>
+    static UpstreamException? ReportedError(SseEvent? e, JsonElement json, bool generating)
+    {
+        int? status;
+        string? message;
+        if (VendorHttp.Object(json, "error") is { } error)
+        {
+            status = (int?)VendorHttp.Long(error, "code");
+            message = VendorHttp.String(error, "message");
+        }
+        else if (VendorHttp.String(json, "error") is { } tgi)
+        {
+            status = VendorHttp.String(json, "error_type") switch
+            {
+                "validation" or "template_error" or "tool_error" or "missing_template_variable" => 422,
+                "overloaded" => 429,
+                _ => 500,
+            };
+            message = tgi;
+        }
+        else if (VendorHttp.String(json, "object") == "error" || e?.Event == "error")
+        {
+            status = (int?)VendorHttp.Long(json, "code");
+            message = VendorHttp.String(json, "message");
+        }
+        else
+        {
+            return null;
+        }
+
+        message ??= "unknown";
+        if (!generating && status is >= 400 and < 500 and not 429)
+        {
+            var rejected = UpstreamException.FromStatus(status.Value, Vendor, message, null);
+            return new UpstreamException(rejected.Failure, $"openai reported an error ({status}): {message}") { AboutTheRequest = rejected.AboutTheRequest };
+        }
+
+        return new UpstreamException(status == 429 ? UpstreamFailure.RateLimited : UpstreamFailure.ServerError,
+            status is null ? "openai reported an error: " + message : $"openai reported an error ({status}): {message}");
     }
 
     /// <summary>The vendor's counts, each one it left out estimated from the prompt or the generated content.</summary>

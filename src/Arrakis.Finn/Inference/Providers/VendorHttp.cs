@@ -86,7 +86,7 @@ internal static class VendorHttp
     public static async IAsyncEnumerable<SseEvent> ReadEventsAsync(HttpResponseMessage response, [EnumeratorCancellation] CancellationToken ct)
     {
         await using var stream = await response.Content.ReadAsStreamAsync(ct);
-        using var reader = new StreamReader(stream, Encoding.UTF8);
+        var reader = new SseLineReader(stream);
         // As the SSE spec reads a stream: an event is dispatched at a blank line only if it had a data line (an
         // "event: ping" alone is not an event), and its data lines are joined with newlines.
         string? name = null;
@@ -145,8 +145,15 @@ internal static class VendorHttp
             {
                 name = value;
             }
-            else if (field == "data")
+            else if (field == "data" || field == "error")
             {
+                // Not an SSE field: older llama.cpp servers send a streamed failure as an "error: {...}" line (then
+                // "data: [DONE]"). Skipped, as the spec skips unknown fields, the failure read as an empty answer.
+                if (field == "error")
+                {
+                    name = "error";
+                }
+
                 if (hasData)
                 {
                     data.Append('\n');
@@ -154,6 +161,75 @@ internal static class VendorHttp
 
                 data.Append(value);
                 hasData = true;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The lines of an SSE stream, each ended by CRLF, LF or a lone CR, as the spec ends them. A line is returned as soon
+    /// as its end arrives: <see cref="StreamReader.ReadLineAsync(CancellationToken)"/> waits after a CR for the next
+    /// character (to see whether an LF follows), so over CR-only endings each event waited for the vendor's next bytes.
+    /// </summary>
+    sealed class SseLineReader(Stream stream)
+    {
+        readonly byte[] _bytes = new byte[4096];
+        readonly char[] _chars = new char[Encoding.UTF8.GetMaxCharCount(4096)];
+        readonly Decoder _decoder = Encoding.UTF8.GetDecoder();
+        readonly StringBuilder _line = new();
+        int _pos;
+        int _len;
+        bool _afterCr; // an LF that comes next ends no second line
+        bool _first = true;
+        bool _ended;
+
+        public async ValueTask<string?> ReadLineAsync(CancellationToken ct)
+        {
+            while (true)
+            {
+                while (_pos < _len)
+                {
+                    var c = _chars[_pos++];
+                    if (_afterCr)
+                    {
+                        _afterCr = false;
+                        if (c == '\n')
+                        {
+                            continue;
+                        }
+                    }
+
+                    if (_first)
+                    {
+                        _first = false;
+                        if (c == '\uFEFF')
+                        {
+                            continue; // a leading byte order mark, which the spec strips
+                        }
+                    }
+
+                    if (c is '\r' or '\n')
+                    {
+                        _afterCr = c == '\r';
+                        var line = _line.ToString();
+                        _line.Clear();
+                        return line;
+                    }
+
+                    _line.Append(c);
+                }
+
+                if (_ended)
+                {
+                    // The last line may have no end (e.g. "data: [DONE]" and the connection closes).
+                    var last = _line.Length > 0 ? _line.ToString() : null;
+                    _line.Clear();
+                    return last;
+                }
+
+                var n = await stream.ReadAsync(_bytes, ct);
+                _ended = n == 0;
+                _len = _decoder.GetChars(_bytes, 0, n, _chars, 0, flush: _ended);
+                _pos = 0;
             }
         }
     }
