@@ -235,7 +235,7 @@ public sealed class InvokePipeline(
             if (claimedApart)
             {
                 // A claim taken apart from the reservation is freed here (a claim made with it went back with the refusal).
-                await idempotency.AbandonAsync(community.Id, key, reservationId, CancellationToken.None);
+                await AbandonTakenOverKeyAsync(admitted);
             }
 
             return Reject(reserve.Status switch
@@ -288,6 +288,28 @@ public sealed class InvokePipeline(
         {
             releaseRetries.Add(a);
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Frees the key a refused call took over (its earlier owner's lease had lapsed). A write that fails is logged
+    /// (INVOKE_RELEASE_FAILED) and the caller still gets the refusal; when the database was unreachable the key goes to
+    /// <see cref="ReleaseRetries"/>, as <see cref="ReleaseAsync"/> does. The failure escaped as a 503 instead, and the key
+    /// stayed this call's: the retry that answer invites got 409 REQUEST_IN_PROGRESS for the key's whole lease (10 min).
+    /// </summary>
+    async Task AbandonTakenOverKeyAsync(Admitted a)
+    {
+        try
+        {
+            await idempotency.AbandonAsync(a.CommunityId, a.IdempotencyKey, a.ReservationId, CancellationToken.None);
+        }
+        catch (Exception ex)
+        {
+            logger.ReleaseFailed("idempotency key", a.IdempotencyKey, a.TraceId, ex);
+            if (Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null)
+            {
+                releaseRetries.Add(a);
+            }
         }
     }
 

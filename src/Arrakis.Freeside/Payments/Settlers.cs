@@ -13,8 +13,12 @@ using Nethereum.Web3.Accounts;
 
 namespace Arrakis.Freeside.Payments;
 
-/// <summary>What a settler needs: the v2-normalized payload and requirement, plus the authorization itself.</summary>
-public sealed record SettlementRequest(string PaymentId, JsonObject PaymentPayload, JsonObject Requirement, Eip3009Authorization Authorization, string Signature, string? KnownTxHash, string? RawTx);
+/// <summary>
+/// What a settler needs: the v2-normalized payload and requirement, plus the authorization itself. <see cref="Resumed"/>:
+/// recovery settles a payment an earlier attempt left <c>settling</c>, and that attempt may have moved the money.
+/// </summary>
+public sealed record SettlementRequest(string PaymentId, JsonObject PaymentPayload, JsonObject Requirement, Eip3009Authorization Authorization, string Signature, string? KnownTxHash, string? RawTx,
+    bool Resumed = false);
 
 /// <summary>A settlement attempt's outcome. <see cref="Transaction"/> is the on-chain tx hash on success.</summary>
 public sealed record SettlementOutcome(bool Success, string? Transaction, string? ErrorReason)
@@ -71,18 +75,21 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
 
         // Refused or unanswered: if this authorization already moved the funds (a settle that landed before a crash or a
         // timeout), that transaction is the settlement.
-        if (await FindOnChainAsync(request, ct) is { } landed)
+        var (asked, landed) = await FindOnChainAsync(request, ct);
+        if (landed is not null)
         {
             logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
             var record = await onSigned(landed, null);
             return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
         }
 
-        if (unknown)
+        if (unknown || (request.Resumed && !asked))
         {
             // No answer (a timeout on a slow chain, a dropped connection, a 5xx): the facilitator may have broadcast a
             // transaction that is not mined yet. Failing now would be final while the money may still move, so the payment
-            // stays settling and recovery asks the facilitator and the chain again.
+            // stays settling and recovery asks the facilitator and the chain again. The same when recovery resumes a
+            // payment an earlier attempt left unknown and the chain cannot be asked: this attempt's refusal (or a
+            // facilitator that is down) says nothing about what the earlier one broadcast.
             return new SettlementOutcome(false, null, X402Errors.SettlementPending);
         }
 
@@ -95,8 +102,11 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
     /// <summary>A string field of a facilitator answer, or null when it is missing or of another type.</summary>
     static string? Text(JsonNode? node) => node is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
 
-    /// <summary>The transaction whose <c>AuthorizationUsed(from, nonce)</c> event consumed this authorization, or null.</summary>
-    async Task<string?> FindOnChainAsync(SettlementRequest request, CancellationToken ct)
+    /// <summary>
+    /// The transaction whose <c>AuthorizationUsed(from, nonce)</c> event consumed this authorization, or null;
+    /// <c>Asked</c> is false when the chain could not be asked (then null says nothing).
+    /// </summary>
+    async Task<(bool Asked, string? Transaction)> FindOnChainAsync(SettlementRequest request, CancellationToken ct)
     {
         var o = options.Value;
         try
@@ -107,7 +117,7 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
                 .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
             if (!used)
             {
-                return null;
+                return (true, null);
             }
 
             var latest = (await web3.Eth.Blocks.GetBlockNumber.SendRequestAsync()).Value;
@@ -117,12 +127,12 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
                 Nethereum.RPC.Eth.DTOs.BlockParameter.CreateLatest());
             var logs = await usedEvent.GetAllChangesAsync(filter);
             ct.ThrowIfCancellationRequested();
-            return logs.Select(l => l.Log.TransactionHash).FirstOrDefault(h => !string.IsNullOrEmpty(h));
+            return (true, logs.Select(l => l.Log.TransactionHash).FirstOrDefault(h => !string.IsNullOrEmpty(h)));
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             logger.LogWarning(ex, "x402 could not ask the chain whether payment {PaymentId} was already settled", request.PaymentId);
-            return null;
+            return (false, null);
         }
     }
 

@@ -221,6 +221,81 @@ public sealed class DatabaseOutageTests
     }
 
     /// <summary>
+    /// A call that takes over a key whose earlier owner died (its lease lapsed) and is then refused (here the budget cannot
+    /// cover it) frees the key again; when the database fails at that instant, the key goes to ReleaseRetries and the
+    /// caller still gets the refusal. The failure escaped as a 503 instead, and the key stayed the refused call's: the
+    /// retry got 409 REQUEST_IN_PROGRESS for the key's whole 10-minute lease.
+    /// </summary>
+    [Fact]
+    public async Task A_refused_takeover_whose_key_release_is_cut_off_frees_the_key_once_the_database_answers()
+    {
+        var (pg, proxy) = TcpProxy.ToTestPostgres("t_outage_");
+        await using var _ = proxy;
+        pg.Timeout = 3;
+        await using var p = await StartWithRequestTimeoutAsync(pg, """{"prompt":"Say hi","model":"cheap","idempotency_key":"takeover-seed"}""");
+        await using var db = await DirectAsync(pg);
+        Task<string> QueryAsync(string sql) => ScalarAsync(db, sql);
+
+        // The key of a call whose freeside died: in progress, for the same request (the hash leaves the key out), its
+        // lease lapsed 11 minutes ago.
+        await QueryAsync($"""
+            INSERT INTO idempotency_keys (scope, idem_key, request_hash, state, owner, created_at, updated_at)
+            SELECT scope, 'takeover-1', request_hash, 'in_progress', 'res_{Guid.NewGuid():N}', (extract(epoch FROM now()) * 1000)::BIGINT,
+                   (extract(epoch FROM now() - interval '11 minutes') * 1000)::BIGINT
+            FROM idempotency_keys WHERE idem_key = 'takeover-seed'
+            """);
+        var limit = await QueryAsync($"SELECT limit_micro FROM budget_months WHERE community_id = '{Community}'");
+        await QueryAsync($"UPDATE budget_months SET limit_micro = committed_micro + reserved_micro WHERE community_id = '{Community}'");
+        // Freeing that key waits on a lock the test holds, so the database can be cut away at that instant.
+        await QueryAsync("""
+            CREATE FUNCTION t_hold_key_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock(7402); RETURN OLD; END $$;
+            CREATE TRIGGER t_hold_key_delete BEFORE DELETE ON idempotency_keys FOR EACH ROW WHEN (OLD.idem_key = 'takeover-1') EXECUTE FUNCTION t_hold_key_delete();
+            SELECT pg_advisory_lock(7402);
+            """);
+
+        const string body = """{"prompt":"Say hi","model":"cheap","idempotency_key":"takeover-1"}""";
+        var call = InvokeAsync(p, body);
+        var waiting = Stopwatch.StartNew();
+        string pid;
+        while ((pid = await QueryAsync("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()")) == "")
+        {
+            Assert.True(waiting.Elapsed < TimeSpan.FromSeconds(20), "the refused takeover never tried to free its key");
+            await Task.Delay(20, Ct);
+        }
+
+        proxy.Cut();
+        NpgsqlConnection.ClearAllPools();
+        await QueryAsync($"SELECT pg_terminate_backend({pid})"); // the key's delete dies with its connection, uncommitted
+        while (await QueryAsync($"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}") != "0")
+        {
+            await Task.Delay(20, Ct);
+        }
+
+        await QueryAsync("SELECT pg_advisory_unlock(7402)");
+        using (var refused = await call)
+        {
+            var text = await refused.Content.ReadAsStringAsync(Ct);
+            Assert.True(refused.StatusCode == HttpStatusCode.PaymentRequired, $"{(int)refused.StatusCode} {text}");
+            Assert.Equal("BUDGET_EXCEEDED", JsonDocument.Parse(text).RootElement.GetProperty("error").GetString());
+        }
+
+        Assert.Equal("in_progress", await QueryAsync("SELECT state FROM idempotency_keys WHERE idem_key = 'takeover-1'")); // still held
+
+        proxy.Restore();
+        await WaitHealthyAsync(p);
+        var before = await BudgetAsync(p);
+        await QueryAsync($"UPDATE budget_months SET limit_micro = {limit} WHERE community_id = '{Community}'");
+        var (retry, answer) = await RetryWhileInProgressAsync(p, body);
+        using var _retry = retry;
+        Assert.True(retry.StatusCode == HttpStatusCode.OK, $"{(int)retry.StatusCode}: {answer}");
+        var cost = JsonDocument.Parse(answer).RootElement.GetProperty("cost_micro").GetInt64();
+        Assert.True(cost > 0);
+        Assert.Equal("1", await QueryAsync("SELECT count(*) FROM usage_records WHERE idempotency_key = 'takeover-1'")); // charged once
+        Assert.Equal(before.GetProperty("committedMicro").GetInt64() + cost, (await BudgetAsync(p)).GetProperty("committedMicro").GetInt64());
+        await AssertConservedAsync(p);
+    }
+
+    /// <summary>
     /// A finalize freeside stopped waiting for (503 at Database__RequestTimeout), once the database answers again. Either
     /// it lands first: the call is charged once and its answer stored with the charge, so the retry with the same key
     /// replays that answer, and the releases tried after it (freeside's, then ReleaseRetries') find the reservation posted

@@ -231,6 +231,61 @@ public sealed class RecoveryAndProofTests
         Assert.Equal(1, rig.Host.Invocation.Calls);
     }
 
+    /// <summary>
+    /// The facilitator's settlement was still unmined at the timeout (the payment stays settling), and by the time recovery
+    /// takes the row the facilitator is down (connection refused) and freeside cannot reach the chain either. That pass
+    /// cannot tell whether the earlier attempt moved the money, so the payment stays settling; it failed for good instead,
+    /// and once the transaction was mined the payer had paid for a withheld answer with no credit note. Once the chain
+    /// answers again, recovery settles it with one credit note, and the payer pays once.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_pending_facilitator_settlement_stays_pending_while_the_facilitator_and_the_chain_are_down_and_recovery_credits_it_after(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        TcpProxy? proxy = null;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:FacilitatorTimeoutSeconds"] = "3" },
+            rpcUrl: chain =>
+            {
+                proxy = new TcpProxy("127.0.0.1", new Uri(chain.RpcUrl).Port);
+                return $"http://127.0.0.1:{proxy.Port}";
+            });
+        await using var proxyScope = proxy!;
+        var (header, a, amount) = await ChainPaymentTests.SignAsync(rig, Body, ct);
+        rig.Host.Invocation.During = (_, token) => rig.Chain.SetAutomineAsync(false, token);
+
+        using var response = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), rig.Host.UserToken("community-down"), ct);
+        var body = await ChainPaymentTests.JsonAsync(response, ct);
+        Assert.True((503, X402Errors.SettlementPending) == ((int)response.StatusCode, body["error"]?.GetValue<string>()), body.ToJsonString());
+        var row = Assert.Single(await rig.Host.Store.ListRecoverableAsync(long.MaxValue, ct));
+
+        // Both down: the facilitator's port refuses connections, and freeside's RPC connections are cut.
+        NodeTool.Kill(rig.Facilitator!);
+        proxy!.Cut();
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+        var during = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settling == during.State, $"{during.State} {during.Error}");
+
+        // The facilitator's transaction is mined, and the chain answers freeside again (the facilitator stays down).
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        proxy.Restore();
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.True(await rig.Chain.AuthorizationUsedAsync(a.From, a.Nonce));
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-down", amount - 400, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        using var replay = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
+        Assert.Equal((200, lot.Id), ((int)replay.StatusCode, (await ChainPaymentTests.JsonAsync(replay, ct))["creditNote"]!["id"]!.GetValue<string>()));
+        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Equal(1, rig.Host.Invocation.Calls);
+    }
+
     /// <summary>Settles a crashed row's payload through the rig's facilitator behind freeside's back; returns the transaction.</summary>
     static async Task<string> SettleThroughFacilitatorAsync(ChainPaymentTests.Rig rig, PaymentRow row, CancellationToken ct)
     {
