@@ -38,8 +38,8 @@ public static class InvokeApi
         return app;
     }
 
-    /// <summary>Marks the invoke route for <see cref="LogAnsweredBeforeTheHandlerAsync"/>.</summary>
-    sealed class InvokeEndpoint
+    /// <summary>Marks an invoke route (this one and the x402 one) for <see cref="LogAnsweredBeforeTheHandlerAsync"/>.</summary>
+    internal sealed class InvokeEndpoint
     {
         public static readonly InvokeEndpoint Instance = new();
     }
@@ -48,10 +48,19 @@ public static class InvokeApi
     const string HandlerRanKey = "arrakis.invoke.handler";
 
     /// <summary>
+    /// Said by the x402 route when the request's INVOKE_COMPLETE line is not the middleware's to log: the paid call is
+    /// about to run (it logs its own line), or the request presents a legacy payment proof (which buys no call).
+    /// </summary>
+    internal static void LogsItsOwnLine(HttpContext http) => http.Items[HandlerRanKey] = true;
+
+    /// <summary>
     /// Middleware, ahead of <c>UseServiceDefaults</c>' token check: an invoke answered before its handler ran logs its
     /// INVOKE_COMPLETE line too (DESIGN §8: every invoke), with the status it was answered. That is a token the check
     /// refused (401, missing, expired, badly signed or replayed: outcome <c>rejected</c>), or a check that threw (503
-    /// for an unreachable replay cache, else 500). The answer itself is left as it was; other routes pass through.
+    /// for an unreachable replay cache, else 500). On the x402 route it is every answer given before the paid call ran:
+    /// a bad body's 400, the unpaid 402 quote, a refused payment (outcome <c>rejected</c>), a settled payment's answer
+    /// replayed (outcome <c>replayed</c>), or a body the client left mid-way (499). The answer itself is left as it was; other routes
+    /// pass through.
     /// </summary>
     public static async Task LogAnsweredBeforeTheHandlerAsync(HttpContext http, RequestDelegate next)
     {
@@ -65,19 +74,26 @@ public static class InvokeApi
         await next(http);
         if (!http.Items.ContainsKey(HandlerRanKey))
         {
-            var status = http.Response.StatusCode;
+            // An exception the error handler answered is logged as the handler's own would be (a client that left: 499).
+            var status = http.Features.Get<Microsoft.AspNetCore.Diagnostics.IExceptionHandlerFeature>()?.Error is { } error
+                ? StatusOf(http, error, bodyEndedEarly: false)
+                : http.Response.StatusCode;
             http.RequestServices.GetRequiredService<InvokePipeline>().Refused(status, OutcomeOf(status), null, null, WantsSse(http.Request), sw.Elapsed);
         }
     }
 
     static bool WantsSse(HttpRequest request) => request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>The outcome an invoke that never held a reservation logs for the status it was answered.</summary>
+    /// <summary>
+    /// The outcome an invoke that never held a reservation logs for the status it was answered. A success without a call
+    /// is an x402 payment's stored answer replayed.
+    /// </summary>
     static string OutcomeOf(int status) => status switch
     {
         499 => "client_disconnected",
         503 => "unavailable",
         >= 500 => "error",
+        < 400 => "replayed",
         _ => "rejected",
     };
 
@@ -170,20 +186,35 @@ public static class InvokeApi
     }
 
     /// <summary>
-    /// A body read or an admission that threw still logs its INVOKE_COMPLETE line, with the status the error handler
-    /// answers: 499 when the client left (a cancellation or a broken read once the request was aborted, or a body that
-    /// ended before its Content-Length: the client closed the connection mid-body, and the error handler's 400 reaches no
-    /// one), 413 for a body over the size limit, 415 for one it cannot read and 400 for any other bad body (outcome
-    /// <c>rejected</c>), 503 for an unreachable database or Redis, else 500. Returns false, so the exception goes on.
+    /// A body read or an admission that threw still logs its INVOKE_COMPLETE line, with <see cref="StatusOf"/>. Returns
+    /// false, so the exception goes on.
     /// </summary>
     static bool Failed(InvokePipeline pipeline, HttpContext http, Exception ex, bool stream, TimeSpan elapsed, bool bodyEndedEarly)
     {
-        var status = (ex is OperationCanceledException or IOException) && http.RequestAborted.IsCancellationRequested ? 499
-            : ex is BadHttpRequestException bad ? bad.StatusCode is 413 or 415 ? bad.StatusCode : bodyEndedEarly ? 499 : 400
-            : Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null ? 503 : 500;
+        var status = StatusOf(http, ex, bodyEndedEarly);
         pipeline.Refused(status, OutcomeOf(status), null, null, stream, elapsed);
         return false;
     }
+
+    /// <summary>
+    /// The status an invoke whose body read or admission threw logs, as the error handler answers it: 499 when the
+    /// client left (a cancellation or a broken read once the request was aborted, or a body that ended early: before its
+    /// Content-Length, or before the last chunk of a chunked one; the client closed the connection mid-body, and Kestrel
+    /// sends the error handler's 400 to no one), 408 for a body that arrived slower than Kestrel's minimum data rate,
+    /// 413 for a body over the size limit, 415 for one it cannot read and 400 for any other bad body (outcome
+    /// <c>rejected</c>), 503 for an unreachable database or Redis, else 500.
+    /// </summary>
+    static int StatusOf(HttpContext http, Exception ex, bool bodyEndedEarly) =>
+        (ex is OperationCanceledException or IOException) && http.RequestAborted.IsCancellationRequested ? 499
+        : ex is BadHttpRequestException bad ? bad.StatusCode is 408 or 413 or 415 ? bad.StatusCode : bodyEndedEarly || EndedEarly(bad) ? 499 : 400
+        : Shared.Hosting.ServiceDefaults.UnavailableDependencyOf(ex) is not null ? 503 : 500;
+
+    /// <summary>
+    /// Kestrel's refusal of a body whose connection ended before the body did (its <c>UnexpectedEndOfRequestContent</c>,
+    /// for either framing). Kestrel aborts the request then, but the abort reaches <see cref="HttpContext.RequestAborted"/>
+    /// later, on the thread pool, so a chunked body (whose length is not known up front) is told by this message.
+    /// </summary>
+    static bool EndedEarly(BadHttpRequestException bad) => bad.StatusCode == 400 && bad.Message == "Unexpected end of request content.";
 }
 
 /// <summary>The 200 body: a JSON object with <c>content</c> first, never an array (the launch gate reads it with jq).</summary>

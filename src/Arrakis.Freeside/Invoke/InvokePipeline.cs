@@ -514,7 +514,7 @@ public sealed class InvokePipeline(
     /// <summary>
     /// The INVOKE_COMPLETE line of an invoke refused before it held a reservation (401 from the token check, 413, 429,
     /// 402, 400, 403, 409; nothing was charged), or of one whose body read or admission threw (<paramref name="status"/>
-    /// 499, 503 or 500). Only the log line: the invoke metrics describe calls that ran.
+    /// 499, 408, 503 or 500). Only the log line: the invoke metrics describe calls that ran.
     /// </summary>
     public void Refused(int status, string outcome, string? communityId, string? pool, bool stream, TimeSpan elapsed) =>
         logger.InvokeComplete(status, outcome, pool, null, (long)elapsed.TotalMilliseconds, communityId ?? "", TraceId(), 0, 0, 0, stream);

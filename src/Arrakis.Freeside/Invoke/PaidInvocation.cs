@@ -49,11 +49,12 @@ public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microso
 
         // A call that throws logs its line too, with the status its caller is answered: the 502 X402_INVOKE_FAILED the
         // payment flow answers for a paid invoke that threw; a cancellation goes on to the error handler: 499 when the
-        // client left, else 500.
+        // client left, else 500. It ran, so it counts in the invoke metrics as the invoke route's failed calls do.
         bool Threw(Exception ex)
         {
             var (status, outcome) = ex is not OperationCanceledException ? (502, "error")
                 : ct.IsCancellationRequested ? (499, "client_disconnected") : (500, "error");
+            metrics.Completed(pool.Id, outcome, started.Elapsed.TotalMilliseconds, 0);
             logger.InvokeComplete(status, outcome, pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
             return false;
         }

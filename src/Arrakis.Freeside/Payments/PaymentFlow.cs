@@ -24,7 +24,7 @@ public sealed class PaymentFlow(
     IOptions<X402Options> options,
     ILogger<PaymentFlow> logger)
 {
-    public async Task<IResult> HandlePaymentAsync(string header, int version, PaymentChallenge challenge, JsonObject body, JsonWebToken? token, IServiceProvider requestServices, CancellationToken ct)
+    public async Task<IResult> HandlePaymentAsync(string header, int version, PaymentChallenge challenge, JsonObject body, JsonWebToken? token, HttpContext http, CancellationToken ct)
     {
         var (payment, malformed) = PaymentDecoder.Decode(header, version);
         if (payment is null)
@@ -89,13 +89,14 @@ public sealed class PaymentFlow(
                 live: refused.Status == 402 ? PaymentRequirementsBuilder.ToResult(challenge, refused.Code, refused.Detail) : Problems.Create(refused.Status, refused.Code, refused.Detail));
         }
 
-        if (requestServices.GetService<IPaidInvocation>() is not { } invocation)
+        if (http.RequestServices.GetService<IPaidInvocation>() is not { } invocation)
         {
             const string unavailable = "X402_INVOKE_UNAVAILABLE", detail = "The paid invoke pipeline is not available; nothing was settled.";
             return await FailAsync(row, "invoke_unavailable", 503, ErrorBody(unavailable, detail), ct, live: Problems.Create(503, unavailable, detail));
         }
 
         PaidInvocationResult result;
+        Invoke.InvokeApi.LogsItsOwnLine(http); // the paid call logs the request's INVOKE_COMPLETE line
         try
         {
             result = await invocation.RunAsync(new PaidInvocationRequest(row.Id, body, token, row.CommunityId, row.Payer, row.ValueMicro), ct);

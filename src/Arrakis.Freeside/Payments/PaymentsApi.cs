@@ -18,7 +18,8 @@ public static class PaymentsApi
 
     public static IEndpointRouteBuilder MapPaymentsApi(this IEndpointRouteBuilder app)
     {
-        app.MapPost(InvokePath, InvokeAsync).WithTags("Payments");
+        // An invoke route: every answer logs its INVOKE_COMPLETE line (InvokeApi.LogAnsweredBeforeTheHandlerAsync).
+        app.MapPost(InvokePath, InvokeAsync).WithMetadata(InvokeApi.InvokeEndpoint.Instance).WithTags("Payments");
         return app;
     }
 
@@ -89,16 +90,17 @@ public static class PaymentsApi
 
         if (headers[X402Headers.PaymentSignature].ToString() is { Length: > 0 } v2)
         {
-            return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, http.RequestServices, ct);
+            return await flow.HandlePaymentAsync(v2, 2, challenge, body, token, http, ct);
         }
 
         if (headers[X402Headers.XPayment].ToString() is { Length: > 0 } v1)
         {
-            return await flow.HandlePaymentAsync(v1, 1, challenge, body, token, http.RequestServices, ct);
+            return await flow.HandlePaymentAsync(v1, 1, challenge, body, token, http, ct);
         }
 
         if (headers[X402Headers.XPaymentProof].ToString() is { Length: > 0 } proof)
         {
+            InvokeApi.LogsItsOwnLine(http); // a proof buys no call: not an invoke, so no INVOKE_COMPLETE line
             return await legacy.HandleAsync(proof, headers[X402Headers.XPaymentProofSignature].ToString(), challenge, token, ct);
         }
 

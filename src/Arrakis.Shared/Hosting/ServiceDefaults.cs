@@ -210,6 +210,13 @@ public static partial class ServiceDefaults
                 return true;
             }
 
+            if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status408RequestTimeout } timedOut)
+            {
+                // The body arrived slower than Kestrel's minimum data rate: not a bad body, and the client is still there.
+                await Http.Problems.Create(408, "REQUEST_TIMEOUT", timedOut.Message).ExecuteAsync(httpContext);
+                return true;
+            }
+
             if (exception is BadHttpRequestException { StatusCode: StatusCodes.Status415UnsupportedMediaType } mediaType)
             {
                 await Http.Problems.Create(415, "UNSUPPORTED_MEDIA_TYPE", mediaType.Message, new Dictionary<string, object?> { ["field"] = "Content-Type" }).ExecuteAsync(httpContext);

@@ -1239,6 +1239,134 @@ public sealed class InvokeTests
     }
 
     /// <summary>
+    /// A chunked body whose client goes away before its last chunk logs 499 (client_disconnected), as one that ends
+    /// before its Content-Length does. Kestrel aborts such a request, but the abort reaches RequestAborted later, on the
+    /// thread pool: here it never does (the request's lifetime token is one that is not cancelled), as it sometimes had
+    /// not when the body read threw, and the line said 400 rejected. A malformed chunk is still a 400 the client reads.
+    /// </summary>
+    [Fact]
+    public async Task An_invoke_whose_chunked_body_ends_early_logs_499_even_before_the_abort_arrives()
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await Platform.StartAsync("sqlite", RaisedRateLimits(), (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+                b.Services.AddTransient<Microsoft.AspNetCore.Hosting.IStartupFilter, AbortArrivesLate>();
+            }
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        var ct = TestContext.Current.CancellationToken;
+        var uri = new Uri(p.FreesideUrl);
+        string Head() =>
+            $"POST {Arrakis.Freeside.Invoke.InvokeApi.Path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {UserToken(p)}\r\n"
+            + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+        // The client goes away after one chunk: closing its connection (FIN), or resetting it (RST).
+        foreach (var reset in new[] { false, true })
+        {
+            using var leaves = new System.Net.Sockets.TcpClient();
+            await leaves.ConnectAsync(uri.Host, uri.Port, ct);
+            await leaves.GetStream().WriteAsync(Encoding.UTF8.GetBytes(Head() + "b\r\n{\"prompt\":\"\r\n"), ct);
+            await Task.Delay(500, ct); // the handler is reading the body
+            if (reset)
+            {
+                leaves.Client.LingerState = new System.Net.Sockets.LingerOption(true, 0);
+            }
+
+            leaves.Close();
+            await WaitForLinesAsync(logs, reset ? 2 : 1);
+        }
+
+        using (var malformed = new System.Net.Sockets.TcpClient())
+        {
+            await malformed.ConnectAsync(uri.Host, uri.Port, ct);
+            var socket = malformed.GetStream();
+            await socket.WriteAsync(Encoding.UTF8.GetBytes(Head() + "zz\r\n{\"prompt\":\"\r\n"), ct);
+            var answer = new byte[4096];
+            var read = await socket.ReadAsync(answer, ct);
+            Assert.StartsWith("HTTP/1.1 400", Encoding.UTF8.GetString(answer, 0, read), StringComparison.Ordinal);
+        }
+
+        var lines = await WaitForLinesAsync(logs, 3);
+        Assert.Equal([(499, "client_disconnected"), (499, "client_disconnected"), (400, "rejected")],
+            lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        Assert.All(lines, l => Assert.IsType<long>(l.Properties["DurationMs"]));
+        Assert.Equal(0, await PendingReservationsAsync(p));
+    }
+
+    /// <summary>Kestrel's abort of a request arrives late: its RequestAborted is a token that is never cancelled.</summary>
+    sealed class AbortArrivesLate : Microsoft.AspNetCore.Hosting.IStartupFilter
+    {
+        public Action<Microsoft.AspNetCore.Builder.IApplicationBuilder> Configure(Action<Microsoft.AspNetCore.Builder.IApplicationBuilder> next) => app =>
+        {
+            Microsoft.AspNetCore.Builder.UseExtensions.Use(app, (http, nextMiddleware) =>
+            {
+                http.Features.Set<Microsoft.AspNetCore.Http.Features.IHttpRequestLifetimeFeature>(new Microsoft.AspNetCore.Http.Features.HttpRequestLifetimeFeature());
+                return nextMiddleware(http);
+            });
+            next(app);
+        };
+    }
+
+    /// <summary>
+    /// A body that arrives slower than Kestrel's minimum data rate is answered 408 REQUEST_TIMEOUT (JSON), and its
+    /// INVOKE_COMPLETE line says 408 rejected. Before, the error handler answered the client, who was still there,
+    /// 400 INVALID_REQUEST (field body), and the line said 499 client_disconnected (the body had not reached its length).
+    /// </summary>
+    [Fact]
+    public async Task An_invoke_whose_body_is_too_slow_is_answered_and_logged_408()
+    {
+        var logs = new RecordingLoggerProvider();
+        await using var p = await Platform.StartAsync("sqlite", RaisedRateLimits(), (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+                Microsoft.AspNetCore.Hosting.WebHostBuilderKestrelExtensions.ConfigureKestrel(b.WebHost, k => k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(240, TimeSpan.FromSeconds(2)));
+            }
+        });
+        await Seeder.For(p.Freeside.Services.GetRequiredService<Database>()).SeedAsync(TestContext.Current.CancellationToken);
+        var ct = TestContext.Current.CancellationToken;
+        var uri = new Uri(p.FreesideUrl);
+        using var slow = new System.Net.Sockets.TcpClient();
+        await slow.ConnectAsync(uri.Host, uri.Port, ct);
+        var socket = slow.GetStream();
+        await socket.WriteAsync(Encoding.UTF8.GetBytes(
+            $"POST {Arrakis.Freeside.Invoke.InvokeApi.Path} HTTP/1.1\r\nHost: {uri.Authority}\r\nAuthorization: Bearer {UserToken(p)}\r\n"
+            + "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\":\""), ct);
+        var answer = new StreamReader(socket).ReadToEndAsync(ct);
+        for (var i = 0; i < 20 && !answer.IsCompleted; i++)
+        {
+            await Task.Delay(500, ct);
+            if (!answer.IsCompleted)
+            {
+                await socket.WriteAsync("x"u8.ToArray(), ct); // 2 bytes a second, far under 240
+            }
+        }
+
+        var text = await answer;
+        Assert.StartsWith("HTTP/1.1 408", text, StringComparison.Ordinal);
+        Assert.Contains("\"error\":\"REQUEST_TIMEOUT\"", text, StringComparison.Ordinal);
+        var line = Assert.Single(await WaitForLinesAsync(logs, 1));
+        Assert.Equal((408, "rejected"), ((int)line.Properties["Status"]!, (string)line.Properties["Outcome"]!));
+        Assert.Equal(0L, line.Properties["CostMicro"]);
+    }
+
+    /// <summary>The INVOKE_COMPLETE lines once there are at least <paramref name="count"/> (at most 15 s).</summary>
+    static async Task<List<RecordedLog>> WaitForLinesAsync(RecordingLoggerProvider logs, int count)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (logs.WithEvent("INVOKE_COMPLETE").Count() < count && waited.Elapsed < TimeSpan.FromSeconds(15))
+        {
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        }
+
+        return logs.WithEvent("INVOKE_COMPLETE").ToList();
+    }
+
+    /// <summary>
     /// A JSON client that leaves while finn works: finn meters nothing until it answers, so nothing is charged. The hold
     /// is released and the key freed at once (not after the reaper's TTL and the key's lease), so a retry with the same
     /// key runs, and the call still logs its INVOKE_COMPLETE line, as a 499.

@@ -36,15 +36,20 @@ public sealed class PaidInvocationTests
         await PayTheQuoteAsync(engine, body, new Dictionary<string, string?>());
     }
 
-    /// <summary>A paid call is an invoke: it logs its one INVOKE_COMPLETE line (DESIGN §8), with what it cost.</summary>
+    /// <summary>
+    /// A paid call is an invoke: it logs its one INVOKE_COMPLETE line (DESIGN §8), with what it cost; the unpaid request
+    /// before it, answered with the 402 quote, logs its own (402, rejected).
+    /// </summary>
     [Fact]
     public async Task A_paid_call_logs_its_invoke_complete_line()
     {
         var logs = new RecordingLoggerProvider();
         var answer = await PayTheQuoteAsync("sqlite", new JsonObject { ["prompt"] = "Say hi", ["model"] = "cheap" }, new Dictionary<string, string?>(), logs: logs);
 
-        var line = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"));
-        Assert.Equal((200, "paid", "cheap"), ((int)line.Properties["Status"]!, (string)line.Properties["Outcome"]!, (string)line.Properties["Pool"]!));
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([(402, "rejected"), (200, "paid")], lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        var line = lines[1];
+        Assert.Equal("cheap", line.Properties["Pool"]);
         Assert.Equal(answer["cost_micro"]!.GetValue<long>(), (long)line.Properties["CostMicro"]!);
         Assert.Equal(answer["trace_id"]!.GetValue<string>(), (string)line.Properties["TraceId"]!);
         Assert.IsType<long>(line.Properties["DurationMs"]);
@@ -71,35 +76,168 @@ public sealed class PaidInvocationTests
         Assert.Equal(503, status);
         Assert.Equal("NO_HEALTHY_MODEL", body["error"]!.GetValue<string>());
         Assert.True(retryAfter >= TimeSpan.FromSeconds(20) && retryAfter <= TimeSpan.FromSeconds(37), $"Retry-After {retryAfter}");
+        // Each paid call follows its unpaid request's 402 quote.
         var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
-        Assert.Equal(answers.Select(a => a.Status), lines.Select(l => (int)l.Properties["Status"]!));
-        Assert.All(lines, l => Assert.Equal("upstream_failed", l.Properties["Outcome"]));
+        Assert.Equal(answers.SelectMany(a => new[] { (402, "rejected"), (a.Status, "upstream_failed") }),
+            lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
     }
 
     /// <summary>
     /// A paid call whose finn call throws (a defect; here a handler on freeside's finn client) is answered 502
     /// X402_INVOKE_FAILED and nothing is settled; it still logs its one INVOKE_COMPLETE line (DESIGN §8: every invoke),
-    /// with that status. Before, the exception left the paid call without a line.
+    /// with that status, and counts once in invocation_count and InferenceLatencyMs, as the invoke route's failed calls
+    /// do. Before, the exception left the paid call without a line, and then without a count.
     /// </summary>
     [Fact]
     public async Task A_paid_call_that_throws_logs_its_invoke_complete_line_with_the_status_it_is_answered()
     {
         var logs = new RecordingLoggerProvider();
+        var counted = new System.Collections.Concurrent.ConcurrentQueue<(string Instrument, string? Pool, string? Outcome)>();
+        using var listener = new MeterListener();
         var answers = await PayForEachAsync(new Dictionary<string, string?>(), calls: 1, logs,
-            b => b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new ThrowingHandler()));
+            b => b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new ThrowingHandler()),
+            started: p =>
+            {
+                var factory = p.Freeside.Services.GetRequiredService<IMeterFactory>();
+                listener.InstrumentPublished = (instrument, l) =>
+                {
+                    if (instrument.Meter.Name == MetricNames.AgentMeter && ReferenceEquals(instrument.Meter.Scope, factory))
+                    {
+                        l.EnableMeasurementEvents(instrument);
+                    }
+                };
+                void Record(Instrument instrument, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+                {
+                    string? pool = null, outcome = null;
+                    foreach (var tag in tags)
+                    {
+                        pool = tag.Key == "pool" ? tag.Value as string : pool;
+                        outcome = tag.Key == "outcome" ? tag.Value as string : outcome;
+                    }
+
+                    counted.Enqueue((instrument.Name, pool, outcome));
+                }
+
+                listener.SetMeasurementEventCallback<long>((instrument, _, tags, _) => Record(instrument, tags));
+                listener.SetMeasurementEventCallback<double>((instrument, _, tags, _) => Record(instrument, tags));
+                listener.Start();
+            });
 
         var (status, _, body) = Assert.Single(answers);
         Assert.Equal((502, X402Errors.InvokeFailed), (status, body["error"]!.GetValue<string>()));
-        var line = Assert.Single(logs.WithEvent("INVOKE_COMPLETE"));
-        Assert.Equal((502, "error", "cheap"), ((int)line.Properties["Status"]!, (string)line.Properties["Outcome"]!, (string)line.Properties["Pool"]!));
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([(402, "rejected"), (502, "error")], lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        var line = lines[1];
+        Assert.Equal("cheap", line.Properties["Pool"]);
         Assert.Equal(0L, line.Properties["CostMicro"]);
         Assert.IsType<long>(line.Properties["DurationMs"]);
+        Assert.Equal((MetricNames.InvocationCount, "cheap", "error"), Assert.Single(counted, c => c.Instrument == MetricNames.InvocationCount));
+        Assert.Equal(("cheap", null), Assert.Single(counted, c => c.Instrument == MetricNames.InferenceLatencyMs) is var (_, pool, outcome) ? (pool, outcome) : default);
+        Assert.DoesNotContain(counted, c => c.Instrument == MetricNames.InvocationCostMicro); // nothing was charged
     }
 
     sealed class ThrowingHandler : DelegatingHandler
     {
         protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken ct) =>
             throw new InvalidOperationException("injected: an error no part of the finn call expects");
+    }
+
+    /// <summary>
+    /// DESIGN §8: every invoke logs INVOKE_COMPLETE, on the x402 route as on the invoke route. Every answer it gives
+    /// before the paid call runs logs its line with the status answered: a body that is not JSON or not an invoke
+    /// request (400), the unpaid 402 quote, a payment that cannot be decoded (400), a bearer token that is not valid
+    /// (401), each outcome rejected; a payment's stored answer replayed (outcome replayed); a body the client left
+    /// mid-way (499). The paid call between them logs its own one line (paid). Before, only the paid call logged a line.
+    /// </summary>
+    [Fact]
+    public async Task Every_answer_the_x402_route_gives_before_the_paid_call_logs_its_invoke_complete_line()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var logs = new RecordingLoggerProvider();
+        var settings = new Dictionary<string, string?>();
+        await using var chain = await AnvilChain.StartAsync(ct);
+        var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
+        await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+            }
+        });
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        async Task<HttpResponseMessage> SendAsync(string body, string? payment = null, string? bearer = null)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath) { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+            if (payment is not null)
+            {
+                request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
+            }
+
+            if (bearer is not null)
+            {
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", bearer);
+            }
+
+            return await http.SendAsync(request, ct);
+        }
+
+        const string call = """{"prompt":"Say hi","model":"cheap"}""";
+        var statuses = new List<int>();
+        foreach (var body in new[] { "not json", """{"model":"cheap"}""" })
+        {
+            using var invalid = await SendAsync(body);
+            statuses.Add((int)invalid.StatusCode);
+        }
+
+        using var unpaid = await SendAsync(call);
+        statuses.Add((int)unpaid.StatusCode);
+        var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
+        var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
+        var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+        var payment = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey)));
+        using (var undecodable = await SendAsync(call, "not-a-payment"))
+        {
+            statuses.Add((int)undecodable.StatusCode);
+        }
+
+        using (var badToken = await SendAsync(call, payment, "not-a-token"))
+        {
+            statuses.Add((int)badToken.StatusCode);
+        }
+
+        foreach (var attempt in new[] { "paid", "replayed" })
+        {
+            using var paid = await SendAsync(call, payment);
+            statuses.Add((int)paid.StatusCode);
+            Assert.True(paid.IsSuccessStatusCode, attempt + ": " + await paid.Content.ReadAsStringAsync(ct));
+        }
+
+        Assert.Equal([400, 400, 402, 400, 401, 200, 200], statuses);
+
+        // The client goes away a few bytes into the 1000 it promised.
+        var uri = new Uri(p.FreesideUrl);
+        using (var leaves = new System.Net.Sockets.TcpClient())
+        {
+            await leaves.ConnectAsync(uri.Host, uri.Port, ct);
+            await leaves.GetStream().WriteAsync(Encoding.UTF8.GetBytes(
+                $"POST {PaymentsApi.InvokePath} HTTP/1.1\r\nHost: {uri.Authority}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"prompt\":\""), ct);
+            await Task.Delay(500, ct); // the route is reading the body
+            leaves.Close();
+        }
+
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (logs.WithEvent("INVOKE_COMPLETE").Count() < 8 && waited.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            await Task.Delay(50, ct);
+        }
+
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal(
+            [(400, "rejected"), (400, "rejected"), (402, "rejected"), (400, "rejected"), (401, "rejected"), (200, "paid"), (200, "replayed"), (499, "client_disconnected")],
+            lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        Assert.All(lines, l => Assert.IsType<long>(l.Properties["DurationMs"]));
+        Assert.All(lines, l => Assert.False(string.IsNullOrEmpty((string?)l.Properties["TraceId"])));
+        Assert.All(lines.Where(l => (string)l.Properties["Outcome"]! != "paid"), l => Assert.Equal(0L, l.Properties["CostMicro"]));
     }
 
     /// <summary>
@@ -124,7 +262,7 @@ public sealed class PaidInvocationTests
     /// freeside's host.
     /// </summary>
     static async Task<List<(int Status, TimeSpan? RetryAfter, JsonObject Body)>> PayForEachAsync(Dictionary<string, string?> settings, int calls,
-        RecordingLoggerProvider logs, Action<Microsoft.AspNetCore.Builder.WebApplicationBuilder>? freeside = null)
+        RecordingLoggerProvider logs, Action<Microsoft.AspNetCore.Builder.WebApplicationBuilder>? freeside = null, Action<Platform>? started = null)
     {
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
@@ -137,6 +275,7 @@ public sealed class PaidInvocationTests
                 freeside?.Invoke(b);
             }
         });
+        started?.Invoke(p);
         var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
         HttpRequestMessage Request(string? payment)
