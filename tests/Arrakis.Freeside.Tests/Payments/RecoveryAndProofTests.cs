@@ -221,14 +221,7 @@ public sealed class RecoveryAndProofTests
         await rig.Host.AgeAsync(row.Id, Stale, ct);
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
-        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
-        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
-        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
-        Assert.Equal(("community-slow", amount - 400, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
-        using var replay = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
-        Assert.Equal((200, lot.Id), ((int)replay.StatusCode, (await ChainPaymentTests.JsonAsync(replay, ct))["creditNote"]!["id"]!.GetValue<string>()));
-        Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
-        Assert.Equal(1, rig.Host.Invocation.Calls);
+        await AssertSettledOnceAsync(rig, row.Id, "community-slow", header, amount, ct);
     }
 
     /// <summary>
@@ -276,10 +269,19 @@ public sealed class RecoveryAndProofTests
         await rig.Host.AgeAsync(row.Id, Stale, ct);
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
-        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        await AssertSettledOnceAsync(rig, row.Id, "community-down", header, amount, ct);
+    }
+
+    /// <summary>
+    /// The payment settled with one credit note of amount less the call's cost to <paramref name="community"/>, its stored
+    /// answer replays that note, the payer paid once and the paid call ran once.
+    /// </summary>
+    static async Task AssertSettledOnceAsync(ChainPaymentTests.Rig rig, string paymentId, string community, string header, long amount, CancellationToken ct)
+    {
+        var settled = (await rig.Host.Store.GetAsync(paymentId, ct))!;
         Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
         var lot = Assert.Single(rig.Host.Sink.Lots).Value;
-        Assert.Equal(("community-down", amount - 400, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        Assert.Equal((community, amount - 400, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
         using var replay = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(header), ct: ct);
         Assert.Equal((200, lot.Id), ((int)replay.StatusCode, (await ChainPaymentTests.JsonAsync(replay, ct))["creditNote"]!["id"]!.GetValue<string>()));
         Assert.Equal(amount, await rig.Chain.BalanceAsync(rig.PayTo));
