@@ -5,10 +5,14 @@ using Dapper;
 
 namespace Arrakis.Shared.Tokens;
 
-/// <summary>The keyring table of one issuing service. Private keys are stored encrypted.</summary>
+/// <summary>
+/// The keyring table of one issuing service. Private keys are stored encrypted, and only while the key may sign or is
+/// still published: revocation destroys the private key, and <see cref="DestroyRetiredPrivateKeysAsync"/> that of a
+/// retired key that has left the JWKS. The row itself stays for 'loa keys list' and audits.
+/// </summary>
 public sealed class KeyStore(Database database, KeyProtector protector)
 {
-    sealed record Row(string kid, string status, string private_key_enc, string public_x, string public_y,
+    sealed record Row(string kid, string status, string? private_key_enc, string public_x, string public_y,
         long created_at, long? promote_at, long? activated_at, long? retired_at, long? revoked_at);
 
     public async Task<IReadOnlyList<SigningKey>> ListAsync(CancellationToken ct = default)
@@ -24,10 +28,13 @@ public sealed class KeyStore(Database database, KeyProtector protector)
     {
         var status = Enum.Parse<KeyStatus>(r.status, ignoreCase: true);
         ECDsa? priv = null;
-        if (status != KeyStatus.Revoked)
+        if (status is KeyStatus.Pending or KeyStatus.Active)
         {
+            // Only a key that signs or may yet sign is decrypted. Every retired key was decrypted and imported on every
+            // reload (each 2 s, on every replica), although it never signs again: with daily rotations, hundreds of
+            // private keys held in memory and decrypted over and over.
             priv = ECDsa.Create();
-            priv.ImportPkcs8PrivateKey(protector.Unprotect(r.private_key_enc, r.kid), out _);
+            priv.ImportPkcs8PrivateKey(protector.Unprotect(r.private_key_enc!, r.kid), out _);
         }
 
         return new SigningKey(r.kid, status, r.public_x, r.public_y, FromMs(r.created_at), FromMsOrNull(r.promote_at),
@@ -107,10 +114,22 @@ public sealed class KeyStore(Database database, KeyProtector protector)
     }
 
     /// <summary>
-    /// Revokes a key. When it was the active key, the newest pending key becomes active in the same transaction, or
-    /// <paramref name="replacement"/>'s key when none is pending, so no replica ever reads a keyring without an active
-    /// key. Before, the revocation and the next activation were two transactions, and a replica reloading between them
-    /// could not sign anything until its next reload.
+    /// Destroys the stored private key of every key retired at or before <paramref name="retiredAtOrBefore"/> (keys no
+    /// longer published: a retired key never signs again). Returns how many were destroyed.
+    /// </summary>
+    public async Task<int> DestroyRetiredPrivateKeysAsync(DateTimeOffset retiredAtOrBefore, CancellationToken ct = default)
+    {
+        await using var connection = await database.OpenAsync(ct);
+        return await connection.ExecuteAsync(new CommandDefinition(
+            "UPDATE signing_keys SET private_key_enc = NULL WHERE status = 'retired' AND retired_at <= @cutoff AND private_key_enc IS NOT NULL",
+            new { cutoff = retiredAtOrBefore.ToUnixTimeMilliseconds() }, cancellationToken: ct));
+    }
+
+    /// <summary>
+    /// Revokes a key and destroys its stored private key (it is compromised or unwanted). When it was the active key, the
+    /// newest pending key becomes active in the same transaction, or <paramref name="replacement"/>'s key when none is
+    /// pending, so no replica ever reads a keyring without an active key. Before, the revocation and the next activation
+    /// were two transactions, and a replica reloading between them could not sign anything until its next reload.
     /// </summary>
     /// <returns>The key's status before, or null when there is no such kid; and the kid that became active, if any.</returns>
     public async Task<(KeyStatus? Previous, string? Activated)> RevokeAsync(string kid, DateTimeOffset now, Func<(string Kid, ECDsa Key)> replacement, CancellationToken ct = default)
@@ -126,7 +145,7 @@ public sealed class KeyStore(Database database, KeyProtector protector)
 
         var ms = now.ToUnixTimeMilliseconds();
         await connection.ExecuteAsync(new CommandDefinition(
-            "UPDATE signing_keys SET status = 'revoked', revoked_at = @ms, promote_at = NULL WHERE kid = @kid",
+            "UPDATE signing_keys SET status = 'revoked', revoked_at = @ms, promote_at = NULL, private_key_enc = NULL WHERE kid = @kid",
             new { kid, ms }, tx, cancellationToken: ct));
         var previous = Enum.Parse<KeyStatus>(status, ignoreCase: true);
         string? activated = null;

@@ -77,6 +77,7 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
 {
     KeyringSnapshot _snapshot = new(null, [], []);
     readonly SemaphoreSlim _reloadGate = new(1, 1);
+    DateTimeOffset _destroyedThrough = DateTimeOffset.MinValue; // retired keys up to here have no stored private key
 
     public KeyringSnapshot Current => Volatile.Read(ref _snapshot);
 
@@ -125,10 +126,29 @@ public sealed class Keyring(KeyStore store, TimeProvider time, KeyringOptions op
             }
 
             Volatile.Write(ref _snapshot, Build(keys, now));
+            await DestroyUnpublishedRetiredKeysAsync(keys, now, ct);
         }
         finally
         {
             _reloadGate.Release();
+        }
+    }
+
+    /// <summary>
+    /// Destroys the stored private key of retired keys that have left the JWKS (retired <see cref="KeyringOptions.RetiredKeyRetention"/>
+    /// ago): they were kept forever. The table is written only when a retired key has left the JWKS since the last time.
+    /// </summary>
+    async Task DestroyUnpublishedRetiredKeysAsync(IReadOnlyList<SigningKey> keys, DateTimeOffset now, CancellationToken ct)
+    {
+        var cutoff = now - options.RetiredKeyRetention;
+        if (keys.Any(k => k.Status == KeyStatus.Retired && k.RetiredAt is { } r && r > _destroyedThrough && r <= cutoff))
+        {
+            var destroyed = await store.DestroyRetiredPrivateKeysAsync(cutoff, ct);
+            _destroyedThrough = cutoff;
+            if (destroyed > 0)
+            {
+                logger.LogInformation("Destroyed the private keys of {Count} retired signing keys no longer published", destroyed);
+            }
         }
     }
 

@@ -11,7 +11,10 @@ public enum KeyStatus
     Revoked,
 }
 
-/// <summary>A keyring entry. <see cref="Private"/> is null for keys known only by their public half (remote JWKS).</summary>
+/// <summary>
+/// A keyring entry. <see cref="Private"/> is set for pending and active keys only: null for retired and revoked keys
+/// (they never sign again) and for keys known only by their public half (remote JWKS).
+/// </summary>
 public sealed record SigningKey(
     string Kid,
     KeyStatus Status,

@@ -185,6 +185,168 @@ public sealed class KeyringTests
         }
     }
 
+    sealed record StoredKey(string status, string? private_key_enc, string public_x, string public_y, long? retired_at, long? revoked_at);
+
+    static async Task<StoredKey> StoredAsync(Database db, string kid)
+    {
+        await using var connection = await db.OpenAsync(TestContext.Current.CancellationToken);
+        return await Dapper.SqlMapper.QuerySingleAsync<StoredKey>(connection,
+            "SELECT status, private_key_enc, public_x, public_y, retired_at, revoked_at FROM signing_keys WHERE kid = @kid", new { kid });
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Revoking_a_key_destroys_its_stored_private_key_and_keeps_the_row(string engine)
+    {
+        // A revoked key is compromised or unwanted, yet its encrypted private key stayed in the table forever.
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        var first = keyring.Current.Active!;
+        var pending = await keyring.RotateAsync(TimeSpan.FromHours(1), ct);
+        Assert.NotNull((await StoredAsync(db, first.Kid)).private_key_enc);
+
+        Assert.Equal(KeyStatus.Active, await keyring.RevokeAsync(first.Kid, ct));
+        var next = await keyring.RotateAsync(TimeSpan.FromHours(1), ct);
+        Assert.Equal(KeyStatus.Pending, await keyring.RevokeAsync(next, ct));
+
+        foreach (var kid in new[] { first.Kid, next })
+        {
+            var row = await StoredAsync(db, kid);
+            Assert.Equal("revoked", row.status);
+            Assert.Null(row.private_key_enc);
+            Assert.NotNull(row.revoked_at);
+            Assert.Contains(keyring.Current.All, k => k.Kid == kid && k.Status == KeyStatus.Revoked && k.Private is null);
+        }
+
+        var revokedRow = await StoredAsync(db, first.Kid);
+        Assert.Equal((first.X, first.Y), (revokedRow.public_x, revokedRow.public_y));
+        Assert.Equal(pending, keyring.Current.Active!.Kid);
+        Assert.NotNull((await StoredAsync(db, pending)).private_key_enc);
+        Assert.NotNull(keyring.Current.Active.Private);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Reloads_decrypt_only_the_keys_that_may_sign_not_every_retired_key(string engine)
+    {
+        // Every reload (each 2 s on every replica) decrypted and imported the private key of each retired key, although a
+        // retired key never signs again: with daily rotations, hundreds of private keys held and decrypted over and over.
+        var (keyring, _, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        for (var i = 0; i < 5; i++)
+        {
+            await keyring.RotateAsync(TimeSpan.Zero, ct);
+        }
+
+        var pending = await keyring.RotateAsync(TimeSpan.FromHours(1), ct);
+        var retired = keyring.Current.All.Where(k => k.Status == KeyStatus.Retired).ToList();
+        Assert.Equal(5, retired.Count);
+        Assert.All(retired, k => Assert.Null(k.Private));
+        Assert.NotNull(keyring.Current.Active!.Private);
+        Assert.NotNull(keyring.Current.All.Single(k => k.Kid == pending).Private);
+
+        // A reload does not even read a retired key's ciphertext: an undecryptable one leaves the keyring working.
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            await Dapper.SqlMapper.ExecuteAsync(connection, "UPDATE signing_keys SET private_key_enc = 'v1.AAAA' WHERE status = 'retired'");
+        }
+
+        await keyring.ReloadAsync(ct);
+        Assert.Equal(5, keyring.Current.All.Count(k => k.Status == KeyStatus.Retired));
+        Assert.Equal(7, keyring.Current.Published.Count);
+        var token = TokenIssuer.Mint(keyring.Current.Active!, "arrakis", "arrakis", new Dictionary<string, object>(), TimeSpan.FromMinutes(5), DateTimeOffset.UtcNow);
+        Assert.Equal(3, token.Split('.').Length);
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_retired_key_loses_its_stored_private_key_when_it_leaves_the_jwks_and_the_jwks_is_unchanged_until_then(string engine)
+    {
+        var (keyring, time, db) = await NewKeyringAsync(engine);
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        var first = keyring.Current.Active!;
+        var second = await keyring.RotateAsync(TimeSpan.Zero, ct);
+        var retention = keyring.Options.RetiredKeyRetention;
+        var jwks = System.Text.Json.JsonSerializer.Serialize(JwksApi.Document(keyring.Current));
+        Assert.Equal(
+            System.Text.Json.JsonSerializer.Serialize(new JwksDocument([
+                .. new[] { keyring.Current.Active!, first }.Select(k => new JsonWebKeyDto("EC", "P-256", k.X, k.Y, k.Kid, "sig", "ES256"))])),
+            jwks);
+
+        // Still published: the JWKS is the same document, and the row keeps its (unused) private key until it leaves.
+        time.Advance(retention - TimeSpan.FromSeconds(1));
+        await keyring.ReloadAsync(ct);
+        Assert.Equal(jwks, System.Text.Json.JsonSerializer.Serialize(JwksApi.Document(keyring.Current)));
+        Assert.NotNull((await StoredAsync(db, first.Kid)).private_key_enc);
+
+        time.Advance(TimeSpan.FromSeconds(2));
+        await keyring.ReloadAsync(ct);
+        var row = await StoredAsync(db, first.Kid);
+        Assert.Equal("retired", row.status);
+        Assert.Null(row.private_key_enc);
+        Assert.Equal((first.X, first.Y), (row.public_x, row.public_y));
+        Assert.NotNull(row.retired_at);
+        Assert.Equal([second], keyring.Current.Published.Select(k => k.Kid));
+        Assert.Contains(keyring.Current.All, k => k.Kid == first.Kid && k.Status == KeyStatus.Retired);
+        Assert.NotNull((await StoredAsync(db, second)).private_key_enc);
+
+        // The next retired key too, once it has left the JWKS in turn.
+        var third = await keyring.RotateAsync(TimeSpan.Zero, ct);
+        time.Advance(retention - TimeSpan.FromSeconds(1));
+        await keyring.ReloadAsync(ct);
+        Assert.NotNull((await StoredAsync(db, second)).private_key_enc);
+        time.Advance(TimeSpan.FromSeconds(2));
+        await keyring.ReloadAsync(ct);
+        Assert.Null((await StoredAsync(db, second)).private_key_enc);
+        Assert.NotNull((await StoredAsync(db, third)).private_key_enc);
+        Assert.Equal([third], keyring.Current.Published.Select(k => k.Kid));
+    }
+
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Upgrading_a_keyring_destroys_the_private_keys_of_revoked_keys_and_keeps_the_others(string engine)
+    {
+        var db = new Database(TestStorage.Options(engine, "freeside"));
+        await using var _ = db;
+        var ct = TestContext.Current.CancellationToken;
+        var all = Migrator.FromAssembly(typeof(Database).Assembly, db.Engine);
+        await new Migrator(db).ApplyAsync(all.Where(m => m.Id == "shared.001_keyring"), ct);
+        var store = new KeyStore(db, new KeyProtector(new byte[32]));
+        var now = DateTimeOffset.UtcNow;
+        using var a = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        using var b = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        using var c = System.Security.Cryptography.ECDsa.Create(System.Security.Cryptography.ECCurve.NamedCurves.nistP256);
+        await store.InsertAsync("a", a, KeyStatus.Active, now, null, ct);
+        await store.InsertAsync("b", b, KeyStatus.Pending, now, null, ct);
+        await store.ActivateAsync("b", now, ct);
+        await store.InsertAsync("c", c, KeyStatus.Pending, now, null, ct);
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            // As the old code revoked: the status changed, the encrypted private key stayed.
+            await Dapper.SqlMapper.ExecuteAsync(connection, "UPDATE signing_keys SET status = 'revoked', revoked_at = 1 WHERE kid = 'c'");
+        }
+
+        await new Migrator(db).ApplyAsync(all, ct);
+
+        Assert.Null((await StoredAsync(db, "c")).private_key_enc);
+        Assert.Equal(SigningKey.PublicPoint(c), ((await StoredAsync(db, "c")).public_x, (await StoredAsync(db, "c")).public_y));
+        Assert.NotNull((await StoredAsync(db, "a")).private_key_enc);
+        var active = (await store.ListAsync(ct)).Single(k => k.Status == KeyStatus.Active);
+        Assert.Equal("b", active.Kid);
+        Assert.Equal(SigningKey.PublicPoint(b), SigningKey.PublicPoint(active.Private!));
+        await using (var connection = await db.OpenAsync(ct))
+        {
+            // Still one active key at most, and a key that may sign must keep its private key.
+            await Assert.ThrowsAnyAsync<System.Data.Common.DbException>(() =>
+                Dapper.SqlMapper.ExecuteAsync(connection, "UPDATE signing_keys SET status = 'active' WHERE kid = 'a'"));
+            await Assert.ThrowsAnyAsync<System.Data.Common.DbException>(() =>
+                Dapper.SqlMapper.ExecuteAsync(connection, "UPDATE signing_keys SET private_key_enc = NULL WHERE kid = 'b'"));
+        }
+    }
+
     [Fact]
     public void New_kids_never_start_with_a_dash_which_a_command_line_reads_as_an_option()
     {
