@@ -1,12 +1,18 @@
+using System.Collections.Concurrent;
+using System.Data.Common;
 using System.Net.Http.Json;
 using System.Numerics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Arrakis.Shared.Storage;
+using Dapper;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Nethereum.ABI.FunctionEncoding.Attributes;
 using Nethereum.Contracts;
 using Nethereum.Hex.HexConvertors.Extensions;
+using Nethereum.JsonRpc.Client;
+using Nethereum.RPC.Eth.DTOs;
 using Nethereum.Util;
 using Nethereum.Web3;
 using Nethereum.Web3.Accounts;
@@ -200,11 +206,17 @@ public sealed class AuthorizationStateFunction : FunctionMessage
 
 /// <summary>
 /// Settler (b): submits <c>transferWithAuthorization(from,to,value,validAfter,validBefore,nonce,bytes signature)</c>
-/// to the asset with our relayer key over JSON-RPC. Submissions are serialized so relayer nonces never collide.
+/// to the asset with our relayer key over JSON-RPC. Every replica shares the relayer account, so submissions are
+/// serialized across them (see <see cref="LockRelayerAsync"/>) and each takes the account's <c>pending</c> transaction
+/// count as its nonce inside that lock: two settlements never get the same relayer nonce.
 /// </summary>
-public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<DirectChainSettler> logger) : IPaymentSettler
+public sealed class DirectChainSettler(Database db, IOptions<X402Options> options, ILogger<DirectChainSettler> logger) : IPaymentSettler
 {
-    readonly SemaphoreSlim _submit = new(1, 1);
+    /// <summary>One gate per relayer account and chain in this process (a process may host more than one settler).</summary>
+    static readonly ConcurrentDictionary<string, SemaphoreSlim> Gates = new(StringComparer.Ordinal);
+
+    /// <summary>How many times a new settlement is signed again with a fresh nonce when the node refuses its nonce.</summary>
+    const int NonceAttempts = 3;
 
     Web3 Connect()
     {
@@ -247,48 +259,71 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
         try
         {
             string txHash;
-            await _submit.WaitAsync(ct);
+            var relayer = web3.TransactionManager.Account.Address;
+            var key = $"x402-relayer:{o.ChainId}:{relayer.ToLowerInvariant()}";
+            var gate = Gates.GetOrAdd(key, _ => new SemaphoreSlim(1, 1));
+            await gate.WaitAsync(ct);
             try
             {
-                var raw = request.RawTx;
-                if (raw is null)
+                await using var relayerLock = await LockRelayerAsync(key, ct);
+                for (var attempt = 1; ; attempt++)
                 {
-                    var a = TransferWithAuthorization.From3009(request.Authorization);
-                    var fn = new TransferWithAuthorizationFunction
+                    var raw = request.RawTx;
+                    if (raw is null)
                     {
-                        From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
-                        Signature = request.Signature.HexToByteArray(),
-                        Gas = 200_000,
-                    };
-                    raw = await web3.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SignTransactionAsync(o.Asset, fn);
-                }
+                        var a = TransferWithAuthorization.From3009(request.Authorization);
+                        var fn = new TransferWithAuthorizationFunction
+                        {
+                            From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                            Signature = request.Signature.HexToByteArray(),
+                            Gas = 200_000,
+                            // Read under the lock, after every earlier settlement (of any replica) reached the node.
+                            Nonce = (await web3.Eth.Transactions.GetTransactionCount.SendRequestAsync(relayer, BlockParameter.CreatePending())).Value,
+                        };
+                        raw = await web3.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SignTransactionAsync(o.Asset, fn);
+                    }
 
-                txHash = "0x" + Sha3Keccack.Current.CalculateHashFromHex(raw);
-                if (await onSigned(txHash, raw) is not RecordOutcome.Recorded and var record)
-                {
-                    // Not this payment's to settle (or the hash is another payment's): the transaction is never broadcast.
-                    return SettlementOutcome.NotRecorded(record, txHash);
-                }
-
-                sending = txHash;
-                try
-                {
-                    await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());
-                }
-                catch (Exception ex) when (request.RawTx is not null && ex is not OperationCanceledException)
-                {
-                    // Recovery rebroadcast of a transaction the node already has ("already known") or already mined (refused
-                    // as "nonce too low"): its receipt below is the answer. Anything else is a real refusal.
-                    if (!ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase)
-                        && await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash) is null)
+                    txHash = "0x" + Sha3Keccack.Current.CalculateHashFromHex(raw);
+                    if (await onSigned(txHash, raw) is not RecordOutcome.Recorded and var record)
                     {
-                        throw;
+                        // Not this payment's to settle (or the hash is another payment's): the transaction is never broadcast.
+                        return SettlementOutcome.NotRecorded(record, txHash);
+                    }
+
+                    sending = txHash;
+                    try
+                    {
+                        await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());
+                        break;
+                    }
+                    catch (RpcResponseException ex) when (request.RawTx is null && attempt < NonceAttempts && IsNonceTaken(ex))
+                    {
+                        // The node refused a new settlement because its nonce is already used or pending (a sender that does
+                        // not take the lock: an older replica during a rolling deploy, another tool with the same key, or a
+                        // node behind the one that took the last send). The refused transaction can never be mined, so
+                        // the payment is signed again with the node's next nonce; the new hash replaces the recorded one.
+                        logger.LogWarning("x402 direct settlement {Transaction} of payment {PaymentId} was refused ({Reason}); signing again with a fresh relayer nonce",
+                            txHash, request.PaymentId, ex.Message);
+                        sending = null;
+                        await Task.Delay(200 * attempt, ct);
+                    }
+                    catch (Exception ex) when (request.RawTx is not null && ex is not OperationCanceledException)
+                    {
+                        // Recovery rebroadcast of a transaction the node already has ("already known") or already mined (refused
+                        // as "nonce too low"): its receipt below is the answer. Anything else is a real refusal.
+                        if (!ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase)
+                            && await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash) is null)
+                        {
+                            throw;
+                        }
+
+                        break;
                     }
                 }
             }
             finally
             {
-                _submit.Release();
+                gate.Release();
             }
 
             sent = true;
@@ -317,6 +352,60 @@ public sealed class DirectChainSettler(IOptions<X402Options> options, ILogger<Di
             return sending is not null && (sent || ex is not Nethereum.JsonRpc.Client.RpcResponseException)
                 ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
                 : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
+        }
+    }
+
+    /// <summary>
+    /// A node's refusal of a new transaction because its nonce is taken: by a mined transaction (<c>nonce too low</c>) or
+    /// by another pending one (<c>replacement transaction underpriced</c>). Not <c>already known</c>: that node holds this
+    /// very transaction, which may still be mined.
+    /// </summary>
+    static bool IsNonceTaken(RpcResponseException ex) =>
+        ex.Message.Contains("nonce too low", StringComparison.OrdinalIgnoreCase)
+        || ex.Message.Contains("replacement transaction underpriced", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Serializes relayer submissions across replicas: on PostgreSQL a transaction-scoped advisory lock on the relayer
+    /// account, held (on a connection of its own) from the nonce read until the node took the transaction, and released
+    /// when the connection's transaction ends, even if this process dies. SQLite runs in one process, where the gate suffices.
+    /// </summary>
+    async Task<IAsyncDisposable?> LockRelayerAsync(string key, CancellationToken ct)
+    {
+        if (!db.IsPostgres)
+        {
+            return null;
+        }
+
+        var connection = await db.OpenAsync(ct);
+        try
+        {
+            var tx = await connection.BeginTransactionAsync(ct);
+            await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(hashtext(@key))", new { key }, tx, cancellationToken: ct));
+            return new RelayerLock(connection, tx);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+
+    sealed class RelayerLock(DbConnection connection, DbTransaction tx) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                await tx.DisposeAsync(); // rolls back: the lock goes with the transaction
+            }
+            catch (DbException)
+            {
+                // The connection broke and its session (with the lock) ended; the settlement's outcome stands.
+            }
+            finally
+            {
+                await connection.DisposeAsync();
+            }
         }
     }
 }
