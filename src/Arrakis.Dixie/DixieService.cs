@@ -29,6 +29,8 @@ public static class DixieService
         await app.InitializeStorageAsync(typeof(DixieService).Assembly);
         // Agents created by replicas that predate the kept count (during a rolling upgrade) were never counted.
         await app.Services.GetRequiredService<ReputationStore>().RecountAgentsAsync(CancellationToken.None);
+        // Subscribes to cache invalidations before taking traffic, not on the first request (under a burst).
+        _ = app.Services.GetRequiredService<ReputationCache>();
         return app;
     }
 }

@@ -55,16 +55,24 @@ public sealed class RedisInvalidationBus(IConnectionMultiplexer redis, RedisName
     /// re-sends every recorded one on each reconnect. A service started while Redis was unreachable threw here instead,
     /// from the constructor of the cache that subscribes, so every request that used the cache (dixie's anonymous
     /// reputation query, which needs no Redis) got a 503 until Redis returned, and each added one more handler.
+    /// Returns without waiting for Redis's answer. The synchronous subscribe blocked its thread for the round trip (up to
+    /// the 5 s sync timeout) inside the DI container's lock on the cache, on the first request: under a burst on a fresh
+    /// replica every other request blocked on that lock, the starved thread pool could not read Redis's answer, and the
+    /// replay checks queued meanwhile timed out (503 "redis is not reachable").
     /// </summary>
     public void Subscribe(string channel, Action<string> handler)
     {
+        Task sent;
         try
         {
-            redis.GetSubscriber().Subscribe(RedisChannel.Literal(names.Key("inval:" + channel)), (_, value) => handler(value.ToString()));
+            sent = redis.GetSubscriber().SubscribeAsync(RedisChannel.Literal(names.Key("inval:" + channel)), (_, value) => handler(value.ToString()));
         }
         catch (Exception ex) when (ex is RedisConnectionException or RedisTimeoutException)
         {
-            // Recorded, not yet sent: the reconnect sends it. Until then this replica's entries expire by their TTL.
+            return; // recorded, not yet sent: the reconnect sends it. Until then this replica's entries expire by their TTL.
         }
+
+        // Likewise when the send fails later; observed so the failure is not an unobserved task exception.
+        _ = sent.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 }
