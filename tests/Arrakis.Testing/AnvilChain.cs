@@ -25,6 +25,14 @@ public sealed class TransferFunction : FunctionMessage
     [Parameter("uint256", "value", 2)] public BigInteger Value { get; set; }
 }
 
+[Function("cancelAuthorization")]
+public sealed class CancelAuthorizationFunction : FunctionMessage
+{
+    [Parameter("address", "authorizer", 1)] public string Authorizer { get; set; } = "";
+    [Parameter("bytes32", "nonce", 2)] public byte[] AuthorizationNonce { get; set; } = [];
+    [Parameter("bytes", "signature", 3)] public byte[] Signature { get; set; } = [];
+}
+
 /// <summary>
 /// A local anvil chain (chain id 84532, from the npm package in tests/x402-chain) with the test-only EIP-3009 token
 /// compiled by solc and placed at the real Base Sepolia USDC address with anvil_setCode. Killed by PID on dispose.
@@ -171,6 +179,21 @@ public sealed class AnvilChain : IAsyncDisposable
     {
         using var http = new HttpClient();
         await RpcAsync(http, "evm_mine", new JsonArray(), ct);
+    }
+
+    /// <summary>Mines <paramref name="blocks"/> empty blocks at once (anvil_mine).</summary>
+    public async Task MineAsync(int blocks, CancellationToken ct)
+    {
+        using var http = new HttpClient();
+        await RpcAsync(http, "anvil_mine", new JsonArray("0x" + blocks.ToString("x", System.Globalization.CultureInfo.InvariantCulture)), ct);
+    }
+
+    /// <summary>Submits the payer's signed EIP-3009 <c>cancelAuthorization</c> (from the funder, as anyone may).</summary>
+    public async Task CancelAuthorizationAsync(string authorizer, string nonce, string signature)
+    {
+        var receipt = await Funder().Eth.GetContractTransactionHandler<CancelAuthorizationFunction>().SendRequestAndWaitForReceiptAsync(X402Options.BaseSepoliaUsdc,
+            new CancelAuthorizationFunction { Authorizer = authorizer, AuthorizationNonce = Convert.FromHexString(nonce[2..]), Signature = Convert.FromHexString(signature[2..]) });
+        Assert.Equal(1, (int)receipt.Status.Value);
     }
 
     public async Task<long> BalanceAsync(string address) =>

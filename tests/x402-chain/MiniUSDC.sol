@@ -10,6 +10,7 @@ contract MiniUSDC {
 
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)");
+    bytes32 public constant CANCEL_AUTHORIZATION_TYPEHASH = keccak256("CancelAuthorization(address authorizer,bytes32 nonce)");
 
     mapping(address => uint256) public balanceOf;
     mapping(address => mapping(bytes32 => bool)) public authorizationState;
@@ -18,6 +19,7 @@ contract MiniUSDC {
     event Transfer(address indexed from, address indexed to, uint256 value);
     event Approval(address indexed owner, address indexed spender, uint256 value);
     event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+    event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
 
     function DOMAIN_SEPARATOR() public view returns (bytes32) {
         return keccak256(abi.encode(
@@ -65,16 +67,28 @@ contract MiniUSDC {
 
     function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
         bytes32 nonce, bytes memory signature) external {
+        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
+        transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s);
+    }
+
+    // EIP-3009 cancelAuthorization (the bytes-signature form): the payer marks an unused authorization's nonce used.
+    function cancelAuthorization(address authorizer, bytes32 nonce, bytes memory signature) external {
+        require(!authorizationState[authorizer][nonce], "authorization is used or canceled");
+        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
+        bytes32 structHash = keccak256(abi.encode(CANCEL_AUTHORIZATION_TYPEHASH, authorizer, nonce));
+        address signer = ecrecover(keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash)), v, r, s);
+        require(signer != address(0) && signer == authorizer, "invalid signature");
+        authorizationState[authorizer][nonce] = true;
+        emit AuthorizationCanceled(authorizer, nonce);
+    }
+
+    function _split(bytes memory signature) internal pure returns (uint8 v, bytes32 r, bytes32 s) {
         require(signature.length == 65, "invalid signature length");
-        bytes32 r;
-        bytes32 s;
-        uint8 v;
         assembly {
             r := mload(add(signature, 32))
             s := mload(add(signature, 64))
             v := byte(0, mload(add(signature, 96)))
         }
-        transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s);
     }
 
     function _transfer(address from, address to, uint256 value) internal {

@@ -69,4 +69,8 @@ internal static partial class PaymentLog
 
     [LoggerMessage(EventId = 6010, EventName = "PaymentRecoveryFailed", Level = LogLevel.Warning, Message = "x402 recovery of payment {PaymentId} in {State} failed; the pass goes on")]
     public static partial void RecoveryFailed(ILogger logger, Exception exception, string paymentId, string state);
+
+    [LoggerMessage(EventId = 6011, EventName = "SettlementUnlocated", Level = LogLevel.Error,
+        Message = "x402 payment {PaymentId}: authorization {Nonce} of {Payer} is used on chain, but neither its AuthorizationUsed nor its AuthorizationCanceled event is in the last {LookbackBlocks} blocks; the payment stays settling. Raise X402__SettlementLookbackBlocks so recovery finds the transaction that paid it")]
+    public static partial void SettlementUnlocated(ILogger logger, string paymentId, string payer, string nonce, long lookbackBlocks);
 }

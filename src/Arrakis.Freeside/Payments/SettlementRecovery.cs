@@ -6,7 +6,8 @@ namespace Arrakis.Freeside.Payments;
 
 /// <summary>
 /// Finishes what a crash left: <c>settling</c> rows are settled again (the direct settler rebroadcasts the recorded
-/// transaction, so it never pays twice; a row whose outcome the chain cannot tell yet stays <c>settling</c> for the next
+/// transaction, so it never pays twice, and signs a new one only once the chain says the recorded one can never be mined
+/// and the authorization is unused; a row whose outcome the chain cannot tell yet stays <c>settling</c> for the next
 /// pass, never failed while the earlier attempt may have moved the money), stale <c>verified</c> rows are failed (the invoke's result is unknown, so
 /// nothing settles), and settled rows with an ungranted credit note are granted. Each row is handled on its own: a stale
 /// row is taken only if nobody touched it since it was listed, and a row that throws is logged and left for a later pass.

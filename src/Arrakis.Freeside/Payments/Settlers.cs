@@ -81,21 +81,29 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
 
         // Refused or unanswered: if this authorization already moved the funds (a settle that landed before a crash or a
         // timeout), that transaction is the settlement.
-        var (asked, landed) = await FindOnChainAsync(request, ct);
-        if (landed is not null)
+        var o = options.Value;
+        var (fate, landed) = await AuthorizationLookup.FindAsync(new Web3(o.RpcUrl), o, request, logger, ct);
+        if (fate == AuthorizationFate.Used)
         {
             logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
-            var record = await onSigned(landed, null);
-            return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
+            var record = await onSigned(landed!, null);
+            return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed!);
         }
 
-        if (unknown || (request.Resumed && !asked))
+        if (fate == AuthorizationFate.Canceled)
+        {
+            // The payer cancelled the authorization: no transfer can ever use it, whatever the facilitator did.
+            return new SettlementOutcome(false, null, (ok ? Text(body?["errorReason"]) : null) ?? X402Errors.NonceUsed);
+        }
+
+        if (unknown || fate == AuthorizationFate.Unlocated || (request.Resumed && fate == AuthorizationFate.Unknown))
         {
             // No answer (a timeout on a slow chain, a dropped connection, a 5xx): the facilitator may have broadcast a
             // transaction that is not mined yet. Failing now would be final while the money may still move, so the payment
             // stays settling and recovery asks the facilitator and the chain again. The same when recovery resumes a
             // payment an earlier attempt left unknown and the chain cannot be asked: this attempt's refusal (or a
-            // facilitator that is down) says nothing about what the earlier one broadcast.
+            // facilitator that is down) says nothing about what the earlier one broadcast. And when the authorization is
+            // used but its transaction is older than the lookback window: it may be this payment's, so it is never failed.
             return new SettlementOutcome(false, null, X402Errors.SettlementPending);
         }
 
@@ -107,40 +115,6 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
 
     /// <summary>A string field of a facilitator answer, or null when it is missing or of another type.</summary>
     static string? Text(JsonNode? node) => node is JsonValue v && v.TryGetValue<string>(out var s) ? s : null;
-
-    /// <summary>
-    /// The transaction whose <c>AuthorizationUsed(from, nonce)</c> event consumed this authorization, or null;
-    /// <c>Asked</c> is false when the chain could not be asked (then null says nothing).
-    /// </summary>
-    async Task<(bool Asked, string? Transaction)> FindOnChainAsync(SettlementRequest request, CancellationToken ct)
-    {
-        var o = options.Value;
-        try
-        {
-            var web3 = new Web3(o.RpcUrl);
-            var a = TransferWithAuthorization.From3009(request.Authorization);
-            var used = await web3.Eth.GetContractQueryHandler<AuthorizationStateFunction>()
-                .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
-            if (!used)
-            {
-                return (true, null);
-            }
-
-            var latest = (await web3.Eth.Blocks.GetBlockNumber.SendRequestAsync()).Value;
-            var from = BigInteger.Max(0, latest - o.SettlementLookbackBlocks);
-            var usedEvent = web3.Eth.GetEvent<AuthorizationUsedEvent>(o.Asset);
-            var filter = usedEvent.CreateFilterInput(a.From, a.Nonce, new Nethereum.RPC.Eth.DTOs.BlockParameter(new Nethereum.Hex.HexTypes.HexBigInteger(from)),
-                Nethereum.RPC.Eth.DTOs.BlockParameter.CreateLatest());
-            var logs = await usedEvent.GetAllChangesAsync(filter);
-            ct.ThrowIfCancellationRequested();
-            return (true, logs.Select(l => l.Log.TransactionHash).FirstOrDefault(h => !string.IsNullOrEmpty(h)));
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException)
-        {
-            logger.LogWarning(ex, "x402 could not ask the chain whether payment {PaymentId} was already settled", request.PaymentId);
-            return (false, null);
-        }
-    }
 
     /// <summary><c>GET /supported</c>: the facilitator's kinds, for diagnostics.</summary>
     public async Task<JsonNode?> SupportedAsync(CancellationToken ct) =>
@@ -197,11 +171,88 @@ public sealed class AuthorizationUsedEvent : IEventDTO
     [Parameter("bytes32", "nonce", 2, true)] public byte[] AuthorizationNonce { get; set; } = [];
 }
 
+[Event("AuthorizationCanceled")]
+public sealed class AuthorizationCanceledEvent : IEventDTO
+{
+    [Parameter("address", "authorizer", 1, true)] public string Authorizer { get; set; } = "";
+    [Parameter("bytes32", "nonce", 2, true)] public byte[] AuthorizationNonce { get; set; } = [];
+}
+
 [Function("authorizationState", "bool")]
 public sealed class AuthorizationStateFunction : FunctionMessage
 {
     [Parameter("address", "authorizer", 1)] public string Authorizer { get; set; } = "";
     [Parameter("bytes32", "nonce", 2)] public byte[] AuthorizationNonce { get; set; } = [];
+}
+
+/// <summary>What the chain says about a payment's EIP-3009 authorization (see <see cref="AuthorizationLookup"/>).</summary>
+internal enum AuthorizationFate
+{
+    /// <summary>The chain could not be asked: nothing is known.</summary>
+    Unknown,
+
+    /// <summary>Neither used nor cancelled: a transfer may still use it.</summary>
+    Unused,
+
+    /// <summary>A transfer used it; its <c>AuthorizationUsed</c> event names the transaction.</summary>
+    Used,
+
+    /// <summary>The payer cancelled it (<c>cancelAuthorization</c>, event <c>AuthorizationCanceled</c>): no transfer can ever use it.</summary>
+    Canceled,
+
+    /// <summary>Used or cancelled, but neither event is within <see cref="X402Options.SettlementLookbackBlocks"/>: which one is unknown.</summary>
+    Unlocated,
+}
+
+/// <summary>Asks the chain (<see cref="X402Options.RpcUrl"/>) what became of a payment's authorization, for both settlers.</summary>
+internal static class AuthorizationLookup
+{
+    /// <summary>
+    /// The authorization's fate, with the transaction of its <c>AuthorizationUsed</c> (or <c>AuthorizationCanceled</c>)
+    /// event within the last <see cref="X402Options.SettlementLookbackBlocks"/> blocks. A used authorization whose event
+    /// is older than that is <see cref="AuthorizationFate.Unlocated"/> and logged for an operator: it may be this payment's.
+    /// </summary>
+    public static async Task<(AuthorizationFate Fate, string? Transaction)> FindAsync(Web3 web3, X402Options o, SettlementRequest request, ILogger logger, CancellationToken ct)
+    {
+        try
+        {
+            var a = TransferWithAuthorization.From3009(request.Authorization);
+            var used = await web3.Eth.GetContractQueryHandler<AuthorizationStateFunction>()
+                .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
+            if (!used)
+            {
+                return (AuthorizationFate.Unused, null);
+            }
+
+            var latest = (await web3.Eth.Blocks.GetBlockNumber.SendRequestAsync()).Value;
+            var from = new BlockParameter(new Nethereum.Hex.HexTypes.HexBigInteger(BigInteger.Max(0, latest - o.SettlementLookbackBlocks)));
+            if (await FirstAsync<AuthorizationUsedEvent>(web3, o.Asset, a, from) is { } transfer)
+            {
+                return (AuthorizationFate.Used, transfer);
+            }
+
+            if (await FirstAsync<AuthorizationCanceledEvent>(web3, o.Asset, a, from) is { } cancel)
+            {
+                return (AuthorizationFate.Canceled, cancel);
+            }
+
+            ct.ThrowIfCancellationRequested();
+            PaymentLog.SettlementUnlocated(logger, request.PaymentId, request.Authorization.From, request.Authorization.Nonce, o.SettlementLookbackBlocks);
+            return (AuthorizationFate.Unlocated, null);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            logger.LogWarning(ex, "x402 could not ask the chain whether the authorization of payment {PaymentId} was used", request.PaymentId);
+            return (AuthorizationFate.Unknown, null);
+        }
+    }
+
+    static async Task<string?> FirstAsync<TEvent>(Web3 web3, string asset, TransferWithAuthorization a, BlockParameter from) where TEvent : IEventDTO, new()
+    {
+        var events = web3.Eth.GetEvent<TEvent>(asset);
+        var logs = await events.GetAllChangesAsync(events.CreateFilterInput(a.From, a.Nonce, from, BlockParameter.CreateLatest()));
+        return logs.Select(l => l.Log.TransactionHash).FirstOrDefault(h => !string.IsNullOrEmpty(h));
+    }
 }
 
 /// <summary>
@@ -266,9 +317,11 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
             try
             {
                 await using var relayerLock = await LockRelayerAsync(key, ct);
+                // Recovery rebroadcasts the recorded transaction; null once it signs a new one.
+                var recorded = request.RawTx;
                 for (var attempt = 1; ; attempt++)
                 {
-                    var raw = request.RawTx;
+                    var raw = recorded;
                     if (raw is null)
                     {
                         var a = TransferWithAuthorization.From3009(request.Authorization);
@@ -296,7 +349,7 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                         await web3.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix());
                         break;
                     }
-                    catch (RpcResponseException ex) when (request.RawTx is null && attempt < NonceAttempts && IsNonceTaken(ex))
+                    catch (RpcResponseException ex) when (recorded is null && attempt < NonceAttempts && IsNonceTaken(ex))
                     {
                         // The node refused a new settlement because its nonce is already used or pending (a sender that does
                         // not take the lock: an older replica during a rolling deploy, another tool with the same key, or a
@@ -307,17 +360,50 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                         sending = null;
                         await Task.Delay(200 * attempt, ct);
                     }
-                    catch (Exception ex) when (request.RawTx is not null && ex is not OperationCanceledException)
+                    catch (Exception ex) when (recorded is not null && ex is not OperationCanceledException)
                     {
                         // Recovery rebroadcast of a transaction the node already has ("already known") or already mined (refused
-                        // as "nonce too low"): its receipt below is the answer. Anything else is a real refusal.
-                        if (!ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase)
-                            && await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash) is null)
+                        // as "nonce too low"): its receipt below is the answer.
+                        if (ex.Message.Contains("known", StringComparison.OrdinalIgnoreCase)
+                            || await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash) is not null)
                         {
-                            throw;
+                            break;
                         }
 
-                        break;
+                        if (ex.Message.Contains("replacement transaction underpriced", StringComparison.OrdinalIgnoreCase))
+                        {
+                            // Another transaction holds the recorded one's relayer nonce in the mempool (a replacement sent outside
+                            // freeside may carry this very authorization): nothing is known until it is mined, so never failed.
+                            return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
+                        }
+
+                        if (!ex.Message.Contains("nonce too low", StringComparison.OrdinalIgnoreCase))
+                        {
+                            throw; // a real refusal
+                        }
+
+                        // "nonce too low" without a receipt: another transaction took the recorded one's relayer nonce (it was
+                        // dropped and the nonce reused, or a sender outside freeside replaced it), so it can never be mined.
+                        // The authorization says what happened to the payment.
+                        var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
+                        switch (fate)
+                        {
+                            case AuthorizationFate.Unused:
+                                // Nothing moved: signed again with a fresh relayer nonce, under this lock; the new hash replaces the recorded one.
+                                logger.LogWarning("x402 recorded settlement {Transaction} of payment {PaymentId} can never be mined (its relayer nonce went to another transaction) and the authorization is unused; signing it again with a fresh relayer nonce",
+                                    txHash, request.PaymentId);
+                                recorded = null;
+                                sending = null;
+                                continue;
+                            case AuthorizationFate.Used:
+                                // Another transaction (a replacement sent outside freeside) moved the money: it is the settlement.
+                                return await LandedAsync(request, landed!, onSigned);
+                            case AuthorizationFate.Canceled:
+                                return new SettlementOutcome(false, null, X402Errors.NonceUsed);
+                            default:
+                                // The chain cannot be asked, or the transaction that used the authorization is out of sight: never failed.
+                                return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
+                        }
                     }
                 }
             }
@@ -333,9 +419,20 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                 var receipt = await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(txHash);
                 if (receipt is not null)
                 {
-                    return receipt.Status?.Value == 1
-                        ? new SettlementOutcome(true, txHash, null)
-                        : new SettlementOutcome(false, null, X402Errors.InvalidTransactionState);
+                    if (receipt.Status?.Value == 1)
+                    {
+                        return new SettlementOutcome(true, txHash, null);
+                    }
+
+                    // Reverted. If another transaction used the authorization first (the one this replaced, or one the payer
+                    // or a sender outside freeside submitted), that transfer paid this payment.
+                    var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
+                    return fate switch
+                    {
+                        AuthorizationFate.Used => await LandedAsync(request, landed!, onSigned),
+                        AuthorizationFate.Unknown or AuthorizationFate.Unlocated => new SettlementOutcome(false, txHash, X402Errors.SettlementPending),
+                        _ => new SettlementOutcome(false, null, X402Errors.InvalidTransactionState),
+                    };
                 }
 
                 await Task.Delay(200, ct);
@@ -353,6 +450,14 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                 ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
                 : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
         }
+    }
+
+    /// <summary>Settles with the transaction that used the payment's authorization, if the payment takes it.</summary>
+    async Task<SettlementOutcome> LandedAsync(SettlementRequest request, string landed, Func<string, string?, Task<RecordOutcome>> onSigned)
+    {
+        logger.LogInformation("x402 payment {PaymentId} was settled on chain in {Transaction}", request.PaymentId, landed);
+        var record = await onSigned(landed, null);
+        return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
     }
 
     /// <summary>

@@ -112,9 +112,12 @@ public sealed partial class X402Options : IValidatableObject
     public int RecoveryIntervalSeconds { get; set; } = 30;
 
     /// <summary>
-    /// When the facilitator refuses a settlement, freeside asks the chain (<see cref="RpcUrl"/>) whether the authorization
-    /// was already used, in this many most recent blocks (about a day on Base), and if so settles with that transaction:
-    /// a crash after the facilitator settled but before freeside recorded it must not lose the payer's credit note.
+    /// When the facilitator refuses a settlement (or the direct settler's recorded transaction can never be mined), freeside
+    /// asks the chain (<see cref="RpcUrl"/>) whether the authorization was already used, in this many most recent blocks
+    /// (about a day on Base), and if so settles with that transaction: a crash after the facilitator settled but before
+    /// freeside recorded it must not lose the payer's credit note. An authorization used on chain with neither its
+    /// <c>AuthorizationUsed</c> nor its <c>AuthorizationCanceled</c> event in the window keeps the payment settling and is
+    /// logged (<c>SettlementUnlocated</c>) until this is raised.
     /// </summary>
     [Range(1, 10_000_000)]
     public long SettlementLookbackBlocks { get; set; } = 43_200;

@@ -7,6 +7,7 @@ using Arrakis.Shared.Tokens;
 using Dapper;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Arrakis.Freeside.Tests.Payments;
@@ -14,8 +15,9 @@ namespace Arrakis.Freeside.Tests.Payments;
 /// <summary>A real freeside (real database, real HTTP on a free loopback port) with the payment test doubles registered.</summary>
 internal sealed class PaymentHost : IAsyncDisposable
 {
-    PaymentHost(WebApplication app, string url, FixedCostInvocation invocation, RecordingCreditSink sink)
+    PaymentHost(WebApplication app, string url, FixedCostInvocation invocation, RecordingCreditSink sink, RecordingLoggerProvider logs)
     {
+        Logs = logs;
         App = app;
         Url = url;
         Invocation = invocation;
@@ -35,6 +37,9 @@ internal sealed class PaymentHost : IAsyncDisposable
 
     public HttpClient Http { get; }
 
+    /// <summary>Every log entry the host wrote.</summary>
+    public RecordingLoggerProvider Logs { get; }
+
     public X402Options Options => App.Services.GetRequiredService<IOptions<X402Options>>().Value;
 
     public PaymentStore Store => App.Services.GetRequiredService<PaymentStore>();
@@ -53,9 +58,11 @@ internal sealed class PaymentHost : IAsyncDisposable
 
         var invocation = new FixedCostInvocation(costMicro);
         var sink = new RecordingCreditSink();
+        var logs = new RecordingLoggerProvider();
         var args = all.Where(kv => kv.Value is not null).SelectMany(kv => new[] { "--" + kv.Key, kv.Value! }).ToArray();
         var app = await FreesideService.CreateAsync(args, b =>
         {
+            b.Logging.AddProvider(logs);
             b.Services.AddSingleton<IPaidInvocation>(invocation);
             b.Services.AddSingleton<ICreditNoteSink>(sink);
             // These payment-flow tests credit whatever community the token names; the ledger-backed resolver is tested with invoke.
@@ -68,7 +75,7 @@ internal sealed class PaymentHost : IAsyncDisposable
             b.Services.Remove(background);
         });
         await app.StartAsync();
-        return new PaymentHost(app, url, invocation, sink);
+        return new PaymentHost(app, url, invocation, sink, logs);
     }
 
     public SettlementRecovery Recovery => App.Services.GetRequiredService<SettlementRecovery>();

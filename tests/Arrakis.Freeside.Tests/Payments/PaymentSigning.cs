@@ -2,6 +2,8 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Payments;
+using Nethereum.ABI.EIP712;
+using Nethereum.ABI.FunctionEncoding.Attributes;
 using Nethereum.Hex.HexConvertors.Extensions;
 using Nethereum.Signer;
 using Nethereum.Signer.EIP712;
@@ -40,6 +42,15 @@ internal static class PaymentSigning
     public static string Sign(X402Options o, Eip3009Authorization a, string key) =>
         new Eip712TypedDataSigner().SignTypedDataV4(TransferWithAuthorization.From3009(a), Eip3009TypedData.For(o), new EthECKey(key));
 
+    /// <summary>The payer's EIP-712 signature of an EIP-3009 <c>CancelAuthorization(authorizer, nonce)</c>.</summary>
+    public static string SignCancel(X402Options o, string nonce, string key) =>
+        new Eip712TypedDataSigner().SignTypedDataV4(new CancelAuthorization { Authorizer = AddressOf(key), Nonce = nonce.HexToByteArray() }, new TypedData<Domain>
+        {
+            Domain = Eip3009TypedData.For(o).Domain,
+            Types = MemberDescriptionFactory.GetTypesMemberDescription(typeof(Domain), typeof(CancelAuthorization)),
+            PrimaryType = "CancelAuthorization",
+        }, new EthECKey(key));
+
     public static JsonObject AuthorizationJson(Eip3009Authorization a) => new()
     {
         ["from"] = a.From, ["to"] = a.To, ["value"] = a.Value, ["validAfter"] = a.ValidAfter, ["validBefore"] = a.ValidBefore, ["nonce"] = a.Nonce,
@@ -74,4 +85,14 @@ internal static class PaymentSigning
     public static string Header(JsonObject payload) => X402Codec.Encode(payload);
 
     public static string ToHex(byte[] bytes) => bytes.ToHex(true);
+}
+
+[Struct("CancelAuthorization")]
+internal sealed class CancelAuthorization
+{
+    [Parameter("address", "authorizer", 1)]
+    public string Authorizer { get; set; } = "";
+
+    [Parameter("bytes32", "nonce", 2)]
+    public byte[] Nonce { get; set; } = [];
 }

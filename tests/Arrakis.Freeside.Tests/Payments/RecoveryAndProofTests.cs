@@ -193,6 +193,79 @@ public sealed class RecoveryAndProofTests
     }
 
     /// <summary>
+    /// The facilitator settled, then freeside was down longer than X402:SettlementLookbackBlocks: on recovery the
+    /// authorization is used on chain but its AuthorizationUsed event is out of the window. The payer paid, so the payment
+    /// must not fail (as it did): it stays settling, an operator is told to raise the window, and a replica with a wider
+    /// one settles it with the facilitator's transaction and one credit note.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_settlement_older_than_the_lookback_window_stays_settling_and_is_flagged_until_a_wider_window_finds_it(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:SettlementLookbackBlocks"] = "5" });
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var tx = await SettleThroughFacilitatorAsync(rig, row, ct);
+        await rig.Chain.MineAsync(20, ct); // the outage outlasted the window
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var kept = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settling == kept.State, $"{kept.State} {kept.Error}");
+        Assert.Empty(rig.Host.Sink.Lots);
+        var flag = Assert.Single(rig.Host.Logs.WithEvent("SettlementUnlocated"));
+        Assert.Equal((Microsoft.Extensions.Logging.LogLevel.Error, row.Id), (flag.Level, flag.Properties["PaymentId"]));
+        Assert.Contains("X402__SettlementLookbackBlocks", flag.Message);
+
+        var config = rig.Host.App.Configuration;
+        await using var wider = await PaymentHost.StartAsync(engine, new Dictionary<string, string?>
+        {
+            ["LOA_DATA_DIR"] = config["LOA_DATA_DIR"],
+            ["ConnectionStrings:Freeside"] = config["ConnectionStrings:Freeside"],
+            ["X402:PayTo"] = rig.PayTo,
+            ["X402:RpcUrl"] = rig.Chain.RpcUrl,
+            ["X402:Settler"] = "Facilitator",
+            ["X402:FacilitatorUrl"] = rig.Host.Options.FacilitatorUrl,
+            ["X402:SettlementLookbackBlocks"] = "100",
+        });
+        await wider.AgeAsync(row.Id, Stale, ct);
+        await wider.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await wider.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, tx) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(wider.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300, tx), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // paid once
+    }
+
+    /// <summary>
+    /// The payer cancelled the authorization (EIP-3009 cancelAuthorization) before a crashed settlement was retried: its
+    /// nonce is used on chain as after a transfer, but no money moved, and the AuthorizationCanceled event says so. Recovery
+    /// fails the payment without credit (it does not wait for a transfer that can never come), and nothing is logged as unlocated.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_fails_a_payment_whose_payer_cancelled_the_authorization(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct);
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        await rig.Chain.CancelAuthorizationAsync(row.Payer, row.Nonce, PaymentSigning.SignCancel(rig.Host.Options, row.Nonce, rig.PayerKey));
+        Assert.True(await rig.Chain.AuthorizationUsedAsync(row.Payer, row.Nonce));
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var failed = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.Equal((PaymentStates.Failed, (string?)null), (failed.State, failed.CreditNoteId));
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+        Assert.Empty(rig.Host.Logs.WithEvent("SettlementUnlocated"));
+    }
+
+    /// <summary>
     /// The facilitator broadcast the settlement, but it was not mined before X402:FacilitatorTimeoutSeconds ran out (a slow
     /// chain): the outcome is unknown, so the payment must stay settling (503 settlement_pending), not fail for good while
     /// its transaction is still in the mempool. Once it is mined, recovery settles it with one credit note.

@@ -4,7 +4,12 @@ using Arrakis.Freeside.Payments;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Nethereum.Hex.HexConvertors.Extensions;
+using Nethereum.RPC.Eth.DTOs;
+using Nethereum.Web3;
+using Nethereum.Web3.Accounts;
 
 namespace Arrakis.Freeside.Tests.Payments;
 
@@ -113,6 +118,206 @@ public sealed class RelayerNonceTests
         Assert.Equal(PaymentStates.Settled, row.State);
         Assert.Equal(tx, "0x" + Nethereum.Util.Sha3Keccack.Current.CalculateHashFromHex(row.RawTx!)); // recovery would rebroadcast this one
         Assert.Equal(2, rig.Host.Sink.Lots.Count);
+    }
+
+    /// <summary>
+    /// The direct settler signed and recorded a settlement, the node lost it (never mined), freeside crashed, and a sender
+    /// outside freeside used that relayer nonce for something else. Recovery's rebroadcast is refused as "nonce too low"
+    /// and has no receipt; the authorization is still unused, so the payment is signed again with a fresh relayer nonce
+    /// and settles with one credit note, rather than failing a call that was served.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_signs_again_a_recorded_settlement_whose_relayer_nonce_another_sender_took(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (row, lost) = await RecordedButNeverSentAsync(rig, ct);
+        await Relayer(rig).Eth.GetEtherTransferService().TransferEtherAndWaitForReceiptAsync(rig.PayTo, 0.001m); // takes the lost one's nonce
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
+        Assert.NotEqual(lost, settled.TxHash);
+        Assert.Equal(1, (int)(await rig.Chain.ReceiptStatusAsync(settled.TxHash!)).Value);
+        Assert.Equal(settled.TxHash, "0x" + Nethereum.Util.Sha3Keccack.Current.CalculateHashFromHex(settled.RawTx!));
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300, settled.TxHash), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+    }
+
+    /// <summary>
+    /// The recorded settlement was replaced outside freeside: a transaction with the same call and the same relayer nonce
+    /// (a "speed up" from a wallet holding the relayer key) was mined instead. The payer paid; recovery's rebroadcast is
+    /// refused as "nonce too low", and the payment settles with the replacement (found by its AuthorizationUsed event)
+    /// and one credit note, instead of failing a paid payment. Nothing is sent twice.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_settles_with_the_transaction_that_replaced_the_recorded_settlement_outside_freeside(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (row, lost) = await RecordedButNeverSentAsync(rig, ct);
+        var relayer = Relayer(rig);
+        var replacement = await SignSettlementAsync(rig, row, await NextNonceAsync(relayer), gas: 250_000);
+        var replaced = await relayer.Eth.Transactions.SendRawTransaction.SendRequestAsync(replacement.EnsureHexPrefix());
+        Assert.NotEqual(lost, replaced);
+        Assert.Equal(1, (int)(await MinedAsync(relayer, replaced, ct)).Status.Value);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, replaced) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300, replaced), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>
+    /// As above, but recovery runs while the replacement still waits in the mempool: the rebroadcast is refused as
+    /// "replacement transaction underpriced". The replacement may carry the payment, so the payment stays settling (it
+    /// failed, and the replacement then paid for nothing), and once it is mined the next pass settles with it.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_keeps_settling_while_a_replacement_of_the_recorded_settlement_is_pending_and_settles_with_it_once_mined(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (row, lost) = await RecordedButNeverSentAsync(rig, ct);
+        var relayer = Relayer(rig);
+        await rig.Chain.SetAutomineAsync(false, ct);
+        var replacement = await SignSettlementAsync(rig, row, await NextNonceAsync(relayer), gas: 250_000, tip: Nethereum.Web3.Web3.Convert.ToWei(50, Nethereum.Util.UnitConversion.EthUnit.Gwei));
+        var replaced = await relayer.Eth.Transactions.SendRawTransaction.SendRequestAsync(replacement.EnsureHexPrefix());
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var kept = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settling, lost) == (kept.State, kept.TxHash), $"{kept.State} {kept.Error}");
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        Assert.Equal(1, (int)(await MinedAsync(relayer, replaced, ct)).Status.Value);
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, replaced) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(replaced, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>
+    /// The recorded settlement was lost before it was mined, and someone else (the payer, a facilitator) submitted the same
+    /// authorization first. Recovery's rebroadcast is taken and mined, but reverts ("authorization is used"): the payer
+    /// paid through the other transaction, so the payment settles with it and one credit note instead of failing.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_settles_with_another_senders_transfer_when_the_rebroadcast_reverts(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (row, lost) = await RecordedButNeverSentAsync(rig, ct);
+        var funder = new Web3(new Account(AnvilChain.FunderKey, 84532), rig.Chain.RpcUrl);
+        var request = rig.Host.App.Services.GetRequiredService<PaymentFlow>().RequestFor(row);
+        var a = TransferWithAuthorization.From3009(request.Authorization);
+        var other = await funder.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SendRequestAndWaitForReceiptAsync(X402Options.BaseSepoliaUsdc,
+            new TransferWithAuthorizationFunction
+            {
+                From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                Signature = request.Signature.HexToByteArray(), Gas = 200_000,
+            });
+        Assert.Equal(1, (int)other.Status.Value);
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        Assert.Equal(0, (int)(await rig.Chain.ReceiptStatusAsync(lost)).Value); // the rebroadcast was mined and reverted
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, other.TransactionHash) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(other.TransactionHash, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>
+    /// The recorded settlement can never be mined (another sender took its relayer nonce) and the payer cancelled the
+    /// authorization: no money moved and none can, so recovery fails the payment without credit and signs nothing new.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_fails_a_lost_settlement_whose_payer_cancelled_the_authorization_and_sends_nothing_new(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var (row, _) = await RecordedButNeverSentAsync(rig, ct);
+        var relayer = Relayer(rig);
+        await relayer.Eth.GetEtherTransferService().TransferEtherAndWaitForReceiptAsync(rig.PayTo, 0.001m);
+        await rig.Chain.CancelAuthorizationAsync(row.Payer, row.Nonce, PaymentSigning.SignCancel(rig.Host.Options, row.Nonce, rig.PayerKey));
+        var nonce = await NextNonceAsync(relayer);
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var failed = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.Equal((PaymentStates.Failed, X402Errors.NonceUsed, (string?)null), (failed.State, failed.Error, failed.CreditNoteId));
+        Assert.Equal(nonce, await NextNonceAsync(relayer)); // no new settlement was sent
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>The receipt of <paramref name="tx"/>, once the node has it (on a busy machine, a moment after the send or the mining).</summary>
+    static async Task<TransactionReceipt> MinedAsync(Web3 web3, string tx, CancellationToken ct)
+    {
+        for (var i = 0; ; i++)
+        {
+            var receipt = await web3.Eth.Transactions.GetTransactionReceipt.SendRequestAsync(tx);
+            if (receipt is not null || i == 200)
+            {
+                return Assert.IsType<TransactionReceipt>(receipt);
+            }
+
+            await Task.Delay(50, ct);
+        }
+    }
+
+    static Web3 Relayer(ChainPaymentTests.Rig rig) => new(new Account(PaymentSigning.RelayerKey, 84532), rig.Chain.RpcUrl);
+
+    static async Task<System.Numerics.BigInteger> NextNonceAsync(Web3 relayer) =>
+        (await relayer.Eth.Transactions.GetTransactionCount.SendRequestAsync(relayer.TransactionManager.Account.Address, BlockParameter.CreatePending())).Value;
+
+    /// <summary>The settlement of a crashed payment's authorization signed by the relayer with <paramref name="nonce"/>.</summary>
+    static Task<string> SignSettlementAsync(ChainPaymentTests.Rig rig, PaymentRow row, System.Numerics.BigInteger nonce, long gas, System.Numerics.BigInteger? tip = null)
+    {
+        var request = rig.Host.App.Services.GetRequiredService<PaymentFlow>().RequestFor(row);
+        var a = TransferWithAuthorization.From3009(request.Authorization);
+        return Relayer(rig).Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SignTransactionAsync(X402Options.BaseSepoliaUsdc,
+            new TransferWithAuthorizationFunction
+            {
+                From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                Signature = request.Signature.HexToByteArray(), Gas = gas, Nonce = nonce,
+                MaxPriorityFeePerGas = tip ?? Nethereum.Web3.Web3.Convert.ToWei(1, Nethereum.Util.UnitConversion.EthUnit.Gwei),
+                MaxFeePerGas = 2 * (tip ?? Nethereum.Web3.Web3.Convert.ToWei(1, Nethereum.Util.UnitConversion.EthUnit.Gwei)) + Nethereum.Web3.Web3.Convert.ToWei(2, Nethereum.Util.UnitConversion.EthUnit.Gwei),
+            });
+    }
+
+    /// <summary>
+    /// A payment left settling by a crash after the direct settler signed and recorded its transaction with the relayer's
+    /// next nonce, and before the node kept it (it was never mined); returns the row and the recorded hash.
+    /// </summary>
+    static async Task<(PaymentRow Row, string Recorded)> RecordedButNeverSentAsync(ChainPaymentTests.Rig rig, CancellationToken ct)
+    {
+        var row = await RecoveryAndProofTests.CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var raw = await SignSettlementAsync(rig, row, await NextNonceAsync(Relayer(rig)), gas: 200_000);
+        var hash = "0x" + Nethereum.Util.Sha3Keccack.Current.CalculateHashFromHex(raw);
+        Assert.Equal(RecordOutcome.Recorded, await rig.Host.Store.RecordTransactionAsync(row.Id, hash, raw, ct));
+        return (row, hash);
     }
 }
 
