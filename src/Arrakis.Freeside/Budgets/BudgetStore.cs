@@ -23,18 +23,23 @@ public sealed class BudgetStore(Database db, TimeProvider time)
 {
     public async Task<BudgetView?> GetAsync(string communityId, CancellationToken ct = default)
     {
-        var month = LedgerIds.Month(time.GetUtcNow());
+        var now = time.GetUtcNow();
+        var month = LedgerIds.Month(now);
         await using var c = await db.OpenAsync(ct);
         var row = await c.QuerySingleOrDefaultAsync<Row>(
             """
             SELECT c.monthly_budget_cents AS BudgetCents, b.limit_micro AS LimitMicro, b.committed_micro AS CommittedMicro, b.reserved_micro AS ReservedMicro,
-                   w.credits_posted - w.debits_posted - w.debits_pending AS WalletMicro
+                   w.credits_posted - w.debits_posted - w.debits_pending AS WalletMicro,
+                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
+                    WHERE l.community_id = c.id AND (l.expires_at IS NULL OR l.expires_at > @at)) AS ValidLotsMicro,
+                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
+                    WHERE l.community_id = c.id AND l.expires_at IS NOT NULL AND l.expires_at <= @at AND l.remaining_micro > 0) AS DueLotsMicro
             FROM communities c
             LEFT JOIN budget_months b ON b.community_id = c.id AND b.month = @month
             LEFT JOIN ledger_accounts w ON w.id = @wallet
             WHERE c.id = @communityId
             """,
-            new { communityId, month, wallet = LedgerIds.Wallet(communityId) });
+            new { communityId, month, wallet = LedgerIds.Wallet(communityId), at = now.ToUnixTimeMilliseconds() });
         if (row is null)
         {
             return null;
@@ -45,8 +50,14 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         var reserved = row.ReservedMicro ?? 0;
         var available = Math.Max(0, limit - committed - reserved);
         var percent = limit == 0 ? (committed + reserved > 0 ? 100 : 0) : (long)(((decimal)committed + reserved) * 100 / limit);
+        // The credit a reserve can hold now: lots past their expiry that the lot reaper has not moved out yet are not
+        // counted, as a reserve expires them first (Ledger.ExpireLotAsync: all of each, but what pending holds need of the
+        // expired credit). The balance showed that credit until the reaper's next pass, and a reserve it seemed to cover
+        // was refused WALLET_INSUFFICIENT.
+        var wallet = row.WalletMicro ?? 0;
+        var expiring = Math.Max(0, Math.Min(row.DueLotsMicro ?? 0, wallet - (row.ValidLotsMicro ?? 0)));
         return new BudgetView(communityId, limit / 10_000, committed / 10_000, committed / 10_000, reserved / 10_000, available / 10_000, percent,
-            committed, reserved, available, row.WalletMicro ?? 0, month);
+            committed, reserved, available, wallet - expiring, month);
     }
 
     sealed class Row
@@ -56,5 +67,9 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         public long? CommittedMicro { get; set; }
         public long? ReservedMicro { get; set; }
         public long? WalletMicro { get; set; }
+
+        public long? ValidLotsMicro { get; set; }
+
+        public long? DueLotsMicro { get; set; }
     }
 }

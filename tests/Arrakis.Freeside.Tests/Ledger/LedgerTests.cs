@@ -186,7 +186,8 @@ public sealed class LedgerTests
     /// <summary>
     /// Credit that expired cannot be held, even before the lot reaper has moved it out (it runs every few seconds, or never
     /// if it stopped): the reserve expires the community's due lots itself first. Before, a lot that expired half an hour
-    /// ago was reserved and spent whole. A lot kept alive by a hold made while it was valid still pays that hold.
+    /// ago was reserved and spent whole. A lot kept alive by a hold made while it was valid still pays that hold. The
+    /// budget's credit balance says so too (it showed the expired credit until the reaper's next pass).
     /// </summary>
     [Theory]
     [MemberData(nameof(Engines))]
@@ -199,6 +200,7 @@ public sealed class LedgerTests
         Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "held", 60_000)).Status); // while "short" is valid
 
         w.Time.Advance(TimeSpan.FromHours(1)); // "short" expired half an hour ago; no reaper has run
+        Assert.Equal(30_000, (await w.Budgets.GetAsync("c1"))!.CreditBalanceMicro); // what a reserve can hold: "long" alone
         var late = await w.Ledger.ReserveAsync("c1", "late", 50_000);
         Assert.Equal((ReserveStatus.WalletInsufficient, 30_000L), (late.Status, late.WalletAvailableMicro)); // only "long" is left to hold
         Assert.Equal(FinalizeStatus.Finalized, (await w.Ledger.FinalizeAsync("held", 60_000, new UsageRecord())).Status); // paid by "short"
