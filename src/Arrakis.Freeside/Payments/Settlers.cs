@@ -304,8 +304,11 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
     {
         var o = options.Value;
         var web3 = Connect();
-        // The recorded transaction once it may have reached the node, and whether the node took it.
-        string? sending = null;
+        // The recorded transaction once it may have reached the node, and whether the node took it. A recorded transaction
+        // that recovery rebroadcasts may have reached it already (the earlier attempt broadcast it): whatever fails before
+        // the node answers this time (the relayer lock's database call, the RPC) says nothing about it, so the payment
+        // stays settling.
+        string? sending = request.RawTx is { } rebroadcast ? "0x" + Sha3Keccack.Current.CalculateHashFromHex(rebroadcast) : null;
         var sent = false;
         try
         {

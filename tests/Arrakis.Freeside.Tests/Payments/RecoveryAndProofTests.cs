@@ -106,6 +106,74 @@ public sealed class RecoveryAndProofTests
     }
 
     /// <summary>
+    /// Recovery rebroadcasts a direct settlement that was mined before the crash, and the relayer lock's database call
+    /// fails while it waits for another replica's submission (here its connection is terminated; a command timeout or a
+    /// failover does the same). Nothing was sent this time, but the recorded transaction was sent before and moved the
+    /// money: the payment must stay settling for the next pass. It failed for good instead (the database answered the
+    /// failure's write), and the payer had paid for an answer withheld with no credit note.
+    /// </summary>
+    [Fact]
+    public async Task Recovery_that_cannot_take_the_relayer_lock_leaves_a_broadcast_direct_settlement_settling()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync("postgres", "Direct", ct);
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var flow = rig.Host.App.Services.GetRequiredService<PaymentFlow>();
+        var settler = rig.Host.App.Services.GetRequiredService<IPaymentSettler>();
+        var landed = await settler.SettleAsync(flow.RequestFor(row), (tx, raw) => rig.Host.Store.RecordTransactionAsync(row.Id, tx, raw, ct), ct);
+        Assert.True(landed.Success, landed.ErrorReason);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // the payer paid
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+
+        // Another replica holds the relayer lock.
+        await using var other = new Npgsql.NpgsqlConnection(rig.Host.App.Configuration["ConnectionStrings:Freeside"]);
+        await other.OpenAsync(ct);
+        var relayer = new Nethereum.Web3.Accounts.Account(PaymentSigning.RelayerKey).Address.ToLowerInvariant();
+        await using (var hold = new Npgsql.NpgsqlCommand("SELECT pg_advisory_lock(hashtext(@key))", other))
+        {
+            hold.Parameters.AddWithValue("key", $"x402-relayer:{rig.Host.Options.ChainId}:{relayer}");
+            await hold.ExecuteNonQueryAsync(ct);
+        }
+
+        var recovering = rig.Host.Recovery.RecoverOnceAsync(ct);
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        object? pid;
+        await using (var find = new Npgsql.NpgsqlCommand(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND pid <> pg_backend_pid()", other))
+        {
+            while ((pid = await find.ExecuteScalarAsync(ct)) is null or DBNull)
+            {
+                Assert.True(waited.Elapsed < TimeSpan.FromSeconds(20), "recovery never waited for the relayer lock");
+                await Task.Delay(20, ct);
+            }
+        }
+
+        await using (var kill = new Npgsql.NpgsqlCommand($"SELECT pg_terminate_backend({pid})", other))
+        {
+            await kill.ExecuteNonQueryAsync(ct);
+        }
+
+        await recovering;
+        var during = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settling == during.State, $"{during.State} {during.Error}");
+
+        // The lock is free again: the next pass settles the payment with its transaction and one credit note.
+        await using (var release = new Npgsql.NpgsqlCommand("SELECT pg_advisory_unlock_all()", other))
+        {
+            await release.ExecuteNonQueryAsync(ct);
+        }
+
+        await rig.Host.AgeAsync(row.Id, Stale, ct);
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settled == settled.State, $"{settled.State} {settled.Error}");
+        Assert.Equal(landed.Transaction, settled.TxHash);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // paid once
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(("community-crash", row.ValueMicro - 300, landed.Transaction), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
+    }
+
+    /// <summary>
     /// The facilitator settled, then freeside crashed before recording it: on recovery the facilitator refuses the spent
     /// authorization, and freeside finds the transaction on chain instead of failing a payment that was made.
     /// </summary>

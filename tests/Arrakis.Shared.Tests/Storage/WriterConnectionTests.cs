@@ -93,6 +93,56 @@ public sealed class WriterConnectionTests
         }
     }
 
+    /// <summary>
+    /// The writer's 32 MiB page cache is the writer's alone. A writer that is replaced (discarded after a failed write, such
+    /// as a request cancelled mid-write) goes back to the connection pool; it went back with its 32 MiB setting, and the
+    /// readers handed that connection later each grew their cache to 32 MiB.
+    /// </summary>
+    [Fact]
+    public async Task A_replaced_writer_leaves_its_page_cache_size_behind()
+    {
+        await using var db = await ItemsAsync("sqlite");
+        long Size(System.Data.Common.DbConnection c) => c.ExecuteScalar<long>("PRAGMA cache_size");
+        long before;
+        await using (var reader = await db.OpenAsync(Ct))
+        {
+            before = Size(reader);
+        }
+
+        Assert.NotEqual(-Database.WriterCacheKib, before);
+        for (var i = 0; i < 3; i++)
+        {
+            await using var w = await db.OpenWriterAsync(Ct);
+            Assert.Equal(-Database.WriterCacheKib, Size(w.Connection));
+            await w.Connection.ExecAsync("INSERT INTO items (id, name) VALUES (@id, @name)", new { id = (long)i, name = "a" });
+            w.Discard();
+        }
+
+        // Every pooled connection (the discarded writers among them) as a reader.
+        var readers = new List<System.Data.Common.DbConnection>();
+        try
+        {
+            for (var i = 0; i < 4; i++)
+            {
+                readers.Add(await db.OpenAsync(Ct));
+            }
+
+            Assert.All(readers, r => Assert.Equal(before, Size(r)));
+        }
+        finally
+        {
+            foreach (var r in readers)
+            {
+                await r.DisposeAsync();
+            }
+        }
+
+        await using (var w = await db.OpenWriterAsync(Ct))
+        {
+            Assert.Equal(-Database.WriterCacheKib, Size(w.Connection)); // the writer still has its own
+        }
+    }
+
     [Fact]
     public async Task Writers_of_one_file_take_turns()
     {
