@@ -65,6 +65,8 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             ? await c.BeginTransactionAsync(System.Data.IsolationLevel.RepeatableRead, ct)
             : await c.BeginTransactionAsync(ct);
         var p = new { c = communityId };
+        // The limit of a month that has no row yet (none until its first reserve), as the budget view and the reserve take it.
+        var budgetCents = await c.ExecuteScalarAsync<long>("SELECT monthly_budget_cents FROM communities WHERE id = @c", p, tx);
         var months = (await c.QueryAsync<MonthRow>(
             "SELECT month AS Month, limit_micro AS LimitMicro, committed_micro AS CommittedMicro, reserved_micro AS ReservedMicro FROM budget_months WHERE community_id = @c", p, tx)).ToList();
         var pendingByMonth = (await c.QueryAsync<MonthSum>(
@@ -274,7 +276,9 @@ public sealed partial class ConservationAudit(Database db, TimeProvider time, Au
             new InvariantCheck("C5", c5.Count == 0, c5),
         };
         var current = months.FirstOrDefault(m => m.Month == LedgerIds.Month(time.GetUtcNow()));
-        var gauge = current is null ? new BudgetGaugeValues(0, 0, 0) : new BudgetGaugeValues(current.CommittedMicro, current.ReservedMicro, current.LimitMicro);
+        var gauge = current is null
+            ? new BudgetGaugeValues(0, 0, budgetCents * 10_000)
+            : new BudgetGaugeValues(current.CommittedMicro, current.ReservedMicro, current.LimitMicro);
         return new CommunityAudit(communityId, checks.All(x => x.Passed), checks, gauge);
     }
 

@@ -54,10 +54,8 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         // counted, as a reserve expires them first (Ledger.ExpireLotAsync: all of each, but what pending holds need of the
         // expired credit). The balance showed that credit until the reaper's next pass, and a reserve it seemed to cover
         // was refused WALLET_INSUFFICIENT.
-        var wallet = row.WalletMicro ?? 0;
-        var expiring = Math.Max(0, Math.Min(row.DueLotsMicro ?? 0, wallet - (row.ValidLotsMicro ?? 0)));
         return new BudgetView(communityId, limit / 10_000, committed / 10_000, committed / 10_000, reserved / 10_000, available / 10_000, percent,
-            committed, reserved, available, wallet - expiring, month);
+            committed, reserved, available, Ledger.Ledger.HoldableCredit(row.WalletMicro ?? 0, row.ValidLotsMicro ?? 0, row.DueLotsMicro ?? 0), month);
     }
 
     sealed class Row

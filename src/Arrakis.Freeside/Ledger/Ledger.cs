@@ -102,6 +102,14 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
                 ? "SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet FROM ledger_reserve(@id, @community, @month, @amount, @at, @expires, @fault)"
                 : "SELECT o_status AS Status, o_owner AS Owner, o_amount AS Amount, o_budget AS Budget, o_wallet AS Wallet FROM ledger_reserve_with_key(@scope, @key, @hash, @id, @community, @month, @amount, @at, @expires, @fault)",
                 args), ct);
+            if (row.Status == "budget_exceeded")
+            {
+                // The function reads the wallet before it expires any lot (the budget refused first): report the credit a
+                // reserve could hold, as a wallet refusal and the budget view do.
+                await using var read = await db.OpenAsync(ct);
+                row = row with { Wallet = await HoldableCreditAsync(read, null, communityId, at) };
+            }
+
             return row.Status switch
             {
                 "key_taken" => KeyTaken(reservationId, amountMicro),
@@ -147,7 +155,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
             if (!await AddReservedAsync(c, tx, communityId, month, amountMicro))
             {
                 var budget = await BudgetRemainingAsync(c, tx, communityId, month);
-                return (new ReserveResult(ReserveStatus.BudgetExceeded, reservationId, amountMicro, budget, await WalletAvailableAsync(c, tx, communityId),
+                return (new ReserveResult(ReserveStatus.BudgetExceeded, reservationId, amountMicro, budget, await HoldableCreditAsync(c, tx, communityId, at),
                     $"The monthly budget has {budget} micro-USD left; this call needs up to {amountMicro}."), false);
             }
 
@@ -662,6 +670,40 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
         await c.RowAsync<long?>(
             "SELECT credits_posted - debits_posted - debits_pending FROM ledger_accounts WHERE id = @id",
             new { id = LedgerIds.Wallet(communityId) }, tx) ?? 0;
+
+    /// <summary>
+    /// The credit a reserve could hold now (what a budget refusal reports, which expires nothing): the wallet's available
+    /// balance less what a reserve would first expire of the lots past their expiry that the reaper has not moved yet.
+    /// </summary>
+    static async Task<long> HoldableCreditAsync(DbConnection c, DbTransaction? tx, string communityId, long at)
+    {
+        var row = await c.RowAsync<CreditRow>(
+            """
+            SELECT w.credits_posted - w.debits_posted - w.debits_pending AS Available,
+                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
+                    WHERE l.community_id = @community AND (l.expires_at IS NULL OR l.expires_at > @at)) AS Valid,
+                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
+                    WHERE l.community_id = @community AND l.expires_at IS NOT NULL AND l.expires_at <= @at AND l.remaining_micro > 0) AS Due
+            FROM ledger_accounts w WHERE w.id = @wallet
+            """,
+            new { community = communityId, wallet = LedgerIds.Wallet(communityId), at }, tx);
+        return row is null ? 0 : HoldableCredit(row.Available, row.Valid ?? 0, row.Due ?? 0);
+    }
+
+    /// <summary>
+    /// Of a wallet's <paramref name="available"/> balance, what remains once the due lots expire: all of each, but what
+    /// pending holds need of the expired credit (<see cref="ExpireLotAsync"/>), i.e. at most the balance less the valid lots'.
+    /// </summary>
+    internal static long HoldableCredit(long available, long valid, long due) => available - Math.Max(0, Math.Min(due, available - valid));
+
+    sealed class CreditRow
+    {
+        public long Available { get; set; }
+
+        public long? Valid { get; set; }
+
+        public long? Due { get; set; }
+    }
 
     static Task InsertTransferAsync(DbConnection c, DbTransaction tx, string id, string communityId, string kind, string debit, string credit, long amount, string? pendingId, long at) =>
         c.ExecAsync(

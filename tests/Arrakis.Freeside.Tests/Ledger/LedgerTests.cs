@@ -566,6 +566,72 @@ public sealed class LedgerTests
     }
 
     /// <summary>
+    /// A refusal by the budget reports the credit a reserve could hold, as a refusal by the wallet and the budget view do:
+    /// not credit that expired and that the lot reaper has not moved out yet. The budget refusal read the wallet before
+    /// the reserve expired anything, so its 402 said 130,000 micro-USD were available where a reserve could hold 30,000.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task A_reserve_the_budget_refuses_reports_the_credit_a_reserve_could_hold(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 10);
+        await w.Ledger.GrantAsync("c1", "short", 100_000, "purchase", LedgerWorld.Start.AddMinutes(30));
+        await w.Ledger.GrantAsync("c1", "long", 30_000, "purchase", LedgerWorld.Start.AddDays(60));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "held", 60_000, TimeSpan.FromHours(2))).Status); // while "short" is valid
+
+        w.Time.Advance(TimeSpan.FromHours(1)); // "short" expired half an hour ago; no reaper has run
+        var refused = await w.Ledger.ReserveAsync("c1", "big", 40_001);
+        Assert.Equal(ReserveStatus.BudgetExceeded, refused.Status);
+        Assert.Equal((40_000L, 30_000L), (refused.BudgetRemainingMicro, refused.WalletAvailableMicro)); // "long" alone: the hold keeps 60,000 of "short"
+        Assert.Equal(refused.WalletAvailableMicro, (await w.Budgets.GetAsync("c1"))!.CreditBalanceMicro);
+        var wallet = await w.Ledger.ReserveAsync("c1", "wide", refused.WalletAvailableMicro + 1); // within the budget: the wallet decides
+        Assert.Equal((ReserveStatus.WalletInsufficient, refused.WalletAvailableMicro), (wallet.Status, wallet.WalletAvailableMicro));
+        Assert.Equal(ReserveStatus.Reserved, (await w.Ledger.ReserveAsync("c1", "exact", refused.WalletAvailableMicro)).Status);
+        await w.AssertConservedAsync();
+    }
+
+    /// <summary>
+    /// The audit's budget (the admin conservation report and the budget_*_cents gauges) is the current month's, as the
+    /// budget view shows it. Before a month's first reserve there is no month row, and the audit reported a limit of 0:
+    /// a new community, and every community from 00:00 UTC on the 1st until its first call, showed budget_limit_cents and
+    /// budget_available_cents 0 on the dashboards while its budget endpoint showed the whole budget available.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Engines))]
+    public async Task The_audit_reports_the_months_budget_as_the_budget_view_does_before_and_after_its_first_reserve(string engine)
+    {
+        await using var w = await LedgerWorld.CreateAsync(engine);
+        await w.CommunityAsync("c1", budgetCents: 100, creditMicro: 2_000_000);
+
+        async Task AgreeAsync(long limit, long committed, long reserved)
+        {
+            var view = (await w.Budgets.GetAsync("c1"))!;
+            var audit = (await w.Audit.AuditCommunityAsync("c1")).Budget;
+            Assert.Equal((limit, committed, reserved, limit - committed - reserved),
+                (view.MonthlyBudgetCents * 10_000, view.CommittedMicro, view.ReservedMicro, view.AvailableMicro));
+            Assert.Equal((limit, committed, reserved, limit - committed - reserved),
+                (audit.LimitMicro, audit.CommittedMicro, audit.ReservedMicro, audit.AvailableMicro));
+        }
+
+        await AgreeAsync(1_000_000, 0, 0); // a new community: no month row yet
+        await w.Ledger.ReserveAsync("c1", "spent", 300_000);
+        await w.Ledger.FinalizeAsync("spent", 200_000, new UsageRecord());
+        await w.Ledger.ReserveAsync("c1", "open", 100_000, TimeSpan.FromHours(4));
+        await AgreeAsync(1_000_000, 200_000, 100_000);
+
+        w.Time.Advance(TimeSpan.FromHours(2)); // 2026-02-01T00:00Z: February has no row until its first reserve
+        await AgreeAsync(1_000_000, 0, 0);
+        Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetBudgetAsync("c1", 50)).Status);
+        await AgreeAsync(500_000, 0, 0);
+        await w.Ledger.FinalizeAsync("open", 70_000, new UsageRecord()); // charged to January, which admitted it
+        await AgreeAsync(500_000, 0, 0);
+        Assert.Equal(270_000, (await w.Usage.TotalsAsync("c1", "2026-01", UsageDimension.Pool)).Sum(t => t.CostMicro)); // and listed there
+        Assert.Empty(await w.Usage.TotalsAsync("c1", "2026-02", UsageDimension.Pool));
+        await w.AssertConservedAsync();
+    }
+
+    /// <summary>
     /// Each balance agreed with its own records, yet the books could disagree with each other: a wallet charged 50,000 for
     /// a call whose reservation, usage record and budget say 40,000 (post transfer, accounts, lot and lot entry all at
     /// 50,000) passed every check, and so did a resolved reservation whose pending transfer had been rewritten. The audit

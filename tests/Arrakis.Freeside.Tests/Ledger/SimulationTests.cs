@@ -69,6 +69,13 @@ public sealed class SimulationTests
                         var fitsWallet = before.CreditBalanceMicro >= amount;
                         var expected = !fitsBudget ? ReserveStatus.BudgetExceeded : !fitsWallet ? ReserveStatus.WalletInsufficient : ReserveStatus.Reserved;
                         Assert.True(expected == r.Status, $"step {step}: reserve {amount} expected {expected} got {r.Status}");
+                        if (r.Status != ReserveStatus.Reserved)
+                        {
+                            // A 402 says what the budget view said: the budget left and the credit a reserve could hold.
+                            Assert.True((before.AvailableMicro, before.CreditBalanceMicro) == (r.BudgetRemainingMicro, r.WalletAvailableMicro),
+                                $"step {step}: refused {amount} with ({r.BudgetRemainingMicro}, {r.WalletAvailableMicro}), the view said ({before.AvailableMicro}, {before.CreditBalanceMicro})");
+                        }
+
                         if (r.Status == ReserveStatus.Reserved)
                         {
                             open.Add(new Open(id, community, amount));
@@ -285,6 +292,10 @@ public sealed class SimulationTests
                 var audit = await w.Audit.AuditCommunityAsync(c);
                 Assert.True(audit.Passed, $"step {step} ({op}) broke {c}: " +
                     string.Join(" | ", audit.Checks.Where(x => !x.Passed).Select(x => x.Invariant + ": " + string.Join("; ", x.Violations))));
+                var view = (await w.Budgets.GetAsync(c))!;
+                Assert.True((view.MonthlyBudgetCents * 10_000, view.CommittedMicro, view.ReservedMicro, view.AvailableMicro)
+                    == (audit.Budget.LimitMicro, audit.Budget.CommittedMicro, audit.Budget.ReservedMicro, audit.Budget.AvailableMicro),
+                    $"step {step} ({op}): the audit's budget of {c} {audit.Budget} differs from the budget view {view}");
             }
         }
 
