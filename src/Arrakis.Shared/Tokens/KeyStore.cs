@@ -145,7 +145,8 @@ public sealed class KeyStore(Database database, KeyProtector protector)
 
         var ms = now.ToUnixTimeMilliseconds();
         await connection.ExecuteAsync(new CommandDefinition(
-            "UPDATE signing_keys SET status = 'revoked', revoked_at = @ms, promote_at = NULL, private_key_enc = NULL WHERE kid = @kid",
+            // A key revoked again keeps the time of its first revocation (its history).
+            "UPDATE signing_keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, @ms), promote_at = NULL, private_key_enc = NULL WHERE kid = @kid",
             new { kid, ms }, tx, cancellationToken: ct));
         var previous = Enum.Parse<KeyStatus>(status, ignoreCase: true);
         string? activated = null;

@@ -199,7 +199,7 @@ public sealed class KeyringTests
     public async Task Revoking_a_key_destroys_its_stored_private_key_and_keeps_the_row(string engine)
     {
         // A revoked key is compromised or unwanted, yet its encrypted private key stayed in the table forever.
-        var (keyring, _, db) = await NewKeyringAsync(engine);
+        var (keyring, time, db) = await NewKeyringAsync(engine);
         await using var _ = db;
         var ct = TestContext.Current.CancellationToken;
         var first = keyring.Current.Active!;
@@ -221,6 +221,11 @@ public sealed class KeyringTests
 
         var revokedRow = await StoredAsync(db, first.Kid);
         Assert.Equal((first.X, first.Y), (revokedRow.public_x, revokedRow.public_y));
+
+        // Revoked again later: it keeps the time of its first revocation (it was overwritten, losing the history).
+        time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(KeyStatus.Revoked, await keyring.RevokeAsync(first.Kid, ct));
+        Assert.Equal(revokedRow.revoked_at, (await StoredAsync(db, first.Kid)).revoked_at);
         Assert.Equal(pending, keyring.Current.Active!.Kid);
         Assert.NotNull((await StoredAsync(db, pending)).private_key_enc);
         Assert.NotNull(keyring.Current.Active.Private);
