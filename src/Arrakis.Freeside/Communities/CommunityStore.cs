@@ -137,10 +137,18 @@ public sealed class CommunityStore(Database db, TimeProvider time)
             new { id, month, limit = cents * 10_000 }, tx);
         if (fits == 0)
         {
-            var exists = await c.ExecuteScalarAsync<long>("SELECT COUNT(*) FROM communities WHERE id = @id", new { id }, tx) > 0;
-            return exists
-                ? new CommunityResult(CommunityStatus.BudgetBelowUsage, "This month's committed and reserved spend already exceed that budget.")
-                : new CommunityResult(CommunityStatus.NotFound, $"Community '{id}' does not exist.");
+            var used = await c.QuerySingleOrDefaultAsync<(long Committed, long Reserved)?>(
+                "SELECT committed_micro, reserved_micro FROM budget_months WHERE community_id = @id AND month = @month", new { id, month }, tx);
+            if (used is not { } u)
+            {
+                return new CommunityResult(CommunityStatus.NotFound, $"Community '{id}' does not exist.");
+            }
+
+            // The figures an operator needs to pick a budget that fits (it said only that the spend exceeded it).
+            var lowest = (u.Committed + u.Reserved + 9_999) / 10_000;
+            return new CommunityResult(CommunityStatus.BudgetBelowUsage,
+                $"This month ({month}) has {u.Committed} micro-USD committed and {u.Reserved} reserved, more than a budget of {cents} cents " +
+                $"({cents * 10_000} micro-USD); the lowest budget that fits now is {lowest} cents.");
         }
 
         await c.ExecuteAsync("UPDATE communities SET monthly_budget_cents = @cents, updated_at = @at WHERE id = @id", new { id, cents, at }, tx);

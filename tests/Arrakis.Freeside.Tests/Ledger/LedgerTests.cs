@@ -620,6 +620,15 @@ public sealed class LedgerTests
         await w.Ledger.ReserveAsync("c1", "open", 100_000, TimeSpan.FromHours(4));
         await AgreeAsync(1_000_000, 200_000, 100_000);
 
+        // A budget below the month's spend is refused, naming the spend and the lowest budget that fits.
+        var below = await w.Communities.SetBudgetAsync("c1", 29);
+        Assert.Equal(CommunityStatus.BudgetBelowUsage, below.Status);
+        Assert.Contains("200000 micro-USD committed and 100000 reserved", below.Detail, StringComparison.Ordinal);
+        Assert.Contains("the lowest budget that fits now is 30 cents", below.Detail, StringComparison.Ordinal);
+        Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetBudgetAsync("c1", 30)).Status);
+        Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetBudgetAsync("c1", 100)).Status);
+        Assert.Equal(CommunityStatus.NotFound, (await w.Communities.SetBudgetAsync("nobody", 100)).Status);
+
         w.Time.Advance(TimeSpan.FromHours(2)); // 2026-02-01T00:00Z: February has no row until its first reserve
         await AgreeAsync(1_000_000, 0, 0);
         Assert.Equal(CommunityStatus.Updated, (await w.Communities.SetBudgetAsync("c1", 50)).Status);
