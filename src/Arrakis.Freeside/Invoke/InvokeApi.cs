@@ -48,19 +48,42 @@ public static class InvokeApi
     const string HandlerRanKey = "arrakis.invoke.handler";
 
     /// <summary>
-    /// Said by the x402 route when the request's INVOKE_COMPLETE line is not the middleware's to log: the paid call is
-    /// about to run (it logs its own line), or the request presents a legacy payment proof (which buys no call).
+    /// Said by the x402 route when the request presents a legacy payment proof: it buys no call, so the request logs no
+    /// INVOKE_COMPLETE line.
     /// </summary>
     internal static void LogsItsOwnLine(HttpContext http) => http.Items[HandlerRanKey] = true;
+
+    /// <summary>Set by the x402 route as its paid call starts: what the call reports for the request's line.</summary>
+    const string PaidCallKey = "arrakis.invoke.paid_call";
+
+    /// <summary>Set by the x402 route when it answers with a finished payment's stored answer.</summary>
+    const string ReplayedKey = "arrakis.invoke.replayed";
+
+    /// <summary>
+    /// Said by the x402 route as its paid call is about to run: the call (and then the settlement) fill in the report,
+    /// and <see cref="LogAnsweredBeforeTheHandlerAsync"/> logs the request's one line from it once the request has been
+    /// answered, with the status the client got.
+    /// </summary>
+    internal static Payments.PaidCallReport PaidCallRuns(HttpContext http)
+    {
+        var report = new Payments.PaidCallReport();
+        http.Items[PaidCallKey] = report;
+        return report;
+    }
+
+    /// <summary>Said by the x402 route when it replays a finished payment's stored answer: outcome <c>replayed</c>, whatever its status.</summary>
+    internal static void Replays(HttpContext http) => http.Items[ReplayedKey] = true;
 
     /// <summary>
     /// Middleware, ahead of <c>UseServiceDefaults</c>' token check: an invoke answered before its handler ran logs its
     /// INVOKE_COMPLETE line too (DESIGN §8: every invoke), with the status it was answered. That is a token the check
     /// refused (401, missing, expired, badly signed or replayed: outcome <c>rejected</c>), or a check that threw (503
     /// for an unreachable replay cache, else 500). On the x402 route it is every answer given before the paid call ran:
-    /// a bad body's 400, the unpaid 402 quote, a refused payment (outcome <c>rejected</c>), a settled payment's answer
-    /// replayed (outcome <c>replayed</c>), or a body the client left mid-way (499). The answer itself is left as it was; other routes
-    /// pass through.
+    /// a bad body's 400, the unpaid 402 quote, a refused payment (outcome <c>rejected</c>), a finished payment's stored
+    /// answer replayed (outcome <c>replayed</c>, whatever status it replays), or a body the client left mid-way (499); and
+    /// the request whose paid call ran, from what the call and its settlement reported (<see cref="PaidCallRuns"/>), once
+    /// it has been answered: so its line has the status the client got (a failed settlement's 402, not the call's 200).
+    /// The answer itself is left as it was; other routes pass through.
     /// </summary>
     public static async Task LogAnsweredBeforeTheHandlerAsync(HttpContext http, RequestDelegate next)
     {
@@ -72,14 +95,23 @@ public static class InvokeApi
 
         var sw = Stopwatch.StartNew();
         await next(http);
-        if (!http.Items.ContainsKey(HandlerRanKey))
+        if (http.Items.ContainsKey(HandlerRanKey))
         {
-            // An exception the error handler answered is logged as the handler's own would be (a client that left: 499).
-            var status = http.Features.Get<Microsoft.AspNetCore.Diagnostics.IExceptionHandlerFeature>()?.Error is { } error
-                ? StatusOf(http, error, bodyEndedEarly: false)
-                : http.Response.StatusCode;
-            http.RequestServices.GetRequiredService<InvokePipeline>().Refused(status, OutcomeOf(status), null, null, WantsSse(http.Request), sw.Elapsed);
+            return;
         }
+
+        // An exception the error handler answered is logged as the handler's own would be (a client that left: 499).
+        var error = http.Features.Get<Microsoft.AspNetCore.Diagnostics.IExceptionHandlerFeature>()?.Error;
+        var status = error is not null ? StatusOf(http, error, bodyEndedEarly: false) : http.Response.StatusCode;
+        var pipeline = http.RequestServices.GetRequiredService<InvokePipeline>();
+        if (http.Items[PaidCallKey] is Payments.PaidCallReport call)
+        {
+            pipeline.PaidCallAnswered(call, status, error is null ? call.Outcome ?? OutcomeOf(status) : OutcomeOf(status), sw.Elapsed);
+            return;
+        }
+
+        var outcome = error is null && http.Items.ContainsKey(ReplayedKey) ? "replayed" : OutcomeOf(status);
+        pipeline.Refused(status, outcome, null, null, WantsSse(http.Request), sw.Elapsed);
     }
 
     static bool WantsSse(HttpRequest request) => request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.OrdinalIgnoreCase);

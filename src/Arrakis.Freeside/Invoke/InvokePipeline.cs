@@ -519,6 +519,25 @@ public sealed class InvokePipeline(
     public void Refused(int status, string outcome, string? communityId, string? pool, bool stream, TimeSpan elapsed) =>
         logger.InvokeComplete(status, outcome, pool, null, (long)elapsed.TotalMilliseconds, communityId ?? "", TraceId(), 0, 0, 0, stream);
 
+    /// <summary>
+    /// The INVOKE_COMPLETE line of an x402 request whose paid call ran or was refused, written once the request has been
+    /// answered (after settlement): <paramref name="status"/> is what the client got and <paramref name="elapsed"/> the
+    /// whole request. A call that ran counts in the invoke metrics with the same outcome, its InferenceLatencyMs being the
+    /// call's own time (settlement is not inference); its cost is logged and counted only when the payment settled or is
+    /// still settling (a failed settlement charges nothing).
+    /// </summary>
+    public void PaidCallAnswered(Payments.PaidCallReport call, int status, string outcome, TimeSpan elapsed)
+    {
+        var charged = outcome is "paid" or "settlement_pending" ? call.CostMicro : 0;
+        if (call.Ran)
+        {
+            metrics.Completed(call.Pool, outcome, call.CallMs ?? elapsed.TotalMilliseconds, charged);
+        }
+
+        logger.InvokeComplete(status, outcome, call.Pool, call.Model, (long)elapsed.TotalMilliseconds, call.CommunityId, call.TraceId ?? TraceId(), charged,
+            call.PromptTokens, call.CompletionTokens, false);
+    }
+
     public void Complete(Admitted a, int status, string outcome, FinnInvokeResult? result, TimeSpan elapsed, long? chargedMicro = null)
     {
         var charged = chargedMicro ?? (result is null ? 0 : Math.Clamp(result.CostMicro, 0, a.ReservedMicro));

@@ -12,19 +12,23 @@ namespace Arrakis.Freeside.Invoke;
 /// Runs an x402-paid invoke: the payment covers this one call (and unlocks its pool), so no community budget is
 /// reserved; finn meters it and the unused part of the payment comes back as a credit note.
 /// </summary>
-public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microsoft.Extensions.Options.IOptions<Payments.X402Options> options,
-    InvokeMetrics metrics, Microsoft.Extensions.Logging.ILogger<PaidInvocation> logger) : IPaidInvocation
+public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microsoft.Extensions.Options.IOptions<Payments.X402Options> options) : IPaidInvocation
 {
     public async Task<PaidInvocationResult> RunAsync(PaidInvocationRequest request, CancellationToken ct)
     {
         var started = System.Diagnostics.Stopwatch.StartNew();
         var traceId = System.Diagnostics.Activity.Current?.TraceId.ToHexString() ?? Guid.NewGuid().ToString("N");
-        var community = request.CommunityId ?? "";
+        // A paid call is an invoke too: its request logs one INVOKE_COMPLETE line (DESIGN §8), and the invoke metrics
+        // count it once it ran. Both are written when the request has been answered, after settlement
+        // (InvokeApi.LogAnsweredBeforeTheHandlerAsync), from what the call reports here.
+        var report = request.Report ?? new PaidCallReport();
+        report.CommunityId = request.CommunityId ?? "";
+        report.TraceId = traceId;
 
-        // A paid call is an invoke too: one INVOKE_COMPLETE line each (DESIGN §8), and the invoke metrics for one that ran.
         PaidInvocationResult Refused(int status, string error, string detail, string? field, string? pool)
         {
-            logger.InvokeComplete(status, "rejected", pool, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
+            report.Pool = pool;
+            report.Outcome = "rejected";
             return Failure(status, error, detail, field);
         }
 
@@ -47,42 +51,36 @@ public sealed class PaidInvocation(PoolCatalog catalog, FinnClient finn, Microso
             return Refused(402, "PAYMENT_TOO_SMALL", $"This request may cost {worst} micro-USD; the payment covers {request.MaxCostMicro}.", "amount", pool.Id);
         }
 
-        // A call that throws logs its line too, with the status its caller is answered: the 502 X402_INVOKE_FAILED the
-        // payment flow answers for a paid invoke that threw; a cancellation goes on to the error handler: 499 when the
-        // client left, else 500. It ran, so it counts in the invoke metrics as the invoke route's failed calls do.
-        bool Threw(Exception ex)
-        {
-            var (status, outcome) = ex is not OperationCanceledException ? (502, "error")
-                : ct.IsCancellationRequested ? (499, "client_disconnected") : (500, "error");
-            metrics.Completed(pool.Id, outcome, started.Elapsed.TotalMilliseconds, 0);
-            logger.InvokeComplete(status, outcome, pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
-            return false;
-        }
-
+        // From here it runs, and counts in the invoke metrics as the invoke route's calls do, even when it throws: its
+        // line then has the status its caller is answered (the 502 X402_INVOKE_FAILED the payment flow answers for a
+        // paid invoke that threw; a cancellation goes on to the error handler: 499 when the client left, else 500).
+        report.Pool = pool.Id;
+        report.Ran = true;
+        var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
         FinnInvokeResult? result;
         UpstreamError? error;
         try
         {
-            var caller = new FinnCaller("x402:" + request.Payer, request.CommunityId ?? "x402", catalog.LowestTierFor(pool.Id) ?? Tier.Enterprise, [pool.Id], "x402:" + request.PaymentId);
             (result, error) = await finn.InvokeAsync(new FinnInvokeRequest(parsed.Messages, pool.Id, maxTokens, parsed.Agent, false, traceId), caller, ct);
         }
-        catch (Exception ex) when (Threw(ex))
+        finally
         {
-            throw; // never runs: the filter logs INVOKE_COMPLETE and lets the exception go on
+            report.CallMs = started.Elapsed.TotalMilliseconds;
         }
 
         if (error is not null)
         {
-            metrics.Completed(pool.Id, "upstream_failed", started.Elapsed.TotalMilliseconds, 0);
-            logger.InvokeComplete(error.Status, "upstream_failed", pool.Id, null, started.ElapsedMilliseconds, community, traceId, 0, 0, 0, false);
+            report.Outcome = "upstream_failed";
             // finn's Retry-After (its 503 "no healthy model") is passed on, as the invoke route does.
             return Failure(error.Status, error.Error, error.Detail, null) with { RetryAfter = error.RetryAfter };
         }
 
         var cost = Math.Clamp(result!.CostMicro, 0, worst);
-        metrics.Completed(pool.Id, "paid", started.Elapsed.TotalMilliseconds, cost);
-        logger.InvokeComplete(200, "paid", pool.Id, result.Model, started.ElapsedMilliseconds, community, traceId, cost,
-            result.Usage.PromptTokens, result.Usage.CompletionTokens, false);
+        report.Outcome = "paid"; // until the payment flow says how the settlement ended
+        report.Model = result.Model;
+        report.CostMicro = cost;
+        report.PromptTokens = result.Usage.PromptTokens;
+        report.CompletionTokens = result.Usage.CompletionTokens;
         var body = new JsonObject
         {
             ["content"] = result.Content,

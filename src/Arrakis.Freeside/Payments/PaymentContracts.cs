@@ -8,7 +8,47 @@ namespace Arrakis.Freeside.Payments;
 /// <param name="UserToken">The verified user token, when one was sent.</param>
 /// <param name="CommunityId">The payer's community, when known.</param>
 /// <param name="MaxCostMicro">The worst-case cost the payment covers; the metered cost must not exceed it.</param>
-public sealed record PaidInvocationRequest(string PaymentId, JsonObject Body, JsonWebToken? UserToken, string? CommunityId, string Payer, long MaxCostMicro);
+/// <param name="Report">Where the call reports what its request's INVOKE_COMPLETE line says about it.</param>
+public sealed record PaidInvocationRequest(string PaymentId, JsonObject Body, JsonWebToken? UserToken, string? CommunityId, string Payer, long MaxCostMicro,
+    PaidCallReport? Report = null);
+
+/// <summary>
+/// What a paid call reports for its request's one INVOKE_COMPLETE line and the invoke metrics, filled in by the invoke
+/// feature as the call runs. The line is logged once the request has been answered, after settlement, with the status
+/// the client got (<c>InvokeApi.LogAnsweredBeforeTheHandlerAsync</c>); the payment flow says how the settlement ended.
+/// </summary>
+public sealed class PaidCallReport
+{
+    public string? Pool { get; set; }
+
+    public string? Model { get; set; }
+
+    public string CommunityId { get; set; } = "";
+
+    public string? TraceId { get; set; }
+
+    /// <summary>The metered cost; logged and counted only when the payment settled or is settling.</summary>
+    public long CostMicro { get; set; }
+
+    public long PromptTokens { get; set; }
+
+    public long CompletionTokens { get; set; }
+
+    /// <summary>
+    /// The call's outcome: <c>rejected</c> (refused before it ran), <c>upstream_failed</c>, <c>error</c>, or, for a call
+    /// that succeeded, how its settlement ended: <c>paid</c>, <c>settlement_pending</c>, <c>settlement_failed</c>.
+    /// </summary>
+    public string? Outcome { get; set; }
+
+    /// <summary>The call reached finn: it counts in the invoke metrics.</summary>
+    public bool Ran { get; set; }
+
+    /// <summary>
+    /// How long the call itself took (checks and finn), once it has returned or thrown: the pool's InferenceLatencyMs,
+    /// which does not include the settlement that follows (the line's duration_ms does).
+    /// </summary>
+    public double? CallMs { get; set; }
+}
 
 /// <summary>
 /// The invoke's outcome: only a success is settled. <paramref name="CostMicro"/> is the metered cost;

@@ -77,7 +77,7 @@ public sealed class PaymentFlow(
         var (inserted, stored) = await store.ClaimAsync(row, ct);
         if (!inserted)
         {
-            return Duplicate(stored, payment);
+            return Duplicate(stored, payment, http);
         }
 
         metrics.Created(row.Kind);
@@ -96,10 +96,11 @@ public sealed class PaymentFlow(
         }
 
         PaidInvocationResult result;
-        Invoke.InvokeApi.LogsItsOwnLine(http); // the paid call logs the request's INVOKE_COMPLETE line
+        // The request's INVOKE_COMPLETE line is logged from this report once it has been answered, after settlement.
+        var call = Invoke.InvokeApi.PaidCallRuns(http);
         try
         {
-            result = await invocation.RunAsync(new PaidInvocationRequest(row.Id, body, token, row.CommunityId, row.Payer, row.ValueMicro), ct);
+            result = await invocation.RunAsync(new PaidInvocationRequest(row.Id, body, token, row.CommunityId, row.Payer, row.ValueMicro, call), ct);
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
@@ -125,14 +126,29 @@ public sealed class PaymentFlow(
             // Recovery (or another worker) already finished this row while the invoke ran: it is not ours to settle.
             var current = await store.GetAsync(row.Id, ct);
             PaymentLog.SettlementSkipped(logger, row.Id, current?.State ?? "missing");
+            call.Outcome = SettlementOutcome(current?.State);
             return StoredResult(current);
         }
 
         row.State = PaymentStates.Settling;
         row.CostMicro = cost;
         row.InvokeBody = invokeBody;
-        return await SettleAndFinishAsync(row, request, ct);
+        var answer = await SettleAndFinishAsync(row, request, ct);
+        call.Outcome = SettlementOutcome(row.State); // the state the answer was given in (StoredAsync keeps row.State in step)
+        return answer;
     }
+
+    /// <summary>
+    /// The INVOKE_COMPLETE outcome of a paid call that succeeded, by the state of the payment its request was answered
+    /// with: <c>paid</c> once settled; <c>settlement_pending</c> while it is still settling (503 settlement_pending, or
+    /// 409 while recovery or another worker has it); else <c>settlement_failed</c> (the paid response was withheld).
+    /// </summary>
+    static string SettlementOutcome(string? state) => state switch
+    {
+        PaymentStates.Settled => "paid",
+        PaymentStates.Settling or PaymentStates.Verified => "settlement_pending",
+        _ => "settlement_failed",
+    };
 
     /// <summary>Settles a row in <c>settling</c> and finishes it (used by requests and by crash recovery).</summary>
     public async Task<IResult> SettleAndFinishAsync(PaymentRow row, SettlementRequest request, CancellationToken ct)
@@ -151,7 +167,7 @@ public sealed class PaymentFlow(
             case X402Errors.PaymentNotSettling:
                 // Recovery or another worker owns the row now; its stored answer is the payment's answer.
                 PaymentLog.SettlementNotRecorded(logger, row.Id, outcome.Transaction ?? "", outcome.ErrorReason);
-                return await StoredAsync(row.Id, ct);
+                return await StoredAsync(row, ct);
             case X402Errors.TransactionClaimed:
                 // One transaction, one credit note: the payment that holds it keeps it, this one fails without credit.
                 PaymentLog.SettlementNotRecorded(logger, row.Id, outcome.Transaction ?? "", outcome.ErrorReason);
@@ -218,7 +234,7 @@ public sealed class PaymentFlow(
 
         if (!settled)
         {
-            return await StoredAsync(row.Id, ct);
+            return await StoredAsync(row, ct);
         }
 
         row.State = PaymentStates.Settled;
@@ -267,7 +283,7 @@ public sealed class PaymentFlow(
         }
     }
 
-    IResult Duplicate(PaymentRow existing, DecodedPayment payment)
+    IResult Duplicate(PaymentRow existing, DecodedPayment payment, HttpContext http)
     {
         if (payment.PaymentIdentifier is not null && existing.PaymentIdentifier == payment.PaymentIdentifier && existing.PayloadHash != payment.PayloadHash)
         {
@@ -280,10 +296,14 @@ public sealed class PaymentFlow(
             return Problems.Create(409, X402Errors.NonceUsed, "This authorization nonce was already used by another payment.");
         }
 
-        return existing.State is PaymentStates.Settled or PaymentStates.Failed
-            ? Replay(existing)
-            : Problems.Create(409, X402Errors.DuplicateSettlement, "This payment is already being settled; retry for the stored result.",
-                new Dictionary<string, object?> { ["paymentId"] = existing.Id, ["state"] = existing.State });
+        if (existing.State is PaymentStates.Settled or PaymentStates.Failed)
+        {
+            Invoke.InvokeApi.Replays(http); // its INVOKE_COMPLETE line says replayed, whatever status the stored answer has
+            return Replay(existing);
+        }
+
+        return Problems.Create(409, X402Errors.DuplicateSettlement, "This payment is already being settled; retry for the stored result.",
+            new Dictionary<string, object?> { ["paymentId"] = existing.Id, ["state"] = existing.State });
     }
 
     /// <summary>The stored answer of a finished payment, with its settlement header.</summary>
@@ -345,8 +365,16 @@ public sealed class PaymentFlow(
         return new SettlementRequest(row.Id, payload, JsonNode.Parse(row.RequirementJson)!.AsObject(), authorization, signature, row.TxHash, row.RawTx);
     }
 
-    /// <summary>The answer a payment's row holds now: its stored response once finished, 409 while another worker has it.</summary>
-    public async Task<IResult> StoredAsync(string paymentId, CancellationToken ct) => StoredResult(await store.GetAsync(paymentId, ct));
+    /// <summary>
+    /// The answer a payment's row holds now: its stored response once finished, 409 while another worker has it; with
+    /// <paramref name="row"/>'s state brought in step with it.
+    /// </summary>
+    async Task<IResult> StoredAsync(PaymentRow row, CancellationToken ct)
+    {
+        var current = await store.GetAsync(row.Id, ct);
+        row.State = current?.State ?? row.State;
+        return StoredResult(current);
+    }
 
     IResult StoredResult(PaymentRow? row) => row switch
     {
@@ -367,7 +395,7 @@ public sealed class PaymentFlow(
         var json = body.ToJsonString();
         if (!await store.MarkFailedAsync(row.Id, reason, status, json, ct))
         {
-            return await StoredAsync(row.Id, ct);
+            return await StoredAsync(row, ct);
         }
 
         row.State = PaymentStates.Failed;

@@ -241,6 +241,201 @@ public sealed class PaidInvocationTests
     }
 
     /// <summary>
+    /// The paid call ran, but its settlement then failed (here the payer cancelled the authorization on chain while the call
+    /// ran): the client is answered 402 with the paid response withheld, and nothing is charged. The request's one
+    /// INVOKE_COMPLETE line says so (402, settlement_failed, no cost), and so do the invoke metrics, instead of the 200
+    /// paid the client never got; its duration covers the settlement. A replay of that payment gets the stored 402, logged
+    /// as replayed (it was logged rejected).
+    /// </summary>
+    [Fact]
+    public async Task A_paid_call_whose_settlement_fails_logs_the_status_the_client_was_answered()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var logs = new RecordingLoggerProvider();
+        var settings = new Dictionary<string, string?>();
+        await using var chain = await AnvilChain.StartAsync(ct);
+        var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
+        Func<Task>? cancel = null; // set once the authorization is signed; the finn call runs it (once) as it passes
+        var counted = new System.Collections.Concurrent.ConcurrentQueue<(string Instrument, string? Outcome, double Value)>();
+        using var listener = new MeterListener();
+        var answers = await PayAndReplayAsync(settings, payTo, payerKey, logs,
+            b => b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient)
+                .AddHttpMessageHandler(() => new BeforeHandler(() => Interlocked.Exchange(ref cancel, null))),
+            (p, a) =>
+            {
+                var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
+                cancel = () => chain.CancelAuthorizationAsync(a.From, a.Nonce, PaymentSigning.SignCancel(options, a.Nonce, payerKey));
+                Listen(listener, p, counted);
+            });
+
+        Assert.Equal([402, 402], answers.Select(a => a.Status));
+        Assert.Equal(answers[0].Body.ToJsonString(), answers[1].Body.ToJsonString());
+        Assert.Null(answers[0].Body["content"]); // the paid response was withheld
+        Assert.Equal(0, await chain.BalanceAsync(payTo));
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([(402, "rejected"), (402, "settlement_failed"), (402, "replayed")], lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        var line = lines[1];
+        Assert.Equal(("cheap", 0L), ((string?)line.Properties["Pool"], (long)line.Properties["CostMicro"]!));
+        Assert.True((long)line.Properties["CompletionTokens"]! > 0); // the call ran
+        Assert.Equal([(MetricNames.InvocationCount, "settlement_failed")], counted.Where(c => c.Instrument == MetricNames.InvocationCount).Select(c => (c.Instrument, c.Outcome)));
+        Assert.DoesNotContain(counted, c => c.Instrument == MetricNames.InvocationCostMicro); // nothing was charged
+        // The line covers the whole request, settlement included; the latency metric the call alone (settlement is not inference).
+        var latency = Assert.Single(counted, c => c.Instrument == MetricNames.InferenceLatencyMs).Value;
+        Assert.InRange(latency, 0, (long)line.Properties["DurationMs"]! + 1);
+    }
+
+    /// <summary>
+    /// The paid call ran and its settlement's outcome is unknown (the facilitator's /settle answer says nothing definite):
+    /// the client is answered 503 settlement_pending, and the request's one INVOKE_COMPLETE line says that (503,
+    /// settlement_pending, with the call's cost, which the settlement recovery finishes will charge), not 200 paid.
+    /// </summary>
+    [Fact]
+    public async Task A_paid_call_whose_settlement_is_pending_logs_the_503_it_was_answered()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        Microsoft.AspNetCore.Hosting.HostingAbstractionsWebHostBuilderExtensions.UseUrls(builder.WebHost, "http://127.0.0.1:0");
+        await using var facilitator = builder.Build();
+        Microsoft.AspNetCore.Builder.EndpointRouteBuilderExtensions.MapPost(facilitator, "/verify",
+            () => Microsoft.AspNetCore.Http.Results.Text("""{"isValid":true}""", "application/json"));
+        Microsoft.AspNetCore.Builder.EndpointRouteBuilderExtensions.MapPost(facilitator, "/settle",
+            () => Microsoft.AspNetCore.Http.Results.Text("""{"success":"true","transaction":"0x01"}""", "application/json"));
+        await facilitator.StartAsync(ct);
+        var logs = new RecordingLoggerProvider();
+        var payerKey = PaymentSigning.FreshKey();
+        var payTo = PaymentSigning.AddressOf(PaymentSigning.FreshKey());
+        var settings = new Dictionary<string, string?>
+        {
+            ["X402:PayTo"] = payTo,
+            ["X402:Settler"] = "Facilitator",
+            ["X402:FacilitatorUrl"] = facilitator.Urls.Single(),
+            ["X402:RpcUrl"] = $"http://127.0.0.1:{TestStorage.FreePort()}",
+        };
+
+        var answers = await PayAndReplayAsync(settings, payTo, payerKey, logs, sends: 1);
+
+        var (status, body) = Assert.Single(answers);
+        Assert.Equal((503, X402Errors.SettlementPending), (status, body["error"]!.GetValue<string>()));
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([(402, "rejected"), (503, "settlement_pending")], lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+        Assert.True((long)lines[1].Properties["CostMicro"]! > 0);
+        await facilitator.StopAsync(ct);
+    }
+
+    /// <summary>
+    /// A payment whose stored answer is a failure (its paid call threw: 502 X402_INVOKE_FAILED) is replayed with that 502;
+    /// the replay's INVOKE_COMPLETE line says replayed, as a settled payment's replay does, not error (nothing failed).
+    /// </summary>
+    [Fact]
+    public async Task A_replayed_failure_logs_outcome_replayed()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var logs = new RecordingLoggerProvider();
+        var settings = new Dictionary<string, string?>();
+        await using var chain = await AnvilChain.StartAsync(ct);
+        var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
+
+        var answers = await PayAndReplayAsync(settings, payTo, payerKey, logs,
+            b => b.Services.AddHttpClient(Arrakis.Freeside.Identity.IdentitySetup.FinnClient).AddHttpMessageHandler(() => new ThrowingHandler()));
+
+        Assert.Equal([502, 502], answers.Select(a => a.Status));
+        Assert.Equal(X402Errors.InvokeFailed, answers[1].Body["error"]!.GetValue<string>());
+        var lines = logs.WithEvent("INVOKE_COMPLETE").ToList();
+        Assert.Equal([(402, "rejected"), (502, "error"), (502, "replayed")], lines.Select(l => ((int)l.Properties["Status"]!, (string)l.Properties["Outcome"]!)));
+    }
+
+    /// <summary>Runs <c>before</c>'s task, when it gives one, ahead of each request it passes on.</summary>
+    sealed class BeforeHandler(Func<Func<Task>?> before) : DelegatingHandler
+    {
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken ct)
+        {
+            if (before() is { } run)
+            {
+                await run();
+            }
+
+            return await base.SendAsync(request, ct);
+        }
+    }
+
+    /// <summary>Records each invoke measurement of <paramref name="p"/>'s freeside (instrument, outcome tag, value).</summary>
+    static void Listen(MeterListener listener, Platform p, System.Collections.Concurrent.ConcurrentQueue<(string, string?, double)> counted)
+    {
+        var factory = p.Freeside.Services.GetRequiredService<IMeterFactory>();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == MetricNames.AgentMeter && ReferenceEquals(instrument.Meter.Scope, factory))
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        void Record(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+        {
+            string? outcome = null;
+            foreach (var tag in tags)
+            {
+                outcome = tag.Key == "outcome" ? tag.Value as string : outcome;
+            }
+
+            counted.Enqueue((instrument.Name, outcome, value));
+        }
+
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) => Record(instrument, value, tags));
+        listener.SetMeasurementEventCallback<double>((instrument, value, tags, _) => Record(instrument, value, tags));
+        listener.Start();
+    }
+
+    /// <summary>
+    /// On one platform, asks for the 402 quote of one call, pays it once (no user token), runs <paramref name="signed"/>
+    /// with the signed authorization, then sends that same payment <paramref name="sends"/> times (the first buys the
+    /// call, the rest replay it) and returns each answer. The platform has stopped when it returns, so every line is logged.
+    /// </summary>
+    static async Task<List<(int Status, JsonObject Body)>> PayAndReplayAsync(Dictionary<string, string?> settings, string payTo, string payerKey,
+        RecordingLoggerProvider logs, Action<Microsoft.AspNetCore.Builder.WebApplicationBuilder>? freeside = null,
+        Action<Platform, Eip3009Authorization>? signed = null, int sends = 2)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+                freeside?.Invoke(b);
+            }
+        });
+        var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
+        using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
+        HttpRequestMessage Request(string? payment)
+        {
+            var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
+            {
+                Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
+            };
+            if (payment is not null)
+            {
+                request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
+            }
+
+            return request;
+        }
+
+        using var unpaid = await http.SendAsync(Request(null), ct);
+        Assert.Equal(402, (int)unpaid.StatusCode);
+        var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
+        var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+        var payment = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey)));
+        signed?.Invoke(p, a);
+        var answers = new List<(int, JsonObject)>();
+        for (var i = 0; i < sends; i++)
+        {
+            using var paid = await http.SendAsync(Request(payment), ct);
+            answers.Add(((int)paid.StatusCode, JsonNode.Parse(await paid.Content.ReadAsStringAsync(ct))!.AsObject()));
+        }
+
+        return answers;
+    }
+
+    /// <summary>
     /// A fresh payee, and a payer holding 1 USDC on <paramref name="chain"/>; <paramref name="settings"/> have freeside
     /// settle there itself (no facilitator) with the test relayer.
     /// </summary>
