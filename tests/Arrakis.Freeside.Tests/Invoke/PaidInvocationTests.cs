@@ -385,6 +385,42 @@ public sealed class PaidInvocationTests
         listener.Start();
     }
 
+    /// <summary>Freeside, finn and dixie on SQLite, freeside logging to <paramref name="logs"/> and configured by <paramref name="freeside"/>.</summary>
+    static Task<Platform> StartAsync(Dictionary<string, string?> settings, RecordingLoggerProvider logs, Action<Microsoft.AspNetCore.Builder.WebApplicationBuilder>? freeside) =>
+        Platform.StartAsync("sqlite", settings, (service, b) =>
+        {
+            if (service == "freeside")
+            {
+                b.Logging.AddProvider(logs);
+                freeside?.Invoke(b);
+            }
+        });
+
+    /// <summary>A paid-invoke request for one short call, with <paramref name="payment"/> as its x402 v2 payment when given.</summary>
+    static HttpRequestMessage Request(string? payment)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
+        {
+            Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
+        };
+        if (payment is not null)
+        {
+            request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
+        }
+
+        return request;
+    }
+
+    /// <summary>Asks for one call's 402 quote and signs a payment of it from <paramref name="payerKey"/>: the payment header and its authorization.</summary>
+    static async Task<(string Payment, Eip3009Authorization Authorization)> PayQuoteAsync(HttpClient http, X402Options options, string payTo, string payerKey, CancellationToken ct)
+    {
+        using var unpaid = await http.SendAsync(Request(null), ct);
+        Assert.Equal(402, (int)unpaid.StatusCode);
+        var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
+        var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
+        return (PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey))), a);
+    }
+
     /// <summary>
     /// On one platform, asks for the 402 quote of one call, pays it once (no user token), runs <paramref name="signed"/>
     /// with the signed authorization, then sends that same payment <paramref name="sends"/> times (the first buys the
@@ -395,35 +431,10 @@ public sealed class PaidInvocationTests
         Action<Platform, Eip3009Authorization>? signed = null, int sends = 2)
     {
         var ct = TestContext.Current.CancellationToken;
-        await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
-        {
-            if (service == "freeside")
-            {
-                b.Logging.AddProvider(logs);
-                freeside?.Invoke(b);
-            }
-        });
+        await using var p = await StartAsync(settings, logs, freeside);
         var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
-        HttpRequestMessage Request(string? payment)
-        {
-            var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
-            {
-                Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
-            };
-            if (payment is not null)
-            {
-                request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
-            }
-
-            return request;
-        }
-
-        using var unpaid = await http.SendAsync(Request(null), ct);
-        Assert.Equal(402, (int)unpaid.StatusCode);
-        var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
-        var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
-        var payment = PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey)));
+        var (payment, a) = await PayQuoteAsync(http, options, payTo, payerKey, ct);
         signed?.Invoke(p, a);
         var answers = new List<(int, JsonObject)>();
         for (var i = 0; i < sends; i++)
@@ -462,39 +473,15 @@ public sealed class PaidInvocationTests
         var ct = TestContext.Current.CancellationToken;
         await using var chain = await AnvilChain.StartAsync(ct);
         var (payTo, payerKey) = await PayOnChainAsync(chain, settings);
-        await using var p = await Platform.StartAsync("sqlite", settings, (service, b) =>
-        {
-            if (service == "freeside")
-            {
-                b.Logging.AddProvider(logs);
-                freeside?.Invoke(b);
-            }
-        });
+        await using var p = await StartAsync(settings, logs, freeside);
         started?.Invoke(p);
         var options = p.Freeside.Services.GetRequiredService<IOptions<X402Options>>().Value;
         using var http = new HttpClient { BaseAddress = new Uri(p.FreesideUrl) };
-        HttpRequestMessage Request(string? payment)
-        {
-            var request = new HttpRequestMessage(HttpMethod.Post, PaymentsApi.InvokePath)
-            {
-                Content = new StringContent("""{"prompt":"Say hi","model":"cheap"}""", Encoding.UTF8, "application/json"),
-            };
-            if (payment is not null)
-            {
-                request.Headers.TryAddWithoutValidation(X402Headers.PaymentSignature, payment);
-            }
-
-            return request;
-        }
-
         var answers = new List<(int, TimeSpan?, JsonObject)>();
         for (var i = 0; i < calls; i++)
         {
-            using var unpaid = await http.SendAsync(Request(null), ct);
-            Assert.Equal(402, (int)unpaid.StatusCode);
-            var accepted = X402Codec.DecodeNode(unpaid.Headers.GetValues(X402Headers.PaymentRequired).Single())!["accepts"]![0]!.AsObject();
-            var a = PaymentSigning.Authorization(payerKey, payTo, long.Parse(accepted["amount"]!.GetValue<string>()), 0, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60);
-            using var paid = await http.SendAsync(Request(PaymentSigning.Header(PaymentSigning.V2Payload(accepted, a, PaymentSigning.Sign(options, a, payerKey)))), ct);
+            var (payment, _) = await PayQuoteAsync(http, options, payTo, payerKey, ct);
+            using var paid = await http.SendAsync(Request(payment), ct);
             answers.Add(((int)paid.StatusCode, paid.Headers.RetryAfter?.Delta, JsonNode.Parse(await paid.Content.ReadAsStringAsync(ct))!.AsObject()));
         }
 
