@@ -77,9 +77,6 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
         }
     }
 
-    /// <summary>Claims the right to call the model; in half-open state only one caller gets it.</summary>
-    public bool TryAcquire(string model) => TryAcquire(model, out _);
-
     /// <summary>
     /// Claims the right to call the model; in half-open state only one caller gets it, and <paramref name="probe"/>
     /// says whether this caller holds that probe. Only the probe's holder frees its slot
@@ -122,7 +119,7 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
     /// Records a failure; returns true when this failure opened the breaker. <paramref name="probe"/>: whether the
     /// caller holds the half-open probe (see <see cref="TryAcquire(string, out bool)"/>); only then is its slot freed.
     /// </summary>
-    public bool RecordFailure(string model, bool probe = true)
+    public bool RecordFailure(string model, bool probe)
     {
         var b = _breakers.GetOrAdd(model, _ => new Breaker());
         lock (b)
@@ -151,7 +148,7 @@ public sealed class ModelBreakers(IOptions<InferenceOptions> options, TimeProvid
     /// Releases a half-open probe that ended without a verdict (the client went away, the vendor refused the request
     /// itself). A caller that does not hold the probe (<paramref name="probe"/> false) leaves it in flight.
     /// </summary>
-    public void Release(string model, bool probe = true)
+    public void Release(string model, bool probe)
     {
         if (probe && _breakers.TryGetValue(model, out var b))
         {

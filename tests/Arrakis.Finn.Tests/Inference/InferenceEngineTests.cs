@@ -96,7 +96,7 @@ public sealed class InferenceEngineTests
         var breakers = sp.GetRequiredService<ModelBreakers>();
         for (var i = 0; i < 3; i++)
         {
-            breakers.RecordFailure("local-mini-a");
+            breakers.RecordFailure("local-mini-a", probe: true);
         }
 
         time.Advance(TimeSpan.FromSeconds(40));
@@ -157,7 +157,7 @@ public sealed class InferenceEngineTests
         var xCall = await held.NextCallAsync();
         for (var i = 0; i < 3; i++)
         {
-            breakers.RecordFailure("held-model");
+            breakers.RecordFailure("held-model", probe: true);
         }
 
         time.Advance(TimeSpan.FromSeconds(40));
@@ -222,8 +222,8 @@ public sealed class InferenceEngineTests
             ["Providers:Local:Models:local-mini-a:FailureRate"] = "1",
         });
         var breakers = sp.GetRequiredService<ModelBreakers>();
-        breakers.RecordFailure("local-mini-a");
-        breakers.RecordFailure("local-mini-a");
+        breakers.RecordFailure("local-mini-a", probe: true);
+        breakers.RecordFailure("local-mini-a", probe: true);
 
         var invoke = sp.GetRequiredService<InferenceEngine>().InvokeAsync(Request() with { Stream = false }, new PoolCatalog().Pools["cheap"], null, TestContext.Current.CancellationToken);
         var finished = await Task.WhenAny(invoke, Task.Delay(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));

@@ -150,16 +150,16 @@ public sealed class ModelBreakersTests
     {
         var time = new FakeTimeProvider();
         var b = Breakers(time);
-        Assert.False(b.RecordFailure("m"));
-        Assert.False(b.RecordFailure("m"));
+        Assert.False(b.RecordFailure("m", probe: true));
+        Assert.False(b.RecordFailure("m", probe: true));
         b.RecordSuccess("m");
-        Assert.False(b.RecordFailure("m"));
-        Assert.False(b.RecordFailure("m"));
+        Assert.False(b.RecordFailure("m", probe: true));
+        Assert.False(b.RecordFailure("m", probe: true));
         Assert.Equal(BreakerState.Closed, b.StateOf("m"));
-        Assert.True(b.RecordFailure("m"));
+        Assert.True(b.RecordFailure("m", probe: true));
         Assert.Equal(BreakerState.Open, b.StateOf("m"));
         Assert.False(b.IsAvailable("m"));
-        Assert.False(b.TryAcquire("m"));
+        Assert.False(b.TryAcquire("m", out _));
         Assert.True(b.IsAvailable("other"));
     }
 
@@ -170,26 +170,26 @@ public sealed class ModelBreakersTests
         var b = Breakers(time);
         for (var i = 0; i < 3; i++)
         {
-            b.RecordFailure("m");
+            b.RecordFailure("m", probe: true);
         }
 
         time.Advance(TimeSpan.FromSeconds(23.9));
         Assert.Equal(BreakerState.Open, b.StateOf("m"));
         time.Advance(TimeSpan.FromSeconds(12.2));
         Assert.Equal(BreakerState.HalfOpen, b.StateOf("m"));
-        Assert.True(b.TryAcquire("m"));
-        Assert.False(b.TryAcquire("m"));
+        Assert.True(b.TryAcquire("m", out _));
+        Assert.False(b.TryAcquire("m", out _));
 
         // A failed probe re-opens at once.
-        Assert.True(b.RecordFailure("m"));
+        Assert.True(b.RecordFailure("m", probe: true));
         Assert.Equal(BreakerState.Open, b.StateOf("m"));
 
         time.Advance(TimeSpan.FromSeconds(36.1));
-        Assert.True(b.TryAcquire("m"));
+        Assert.True(b.TryAcquire("m", out _));
         b.RecordSuccess("m");
         Assert.Equal(BreakerState.Closed, b.StateOf("m"));
-        Assert.True(b.TryAcquire("m"));
-        Assert.True(b.TryAcquire("m"));
+        Assert.True(b.TryAcquire("m", out _));
+        Assert.True(b.TryAcquire("m", out _));
     }
 
     [Fact]
@@ -202,7 +202,7 @@ public sealed class ModelBreakersTests
             var b = new ModelBreakers(Options.Create(new InferenceOptions { BreakerSeed = seed }), time);
             for (var i = 0; i < 3; i++)
             {
-                b.RecordFailure("m");
+                b.RecordFailure("m", probe: true);
             }
 
             var waited = 0.0;

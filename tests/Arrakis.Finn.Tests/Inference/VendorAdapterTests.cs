@@ -391,7 +391,7 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         var breakers = sp.GetRequiredService<ModelBreakers>();
         for (var i = 0; i < 3; i++)
         {
-            breakers.RecordFailure("vendor-model");
+            breakers.RecordFailure("vendor-model", probe: true);
         }
 
         time.Advance(TimeSpan.FromSeconds(40));
@@ -407,7 +407,7 @@ public sealed class VendorAdapterTests : IAsyncLifetime
         Assert.Equal(BreakerState.Open, breakers.StateOf("vendor-model"));
         time.Advance(TimeSpan.FromSeconds(40));
         Assert.True(breakers.IsAvailable("vendor-model"));
-        Assert.True(breakers.TryAcquire("vendor-model"));
+        Assert.True(breakers.TryAcquire("vendor-model", out _));
     }
 
     public static TheoryData<string, int, long> AnthropicEndings() => new()
