@@ -10,7 +10,8 @@ namespace Arrakis.Dixie.Reputation;
 /// <summary>
 /// Strict parsing of <c>POST /api/reputation/events</c>: every problem names its field. <c>score</c> is a number in
 /// [0, 1] or a quality label (<c>quality</c> is accepted as an alias); <c>timestamp</c> is an RFC 3339 date-time with an
-/// offset or unix ms (scores decay from it).
+/// offset or unix ms (scores decay from it). <c>model</c> and <c>pool</c> are taken without surrounding whitespace, so a
+/// rating counts for the model id finn routes by.
 /// Unknown fields are rejected so that typos do not silently drop data.
 /// </summary>
 public static partial class EventParser
@@ -93,6 +94,11 @@ public static partial class EventParser
         {
             return (null, problem);
         }
+
+        // A model's score is keyed by its id, which finn looks up exactly: " local-mini-a " would get a score of its own,
+        // shown by the query route and never read by routing, while the model finn routes by never saw the rating.
+        model = model?.Trim();
+        pool = pool?.Trim();
 
         if (!root.TryGetProperty("timestamp", out var ts) || ts.ValueKind == JsonValueKind.Null)
         {

@@ -236,6 +236,35 @@ public sealed class ReputationRouterTests
         Assert.Equal(("no_agent", A), (noAgent.Info.Reason, noAgent.Chosen.Model));
     }
 
+    /// <summary>
+    /// A rating sent with the model id padded by spaces counts for the model finn routes by. Before, dixie kept the padded
+    /// id as a model of its own: the public query showed " local-mini-a " with a score, and routing, which looks the id up
+    /// exactly, saw no data for local-mini-a.
+    /// </summary>
+    [Fact]
+    public async Task A_rating_of_a_model_id_padded_with_spaces_steers_routing_for_that_model()
+    {
+        await using var p = await Platform.StartAsync(settings: new Dictionary<string, string?> { ["Routing:ReputationBudgetMs"] = "3000" });
+        var router = p.Finn.Services.GetRequiredService<IModelRouter>();
+        var ct = TestContext.Current.CancellationToken;
+        using var dixie = new HttpClient { BaseAddress = new Uri(p.DixieUrl + "/") };
+        string[] spellings = [" " + A, A + " ", "\u00a0" + A + "\u00a0", A];
+        for (var i = 0; i < 8; i++)
+        {
+            await PostEventAsync(p, dixie, "pad-" + i, "nft:padded", spellings[i % spellings.Length], 0.0);
+        }
+
+        var query = (await dixie.GetFromJsonAsync<JsonObject>("api/reputation/query?routingKey=nft:padded", ct))!;
+        var models = query["models"]!.AsObject();
+        Assert.Equal([A], models.Select(m => m.Key));
+        Assert.Equal(8, models[A]!["sample_count"]!.GetValue<long>());
+
+        var d = await router.ChooseAsync(Request("nft:padded"), ct);
+        Assert.Contains(d.Info.Reason, new[] { "thompson_sampling", "exploration" });
+        Assert.NotNull(d.Info.Scores[A]);
+        Assert.Equal(models[A]!["score"]!.GetValue<double>(), d.Info.Scores[A]!.Value, 5);
+    }
+
     [Fact]
     public async Task Every_dixie_query_logs_REPUTATION_QUERY_with_a_numeric_duration()
     {
