@@ -88,8 +88,8 @@ public static partial class EventParser
             return (null, problem);
         }
 
-        if (!TryString(root, "model", required: false, 128, out var model, out problem)
-            || !TryString(root, "pool", required: false, 64, out var pool, out problem)
+        if (!TryString(root, "model", required: false, PoolCatalog.MaxModelIdLength, out var model, out problem)
+            || !TryString(root, "pool", required: false, PoolCatalog.MaxPoolIdLength, out var pool, out problem)
             || !TryString(root, "trace_id", required: false, 128, out var traceId, out problem))
         {
             return (null, problem);

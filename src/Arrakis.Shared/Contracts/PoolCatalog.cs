@@ -45,6 +45,12 @@ public sealed class PoolCatalog
 {
     public const string Section = "Pools";
 
+    /// <summary>The longest model id: what dixie keeps a rating's <c>model</c> under (a longer one's ratings are refused).</summary>
+    public const int MaxModelIdLength = 128;
+
+    /// <summary>The longest pool id: what dixie keeps a rating's <c>pool</c> under.</summary>
+    public const int MaxPoolIdLength = 64;
+
     public Dictionary<string, PoolDefinition> Pools { get; set; } = Defaults();
 
     public Dictionary<string, List<string>> TierPools { get; set; } = new(StringComparer.OrdinalIgnoreCase)
@@ -95,12 +101,38 @@ public sealed class PoolCatalog
             catalog.TierPools[tier.Key] = Ordered(tier).Select(c => c.Value).OfType<string>().ToList();
         }
 
-        if (catalog.TierProblem() is { } problem)
+        if ((catalog.IdProblem() ?? catalog.TierProblem()) is { } problem)
         {
             throw new Microsoft.Extensions.Options.OptionsValidationException(Section, typeof(PoolCatalog), [problem]);
         }
 
         return catalog;
+    }
+
+    /// <summary>
+    /// A pool or model id that quality ratings cannot name: empty, with surrounding whitespace or control characters, or
+    /// longer than dixie keeps (<see cref="MaxPoolIdLength"/>, <see cref="MaxModelIdLength"/>). Every rating freeside
+    /// attached to such a model was refused by dixie (400) and went dead in the outbox, agent score and all, and one with
+    /// padded spaces was counted for another id than the one finn routes by; both services refuse it at start-up instead.
+    /// </summary>
+    string? IdProblem()
+    {
+        static bool Bad(string id, int max) => id.Length is 0 || id.Length > max || id.Trim().Length != id.Length || id.Any(char.IsControl);
+        foreach (var (id, pool) in Pools)
+        {
+            if (Bad(id, MaxPoolIdLength))
+            {
+                return $"Pools:Pools has a pool id '{id}' that is empty, padded with spaces, or longer than {MaxPoolIdLength} characters.";
+            }
+
+            if (pool.Models.FirstOrDefault(m => Bad(m.Id, MaxModelIdLength)) is { } model)
+            {
+                return $"Pools:Pools:{id}:Models has a model Id '{model.Id}' that is empty, padded with spaces, or longer than {MaxModelIdLength} characters "
+                    + "(quality ratings name models by it); set Id to a short name and VendorModel to the vendor's model name.";
+            }
+        }
+
+        return null;
     }
 
     /// <summary>

@@ -337,7 +337,9 @@ public sealed class InvokeApiTests
     [Fact]
     public async Task A_client_that_disconnects_stops_generation_at_once()
     {
-        var cancelled = new System.Collections.Concurrent.ConcurrentBag<double>();
+        // The listener sees every host in this test process: each measurement keeps its meter's scope (the host's meter
+        // factory), so only this test's platform counts (a parallel test's cancelled call made this flaky).
+        var cancelledIn = new System.Collections.Concurrent.ConcurrentBag<(object? Scope, double Ms)>();
         using var listener = new System.Diagnostics.Metrics.MeterListener();
         listener.InstrumentPublished = (instrument, l) =>
         {
@@ -346,13 +348,13 @@ public sealed class InvokeApiTests
                 l.EnableMeasurementEvents(instrument);
             }
         };
-        listener.SetMeasurementEventCallback<double>((_, ms, tags, _) =>
+        listener.SetMeasurementEventCallback<double>((instrument, ms, tags, _) =>
         {
             foreach (var tag in tags)
             {
                 if (tag.Key == "outcome" && (string?)tag.Value == "cancelled")
                 {
-                    cancelled.Add(ms);
+                    cancelledIn.Add((instrument.Meter.Scope, ms));
                 }
             }
         });
@@ -379,12 +381,14 @@ public sealed class InvokeApiTests
         }
 
         // 200 tokens at 100 ms would take 20 s; the provider call must end (as cancelled) soon after the disconnect.
-        for (var i = 0; i < 100 && cancelled.IsEmpty; i++)
+        var meters = platform.Finn.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        List<double> Cancelled() => cancelledIn.Where(m => ReferenceEquals(m.Scope, meters)).Select(m => m.Ms).ToList();
+        for (var i = 0; i < 100 && Cancelled().Count == 0; i++)
         {
             await Task.Delay(50, Ct);
         }
 
-        var ms = Assert.Single(cancelled);
+        var ms = Assert.Single(Cancelled());
         Assert.True(ms < 8000, $"generation ran {ms} ms after a disconnect");
     }
 

@@ -58,6 +58,28 @@ public sealed class PoolCatalogTests
         Assert.True(moved.TierAllows(Tier.Pro, moved.DefaultPoolFor(Tier.Pro)));
     }
 
+    /// <summary>
+    /// A model id dixie cannot keep a rating under (over 128 characters, or padded with spaces) lost every quality rating
+    /// of that model, agent score included (dixie answered 400 and the event went dead in freeside's outbox); both
+    /// services now refuse such a configuration at start-up, naming the setting. A long vendor model name stays allowed.
+    /// </summary>
+    [Fact]
+    public void A_model_or_pool_id_that_ratings_cannot_name_is_refused_at_start_up()
+    {
+        var tooLong = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => Catalog(new() { ["Pools:Pools:cheap:Models:0:Id"] = new string('m', 129) }));
+        Assert.Contains("Pools:Pools:cheap:Models has a model Id", tooLong.Message, StringComparison.Ordinal);
+        var padded = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => Catalog(new() { ["Pools:Pools:cheap:Models:0:Id"] = " local-mini-a" }));
+        Assert.Contains("padded with spaces", padded.Message, StringComparison.Ordinal);
+        var longPool = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => Catalog(new()
+        {
+            [$"Pools:Pools:{new string('p', 65)}:Models:0:Id"] = "m",
+        }));
+        Assert.Contains("pool id", longPool.Message, StringComparison.Ordinal);
+
+        var fits = Catalog(new() { ["Pools:Pools:cheap:Models:0:Id"] = new string('m', 128), ["Pools:Pools:cheap:Models:0:VendorModel"] = new string('v', 300) });
+        Assert.Equal(128, Assert.Single(fits.Pools["cheap"].Models).Id.Length);
+    }
+
     /// <summary>freeside's catalog (the same call) sees a pool's configured models as finn does, in index order.</summary>
     [Fact]
     public void A_configured_models_list_replaces_the_default_candidates_for_both_services()
