@@ -308,10 +308,32 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
         // that recovery rebroadcasts may have reached it already (the earlier attempt broadcast it): whatever fails before
         // the node answers this time (the relayer lock's database call, the RPC) says nothing about it, so the payment
         // stays settling.
-        string? sending = request.RawTx is { } rebroadcast ? "0x" + Sha3Keccack.Current.CalculateHashFromHex(rebroadcast) : null;
+        // The same for a recorded transaction this settler did not sign (no raw transaction: the one found on chain using the
+        // authorization, recorded before a crash kept the payment from being marked settled).
+        string? sending = request.RawTx is { } rebroadcast ? "0x" + Sha3Keccack.Current.CalculateHashFromHex(rebroadcast) : request.KnownTxHash;
         var sent = false;
+        // The node answered the send itself with an error: it refused the transaction (any other call's error says nothing).
+        var refused = false;
         try
         {
+            if (request.RawTx is null && request.KnownTxHash is { } known)
+            {
+                // The chain says what became of the authorization; while a transaction may have used it, nothing is signed
+                // (a new transfer of a used authorization only reverts, at the relayer's cost).
+                var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
+                switch (fate)
+                {
+                    case AuthorizationFate.Used:
+                        return await LandedAsync(request, landed!, onSigned);
+                    case AuthorizationFate.Canceled:
+                        return new SettlementOutcome(false, null, X402Errors.NonceUsed);
+                    case AuthorizationFate.Unknown or AuthorizationFate.Unlocated:
+                        return new SettlementOutcome(false, known, X402Errors.SettlementPending);
+                }
+
+                // Unused: the recorded transaction did not use it (it is not mined, or was reorganized out): signed below.
+            }
+
             string txHash;
             var relayer = web3.TransactionManager.Account.Address;
             var key = $"x402-relayer:{o.ChainId}:{relayer.ToLowerInvariant()}";
@@ -382,6 +404,7 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
 
                         if (!ex.Message.Contains("nonce too low", StringComparison.OrdinalIgnoreCase))
                         {
+                            refused = ex is RpcResponseException;
                             throw; // a real refusal
                         }
 
@@ -407,6 +430,11 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                                 // The chain cannot be asked, or the transaction that used the authorization is out of sight: never failed.
                                 return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
                         }
+                    }
+                    catch (RpcResponseException)
+                    {
+                        refused = true; // a new settlement the node refused, for good
+                        throw;
                     }
                 }
             }
@@ -448,8 +476,9 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
             logger.LogWarning(ex, "x402 direct settlement failed");
             // Once the node may have the transaction (it took it, or the connection failed mid-send), only its receipt can
             // say it failed: the payment stays settling, and recovery rebroadcasts it and reads the receipt. A node that
-            // answered the send with an error refused it, and nothing will be mined.
-            return sending is not null && (sent || ex is not Nethereum.JsonRpc.Client.RpcResponseException)
+            // answered the send with an error refused it, and nothing will be mined; an error answer to another call (a
+            // receipt read refused by a provider's rate limit) says nothing about the transaction.
+            return sending is not null && (sent || !refused)
                 ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
                 : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
         }

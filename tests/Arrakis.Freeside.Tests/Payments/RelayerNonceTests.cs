@@ -272,6 +272,84 @@ public sealed class RelayerNonceTests
         Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
     }
 
+    /// <summary>
+    /// The direct settler found the transfer that used the payment's authorization (another sender's) and recorded it,
+    /// without a raw transaction, and freeside crashed before marking the payment settled. Recovery settles with that
+    /// transfer and signs nothing: a new transfer of a used authorization could only revert, at the relayer's cost.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_of_a_recorded_transfer_found_on_chain_settles_with_it_and_sends_nothing(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct);
+        var row = await RecoveryAndProofTests.CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var request = rig.Host.App.Services.GetRequiredService<PaymentFlow>().RequestFor(row);
+        var a = TransferWithAuthorization.From3009(request.Authorization);
+        var funder = new Web3(new Account(AnvilChain.FunderKey, 84532), rig.Chain.RpcUrl);
+        var other = await funder.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SendRequestAndWaitForReceiptAsync(X402Options.BaseSepoliaUsdc,
+            new TransferWithAuthorizationFunction
+            {
+                From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                Signature = request.Signature.HexToByteArray(), Gas = 200_000,
+            });
+        Assert.Equal(1, (int)other.Status.Value);
+        // What the settler records for a transfer it found on chain: its hash, no raw transaction.
+        Assert.Equal(RecordOutcome.Recorded, await rig.Host.Store.RecordTransactionAsync(row.Id, other.TransactionHash, null, ct));
+        var relayer = Relayer(rig);
+        var nonce = await NextNonceAsync(relayer);
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, other.TransactionHash) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(other.TransactionHash, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+        Assert.Equal(nonce, await NextNonceAsync(relayer)); // no transaction was sent
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>
+    /// The direct settler's transaction was mined and freeside crashed before marking the payment settled. Recovery's
+    /// rebroadcast is refused (the chain has it), and the receipt read that follows is answered with a JSON-RPC error (a
+    /// provider's rate limit): that says nothing about the transaction, so the payment stays settling, and the next pass
+    /// settles it. It failed instead, as if the node had refused the transaction, though the payer had paid.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_whose_receipt_read_is_answered_with_an_rpc_error_leaves_a_mined_settlement_settling(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        RelayerRpc? rpc = null;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
+        {
+            rpc = RelayerRpc.Start(chain.RpcUrl);
+            return rpc.Url;
+        });
+        await using var rpcScope = rpc!;
+        var row = await RecoveryAndProofTests.CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        var flow = rig.Host.App.Services.GetRequiredService<PaymentFlow>();
+        var landed = await rig.Host.App.Services.GetRequiredService<IPaymentSettler>()
+            .SettleAsync(flow.RequestFor(row), (tx, raw) => rig.Host.Store.RecordTransactionAsync(row.Id, tx, raw, ct), ct);
+        Assert.True(landed.Success, landed.ErrorReason);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // the payer paid
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+        rpc!.FailNextReceiptReads(1);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var kept = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settling == kept.State, $"{kept.State} {kept.Error}");
+        Assert.Equal(2, rpc.Sends); // the settlement and its rebroadcast
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, landed.Transaction) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(landed.Transaction, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+    }
+
     /// <summary>The receipt of <paramref name="tx"/>, once the node has it (on a busy machine, a moment after the send or the mining).</summary>
     static async Task<TransactionReceipt> MinedAsync(Web3 web3, string tx, CancellationToken ct)
     {
@@ -334,6 +412,7 @@ internal sealed class RelayerRpc : IAsyncDisposable
     int _reads;
     int _sends;
     int _stale;
+    int _failReceipts;
 
     RelayerRpc(string target, int parties, TimeSpan hold)
     {
@@ -359,6 +438,18 @@ internal sealed class RelayerRpc : IAsyncDisposable
             {
                 Interlocked.Increment(ref _sends);
             }
+            else if (request.Contains("\"eth_getTransactionReceipt\"", StringComparison.Ordinal) && Interlocked.Decrement(ref _failReceipts) >= 0)
+            {
+                // A JSON-RPC error answer (as a provider's rate limit gives): the node said nothing about the transaction.
+                context.Response.ContentType = "application/json";
+                await context.Response.WriteAsync(new JsonObject
+                {
+                    ["jsonrpc"] = "2.0",
+                    ["id"] = JsonNode.Parse(request)!["id"]?.DeepClone(),
+                    ["error"] = new JsonObject { ["code"] = -32005, ["message"] = "request rate exceeded" },
+                }.ToJsonString(), context.RequestAborted);
+                return;
+            }
 
             using var answer = await _http.PostAsync(target, new StringContent(request, Encoding.UTF8, "application/json"), context.RequestAborted);
             var text = await answer.Content.ReadAsStringAsync(context.RequestAborted);
@@ -383,6 +474,9 @@ internal sealed class RelayerRpc : IAsyncDisposable
 
     /// <summary>Answers the next <paramref name="reads"/> nonce reads one lower than the chain does.</summary>
     public void LagNextNonceReads(int reads) => Volatile.Write(ref _stale, reads);
+
+    /// <summary>Answers the next <paramref name="reads"/> receipt reads with a JSON-RPC error.</summary>
+    public void FailNextReceiptReads(int reads) => Volatile.Write(ref _failReceipts, reads);
 
     public static RelayerRpc Start(string target, int parties = 0, TimeSpan hold = default)
     {
