@@ -181,6 +181,14 @@ public sealed class AnvilChain : IAsyncDisposable
         await RpcAsync(http, "evm_mine", new JsonArray(), ct);
     }
 
+    /// <summary>Moves the chain's clock <paramref name="seconds"/> forward and mines a block at the new time.</summary>
+    public async Task IncreaseTimeAsync(long seconds, CancellationToken ct)
+    {
+        using var http = new HttpClient();
+        await RpcAsync(http, "evm_increaseTime", new JsonArray(seconds), ct);
+        await RpcAsync(http, "evm_mine", new JsonArray(), ct);
+    }
+
     /// <summary>Mines <paramref name="blocks"/> empty blocks at once (anvil_mine).</summary>
     public async Task MineAsync(int blocks, CancellationToken ct)
     {

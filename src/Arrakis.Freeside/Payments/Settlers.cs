@@ -82,7 +82,8 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
         // Refused or unanswered: if this authorization already moved the funds (a settle that landed before a crash or a
         // timeout), that transaction is the settlement.
         var o = options.Value;
-        var (fate, landed) = await AuthorizationLookup.FindAsync(new Web3(o.RpcUrl), o, request, logger, ct);
+        var web3 = new Web3(o.RpcUrl);
+        var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
         if (fate == AuthorizationFate.Used)
         {
             logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
@@ -96,14 +97,17 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
             return new SettlementOutcome(false, null, (ok ? Text(body?["errorReason"]) : null) ?? X402Errors.NonceUsed);
         }
 
-        if (unknown || fate == AuthorizationFate.Unlocated || (request.Resumed && fate == AuthorizationFate.Unknown))
+        if (unknown || fate == AuthorizationFate.Unlocated || (request.Resumed && fate == AuthorizationFate.Unknown)
+            || (request.Resumed && fate == AuthorizationFate.Unused && !await AuthorizationLookup.ExpiredAsync(web3, o, request, logger, ct)))
         {
             // No answer (a timeout on a slow chain, a dropped connection, a 5xx): the facilitator may have broadcast a
             // transaction that is not mined yet. Failing now would be final while the money may still move, so the payment
             // stays settling and recovery asks the facilitator and the chain again. The same when recovery resumes a
-            // payment an earlier attempt left unknown and the chain cannot be asked: this attempt's refusal (or a
-            // facilitator that is down) says nothing about what the earlier one broadcast. And when the authorization is
-            // used but its transaction is older than the lookback window: it may be this payment's, so it is never failed.
+            // payment an earlier attempt left unknown and the chain cannot be asked, or says the authorization is unused
+            // while it can still be used: this attempt's refusal (or a facilitator that is down) says nothing about what
+            // the earlier one broadcast, which may still be mined; only once the authorization has expired unused can no
+            // transfer use it. And when the authorization is used but its transaction is older than the lookback window:
+            // it may be this payment's, so it is never failed.
             return new SettlementOutcome(false, null, X402Errors.SettlementPending);
         }
 
@@ -244,6 +248,34 @@ internal static class AuthorizationLookup
         {
             logger.LogWarning(ex, "x402 could not ask the chain whether the authorization of payment {PaymentId} was used", request.PaymentId);
             return (AuthorizationFate.Unknown, null);
+        }
+    }
+
+    /// <summary>
+    /// True when no transfer can ever use the payment's authorization: the chain's latest block is at or past its
+    /// <c>validBefore</c> (every later block is too, and the asset refuses the transfer) and it was still unused after that
+    /// block. False while it may yet be used, or when the chain cannot be asked.
+    /// </summary>
+    public static async Task<bool> ExpiredAsync(Web3 web3, X402Options o, SettlementRequest request, ILogger logger, CancellationToken ct)
+    {
+        try
+        {
+            var a = TransferWithAuthorization.From3009(request.Authorization);
+            var latest = await web3.Eth.Blocks.GetBlockWithTransactionsHashesByNumber.SendRequestAsync(BlockParameter.CreateLatest());
+            if (latest.Timestamp.Value < a.ValidBefore)
+            {
+                return false;
+            }
+
+            // Read after that block: unused now means unused for good.
+            ct.ThrowIfCancellationRequested();
+            return !await web3.Eth.GetContractQueryHandler<AuthorizationStateFunction>()
+                .QueryAsync<bool>(o.Asset, new AuthorizationStateFunction { Authorizer = a.From, AuthorizationNonce = a.Nonce });
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            logger.LogWarning(ex, "x402 could not ask the chain whether the authorization of payment {PaymentId} expired", request.PaymentId);
+            return false;
         }
     }
 
@@ -402,19 +434,21 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                             return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
                         }
 
-                        if (!ex.Message.Contains("nonce too low", StringComparison.OrdinalIgnoreCase))
+                        var nonceTaken = ex.Message.Contains("nonce too low", StringComparison.OrdinalIgnoreCase);
+                        if (!nonceTaken && ex is not RpcResponseException)
                         {
-                            refused = ex is RpcResponseException;
-                            throw; // a real refusal
+                            throw; // the node did not answer: nothing is known, the payment stays settling
                         }
 
                         // "nonce too low" without a receipt: another transaction took the recorded one's relayer nonce (it was
                         // dropped and the nonce reused, or a sender outside freeside replaced it), so it can never be mined.
-                        // The authorization says what happened to the payment.
+                        // Any other refusal of the rebroadcast (a provider's rate limit, a relayer short of gas money) is this
+                        // node's answer to this send only: the earlier attempt may have broadcast the transaction, and it may
+                        // still be mined. Either way the authorization says what happened to the payment.
                         var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
                         switch (fate)
                         {
-                            case AuthorizationFate.Unused:
+                            case AuthorizationFate.Unused when nonceTaken:
                                 // Nothing moved: signed again with a fresh relayer nonce, under this lock; the new hash replaces the recorded one.
                                 logger.LogWarning("x402 recorded settlement {Transaction} of payment {PaymentId} can never be mined (its relayer nonce went to another transaction) and the authorization is unused; signing it again with a fresh relayer nonce",
                                     txHash, request.PaymentId);
@@ -427,7 +461,8 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                             case AuthorizationFate.Canceled:
                                 return new SettlementOutcome(false, null, X402Errors.NonceUsed);
                             default:
-                                // The chain cannot be asked, or the transaction that used the authorization is out of sight: never failed.
+                                // The recorded transaction may still be mined (the rebroadcast was refused for another reason), the
+                                // chain cannot be asked, or the transaction that used the authorization is out of sight: never failed.
                                 return new SettlementOutcome(false, txHash, X402Errors.SettlementPending);
                         }
                     }
@@ -476,8 +511,8 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
             logger.LogWarning(ex, "x402 direct settlement failed");
             // Once the node may have the transaction (it took it, or the connection failed mid-send), only its receipt can
             // say it failed: the payment stays settling, and recovery rebroadcasts it and reads the receipt. A node that
-            // answered the send with an error refused it, and nothing will be mined; an error answer to another call (a
-            // receipt read refused by a provider's rate limit) says nothing about the transaction.
+            // answered a new settlement's send with an error refused it, and nothing will be mined; an error answer to
+            // another call (a receipt read refused by a provider's rate limit) says nothing about the transaction.
             return sending is not null && (sent || !refused)
                 ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
                 : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);

@@ -176,9 +176,10 @@ public sealed class Database : IAsyncDisposable
                 cache.CommandText = $"PRAGMA cache_size={_writerPoolCacheSize}";
                 cache.ExecuteNonQuery();
             }
-            catch (SqliteException)
+            catch (Exception ex) when (ex is SqliteException or InvalidOperationException)
             {
-                // Not even a pragma runs on it: it goes back as it is (the writer's size, at worst).
+                // Not even a pragma runs on it (or it is closed already, as OpenWriterAsync finds it): it goes back as it
+                // is (the writer's size, at worst).
             }
 
             writer.Dispose();

@@ -1,6 +1,11 @@
 using System.Text.Json.Nodes;
 using Arrakis.Freeside.Payments;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Nethereum.Hex.HexConvertors.Extensions;
 
 namespace Arrakis.Freeside.Tests.Payments;
 
@@ -414,6 +419,89 @@ public sealed class RecoveryAndProofTests
     }
 
     /// <summary>
+    /// An earlier attempt's facilitator settlement was broadcast and is still in the mempool (the facilitator did not
+    /// answer in time; a slow chain), and on recovery the facilitator refuses the settlement outright (its own RPC failed).
+    /// The authorization is unused only because that transaction is not mined yet: the payment stays settling. It failed
+    /// instead, and once the transaction was mined the payer had paid for a withheld answer with no credit note. Once it is
+    /// mined, recovery settles with it.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_facilitator_refusal_on_recovery_leaves_a_payment_settling_while_an_earlier_transfer_may_be_mined(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var refusing = RefusingFacilitator.Start();
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:FacilitatorUrl"] = refusing.Url });
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        await rig.Chain.SetAutomineAsync(false, ct);
+        var earlier = await BroadcastAsync(rig, row);
+        await AgeAsync(rig, row, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var kept = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True(PaymentStates.Settling == kept.State, $"{kept.State} {kept.Error}");
+        Assert.Equal(1, refusing.Settles);
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // the earlier transfer was mined: the payer paid
+        await AgeAsync(rig, row, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, earlier) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(earlier, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+    }
+
+    /// <summary>
+    /// Recovery of a facilitator payment the facilitator keeps refusing, whose authorization nothing used: it stays settling
+    /// while a transfer may still use the authorization, and fails with the facilitator's reason once the chain is past its
+    /// validBefore (no transfer can ever use it). Nothing is credited.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task A_facilitator_refusal_on_recovery_fails_the_payment_once_its_unused_authorization_expired(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        await using var refusing = RefusingFacilitator.Start();
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Facilitator", ct, new Dictionary<string, string?> { ["X402:FacilitatorUrl"] = refusing.Url });
+        var row = await CrashedRowAsync(rig, PaymentStates.Settling, ct);
+        await AgeAsync(rig, row, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        Assert.Equal(PaymentStates.Settling, (await rig.Host.Store.GetAsync(row.Id, ct))!.State);
+        await rig.Chain.IncreaseTimeAsync(120, ct); // CrashedRowAsync's authorization is valid for 60 s
+        await AgeAsync(rig, row, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var failed = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.Equal((PaymentStates.Failed, RefusingFacilitator.Reason, (string?)null), (failed.State, failed.Error, failed.CreditNoteId));
+        Assert.Equal(2, refusing.Settles);
+        Assert.Empty(rig.Host.Sink.Lots);
+        Assert.Equal(0, await rig.Chain.BalanceAsync(rig.PayTo));
+    }
+
+    /// <summary>Makes a crashed row stale for recovery (rows are aged by their last touch).</summary>
+    static Task AgeAsync(ChainPaymentTests.Rig rig, PaymentRow row, CancellationToken ct) => rig.Host.AgeAsync(row.Id, Stale, ct);
+
+    /// <summary>Submits a crashed row's transfer from another account (as a facilitator does) without waiting for it; returns its hash.</summary>
+    static Task<string> BroadcastAsync(ChainPaymentTests.Rig rig, PaymentRow row)
+    {
+        var request = rig.Host.App.Services.GetRequiredService<PaymentFlow>().RequestFor(row);
+        var a = TransferWithAuthorization.From3009(request.Authorization);
+        var sender = new Nethereum.Web3.Web3(new Nethereum.Web3.Accounts.Account(PaymentSigning.FacilitatorKey, 84532), rig.Chain.RpcUrl);
+        return sender.Eth.GetContractTransactionHandler<TransferWithAuthorizationFunction>().SendRequestAsync(X402Options.BaseSepoliaUsdc,
+            new TransferWithAuthorizationFunction
+            {
+                From = a.From, To = a.To, Value = a.Value, ValidAfter = a.ValidAfter, ValidBefore = a.ValidBefore, AuthorizationNonce = a.Nonce,
+                Signature = request.Signature.HexToByteArray(), Gas = 200_000,
+            });
+    }
+
+    /// <summary>
     /// The payment settled with one credit note of amount less the call's cost to <paramref name="community"/>, its stored
     /// answer replays that note, the payer paid once and the paid call ran once.
     /// </summary>
@@ -636,5 +724,45 @@ public sealed class RecoveryAndProofTests
         Assert.True(200 == (int)response.StatusCode, body.ToJsonString());
         Assert.Equal(amount, body["creditNote"]!["amountMicro"]!.GetValue<long>());
         Assert.Equal("community-gate", Assert.Single(rig.Host.Sink.Lots).Value.CommunityId);
+    }
+}
+
+/// <summary>A facilitator that answers every <c>/settle</c> with a refusal (<c>success: false</c>), and counts them.</summary>
+internal sealed class RefusingFacilitator : IAsyncDisposable
+{
+    public const string Reason = "unexpected_settle_error";
+    readonly WebApplication _app;
+    int _settles;
+
+    RefusingFacilitator()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls($"http://127.0.0.1:{TestStorage.FreePort()}");
+        _app = builder.Build();
+        _app.MapPost("/settle", () =>
+        {
+            Interlocked.Increment(ref _settles);
+            return Results.Json(new JsonObject
+            {
+                ["success"] = false, ["errorReason"] = Reason, ["transaction"] = "", ["network"] = "eip155:84532",
+            });
+        });
+    }
+
+    public string Url => _app.Urls.First();
+
+    public int Settles => Volatile.Read(ref _settles);
+
+    public static RefusingFacilitator Start()
+    {
+        var facilitator = new RefusingFacilitator();
+        facilitator._app.Start();
+        return facilitator;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
     }
 }

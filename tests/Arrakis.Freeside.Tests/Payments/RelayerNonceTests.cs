@@ -350,6 +350,52 @@ public sealed class RelayerNonceTests
         Assert.Equal(landed.Transaction, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
     }
 
+    /// <summary>
+    /// The direct settler broadcast its transaction and freeside crashed before it was mined (it waits in the mempool, as
+    /// on a slow chain). Recovery's rebroadcast is answered with a JSON-RPC error (a provider's rate limit) and there is no
+    /// receipt yet: that answer is about this send only, and the transaction the earlier attempt broadcast may still be
+    /// mined, so the payment stays settling. It failed instead, and once the transaction was mined the payer had paid for
+    /// a withheld answer with no credit note. Once it is mined, the next pass settles it, and nothing else is sent.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(TestStorage.Engines), MemberType = typeof(TestStorage))]
+    public async Task Recovery_whose_rebroadcast_is_refused_leaves_a_broadcast_unmined_settlement_settling(string engine)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        RelayerRpc? rpc = null;
+        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
+        {
+            rpc = RelayerRpc.Start(chain.RpcUrl);
+            return rpc.Url;
+        });
+        await using var rpcScope = rpc!;
+        var (row, recorded) = await RecordedButNeverSentAsync(rig, ct);
+        var relayer = Relayer(rig);
+        await rig.Chain.SetAutomineAsync(false, ct);
+        // The earlier attempt's broadcast: the node keeps it, unmined.
+        var raw = (await rig.Host.Store.GetAsync(row.Id, ct))!.RawTx!;
+        Assert.Equal(recorded, await relayer.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix()));
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+        rpc!.RefuseNextSends(1);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var kept = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settling, recorded) == (kept.State, kept.TxHash), $"{kept.State} {kept.Error} {kept.TxHash}");
+        Assert.Equal(1, rpc.Sends); // the refused rebroadcast; nothing new was signed
+        await rig.Chain.MineAsync(ct);
+        await rig.Chain.SetAutomineAsync(true, ct);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // it was mined: the payer paid
+        await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
+
+        await rig.Host.Recovery.RecoverOnceAsync(ct);
+
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, recorded) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        Assert.Equal(recorded, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // paid once
+    }
+
     /// <summary>The receipt of <paramref name="tx"/>, once the node has it (on a busy machine, a moment after the send or the mining).</summary>
     static async Task<TransactionReceipt> MinedAsync(Web3 web3, string tx, CancellationToken ct)
     {
@@ -402,7 +448,8 @@ public sealed class RelayerNonceTests
 /// <summary>
 /// A JSON-RPC relay in front of the chain. It holds the first <c>parties</c> <c>eth_getTransactionCount</c> calls until all
 /// of them arrived or <c>hold</c> passed (the reads happen together, before any send), can answer the next reads one lower
-/// than the chain (a node behind the one that took the last transaction), and counts the sends.
+/// than the chain (a node behind the one that took the last transaction), can answer the next sends or receipt reads with
+/// a JSON-RPC error, and counts the sends.
 /// </summary>
 internal sealed class RelayerRpc : IAsyncDisposable
 {
@@ -413,6 +460,7 @@ internal sealed class RelayerRpc : IAsyncDisposable
     int _sends;
     int _stale;
     int _failReceipts;
+    int _refuseSends;
 
     RelayerRpc(string target, int parties, TimeSpan hold)
     {
@@ -438,7 +486,9 @@ internal sealed class RelayerRpc : IAsyncDisposable
             {
                 Interlocked.Increment(ref _sends);
             }
-            else if (request.Contains("\"eth_getTransactionReceipt\"", StringComparison.Ordinal) && Interlocked.Decrement(ref _failReceipts) >= 0)
+
+            if ((request.Contains("\"eth_getTransactionReceipt\"", StringComparison.Ordinal) && Interlocked.Decrement(ref _failReceipts) >= 0)
+                || (request.Contains("\"eth_sendRawTransaction\"", StringComparison.Ordinal) && Interlocked.Decrement(ref _refuseSends) >= 0))
             {
                 // A JSON-RPC error answer (as a provider's rate limit gives): the node said nothing about the transaction.
                 context.Response.ContentType = "application/json";
@@ -477,6 +527,9 @@ internal sealed class RelayerRpc : IAsyncDisposable
 
     /// <summary>Answers the next <paramref name="reads"/> receipt reads with a JSON-RPC error.</summary>
     public void FailNextReceiptReads(int reads) => Volatile.Write(ref _failReceipts, reads);
+
+    /// <summary>Answers the next <paramref name="sends"/> transaction sends with a JSON-RPC error, without passing them on.</summary>
+    public void RefuseNextSends(int sends) => Volatile.Write(ref _refuseSends, sends);
 
     public static RelayerRpc Start(string target, int parties = 0, TimeSpan hold = default)
     {

@@ -94,6 +94,29 @@ public sealed class WriterConnectionTests
     }
 
     /// <summary>
+    /// A writer found closed (its user closed the connection) is replaced by the next <c>OpenWriterAsync</c>. Putting the
+    /// closed writer's page cache size back threw InvalidOperationException (no statement runs on a closed connection),
+    /// which only a SqliteException was caught for, so that writer call failed instead of getting a fresh writer.
+    /// </summary>
+    [Fact]
+    public async Task A_writer_found_closed_is_replaced()
+    {
+        await using var db = await ItemsAsync("sqlite");
+        System.Data.Common.DbConnection first;
+        await using (var w = await db.OpenWriterAsync(Ct))
+        {
+            first = w.Connection;
+            await w.Connection.CloseAsync();
+        }
+
+        await using (var w = await db.OpenWriterAsync(Ct))
+        {
+            Assert.NotSame(first, w.Connection);
+            Assert.Equal(1, await w.Connection.ExecAsync("INSERT INTO items (id, name) VALUES (@id, @name)", new { id = 1L, name = "a" }));
+        }
+    }
+
+    /// <summary>
     /// The writer's 32 MiB page cache is the writer's alone. A writer that is replaced (discarded after a failed write, such
     /// as a request cancelled mid-write) goes back to the connection pool; it went back with its 32 MiB setting, and the
     /// readers handed that connection later each grew their cache to 32 MiB.
