@@ -89,20 +89,16 @@ public sealed class RelayerNonceTests
     public async Task A_settlement_refused_for_a_used_relayer_nonce_is_signed_again_and_settles(string engine)
     {
         var ct = TestContext.Current.CancellationToken;
-        RelayerRpc? rpc = null;
-        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
-        {
-            rpc = RelayerRpc.Start(chain.RpcUrl);
-            return rpc.Url;
-        });
-        await using var rpcScope = rpc!;
+        var (rig, rpc) = await StartBehindRelayAsync(engine, ct);
+        await using var rigScope = rig;
+        await using var rpcScope = rpc;
         var (first, _, amount) = await ChainPaymentTests.SignAsync(rig, Body, ct);
         using (var settled = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(first), rig.Host.UserToken("community-one"), ct))
         {
             Assert.Equal(200, (int)settled.StatusCode);
         }
 
-        Assert.Equal(1, rpc!.Sends);
+        Assert.Equal(1, rpc.Sends);
         rpc.LagNextNonceReads(1);
         var (second, a, _) = await ChainPaymentTests.SignAsync(rig, Body, ct);
         using var response = await rig.Host.PostAsync(Body, ChainPaymentTests.V2(second), rig.Host.UserToken("community-two"), ct);
@@ -171,11 +167,8 @@ public sealed class RelayerNonceTests
 
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
-        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
-        Assert.True((PaymentStates.Settled, replaced) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
-        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
-        Assert.Equal(("community-crash", row.ValueMicro - 300, replaced), (lot.CommunityId, lot.AmountMicro, lot.Transaction));
-        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        var lot = await AssertSettledWithAsync(rig, row, replaced, ct);
+        Assert.Equal(("community-crash", row.ValueMicro - 300), (lot.CommunityId, lot.AmountMicro));
     }
 
     /// <summary>
@@ -207,10 +200,7 @@ public sealed class RelayerNonceTests
 
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
-        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
-        Assert.True((PaymentStates.Settled, replaced) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
-        Assert.Equal(replaced, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
-        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        await AssertSettledWithAsync(rig, row, replaced, ct);
     }
 
     /// <summary>
@@ -240,10 +230,7 @@ public sealed class RelayerNonceTests
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
         Assert.Equal(0, (int)(await rig.Chain.ReceiptStatusAsync(lost)).Value); // the rebroadcast was mined and reverted
-        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
-        Assert.True((PaymentStates.Settled, other.TransactionHash) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
-        Assert.Equal(other.TransactionHash, Assert.Single(rig.Host.Sink.Lots).Value.Transaction);
-        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        await AssertSettledWithAsync(rig, row, other.TransactionHash, ct);
     }
 
     /// <summary>
@@ -320,13 +307,9 @@ public sealed class RelayerNonceTests
     public async Task Recovery_whose_receipt_read_is_answered_with_an_rpc_error_leaves_a_mined_settlement_settling(string engine)
     {
         var ct = TestContext.Current.CancellationToken;
-        RelayerRpc? rpc = null;
-        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
-        {
-            rpc = RelayerRpc.Start(chain.RpcUrl);
-            return rpc.Url;
-        });
-        await using var rpcScope = rpc!;
+        var (rig, rpc) = await StartBehindRelayAsync(engine, ct);
+        await using var rigScope = rig;
+        await using var rpcScope = rpc;
         var row = await RecoveryAndProofTests.CrashedRowAsync(rig, PaymentStates.Settling, ct);
         var flow = rig.Host.App.Services.GetRequiredService<PaymentFlow>();
         var landed = await rig.Host.App.Services.GetRequiredService<IPaymentSettler>()
@@ -334,7 +317,7 @@ public sealed class RelayerNonceTests
         Assert.True(landed.Success, landed.ErrorReason);
         Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo)); // the payer paid
         await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
-        rpc!.FailNextReceiptReads(1);
+        rpc.FailNextReceiptReads(1);
 
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
@@ -362,13 +345,9 @@ public sealed class RelayerNonceTests
     public async Task Recovery_whose_rebroadcast_is_refused_leaves_a_broadcast_unmined_settlement_settling(string engine)
     {
         var ct = TestContext.Current.CancellationToken;
-        RelayerRpc? rpc = null;
-        await using var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
-        {
-            rpc = RelayerRpc.Start(chain.RpcUrl);
-            return rpc.Url;
-        });
-        await using var rpcScope = rpc!;
+        var (rig, rpc) = await StartBehindRelayAsync(engine, ct);
+        await using var rigScope = rig;
+        await using var rpcScope = rpc;
         var (row, recorded) = await RecordedButNeverSentAsync(rig, ct);
         var relayer = Relayer(rig);
         await rig.Chain.SetAutomineAsync(false, ct);
@@ -376,7 +355,7 @@ public sealed class RelayerNonceTests
         var raw = (await rig.Host.Store.GetAsync(row.Id, ct))!.RawTx!;
         Assert.Equal(recorded, await relayer.Eth.Transactions.SendRawTransaction.SendRequestAsync(raw.EnsureHexPrefix()));
         await rig.Host.AgeAsync(row.Id, RecoveryAndProofTests.Stale, ct);
-        rpc!.RefuseNextSends(1);
+        rpc.RefuseNextSends(1);
 
         await rig.Host.Recovery.RecoverOnceAsync(ct);
 
@@ -442,6 +421,32 @@ public sealed class RelayerNonceTests
         var hash = "0x" + Nethereum.Util.Sha3Keccack.Current.CalculateHashFromHex(raw);
         Assert.Equal(RecordOutcome.Recorded, await rig.Host.Store.RecordTransactionAsync(row.Id, hash, raw, ct));
         return (row, hash);
+    }
+
+    /// <summary>A direct-settler rig whose freeside reaches the chain through a <see cref="RelayerRpc"/>.</summary>
+    static async Task<(ChainPaymentTests.Rig Rig, RelayerRpc Rpc)> StartBehindRelayAsync(string engine, CancellationToken ct)
+    {
+        RelayerRpc? rpc = null;
+        var rig = await ChainPaymentTests.StartAsync(engine, "Direct", ct, rpcUrl: chain =>
+        {
+            rpc = RelayerRpc.Start(chain.RpcUrl);
+            return rpc.Url;
+        });
+        return (rig, rpc!);
+    }
+
+    /// <summary>
+    /// The payment settled with <paramref name="transaction"/>, its one credit note names that transaction, and the payee
+    /// received the payment once; returns the credit note.
+    /// </summary>
+    static async Task<CreditNote> AssertSettledWithAsync(ChainPaymentTests.Rig rig, PaymentRow row, string transaction, CancellationToken ct)
+    {
+        var settled = (await rig.Host.Store.GetAsync(row.Id, ct))!;
+        Assert.True((PaymentStates.Settled, transaction) == (settled.State, settled.TxHash), $"{settled.State} {settled.Error}");
+        var lot = Assert.Single(rig.Host.Sink.Lots).Value;
+        Assert.Equal(transaction, lot.Transaction);
+        Assert.Equal(row.ValueMicro, await rig.Chain.BalanceAsync(rig.PayTo));
+        return lot;
     }
 }
 
