@@ -28,18 +28,12 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         await using var c = await db.OpenAsync(ct);
         var row = await c.QuerySingleOrDefaultAsync<Row>(
             """
-            SELECT c.monthly_budget_cents AS BudgetCents, b.limit_micro AS LimitMicro, b.committed_micro AS CommittedMicro, b.reserved_micro AS ReservedMicro,
-                   w.credits_posted - w.debits_posted - w.debits_pending AS WalletMicro,
-                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
-                    WHERE l.community_id = c.id AND (l.expires_at IS NULL OR l.expires_at > @at)) AS ValidLotsMicro,
-                   (SELECT CAST(SUM(l.remaining_micro) AS BIGINT) FROM credit_lots l
-                    WHERE l.community_id = c.id AND l.expires_at IS NOT NULL AND l.expires_at <= @at AND l.remaining_micro > 0) AS DueLotsMicro
+            SELECT c.monthly_budget_cents AS BudgetCents, b.limit_micro AS LimitMicro, b.committed_micro AS CommittedMicro, b.reserved_micro AS ReservedMicro
             FROM communities c
             LEFT JOIN budget_months b ON b.community_id = c.id AND b.month = @month
-            LEFT JOIN ledger_accounts w ON w.id = @wallet
             WHERE c.id = @communityId
             """,
-            new { communityId, month, wallet = LedgerIds.Wallet(communityId), at = now.ToUnixTimeMilliseconds() });
+            new { communityId, month });
         if (row is null)
         {
             return null;
@@ -55,7 +49,7 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         // expired credit). The balance showed that credit until the reaper's next pass, and a reserve it seemed to cover
         // was refused WALLET_INSUFFICIENT.
         return new BudgetView(communityId, limit / 10_000, committed / 10_000, committed / 10_000, reserved / 10_000, available / 10_000, percent,
-            committed, reserved, available, Ledger.Ledger.HoldableCredit(row.WalletMicro ?? 0, row.ValidLotsMicro ?? 0, row.DueLotsMicro ?? 0), month);
+            committed, reserved, available, await Ledger.Ledger.HoldableCreditAsync(c, null, communityId, now.ToUnixTimeMilliseconds()), month);
     }
 
     sealed class Row
@@ -64,10 +58,5 @@ public sealed class BudgetStore(Database db, TimeProvider time)
         public long? LimitMicro { get; set; }
         public long? CommittedMicro { get; set; }
         public long? ReservedMicro { get; set; }
-        public long? WalletMicro { get; set; }
-
-        public long? ValidLotsMicro { get; set; }
-
-        public long? DueLotsMicro { get; set; }
     }
 }

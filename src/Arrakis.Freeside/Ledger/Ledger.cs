@@ -675,7 +675,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     /// The credit a reserve could hold now (what a budget refusal reports, which expires nothing): the wallet's available
     /// balance less what a reserve would first expire of the lots past their expiry that the reaper has not moved yet.
     /// </summary>
-    static async Task<long> HoldableCreditAsync(DbConnection c, DbTransaction? tx, string communityId, long at)
+    internal static async Task<long> HoldableCreditAsync(DbConnection c, DbTransaction? tx, string communityId, long at)
     {
         var row = await c.RowAsync<CreditRow>(
             """
@@ -694,7 +694,7 @@ public sealed class Ledger(Database db, TimeProvider time, LedgerOptions options
     /// Of a wallet's <paramref name="available"/> balance, what remains once the due lots expire: all of each, but what
     /// pending holds need of the expired credit (<see cref="ExpireLotAsync"/>), i.e. at most the balance less the valid lots'.
     /// </summary>
-    internal static long HoldableCredit(long available, long valid, long due) => available - Math.Max(0, Math.Min(due, available - valid));
+    static long HoldableCredit(long available, long valid, long due) => available - Math.Max(0, Math.Min(due, available - valid));
 
     sealed class CreditRow
     {

@@ -86,9 +86,7 @@ public sealed class FacilitatorSettler(IHttpClientFactory clients, IOptions<X402
         var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
         if (fate == AuthorizationFate.Used)
         {
-            logger.LogInformation("x402 payment {PaymentId} was already settled on chain in {Transaction}", request.PaymentId, landed);
-            var record = await onSigned(landed!, null);
-            return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed!);
+            return await AuthorizationLookup.SettleWithAsync(request, landed!, onSigned, logger);
         }
 
         if (fate == AuthorizationFate.Canceled)
@@ -279,6 +277,14 @@ internal static class AuthorizationLookup
         }
     }
 
+    /// <summary>Settles with the transaction that used the payment's authorization, if the payment takes it (both settlers).</summary>
+    public static async Task<SettlementOutcome> SettleWithAsync(SettlementRequest request, string landed, Func<string, string?, Task<RecordOutcome>> onSigned, ILogger logger)
+    {
+        logger.LogInformation("x402 payment {PaymentId} was settled on chain in {Transaction}", request.PaymentId, landed);
+        var record = await onSigned(landed, null);
+        return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
+    }
+
     static async Task<string?> FirstAsync<TEvent>(Web3 web3, string asset, TransferWithAuthorization a, BlockParameter from) where TEvent : IEventDTO, new()
     {
         var events = web3.Eth.GetEvent<TEvent>(asset);
@@ -356,7 +362,7 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                 switch (fate)
                 {
                     case AuthorizationFate.Used:
-                        return await LandedAsync(request, landed!, onSigned);
+                        return await AuthorizationLookup.SettleWithAsync(request, landed!, onSigned, logger);
                     case AuthorizationFate.Canceled:
                         return new SettlementOutcome(false, null, X402Errors.NonceUsed);
                     case AuthorizationFate.Unknown or AuthorizationFate.Unlocated:
@@ -457,7 +463,7 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                                 continue;
                             case AuthorizationFate.Used:
                                 // Another transaction (a replacement sent outside freeside) moved the money: it is the settlement.
-                                return await LandedAsync(request, landed!, onSigned);
+                                return await AuthorizationLookup.SettleWithAsync(request, landed!, onSigned, logger);
                             case AuthorizationFate.Canceled:
                                 return new SettlementOutcome(false, null, X402Errors.NonceUsed);
                             default:
@@ -495,7 +501,7 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                     var (fate, landed) = await AuthorizationLookup.FindAsync(web3, o, request, logger, ct);
                     return fate switch
                     {
-                        AuthorizationFate.Used => await LandedAsync(request, landed!, onSigned),
+                        AuthorizationFate.Used => await AuthorizationLookup.SettleWithAsync(request, landed!, onSigned, logger),
                         AuthorizationFate.Unknown or AuthorizationFate.Unlocated => new SettlementOutcome(false, txHash, X402Errors.SettlementPending),
                         _ => new SettlementOutcome(false, null, X402Errors.InvalidTransactionState),
                     };
@@ -517,14 +523,6 @@ public sealed class DirectChainSettler(Database db, IOptions<X402Options> option
                 ? new SettlementOutcome(false, sending, X402Errors.SettlementPending)
                 : new SettlementOutcome(false, null, X402Errors.UnexpectedSettleError);
         }
-    }
-
-    /// <summary>Settles with the transaction that used the payment's authorization, if the payment takes it.</summary>
-    async Task<SettlementOutcome> LandedAsync(SettlementRequest request, string landed, Func<string, string?, Task<RecordOutcome>> onSigned)
-    {
-        logger.LogInformation("x402 payment {PaymentId} was settled on chain in {Transaction}", request.PaymentId, landed);
-        var record = await onSigned(landed, null);
-        return record == RecordOutcome.Recorded ? new SettlementOutcome(true, landed, null) : SettlementOutcome.NotRecorded(record, landed);
     }
 
     /// <summary>
